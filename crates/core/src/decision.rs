@@ -1,0 +1,103 @@
+//! The outcome of a routing decision.
+
+use smallvec::SmallVec;
+use std::fmt;
+
+use crate::fleet::BackendId;
+
+/// How many fallbacks a decision carries at most. Retries are bounded by a budget anyway; a few
+/// ordered alternatives are all failover needs, and computing more costs time on every request.
+pub const MAX_FALLBACKS: usize = 3;
+
+/// Where a request goes: a primary backend, ordered fallbacks, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The backend to try first.
+    pub primary: BackendId,
+    /// Backends to try next, best first, none equal to `primary`.
+    pub fallbacks: SmallVec<[BackendId; MAX_FALLBACKS]>,
+    /// Why `primary` was chosen.
+    pub reason: Reason,
+}
+
+/// Why a policy chose its primary backend. Shown in debug headers and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Next in rotation.
+    RoundRobin,
+    /// Drawn at random (weighted by configured weight).
+    Random,
+    /// Highest current weight in smooth weighted round robin.
+    SmoothWeighted,
+    /// Fewest requests in flight per unit of weight.
+    LeastConnections {
+        /// The chosen backend's in-flight count.
+        in_flight: u32,
+    },
+    /// Less loaded of two random candidates.
+    PowerOfTwo {
+        /// The candidate that lost.
+        other: BackendId,
+    },
+    /// The session key's home on the hash ring.
+    HashHome,
+    /// The key's home was over its load bound; the next node on the ring took it.
+    HashSpill {
+        /// The home node that was over its bound.
+        home: BackendId,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::RoundRobin => f.write_str("round_robin: next in rotation"),
+            Reason::Random => f.write_str("random: weighted draw"),
+            Reason::SmoothWeighted => f.write_str("weighted: highest current weight"),
+            Reason::LeastConnections { in_flight } => {
+                write!(f, "least_connections: {in_flight} in flight")
+            }
+            Reason::PowerOfTwo { other } => {
+                write!(f, "power_of_two: less loaded than candidate {}", other.0)
+            }
+            Reason::HashHome => f.write_str("consistent_hash: key's home node"),
+            Reason::HashSpill { home } => {
+                write!(
+                    f,
+                    "consistent_hash: home {} over load bound, spilled",
+                    home.0
+                )
+            }
+        }
+    }
+}
+
+impl Decision {
+    /// A decision with no fallbacks.
+    pub fn new(primary: BackendId, reason: Reason) -> Self {
+        Self {
+            primary,
+            fallbacks: SmallVec::new(),
+            reason,
+        }
+    }
+
+    /// Fills fallbacks from `candidates` in order, skipping the primary and repeats, up to
+    /// [`MAX_FALLBACKS`].
+    pub fn with_fallbacks(mut self, candidates: impl IntoIterator<Item = BackendId>) -> Self {
+        for id in candidates {
+            if self.fallbacks.len() == MAX_FALLBACKS {
+                break;
+            }
+            if id != self.primary && !self.fallbacks.contains(&id) {
+                self.fallbacks.push(id);
+            }
+        }
+        self
+    }
+
+    /// Primary then fallbacks: the order in which to try backends.
+    pub fn attempts(&self) -> impl Iterator<Item = BackendId> + '_ {
+        std::iter::once(self.primary).chain(self.fallbacks.iter().copied())
+    }
+}

@@ -1,0 +1,20 @@
+//! `switchyard-core`: the pure logic of Switchyard.
+//!
+//! Everything here is a function of its inputs: a [`RequestProfile`] (what a request is), a
+//! [`FleetView`] (a snapshot of a pool's backends and their live numbers, including the time
+//! `now`) and a [`Policy`] (how to choose). The result is a [`Decision`]: a primary backend, an
+//! ordered list of fallbacks and the reason. There is no I/O, no clock read and no async runtime
+//! in this crate, so the gateway, the tests and the virtual-time simulator run the same code.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod decision;
+pub mod fleet;
+pub mod profile;
+pub mod rng;
+pub mod routing;
+
+pub use decision::{Decision, Reason};
+pub use fleet::{BackendId, BackendView, FleetView, PoolMember};
+pub use profile::{EndpointKind, ProfileError, RequestMeta, RequestProfile, SessionSource};
+pub use routing::{NoCandidate, Policy, PolicySpec, PolicySpecError};

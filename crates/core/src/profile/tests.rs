@@ -1,0 +1,180 @@
+use super::*;
+use proptest::prelude::*;
+
+fn parse(body: &str) -> Result<RequestProfile, ProfileError> {
+    RequestProfile::parse(
+        EndpointKind::ChatCompletions,
+        body.as_bytes(),
+        RequestMeta::default(),
+    )
+}
+
+#[test]
+fn chat_body_gives_model_stream_and_rendered_prompt() {
+    let body = r#"{"model":"llama","stream":true,"stream_options":{"include_usage":true},
+        "messages":[{"role":"system","content":"Be brief."},
+                    {"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image_url","image_url":{"url":"x"}}]}],
+        "max_tokens":64,"logit_bias":{"1":2}}"#;
+    let p = parse(body).unwrap();
+    assert_eq!(p.model, "llama");
+    assert!(p.stream && p.include_usage);
+    assert_eq!(p.prompt, "<|system|>\nBe brief.\n<|user|>\nHi\n");
+    assert_eq!(p.max_output_tokens, Some(64));
+    assert_eq!(
+        p.estimated_input_tokens as usize,
+        p.prompt.len().div_ceil(4)
+    );
+    assert_eq!(&body[p.model_span.clone()], "\"llama\"");
+}
+
+#[test]
+fn rewrite_model_changes_only_the_model_value() {
+    let body = r#"{ "temperature" : 0.5, "model" : "a\"b", "zzz": [1,2,{"model":"keep"}] }"#;
+    let p = parse(body).unwrap();
+    assert_eq!(p.model, "a\"b");
+    let out = p.rewrite_model(body.as_bytes(), "meta/llama-3");
+    assert_eq!(
+        std::str::from_utf8(&out).unwrap(),
+        r#"{ "temperature" : 0.5, "model" : "meta/llama-3", "zzz": [1,2,{"model":"keep"}] }"#
+    );
+}
+
+#[test]
+fn session_key_precedence_header_then_user_then_address() {
+    let body = br#"{"model":"m","user":"alice"}"#;
+    let addr = Some("10.1.2.3".parse().unwrap());
+    let kind = EndpointKind::Completions;
+    let with_header = RequestMeta {
+        session_header: Some("s-1"),
+        client_addr: addr,
+    };
+    let p = RequestProfile::parse(kind, body, with_header).unwrap();
+    assert_eq!(p.session_key.as_deref(), Some("s-1"));
+    assert_eq!(p.session_source, Some(SessionSource::Header));
+    let p = RequestProfile::parse(
+        kind,
+        body,
+        RequestMeta {
+            client_addr: addr,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (p.session_key.as_deref(), p.session_source),
+        (Some("alice"), Some(SessionSource::User))
+    );
+    let p = RequestProfile::parse(
+        kind,
+        br#"{"model":"m"}"#,
+        RequestMeta {
+            client_addr: addr,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(p.session_key.as_deref(), Some("10.1.2.3"));
+}
+
+#[test]
+fn completion_prompts_of_every_shape_are_counted() {
+    let kind = EndpointKind::Completions;
+    let p = RequestProfile::parse(
+        kind,
+        br#"{"model":"m","prompt":[1,2,3]}"#,
+        RequestMeta::default(),
+    )
+    .unwrap();
+    assert_eq!(p.estimated_input_tokens, 3);
+    let p = RequestProfile::parse(
+        kind,
+        br#"{"model":"m","prompt":[[1,2],[3]]}"#,
+        RequestMeta::default(),
+    )
+    .unwrap();
+    assert_eq!(p.estimated_input_tokens, 3);
+    let p = RequestProfile::parse(
+        kind,
+        br#"{"model":"m","prompt":["abcd","efgh"]}"#,
+        RequestMeta::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (p.prompt.as_str(), p.estimated_input_tokens),
+        ("abcdefgh", 2)
+    );
+}
+
+#[test]
+fn bad_bodies_get_distinct_errors() {
+    assert!(matches!(parse(""), Err(ProfileError::InvalidJson(_))));
+    assert!(matches!(
+        parse("{\"model\":"),
+        Err(ProfileError::InvalidJson(_))
+    ));
+    assert_eq!(parse("[1,2]"), Err(ProfileError::NotAnObject));
+    assert_eq!(parse("{}"), Err(ProfileError::MissingModel));
+    assert_eq!(parse(r#"{"model":7}"#), Err(ProfileError::BadModel));
+    assert_eq!(parse(r#"{"model":"  "}"#), Err(ProfileError::BadModel));
+    assert!(matches!(
+        parse(r#"{"model":"m","stream":"yes"}"#),
+        Err(ProfileError::InvalidJson(_))
+    ));
+    assert!(matches!(
+        parse(r#"{"model":"m","model":"n"}"#),
+        Err(ProfileError::InvalidJson(_))
+    ));
+}
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
+        ".{0,12}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        let keys = prop_oneof![
+            Just("model".to_string()),
+            Just("messages".to_string()),
+            Just("content".to_string()),
+            Just("role".to_string()),
+            Just("prompt".to_string()),
+            Just("input".to_string()),
+            Just("stream".to_string()),
+            Just("user".to_string()),
+            Just("stream_options".to_string()),
+            Just("max_tokens".to_string()),
+            "[a-z]{1,6}",
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+            prop::collection::btree_map(keys, inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        for kind in [EndpointKind::ChatCompletions, EndpointKind::Completions, EndpointKind::Embeddings] {
+            let _ = RequestProfile::parse(kind, &bytes, RequestMeta::default());
+        }
+    }
+
+    #[test]
+    fn random_json_shapes_never_panic_and_rewrite_keeps_json_valid(v in arb_json()) {
+        let body = serde_json::to_vec(&v).unwrap();
+        if let Ok(p) = RequestProfile::parse(EndpointKind::ChatCompletions, &body, RequestMeta::default()) {
+            let out = p.rewrite_model(&body, "other");
+            let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(back.get("model").and_then(|m| m.as_str()), Some("other"));
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! `consistent_hash`: session affinity on a hash ring, with bounded load.
+//!
+//! Each backend owns `virtual_nodes x weight` points on a 64-bit ring, placed by hashing its
+//! name, so adding or removing a backend moves only the keys it owns. A request's session key
+//! (the `x-session-id` header, else the body's `user`, else the client address) hashes to a
+//! point; the first backend clockwise is its home. To stop a hot key from overloading its home,
+//! each backend may hold at most `ceil(load_factor x (in_flight_total + 1) x weight / total
+//! weight)` requests; a home at its bound passes the request to the next backend on the ring
+//! (Mirrokni, Thorup, Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2018).
+//!
+//! Use it to keep a conversation on the replica that holds its KV cache when no cache-aware
+//! policy is available. Parameters: `load_factor` (default 1.25), `virtual_nodes` (default 160).
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{NoCandidate, Policy};
+use crate::{BackendId, Decision, FleetView, PoolMember, Reason, RequestProfile};
+
+/// Bounded-load consistent hashing.
+#[derive(Debug)]
+pub struct BoundedConsistentHash {
+    /// Ring points sorted by hash: (point, backend index).
+    ring: Vec<(u64, u32)>,
+    members: usize,
+    load_factor: f64,
+}
+
+impl BoundedConsistentHash {
+    /// Builds the ring for `members`.
+    pub fn new(members: &[PoolMember], load_factor: f64, virtual_nodes: u32) -> Self {
+        let mut ring = Vec::new();
+        let mut key = Vec::new();
+        for (i, m) in members.iter().enumerate() {
+            for v in 0..virtual_nodes.saturating_mul(m.weight.max(1)) {
+                key.clear();
+                key.extend_from_slice(m.name.as_bytes());
+                key.push(0);
+                key.extend_from_slice(&v.to_le_bytes());
+                ring.push((xxh3_64(&key), i as u32));
+            }
+        }
+        ring.sort_unstable();
+        Self {
+            ring,
+            members: members.len(),
+            load_factor,
+        }
+    }
+
+    /// The home backend of a key when every backend is usable and idle: where the ring puts it.
+    pub fn home_of(&self, key: &str) -> Option<BackendId> {
+        let start = self.ring.partition_point(|p| p.0 < xxh3_64(key.as_bytes()));
+        self.ring
+            .get(start % self.ring.len().max(1))
+            .map(|p| BackendId(p.1))
+    }
+}
+
+impl Policy for BoundedConsistentHash {
+    fn name(&self) -> &'static str {
+        "consistent_hash"
+    }
+
+    fn decide(
+        &self,
+        request: &RequestProfile,
+        fleet: &FleetView<'_>,
+    ) -> Result<Decision, NoCandidate> {
+        if self.ring.is_empty() || fleet.backends.len() != self.members {
+            return Err(NoCandidate);
+        }
+        let point = match &request.session_key {
+            Some(k) => xxh3_64(k.as_bytes()),
+            None => xxh3_64(request.prompt.as_bytes()),
+        };
+        let total_weight: u64 = fleet.usable().map(|b| u64::from(b.weight.max(1))).sum();
+        if total_weight == 0 {
+            return Err(NoCandidate);
+        }
+        let load = (fleet.total_in_flight() + 1) as f64 * self.load_factor;
+        let bound = |w: u32| ((load * f64::from(w.max(1)) / total_weight as f64).ceil()) as u64;
+
+        let start = self.ring.partition_point(|p| p.0 < point);
+        let mut seen: smallvec::SmallVec<[u32; 8]> = smallvec::SmallVec::new();
+        let mut home: Option<BackendId> = None;
+        let mut chosen: Option<BackendId> = None;
+        let mut fallbacks: smallvec::SmallVec<[BackendId; 8]> = smallvec::SmallVec::new();
+        for k in 0..self.ring.len() {
+            let idx = self.ring[(start + k) % self.ring.len()].1;
+            if seen.contains(&idx) {
+                continue;
+            }
+            seen.push(idx);
+            let b = &fleet.backends[idx as usize];
+            if !b.usable {
+                if seen.len() == self.members {
+                    break;
+                }
+                continue;
+            }
+            home.get_or_insert(b.id);
+            if chosen.is_none() && u64::from(b.in_flight) < bound(b.weight) {
+                chosen = Some(b.id);
+            } else {
+                fallbacks.push(b.id);
+            }
+            if seen.len() == self.members
+                || (chosen.is_some() && fallbacks.len() >= crate::decision::MAX_FALLBACKS)
+            {
+                break;
+            }
+        }
+        let home = home.ok_or(NoCandidate)?;
+        // Every usable node at its bound cannot happen (the bounds sum above the total), but if
+        // rounding ever allows it, the home takes the request.
+        let primary = chosen.unwrap_or(home);
+        let reason = if primary == home {
+            Reason::HashHome
+        } else {
+            Reason::HashSpill { home }
+        };
+        Ok(Decision::new(primary, reason).with_fallbacks(fallbacks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::test_support::{idle, request};
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    fn members(names: &[&str]) -> Vec<PoolMember> {
+        names
+            .iter()
+            .map(|n| PoolMember {
+                name: n.to_string(),
+                weight: 1,
+            })
+            .collect()
+    }
+
+    fn owners(p: &BoundedConsistentHash, names: &[&str], keys: usize) -> HashMap<String, String> {
+        let pool = idle(names.len());
+        (0..keys)
+            .map(|k| {
+                let key = format!("session-{k}");
+                let d = p
+                    .decide(&request(Some(&key)), &FleetView::new(&pool, Duration::ZERO))
+                    .unwrap();
+                (key, names[d.primary.index()].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_key_same_backend_and_keys_spread() {
+        let names = ["a", "b", "c"];
+        let p = BoundedConsistentHash::new(&members(&names), 1.25, 160);
+        let first = owners(&p, &names, 3000);
+        assert_eq!(first, owners(&p, &names, 3000));
+        for n in names {
+            let share = first.values().filter(|v| *v == n).count();
+            assert!((700..1300).contains(&share), "{n}: {share}");
+        }
+    }
+
+    #[test]
+    fn removing_a_backend_moves_only_its_keys() {
+        let p3 = BoundedConsistentHash::new(&members(&["a", "b", "c"]), 1.25, 160);
+        let p2 = BoundedConsistentHash::new(&members(&["a", "c"]), 1.25, 160);
+        let before = owners(&p3, &["a", "b", "c"], 2000);
+        let after = owners(&p2, &["a", "c"], 2000);
+        for (key, owner) in &before {
+            if owner != "b" {
+                assert_eq!(&after[key], owner, "{key} moved though its backend stayed");
+            }
+        }
+    }
+
+    #[test]
+    fn hot_home_spills_to_next_node() {
+        let names = ["a", "b", "c"];
+        let p = BoundedConsistentHash::new(&members(&names), 1.25, 160);
+        let r = request(Some("hot"));
+        let mut pool = idle(3);
+        let home = p
+            .decide(&r, &FleetView::new(&pool, Duration::ZERO))
+            .unwrap()
+            .primary;
+        // Home holds 4 of 4 in flight: bound = ceil(1.25 * 5 / 3) = 3, so it is over.
+        pool[home.index()].in_flight = 4;
+        let d = p
+            .decide(&r, &FleetView::new(&pool, Duration::ZERO))
+            .unwrap();
+        assert_ne!(d.primary, home);
+        assert_eq!(d.reason, Reason::HashSpill { home });
+        assert!(d.fallbacks.contains(&home));
+    }
+}

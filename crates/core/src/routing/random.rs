@@ -1,0 +1,73 @@
+//! `random`: a draw among usable backends, in proportion to their weights.
+//!
+//! Use it where a stateless spread is enough, or as a baseline. With equal weights it is
+//! uniform. Deterministic for the pool's seed.
+
+use super::{by_load, NoCandidate, Policy};
+use crate::rng::SplitMix;
+use crate::{Decision, FleetView, Reason, RequestProfile};
+
+/// Weighted random choice.
+#[derive(Debug)]
+pub struct Random {
+    rng: SplitMix,
+}
+
+impl Random {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: SplitMix::new(seed),
+        }
+    }
+}
+
+impl Policy for Random {
+    fn name(&self) -> &'static str {
+        "random"
+    }
+
+    fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {
+        let total: u64 = fleet.usable().map(|b| u64::from(b.weight.max(1))).sum();
+        if total == 0 {
+            return Err(NoCandidate);
+        }
+        let mut point = self.rng.below(total);
+        let mut primary = None;
+        for b in fleet.usable() {
+            let w = u64::from(b.weight.max(1));
+            if point < w {
+                primary = Some(b.id);
+                break;
+            }
+            point -= w;
+        }
+        let primary = primary.ok_or(NoCandidate)?;
+        Ok(Decision::new(primary, Reason::Random).with_fallbacks(by_load(fleet)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::test_support::{idle, request};
+    use std::time::Duration;
+
+    #[test]
+    fn draws_in_proportion_to_weight() {
+        let mut pool = idle(2);
+        pool[0].weight = 3;
+        let p = Random::new(42);
+        let r = request(None);
+        let mut counts = [0u32; 2];
+        for _ in 0..4000 {
+            counts[p
+                .decide(&r, &FleetView::new(&pool, Duration::ZERO))
+                .unwrap()
+                .primary
+                .index()] += 1;
+        }
+        let share = f64::from(counts[0]) / 4000.0;
+        assert!((0.71..0.79).contains(&share), "{counts:?}");
+    }
+}
