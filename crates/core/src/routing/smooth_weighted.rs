@@ -58,7 +58,7 @@ impl Policy for SmoothWeighted {
             .filter(|b| b.id != primary)
             .map(|b| (current[b.id.index()], b.id))
             .collect();
-        rest.sort_by(|a, b| b.0.cmp(&a.0));
+        rest.sort_by_key(|r| std::cmp::Reverse(r.0));
         Ok(Decision::new(primary, Reason::SmoothWeighted)
             .with_fallbacks(rest.into_iter().map(|r| r.1)))
     }
