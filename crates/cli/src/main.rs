@@ -1,1 +1,109 @@
-fn main() {}
+//! `switchyard`: the one binary. `serve` runs the gateway, `check` validates a config.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use switchyard_gateway::{config, Drained, Gateway};
+
+/// A load balancer and gateway for LLM inference.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `switchyard_gateway=debug` (also RUST_LOG).
+    #[arg(long, global = true, default_value = "info", env = "SWITCHYARD_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override the config's listen address (ip:port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Validate a config file and exit: 0 if it is usable, 2 with the problem if not.
+    Check {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                let backends: usize = cfg.models.iter().map(|m| m.backends.len()).sum();
+                println!(
+                    "{}: ok ({} model{}, {} backend{}, listen {})",
+                    config.display(),
+                    cfg.models.len(),
+                    if cfg.models.len() == 1 { "" } else { "s" },
+                    backends,
+                    if backends == 1 { "" } else { "s" },
+                    cfg.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config, listen } => {
+            let mut cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            match run_serve(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_serve(cfg: config::Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let models: Vec<String> = cfg.models.iter().map(|m| format!("{} ({})", m.name, m.policy.name())).collect();
+        let gw = Gateway::new(cfg);
+        tracing::info!(%addr, models = %models.join(", "), "switchyard listening; point OpenAI clients at http://{addr}/v1");
+        match switchyard_gateway::serve(gw, listener, switchyard_gateway::shutdown_signal()).await? {
+            Drained::Clean => tracing::info!("drained cleanly; bye"),
+            Drained::TimedOut => tracing::warn!("drain timeout passed; remaining requests were cut"),
+        }
+        Ok(())
+    })
+}

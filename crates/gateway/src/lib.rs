@@ -1,1 +1,24 @@
-//! placeholder
+//! `switchyard-gateway`: the server.
+//!
+//! A request flows through [`api`] (route, bounded body read, [`switchyard_core::RequestProfile`]),
+//! the pool's policy (a pure [`switchyard_core::Decision`] over a [`fleet`] snapshot), and
+//! [`forward`] (pooled upstream call, original bytes out, response relayed frame by frame by
+//! [`body`]). [`telemetry`] counts everything; [`error`] maps every failure to an OpenAI-shaped
+//! answer; [`server`] owns the listener and graceful shutdown; [`config`] reads and validates
+//! the YAML file.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod forward;
+pub mod gateway;
+pub mod server;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError};
+pub use gateway::Gateway;
+pub use server::{serve, shutdown_signal, Drained};

@@ -1,0 +1,260 @@
+//! The HTTP surface: routes a request to its endpoint, and runs the proxy path for the three
+//! OpenAI inference endpoints: read the body once (bounded), profile it, pick a backend, send
+//! the original bytes upstream, relay the response as it streams.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use switchyard_core::{EndpointKind, RequestMeta, RequestProfile};
+
+use crate::body::{GatewayBody, Relay};
+use crate::error::ApiError;
+use crate::fleet::ViewBuf;
+use crate::forward;
+use crate::gateway::Gateway;
+
+/// Longest client-sent `x-request-id` kept as is; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Answers one request. Never fails: every error becomes an OpenAI-shaped response.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let started = Instant::now();
+    let request_id = match req.headers().get("x-request-id") {
+        Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.to_str().is_ok() => {
+            v.clone()
+        }
+        _ => gw.new_request_id(),
+    };
+    let kind = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/chat/completions") => Some(EndpointKind::ChatCompletions),
+        (&Method::POST, "/v1/completions") => Some(EndpointKind::Completions),
+        (&Method::POST, "/v1/embeddings") => Some(EndpointKind::Embeddings),
+        _ => None,
+    };
+    let mut resp = match kind {
+        Some(kind) => match proxy(&gw, kind, peer, req, &request_id, started).await {
+            Ok(resp) => resp,
+            Err((model, e)) => {
+                gw.metrics.count(&model, "", e.status());
+                tracing::debug!(request_id = ?request_id, code = e.code(), "{e}");
+                e.into_response()
+            }
+        },
+        None => local(&gw, &req),
+    };
+    resp.headers_mut().insert("x-request-id", request_id);
+    resp
+}
+
+/// The endpoints the gateway answers itself.
+fn local(gw: &Gateway, req: &Request<Incoming>) -> Response<GatewayBody> {
+    let path = req.uri().path();
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    match path {
+        "/v1/models" | "/health" | "/ready" | "/metrics" if !get => ApiError::MethodNotAllowed {
+            path: path.to_owned(),
+            allowed: "GET",
+        }
+        .into_response(),
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => {
+            ApiError::MethodNotAllowed {
+                path: path.to_owned(),
+                allowed: "POST",
+            }
+            .into_response()
+        }
+        "/v1/models" => json(StatusCode::OK, models_body(gw)),
+        "/health" => json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+        "/ready" if gw.ready() => json(
+            StatusCode::OK,
+            Bytes::from_static(b"{\"status\":\"ready\"}"),
+        ),
+        "/ready" => {
+            let mut r = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from_static(
+                    b"{\"status\":\"not_ready\",\"reason\":\"no backend is usable\"}",
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        "/metrics" => {
+            let mut r = Response::new(GatewayBody::full(gw.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        _ => ApiError::NotFound {
+            method: req.method().to_string(),
+            path: path.to_owned(),
+        }
+        .into_response(),
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
+    let mut r = Response::new(GatewayBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn models_body(gw: &Gateway) -> Bytes {
+    let data: Vec<serde_json::Value> = gw
+        .model_names
+        .iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": gw.started_unix, "owned_by": "switchyard"}))
+        .collect();
+    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+}
+
+/// The proxy path. On error, returns the model name (for the metric label) with the error.
+async fn proxy(
+    gw: &Gateway,
+    kind: EndpointKind,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    started: Instant,
+) -> Result<Response<GatewayBody>, (String, ApiError)> {
+    let unknown = || String::new();
+    let limit = gw.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err((unknown(), ApiError::BodyTooLarge { limit }));
+    }
+    let (parts, body) = req.into_parts();
+    let body: Bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err((unknown(), ApiError::BodyTooLarge { limit }))
+        }
+        Err(e) => return Err((unknown(), ApiError::BodyRead(e.to_string()))),
+    };
+    let body_read = Instant::now();
+
+    let meta = RequestMeta {
+        session_header: parts
+            .headers
+            .get("x-session-id")
+            .and_then(|v| v.to_str().ok()),
+        client_addr: Some(peer.ip()),
+    };
+    let profile = RequestProfile::parse(kind, &body, meta).map_err(|e| (unknown(), e.into()))?;
+    let Some(pool) = gw.pools.get(&profile.model) else {
+        let available = gw.model_names.join(", ");
+        return Err((
+            unknown(),
+            ApiError::ModelNotFound {
+                model: profile.model,
+                available,
+            },
+        ));
+    };
+
+    let mut buf = ViewBuf::new();
+    let decision = pool
+        .policy
+        .decide(&profile, &pool.view(&mut buf, gw.now()))
+        .map_err(|_| {
+            (
+                pool.name.clone(),
+                ApiError::NoBackend {
+                    model: pool.name.clone(),
+                },
+            )
+        })?;
+    let backend = pool.backend(decision.primary).ok_or_else(|| {
+        (
+            pool.name.clone(),
+            ApiError::NoBackend {
+                model: pool.name.clone(),
+            },
+        )
+    })?;
+
+    let upstream = forward::upstream_request(backend, &profile, &body, &parts.headers, request_id)
+        .map_err(|e| {
+            (
+                pool.name.clone(),
+                ApiError::UpstreamUnreachable {
+                    backend: backend.name.clone(),
+                    detail: e.to_string(),
+                },
+            )
+        })?;
+    let guard = backend.begin();
+    let dispatched = Instant::now();
+    let sent =
+        tokio::time::timeout(gw.config.timeouts.first_byte, gw.client.request(upstream)).await;
+    let headers_at = Instant::now();
+    let upstream_resp = match sent {
+        Err(_) => {
+            return Err((
+                pool.name.clone(),
+                ApiError::UpstreamTimeout {
+                    backend: backend.name.clone(),
+                    after: gw.config.timeouts.first_byte,
+                },
+            ))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(request_id = ?request_id, backend = %backend.name, error = %e, "upstream request failed");
+            return Err((
+                pool.name.clone(),
+                ApiError::UpstreamUnreachable {
+                    backend: backend.name.clone(),
+                    detail: error_chain(&e),
+                },
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    let (mut head, incoming) = upstream_resp.into_parts();
+    forward::clean_response_headers(&mut head.headers);
+    head.headers
+        .insert("x-switchyard-backend", backend.name_header.clone());
+    gw.metrics.count(&pool.name, &backend.name, head.status);
+    let relay = Relay::new(incoming, started, backend.metrics.clone(), guard);
+    let resp = Response::from_parts(head, GatewayBody::Relay(relay));
+    let overhead = (dispatched - body_read) + headers_at.elapsed();
+    gw.metrics.overhead.observe(overhead.as_secs_f64());
+    tracing::debug!(request_id = ?request_id, model = %pool.name, backend = %backend.name, reason = %decision.reason, "routed");
+    Ok(resp)
+}
+
+/// An error and its sources on one line ("client error (Connect): tcp connect error: ...").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

@@ -1,0 +1,94 @@
+//! Config errors that say where (file, line, column), what is wrong, and how to fix it.
+
+use std::fmt;
+use std::path::Path;
+
+/// A config file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or other origin) the text came from.
+    pub origin: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong, with the YAML path of the value (e.g. `models.llama.backends[1].url`).
+    pub message: String,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin)?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ConfigError {
+    pub(crate) fn io(path: &Path, e: &std::io::Error) -> Self {
+        Self {
+            origin: path.display().to_string(),
+            line: None,
+            column: None,
+            message: format!("cannot read the config file: {e}"),
+        }
+    }
+
+    pub(crate) fn from_yaml(origin: &str, text: &str, e: &serde_norway::Error) -> Self {
+        let full = e.to_string();
+        // serde_norway appends " at line L column C"; the location goes in front instead.
+        let message = match full.rfind(" at line ") {
+            Some(i) if e.location().is_some() => full[..i].to_owned(),
+            _ => full,
+        };
+        let message = if text.trim().is_empty() {
+            "the config is empty; it needs at least a `models:` map (see examples/minimal.yaml)"
+                .to_owned()
+        } else {
+            with_hint(message)
+        };
+        Self {
+            origin: origin.to_owned(),
+            line: e.location().map(|l| l.line()),
+            column: e.location().map(|l| l.column()),
+            message,
+        }
+    }
+}
+
+/// Adds "did you mean" to serde's unknown-field and unknown-variant messages, and a how-to for
+/// a missing field.
+fn with_hint(message: String) -> String {
+    let ticks: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    if message.contains("unknown field `") {
+        if let Some((unknown, known)) = ticks.split_first() {
+            if let Some(near) = nearest(unknown, known) {
+                return format!("{message}; did you mean `{near}`?");
+            }
+        }
+    }
+    if message.contains("missing field `models`") {
+        return format!("{message}; add a `models:` map naming each model and its backends");
+    }
+    if message.contains("missing field `backends`") {
+        return format!("{message}; add `backends:` with at least one `- url: http://host:port`");
+    }
+    if message.contains("missing field `url`") {
+        return format!("{message}; every backend needs `url: http://host:port`");
+    }
+    message
+}
+
+/// The candidate closest to `word` by edit distance, if any is close enough to be a typo.
+pub(crate) fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}

@@ -1,0 +1,200 @@
+//! The config file as written: serde structs that mirror the YAML. Unknown keys are rejected;
+//! values check themselves (see [`super::values`]); pools check they are non-empty and that
+//! backend names are unique as they are read, so every error has a line and column.
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::values::{BackendUrl, ByteSize, EnvString, PolicyValue, Seconds};
+use super::{BackendConfig, Config, PoolConfig, Timeouts};
+use switchyard_core::PolicySpec;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `host:port` to listen on.
+    #[serde(default)]
+    pub listen: Option<ListenAddr>,
+    /// Request body limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<ByteSize>,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsFile>,
+    /// Grace period for in-flight requests on shutdown.
+    #[serde(default)]
+    pub drain_timeout: Option<Seconds>,
+    /// Model name -> pool.
+    pub models: BTreeMap<String, PoolFile>,
+}
+
+/// `timeouts:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// Connection establishment.
+    pub connect: Option<Seconds>,
+    /// Request sent to response headers.
+    pub first_byte: Option<Seconds>,
+}
+
+/// One model's pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Balancing policy; `round_robin` when absent.
+    #[serde(default)]
+    pub policy: Option<PolicyValue>,
+    /// The backends.
+    pub backends: Backends,
+}
+
+/// One backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    /// Where it is.
+    pub url: BackendUrl,
+    /// Name in headers and metrics; `host:port` of the url when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Share of traffic; 1 when absent.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Cap on requests in flight; none when absent.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Model name the backend expects, when not the pool's.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// API key, usually `${ENV_VAR}`.
+    #[serde(default)]
+    pub api_key: Option<EnvString>,
+}
+
+impl BackendFile {
+    fn name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.url.authority.to_string())
+    }
+}
+
+/// A pool's backends: at least one, names unique.
+#[derive(Debug)]
+pub struct Backends(pub Vec<BackendFile>);
+
+impl<'de> Deserialize<'de> for Backends {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Backends;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of backends, each with at least a `url`")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Backends, A::Error> {
+                let mut out: Vec<BackendFile> = Vec::new();
+                while let Some(b) = seq.next_element::<BackendFile>()? {
+                    if let Some(w) = b.weight.filter(|w| *w == 0) {
+                        return Err(de::Error::custom(format!(
+                            "backend '{}' has weight {w}; weights start at 1 (remove the backend to send it nothing)",
+                            b.name()
+                        )));
+                    }
+                    if b.max_concurrency == Some(0) {
+                        return Err(de::Error::custom(format!(
+                            "backend '{}' has max_concurrency 0, so it could never take a request; remove the key for no cap",
+                            b.name()
+                        )));
+                    }
+                    let name = b.name();
+                    if let Some(i) = out.iter().position(|o| o.name() == name) {
+                        return Err(de::Error::custom(format!(
+                            "duplicate backend '{name}' (backends #{} and #{} have the same name{}); give one a distinct `name:` or remove it",
+                            i + 1,
+                            out.len() + 1,
+                            if b.name.is_none() { ", taken from the url" } else { "" }
+                        )));
+                    }
+                    out.push(b);
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom(
+                        "the pool has no backends; list at least one `- url: http://host:port`",
+                    ));
+                }
+                Ok(Backends(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// `listen:` as a socket address.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenAddr(pub std::net::SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(ListenAddr).map_err(|_| {
+            de::Error::custom(format!(
+                "'{s}' is not a listen address; write ip:port, e.g. 0.0.0.0:8080 or 127.0.0.1:8080"
+            ))
+        })
+    }
+}
+
+impl ConfigFile {
+    /// The runtime config, defaults filled in.
+    pub fn into_config(self) -> Config {
+        let timeouts = self.timeouts.unwrap_or_default();
+        Config {
+            listen: self.listen.map(|l| l.0).unwrap_or_else(|| {
+                super::DEFAULT_LISTEN
+                    .parse()
+                    .expect("default listen address parses")
+            }),
+            max_body_bytes: self
+                .max_body_bytes
+                .map_or(super::DEFAULT_MAX_BODY_BYTES, |b| b.0),
+            timeouts: Timeouts {
+                connect: timeouts
+                    .connect
+                    .map_or(super::DEFAULT_CONNECT_TIMEOUT, |s| s.0),
+                first_byte: timeouts
+                    .first_byte
+                    .map_or(super::DEFAULT_FIRST_BYTE_TIMEOUT, |s| s.0),
+            },
+            drain_timeout: self
+                .drain_timeout
+                .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),
+            models: self
+                .models
+                .into_iter()
+                .map(|(name, pool)| PoolConfig {
+                    name,
+                    policy: pool.policy.map_or(PolicySpec::RoundRobin, |p| p.0),
+                    backends: pool
+                        .backends
+                        .0
+                        .into_iter()
+                        .map(|b| BackendConfig {
+                            name: b.name(),
+                            scheme: b.url.scheme,
+                            authority: b.url.authority,
+                            base_path: b.url.base_path,
+                            weight: b.weight.unwrap_or(1),
+                            max_concurrency: b.max_concurrency,
+                            upstream_model: b.model,
+                            api_key: b.api_key.map(|k| k.0),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}

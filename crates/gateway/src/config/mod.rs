@@ -1,0 +1,207 @@
+//! Configuration: the YAML file a user writes, and the validated runtime form the server runs.
+//!
+//! Parsing happens in two steps, as ripgrep does with its arguments: [`file`] holds serde
+//! structs that mirror the YAML (unknown keys rejected, each value checked as it is read so
+//! that errors carry the YAML path, line and column); [`load`] turns them into a [`Config`]
+//! whose values are ready to use (parsed URLs, durations, built policy specs). A five-line file
+//! is enough:
+//!
+//! ```yaml
+//! models:
+//!   llama:
+//!     backends:
+//!       - url: http://127.0.0.1:8001
+//!       - url: http://127.0.0.1:8002
+//! ```
+
+mod error;
+pub mod file;
+mod values;
+
+pub use error::ConfigError;
+pub use values::{ByteSize, Seconds};
+
+use http::uri::{Authority, Scheme};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use switchyard_core::PolicySpec;
+
+/// Default listen address: loopback, so a fresh install exposes nothing by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default request body limit: 32 MiB, room for a 128k-token context with images inline.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// Default time to open a TCP (and TLS) connection to a backend.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time from sending a request to receiving the response headers. Long prompts on a
+/// busy engine can take minutes to prefill, so this is generous.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default time to let in-flight requests finish after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The validated configuration the server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the OpenAI-compatible API listens.
+    pub listen: SocketAddr,
+    /// Requests with a larger body get 413.
+    pub max_body_bytes: u64,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub drain_timeout: Duration,
+    /// One pool per model name, sorted by name.
+    pub models: Vec<PoolConfig>,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening a connection; past it the backend counts as unreachable (502).
+    pub connect: Duration,
+    /// From request sent to response headers; past it the client gets 504.
+    pub first_byte: Duration,
+}
+
+/// A model name and the backends that serve it.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The model name clients ask for.
+    pub name: String,
+    /// How to choose among the backends.
+    pub policy: PolicySpec,
+    /// The backends, in file order.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One upstream endpoint of a pool.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Unique within the pool; shown in `x-switchyard-backend` and metrics labels.
+    pub name: String,
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// Path prefix of the backend's OpenAI API with no trailing slash, e.g. `""` for
+    /// `http://host:8000` or `""` for `https://api.openai.com/v1` (a trailing `/v1` is folded
+    /// into the request path).
+    pub base_path: String,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Most requests in flight at once; `None` for no cap.
+    pub max_concurrency: Option<u32>,
+    /// The model name the backend expects, when it differs from the pool name.
+    pub upstream_model: Option<String>,
+    /// Sent as `Authorization: Bearer ...` instead of the client's header.
+    pub api_key: Option<String>,
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses and validates config text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let file: file::ConfigFile =
+        serde_norway::from_str(text).map_err(|e| ConfigError::from_yaml(origin, text, &e))?;
+    Ok(file.into_config())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn five_line_config_gets_every_default() {
+        let cfg = parse(
+            "models:\n  llama:\n    backends:\n      - url: http://127.0.0.1:8001\n      - url: http://127.0.0.1:8002\n",
+            "min.yaml",
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cfg.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(cfg.timeouts.first_byte, DEFAULT_FIRST_BYTE_TIMEOUT);
+        let pool = &cfg.models[0];
+        assert_eq!(
+            (pool.name.as_str(), pool.policy.name()),
+            ("llama", "round_robin")
+        );
+        assert_eq!(pool.backends[1].name, "127.0.0.1:8002");
+        assert_eq!(pool.backends[1].weight, 1);
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text, "c.yaml").unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_fix() {
+        let e = err("models:\n  m:\n    backends:\n      - url: http://a:1\n        wieght: 2\n");
+        assert_eq!((e.line, e.column), (Some(5), Some(9)));
+        assert!(e
+            .to_string()
+            .starts_with("c.yaml:5:9: models.m.backends[0]: unknown field `wieght`"));
+        assert!(e.message.contains("did you mean `weight`?"), "{e}");
+
+        let e = err(
+            "models:\n  m:\n    policy: round_robbin\n    backends:\n      - url: http://a:1\n",
+        );
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("did you mean 'round_robin'?"), "{e}");
+
+        let e =
+            err("models:\n  m:\n    backends:\n      - url: http://a:1\n      - url: http://a:1\n");
+        assert!(e.message.contains("duplicate backend 'a:1'"), "{e}");
+        assert!(e.message.contains("distinct `name:`"), "{e}");
+
+        let e = err("models:\n  m:\n    backends: []\n");
+        assert!(e.message.contains("no backends"), "{e}");
+
+        let e = err("models:\n  m:\n    backends:\n      - url: localhost:8000\n");
+        assert_eq!(e.line, Some(4));
+        assert!(e.message.contains("http://host:port"), "{e}");
+
+        let e = err("models:\n  m:\n    policy: {name: consistent_hash, load_factor: 0.5}\n    backends:\n      - url: http://a:1\n");
+        assert!(
+            e.message.contains("load_factor must be a number above 1.0"),
+            "{e}"
+        );
+
+        let e = err("listen: nowhere\nmodels: {}\n");
+        assert!(e.message.contains("ip:port"), "{e}");
+        assert!(err("").message.contains("empty"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn random_bytes_never_panic_the_loader(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&String::from_utf8_lossy(&bytes), "fuzz.yaml");
+        }
+
+        #[test]
+        fn random_yaml_shapes_never_panic_the_loader(
+            keys in prop::collection::vec(prop_oneof![
+                Just("models"), Just("backends"), Just("url"), Just("policy"), Just("weight"),
+                Just("name"), Just("listen"), Just("timeouts"), Just("max_body_bytes"), Just("m"),
+                Just("load_factor"), Just("max_concurrency"), Just("api_key"), Just("- url"),
+            ], 1..12),
+            values in prop::collection::vec(prop_oneof![
+                Just("http://a:1"), Just("1"), Just("-3"), Just("[]"), Just("{}"), Just(""),
+                Just("consistent_hash"), Just("${NOPE}"), Just("1e400"), Just("ftp://x"), Just("null"),
+            ], 1..12),
+            indents in prop::collection::vec(0usize..4, 1..12),
+        ) {
+            let mut text = String::new();
+            for ((k, v), i) in keys.iter().zip(values.iter().cycle()).zip(indents.iter().cycle()) {
+                text.push_str(&format!("{}{k}: {v}\n", "  ".repeat(*i)));
+            }
+            let _ = parse(&text, "fuzz.yaml");
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Config values that check themselves as they are read, so that a bad one is reported with
+//! its YAML path, line and column: durations, byte sizes, backend URLs, `${ENV}` strings and
+//! policy specs.
+
+use http::uri::{Authority, Scheme};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+use switchyard_core::routing::{DEFAULT_HASH_LOAD_FACTOR, DEFAULT_HASH_VIRTUAL_NODES};
+use switchyard_core::PolicySpec;
+
+/// A duration written as a number of seconds (`2.5`) or with a unit (`300ms`, `5s`, `2m`, `1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 5s, 2m or a number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u64::try_from(v)
+                    .map(|v| Seconds(Duration::from_secs(v)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+                Duration::try_from_secs_f64(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom(format!("{v} is not a valid number of seconds")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Seconds, E> {
+                parse_duration(s).map(Seconds).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration; write e.g. 500ms, 5s, 2m or 1h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' in '{s}'; use ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"))
+}
+
+/// A size in bytes written as a number or with a unit (`512KiB`, `32MiB`, `1GiB`, `10MB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 32MiB, 512KiB or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                let t = s.trim();
+                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+                let (num, unit) = t.split_at(split);
+                let n: u64 = num.parse().map_err(|_| {
+                    E::custom(format!("'{s}' is not a size; write e.g. 32MiB or 1048576"))
+                })?;
+                let mult: u64 = match unit.trim() {
+                    "" | "B" => 1,
+                    "KB" => 1000,
+                    "KiB" => 1 << 10,
+                    "MB" => 1_000_000,
+                    "MiB" => 1 << 20,
+                    "GB" => 1_000_000_000,
+                    "GiB" => 1 << 30,
+                    other => {
+                        return Err(E::custom(format!(
+                            "unknown size unit '{other}'; use B, KiB, MiB, GiB, KB, MB or GB"
+                        )))
+                    }
+                };
+                n.checked_mul(mult)
+                    .map(ByteSize)
+                    .ok_or_else(|| E::custom("size out of range"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string in which `${NAME}` is replaced by the environment variable `NAME`. A variable that
+/// is not set is an error, not an empty string: an empty API key fails later and obscurely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvString(pub String);
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw, |k| std::env::var(k).ok())
+            .map(EnvString)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Expands `${NAME}` references with `lookup`.
+pub(crate) fn expand_env(
+    raw: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed '${{' in '{raw}'; write ${{NAME}}"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "'${{{name}}}' is not a valid environment variable reference"
+            ));
+        }
+        let value = lookup(name).ok_or_else(|| {
+            format!("environment variable {name} is not set; export it or remove the reference")
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A backend URL: `http` or `https`, a host, an optional port and an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and port, as written.
+    pub authority: Authority,
+    /// Path prefix without trailing slash and without a final `/v1`.
+    pub base_path: String,
+}
+
+impl<'de> Deserialize<'de> for BackendUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let EnvString(raw) = EnvString::deserialize(d)?;
+        parse_backend_url(&raw).map_err(de::Error::custom)
+    }
+}
+
+pub(crate) fn parse_backend_url(raw: &str) -> Result<BackendUrl, String> {
+    let fix = "write it as http://host:port or https://host/v1";
+    let uri: http::Uri = raw
+        .parse()
+        .map_err(|e| format!("'{raw}' is not a valid url ({e}); {fix}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("url '{raw}' has no scheme; {fix}"))?;
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(format!(
+            "url '{raw}' uses scheme '{scheme}'; only http and https are supported"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .cloned()
+        .ok_or_else(|| format!("url '{raw}' has no host; {fix}"))?;
+    if uri.query().is_some() {
+        return Err(format!(
+            "url '{raw}' has a query string; backend urls take only a path prefix"
+        ));
+    }
+    let mut base = uri.path().trim_end_matches('/').to_owned();
+    if base.ends_with("/v1") {
+        base.truncate(base.len() - 3);
+    }
+    Ok(BackendUrl {
+        scheme,
+        authority,
+        base_path: base,
+    })
+}
+
+/// A policy: its name alone (`policy: least_connections`) or a map with `name` and parameters
+/// (`policy: {name: consistent_hash, load_factor: 1.5}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyValue(pub PolicySpec);
+
+impl<'de> Deserialize<'de> for PolicyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PolicyValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a policy name, or a map with `name` and the policy's parameters")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<PolicyValue, E> {
+                spec_for(s).map(PolicyValue).map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PolicyValue, A::Error> {
+                let mut name: Option<String> = None;
+                let mut load_factor: Option<f64> = None;
+                let mut virtual_nodes: Option<u32> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "name" => name = Some(map.next_value()?),
+                        "load_factor" => load_factor = Some(map.next_value()?),
+                        "virtual_nodes" => virtual_nodes = Some(map.next_value()?),
+                        other => {
+                            return Err(de::Error::unknown_field(
+                                other,
+                                &["name", "load_factor", "virtual_nodes"],
+                            ))
+                        }
+                    }
+                }
+                let name = name.ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "policy map needs a `name`; one of {}",
+                        PolicySpec::NAMES.join(", ")
+                    ))
+                })?;
+                let mut spec = spec_for(&name).map_err(de::Error::custom)?;
+                match &mut spec {
+                    PolicySpec::ConsistentHash { load_factor: lf, virtual_nodes: vn } => {
+                        *lf = load_factor.unwrap_or(DEFAULT_HASH_LOAD_FACTOR);
+                        *vn = virtual_nodes.unwrap_or(DEFAULT_HASH_VIRTUAL_NODES);
+                    }
+                    _ if load_factor.is_some() || virtual_nodes.is_some() => {
+                        return Err(de::Error::custom(format!(
+                            "policy '{name}' takes no parameters; load_factor and virtual_nodes belong to consistent_hash"
+                        )))
+                    }
+                    _ => {}
+                }
+                spec.validate().map_err(de::Error::custom)?;
+                Ok(PolicyValue(spec))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn spec_for(name: &str) -> Result<PolicySpec, String> {
+    PolicySpec::from_name(name).map_err(|_| {
+        let mut msg = format!("unknown policy '{name}'");
+        if let Some(near) = super::error::nearest(name, PolicySpec::NAMES) {
+            msg.push_str(&format!("; did you mean '{near}'?"));
+        }
+        msg.push_str(&format!(
+            " Known policies: {}",
+            PolicySpec::NAMES.join(", ")
+        ));
+        msg
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_every_form() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn env_references_expand_or_name_the_missing_variable() {
+        let look = |k: &str| (k == "KEY").then(|| "sk-1".to_string());
+        assert_eq!(expand_env("${KEY}", look), Ok("sk-1".into()));
+        assert_eq!(expand_env("a${KEY}b", look), Ok("ask-1b".into()));
+        assert!(expand_env("${NOPE}", look)
+            .unwrap_err()
+            .contains("NOPE is not set"));
+        assert!(expand_env("${KEY", look).is_err());
+    }
+
+    #[test]
+    fn backend_urls_fold_v1_and_reject_what_cannot_work() {
+        let u = parse_backend_url("https://api.openai.com/v1/").unwrap();
+        assert_eq!(
+            (u.scheme, u.authority.as_str(), u.base_path.as_str()),
+            (Scheme::HTTPS, "api.openai.com", "")
+        );
+        let u = parse_backend_url("http://10.0.0.1:8000/proxy").unwrap();
+        assert_eq!(u.base_path, "/proxy");
+        assert!(parse_backend_url("10.0.0.1:8000").is_err());
+        assert!(parse_backend_url("ftp://x").is_err());
+        assert!(parse_backend_url("http://").is_err());
+        assert!(parse_backend_url("http://h/?a=b").is_err());
+    }
+}

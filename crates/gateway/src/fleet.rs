@@ -1,0 +1,182 @@
+//! Live fleet state: each backend's configuration joined with its live counters, and the pools
+//! that group backends by model name.
+//!
+//! Counters are atomics inside an `Arc<BackendState>`; a request holds an [`InFlightGuard`]
+//! from dispatch until its response body ends or is dropped, so a client that disconnects frees
+//! the slot at once. A decision reads a fresh [`FleetView`] built from these counters.
+
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+use smallvec::SmallVec;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember};
+
+use crate::config::{BackendConfig, PoolConfig};
+use crate::telemetry::{BackendMetrics, Metrics};
+
+/// Live numbers of one backend.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    /// Requests dispatched and not yet finished.
+    in_flight: AtomicU32,
+}
+
+impl BackendState {
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// One upstream endpoint, ready to receive requests.
+#[derive(Debug)]
+pub struct Backend {
+    /// Position in its pool.
+    pub id: BackendId,
+    /// Configured name.
+    pub name: String,
+    /// `x-switchyard-backend` header value, built once.
+    pub name_header: HeaderValue,
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// Path prefix.
+    pub base_path: String,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Most requests in flight at once.
+    pub max_concurrency: Option<u32>,
+    /// Model name to write into the body, when it differs from the pool's.
+    pub upstream_model: Option<String>,
+    /// `Authorization` header to send instead of the client's.
+    pub authorization: Option<HeaderValue>,
+    /// Live counters.
+    pub state: Arc<BackendState>,
+    /// Pre-resolved metric handles.
+    pub metrics: BackendMetrics,
+}
+
+impl Backend {
+    fn new(id: BackendId, pool: &str, cfg: &BackendConfig, metrics: &Metrics) -> Self {
+        let authorization = cfg.api_key.as_ref().and_then(|k| {
+            let mut v = HeaderValue::try_from(format!("Bearer {k}")).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        Self {
+            id,
+            name_header: HeaderValue::try_from(cfg.name.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
+            name: cfg.name.clone(),
+            scheme: cfg.scheme.clone(),
+            authority: cfg.authority.clone(),
+            base_path: cfg.base_path.clone(),
+            weight: cfg.weight.max(1),
+            max_concurrency: cfg.max_concurrency,
+            upstream_model: cfg.upstream_model.clone(),
+            authorization,
+            state: Arc::default(),
+            metrics: metrics.backend(pool, &cfg.name),
+        }
+    }
+
+    /// Whether a new request may go here now.
+    pub fn usable(&self) -> bool {
+        self.max_concurrency
+            .is_none_or(|cap| self.state.in_flight() < cap)
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn begin(&self) -> InFlightGuard {
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.inc();
+        InFlightGuard {
+            state: self.state.clone(),
+            gauge: self.metrics.in_flight.clone(),
+        }
+    }
+
+    /// The upstream URI for an API path such as `/v1/chat/completions`.
+    pub fn uri(&self, path: &str) -> Result<http::Uri, http::Error> {
+        let mut full = String::with_capacity(self.base_path.len() + path.len());
+        full.push_str(&self.base_path);
+        full.push_str(path);
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(full)
+            .build()
+    }
+}
+
+/// Holds one in-flight slot of a backend; releases it when dropped.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    state: Arc<BackendState>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+/// The backends that serve one model name, and the policy that chooses among them.
+#[derive(Debug)]
+pub struct Pool {
+    /// The model name clients ask for.
+    pub name: String,
+    /// Members in config order (`backends[i].id == BackendId(i)`).
+    pub backends: Vec<Backend>,
+    /// The pool's routing policy.
+    pub policy: Box<dyn Policy>,
+}
+
+/// Views of a small pool fit inline; larger pools spill to the heap.
+pub type ViewBuf = SmallVec<[BackendView; 16]>;
+
+impl Pool {
+    /// Builds a pool with fresh live state.
+    pub fn new(cfg: &PoolConfig, metrics: &Metrics, seed: u64) -> Self {
+        let backends: Vec<Backend> = cfg
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Backend::new(BackendId(i as u32), &cfg.name, b, metrics))
+            .collect();
+        let members: Vec<PoolMember> = backends
+            .iter()
+            .map(|b| PoolMember {
+                name: b.name.clone(),
+                weight: b.weight,
+            })
+            .collect();
+        Self {
+            name: cfg.name.clone(),
+            policy: cfg.policy.build(&members, seed),
+            backends,
+        }
+    }
+
+    /// Fills `buf` with the live view of every member.
+    pub fn view<'a>(&self, buf: &'a mut ViewBuf, now: Duration) -> FleetView<'a> {
+        buf.clear();
+        buf.extend(self.backends.iter().map(|b| BackendView {
+            id: b.id,
+            weight: b.weight,
+            in_flight: b.state.in_flight(),
+            usable: b.usable(),
+        }));
+        FleetView::new(buf, now)
+    }
+
+    /// The member with this id.
+    pub fn backend(&self, id: BackendId) -> Option<&Backend> {
+        self.backends.get(id.index())
+    }
+}

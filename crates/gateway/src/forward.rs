@@ -1,0 +1,107 @@
+//! Forwarding: the pooled upstream client, and building the upstream request from the
+//! client's, so that the body goes out as the original bytes (only `model` rewritten when the
+//! backend expects another name) and headers pass through except hop-by-hop ones.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+use switchyard_core::RequestProfile;
+
+use crate::config::Timeouts;
+use crate::fleet::Backend;
+
+/// The upstream HTTP client: keep-alive connection pools per backend, HTTP and HTTPS.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Builds the shared upstream client.
+pub fn client(timeouts: &Timeouts) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeouts.connect));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(1024)
+        .build(https)
+}
+
+/// Headers that describe one connection, not the message, and so are never forwarded
+/// (RFC 9110 section 7.6.1), plus those the gateway sets itself.
+fn skip_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// The request to send to `backend`.
+pub fn upstream_request(
+    backend: &Backend,
+    profile: &RequestProfile,
+    body: &Bytes,
+    client_headers: &HeaderMap,
+    request_id: &HeaderValue,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let body = match &backend.upstream_model {
+        Some(name) if *name != profile.model => Bytes::from(profile.rewrite_model(body, name)),
+        _ => body.clone(),
+    };
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(backend.uri(profile.kind.path())?)
+        .body(Full::new(body.clone()))?;
+    let headers = req.headers_mut();
+    headers.reserve(client_headers.len() + 2);
+    for (name, value) in client_headers {
+        if skip_header(name) || (backend.authorization.is_some() && name == header::AUTHORIZATION) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some(auth) = &backend.authorization {
+        headers.insert(header::AUTHORIZATION, auth.clone());
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert("x-request-id", request_id.clone());
+    Ok(req)
+}
+
+/// Removes hop-by-hop headers from an upstream response before it is relayed.
+pub fn clean_response_headers(headers: &mut HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}

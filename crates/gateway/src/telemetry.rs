@@ -1,0 +1,141 @@
+//! Prometheus metrics, all prefixed `switchyard_`, in base units.
+//!
+//! Per-backend handles are resolved once when a pool is built, so the hot path touches only
+//! atomics; the request counter is labelled by status and resolved per response.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: sub-millisecond for overhead up to minutes for long generations.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Gateway overhead buckets in seconds: 10 microseconds to 50 milliseconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+];
+
+/// The gateway's metric families.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttfb: HistogramVec,
+    in_flight: IntGaugeVec,
+    /// Time spent inside the gateway per request, upstream time excluded.
+    pub overhead: Histogram,
+}
+
+/// Handles for one backend, resolved once.
+#[derive(Debug, Clone)]
+pub struct BackendMetrics {
+    /// `switchyard_request_duration_seconds{model,backend}`
+    pub duration: Histogram,
+    /// `switchyard_time_to_first_byte_seconds{model,backend}`
+    pub ttfb: Histogram,
+    /// `switchyard_backend_in_flight{model,backend}`
+    pub in_flight: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_total",
+                "Requests answered, by model, backend and HTTP status.",
+            ),
+            &["model", "backend", "status"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request received to response body finished.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "backend"],
+        )
+        .expect("valid metric");
+        let ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_time_to_first_byte_seconds",
+                "Time from request received to the first byte of the response body (first token when streaming).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "backend"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_backend_in_flight",
+                "Requests in flight per backend.",
+            ),
+            &["model", "backend"],
+        )
+        .expect("valid metric");
+        let overhead = Histogram::with_opts(
+            HistogramOpts::new(
+                "switchyard_overhead_seconds",
+                "Time spent in the gateway per request, upstream time excluded.",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(ttfb.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(overhead.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            ttfb,
+            in_flight,
+            overhead,
+        }
+    }
+
+    /// Handles for one backend of one pool.
+    pub fn backend(&self, model: &str, backend: &str) -> BackendMetrics {
+        BackendMetrics {
+            duration: self.duration.with_label_values(&[model, backend]),
+            ttfb: self.ttfb.with_label_values(&[model, backend]),
+            in_flight: self.in_flight.with_label_values(&[model, backend]),
+        }
+    }
+
+    /// Counts one answered request. `backend` is empty when the gateway answered itself.
+    pub fn count(&self, model: &str, backend: &str, status: http::StatusCode) {
+        self.requests
+            .with_label_values(&[model, backend, status.as_str()])
+            .inc();
+    }
+
+    /// The registry, for other modules to add their families.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every family in Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

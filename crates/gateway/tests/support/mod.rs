@@ -1,0 +1,287 @@
+//! Shared test support: mock upstreams (in-process hyper servers on 127.0.0.1:0, so real
+//! sockets), a gateway booted on port 0 from YAML text, and a small HTTP client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::channel::{Channel, Sender};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+
+/// A request as a mock upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What a mock upstream answers.
+#[derive(Clone)]
+pub enum Reply {
+    /// A JSON body with a status.
+    Json(StatusCode, &'static str),
+    /// SSE chunks; before each chunk after the first, wait for `gate` to be notified if given.
+    Sse {
+        chunks: Vec<&'static str>,
+        gate: Option<Arc<Notify>>,
+    },
+    /// Never answer.
+    Hang,
+    /// Answer 200 JSON after `release` is notified (holds the request in flight until then).
+    HoldUntil(Arc<Notify>),
+}
+
+pub type Body = http_body_util::Either<Full<Bytes>, Channel<Bytes, Infallible>>;
+
+/// A mock upstream over a real socket.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Mock {
+    pub async fn start(reply: Reply) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let reply = reply.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let reply = reply.clone();
+                        let seen = seen.clone();
+                        async move { Ok::<_, Infallible>(answer(req, reply, seen).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Mock { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the mock")
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    reply: Reply,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body,
+    });
+    match reply {
+        Reply::Json(status, text) => json(status, text),
+        Reply::HoldUntil(release) => {
+            release.notified().await;
+            json(StatusCode::OK, OK_BODY)
+        }
+        Reply::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        Reply::Sse { chunks, gate } => {
+            let (tx, body): (Sender<Bytes, Infallible>, Channel<Bytes, Infallible>) =
+                Channel::new(4);
+            tokio::spawn(send_chunks(tx, chunks, gate));
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(http_body_util::Either::Right(body))
+                .unwrap()
+        }
+    }
+}
+
+async fn send_chunks(
+    mut tx: Sender<Bytes, Infallible>,
+    chunks: Vec<&'static str>,
+    gate: Option<Arc<Notify>>,
+) {
+    for (i, c) in chunks.into_iter().enumerate() {
+        if i > 0 {
+            if let Some(g) = &gate {
+                g.notified().await;
+            }
+        }
+        if tx
+            .send_data(Bytes::from_static(c.as_bytes()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+pub const OK_BODY: &str = r#"{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+
+fn json(status: StatusCode, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+            text.as_bytes(),
+        ))))
+        .unwrap()
+}
+
+/// A gateway running on 127.0.0.1:0.
+pub struct Gw {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<std::io::Result<switchyard_gateway::Drained>>>,
+}
+
+impl Gw {
+    pub async fn start(yaml: &str) -> Gw {
+        let cfg = switchyard_gateway::config::parse(yaml, "test.yaml").expect("valid test config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = switchyard_gateway::Gateway::new(cfg);
+        let (stop, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(switchyard_gateway::serve(gw, listener, async move {
+            let _ = rx.await;
+        }));
+        Gw {
+            addr,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends the shutdown signal; returns how the drain ended.
+    pub async fn shutdown(&mut self) -> switchyard_gateway::Drained {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap().unwrap()
+    }
+}
+
+/// A YAML config with one model `m` over `urls`, with extra pool lines (`policy: ...`) and
+/// extra top-level lines.
+pub fn config(urls: &[String], pool_extra: &str, top_extra: &str) -> String {
+    let mut s = format!("{top_extra}\nmodels:\n  m:\n    {pool_extra}\n    backends:\n");
+    for (i, u) in urls.iter().enumerate() {
+        s.push_str(&format!("      - {{url: \"{u}\", name: b{i}}}\n"));
+    }
+    s
+}
+
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A finished response.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
+    }
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+    pub fn backend(&self) -> String {
+        self.headers["x-switchyard-backend"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+pub async fn post(c: &Client, url: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut b = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(c, b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await
+}
+
+pub async fn get(c: &Client, url: &str) -> Answer {
+    send(c, Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(c: &Client, req: Request<Full<Bytes>>) -> Answer {
+    let exchange = async {
+        let resp = c.request(req).await.expect("request reached the gateway");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("gateway answered in full within 20s")
+}
+
+pub const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+/// Waits until `cond` holds, polling; fails after 10 s. For state changes with no event to
+/// await (such as a counter another task updates).
+pub async fn eventually(mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 10s");
+}

@@ -1,0 +1,480 @@
+//! The virtual-time fleet: a discrete-event driver that plays a [`Workload`] against N
+//! simulated engines through a `switchyard_core` [`Policy`], the same code the gateway runs.
+//!
+//! Three kinds of event, processed in time order (ties: engine steps, then metric scrapes,
+//! then arrivals; each kind in fleet or workload order, so a run is a pure function of its
+//! inputs):
+//!
+//! - an **arrival**: the driver builds the request's [`RequestProfile`] and a [`FleetView`] (one
+//!   [`BackendView`] per engine), asks the policy for a [`Decision`](switchyard_core::Decision),
+//!   and submits the request to the first backend in the decision's order that accepts it. An
+//!   idle engine starts a step at once. If no backend is usable the request waits at the
+//!   gateway, first in first out, and is decided again whenever a request completes.
+//! - an **engine step's end**: its events are delivered (first tokens, completions, preemptions)
+//!   and the engine starts its next step if it has work.
+//! - a **metrics scrape**, every `metrics_interval_s`: the driver keeps each engine's last
+//!   [`EngineMetrics`] snapshot, so whatever it feeds the policy from engine metrics is as stale
+//!   as a gateway's scrape would be. `in_flight`, like a real gateway's, is the driver's own
+//!   count, from dispatch to completion, and is always current.
+//!
+//! Time is `f64` seconds from the start of the workload; the policy sees it as a `Duration` in
+//! `FleetView::now`. There is no clock, no sleep and no socket.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Serialize;
+use switchyard_core::{
+    BackendId, BackendView, EndpointKind, FleetView, Policy, PolicySpec, PolicySpecError,
+    PoolMember, RequestProfile, SessionSource,
+};
+
+use crate::config::{ConfigError, EngineConfig};
+use crate::engine::Engine;
+use crate::metrics::EngineMetrics;
+use crate::profile::Profile;
+use crate::report::{
+    summarize, BackendReport, InFlightImbalance, Outcome, RequestRecord, RunReport,
+};
+use crate::request::{EngineEvent, RequestId, SimRequest};
+use crate::workload::{Workload, WorkloadRequest};
+
+/// One backend of the simulated fleet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendSpec {
+    /// Its name: the identity consistent hashing places on its ring.
+    pub name: String,
+    /// Relative share for weighted policies (at least 1).
+    pub weight: u32,
+    /// Its engine; backends of one fleet may differ (heterogeneous fleets).
+    pub engine: EngineConfig,
+    /// The gateway's concurrency cap for it: at this many in flight it is not usable.
+    pub max_in_flight: Option<u32>,
+    /// Treat it as not usable while its last scraped `num_waiting` is at least this: the one
+    /// place scraped (lagged) engine metrics enter the view until `BackendView` carries them.
+    pub max_waiting: Option<u32>,
+}
+
+/// A fleet run's parameters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetConfig {
+    /// The backends, in pool order.
+    pub backends: Vec<BackendSpec>,
+    /// The routing policy.
+    #[serde(skip)]
+    pub policy: PolicySpec,
+    /// Seconds between metric scrapes: the lag of everything the driver learns from engine
+    /// metrics.
+    pub metrics_interval_s: f64,
+    /// Seed for policies that draw at random.
+    pub seed: u64,
+    /// The model name requests ask for (the pool's name).
+    pub model: String,
+}
+
+impl FleetConfig {
+    /// `n` identical backends of `profile`, weight 1, no caps, scraped every 0.5 s.
+    pub fn uniform(profile: &Profile, n: usize, policy: PolicySpec, seed: u64) -> Self {
+        let engine = profile.engine_config();
+        Self {
+            backends: (0..n)
+                .map(|i| BackendSpec {
+                    name: format!("{}-{i}", profile.name),
+                    weight: 1,
+                    engine: engine.clone(),
+                    max_in_flight: None,
+                    max_waiting: None,
+                })
+                .collect(),
+            policy,
+            metrics_interval_s: 0.5,
+            seed,
+            model: profile.model.name.to_owned(),
+        }
+    }
+}
+
+/// A fleet that cannot run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FleetError {
+    /// No backend.
+    #[error("the fleet has no backend")]
+    NoBackends,
+    /// A backend's engine configuration is invalid.
+    #[error("backend '{name}': {source}")]
+    Engine {
+        /// The backend.
+        name: String,
+        /// What is wrong.
+        source: ConfigError,
+    },
+    /// A backend's `max_in_flight` or `max_waiting` is 0, so it could never take a request.
+    #[error("backend '{0}': max_in_flight and max_waiting must be at least 1")]
+    ZeroCap(String),
+    /// The policy's parameters are invalid.
+    #[error("policy: {0}")]
+    Policy(#[from] PolicySpecError),
+    /// The scrape interval is not a positive number.
+    #[error("metrics_interval_s must be a positive number of seconds")]
+    BadInterval,
+    /// A workload request's arrival is not a finite, non-negative time, or arrivals are out
+    /// of order (build workloads with [`Workload::new`], which sorts them).
+    #[error("workload request {0}: arrival times must be finite, >= 0 and in order")]
+    BadArrival(usize),
+}
+
+/// A request that arrived and is not yet on a backend.
+struct Pending {
+    index: usize,
+    profile: RequestProfile,
+    tokens: Vec<u32>,
+}
+
+/// The driver's state during a run.
+struct Driver<'a> {
+    config: &'a FleetConfig,
+    workload: &'a Workload,
+    policy: Box<dyn Policy>,
+    engines: Vec<Engine>,
+    /// End of each engine's step in progress, `INFINITY` when idle.
+    step_end: Vec<f64>,
+    /// Events of each engine's step in progress, delivered at `step_end`.
+    events: Vec<Vec<EngineEvent>>,
+    in_flight: Vec<u32>,
+    dispatched: Vec<u64>,
+    /// Last scraped metrics of each engine.
+    scraped: Vec<EngineMetrics>,
+    views: Vec<BackendView>,
+    queue: VecDeque<Pending>,
+    records: Vec<RequestRecord>,
+    imbalance: InFlightImbalance,
+}
+
+/// Plays `workload` against the fleet and reports what happened.
+pub fn run(config: &FleetConfig, workload: &Workload) -> Result<RunReport, FleetError> {
+    if config.backends.is_empty() {
+        return Err(FleetError::NoBackends);
+    }
+    if !(config.metrics_interval_s.is_finite() && config.metrics_interval_s > 0.0) {
+        return Err(FleetError::BadInterval);
+    }
+    config.policy.validate()?;
+    let mut last = 0.0;
+    for (i, r) in workload.requests.iter().enumerate() {
+        if !(r.arrival.is_finite() && r.arrival >= last) {
+            return Err(FleetError::BadArrival(i));
+        }
+        last = r.arrival;
+    }
+    let mut engines = Vec::with_capacity(config.backends.len());
+    for b in &config.backends {
+        if b.max_in_flight == Some(0) || b.max_waiting == Some(0) {
+            return Err(FleetError::ZeroCap(b.name.clone()));
+        }
+        engines.push(
+            Engine::new(b.engine.clone()).map_err(|source| FleetError::Engine {
+                name: b.name.clone(),
+                source,
+            })?,
+        );
+    }
+    let members: Vec<PoolMember> = config
+        .backends
+        .iter()
+        .map(|b| PoolMember {
+            name: b.name.clone(),
+            weight: b.weight.max(1),
+        })
+        .collect();
+    let n = engines.len();
+    let mut d = Driver {
+        config,
+        workload,
+        policy: config.policy.build(&members, config.seed),
+        scraped: engines.iter().map(|e| e.metrics(0.0)).collect(),
+        engines,
+        step_end: vec![f64::INFINITY; n],
+        events: vec![Vec::new(); n],
+        in_flight: vec![0; n],
+        dispatched: vec![0; n],
+        views: Vec::with_capacity(n),
+        queue: VecDeque::new(),
+        records: workload
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(index, r)| RequestRecord {
+                index,
+                session: r.session,
+                backend: None,
+                arrival: r.arrival,
+                dispatched: None,
+                ttft: None,
+                e2e: None,
+                prompt_tokens: r.prompt.tokens(),
+                cached_prompt_tokens: 0,
+                output_tokens: 0,
+                preemptions: 0,
+                outcome: Outcome::Unfinished,
+            })
+            .collect(),
+        imbalance: InFlightImbalance::default(),
+    };
+    d.run();
+    Ok(d.report())
+}
+
+impl Driver<'_> {
+    fn run(&mut self) {
+        let interval = self.config.metrics_interval_s;
+        let mut next_arrival = 0;
+        let mut scrapes = 1u64;
+        let mut next_scrape = interval;
+        let mut idle_scrapes = 0;
+        loop {
+            let ta = self
+                .workload
+                .requests
+                .get(next_arrival)
+                .map_or(f64::INFINITY, |r| r.arrival);
+            let (engine, te) = self.step_end.iter().copied().enumerate().fold(
+                (0, f64::INFINITY),
+                |best, (i, t)| if t < best.1 { (i, t) } else { best },
+            );
+            if ta.is_infinite() && te.is_infinite() {
+                // Only requests queued at the gateway are left. A fresh scrape shows every
+                // engine idle; if even that does not place them, nothing will.
+                if self.queue.is_empty() || idle_scrapes > 1 {
+                    break;
+                }
+                idle_scrapes += 1;
+            } else {
+                idle_scrapes = 0;
+            }
+            if te <= next_scrape && te <= ta {
+                self.end_step(engine, te);
+            } else if next_scrape <= ta {
+                for (s, e) in self.scraped.iter_mut().zip(&self.engines) {
+                    *s = e.metrics(next_scrape);
+                }
+                self.drain_queue(next_scrape);
+                scrapes += 1;
+                next_scrape = scrapes as f64 * interval;
+            } else {
+                self.arrive(next_arrival, ta);
+                next_arrival += 1;
+            }
+        }
+        // Nothing in flight can free a backend any more: whatever still queues is refused.
+        while let Some(p) = self.queue.pop_front() {
+            self.records[p.index].outcome = Outcome::Rejected;
+        }
+    }
+
+    /// Decides again for requests queued at the gateway, in order, until one finds no
+    /// usable backend (then none behind it would either: usability does not depend on the
+    /// request).
+    fn drain_queue(&mut self, t: f64) {
+        while let Some(p) = self.queue.pop_front() {
+            if let Some(p) = self.dispatch(p, t) {
+                self.queue.push_front(p);
+                break;
+            }
+        }
+    }
+
+    /// Delivers engine `i`'s step events at `t` and starts its next step.
+    fn end_step(&mut self, i: usize, t: f64) {
+        let mut completed = false;
+        for ev in self.events[i].drain(..) {
+            match ev {
+                EngineEvent::Admitted { id, cached_tokens } => {
+                    let r = &mut self.records[id.0 as usize];
+                    if r.preemptions == 0 {
+                        r.cached_prompt_tokens = cached_tokens;
+                    }
+                }
+                EngineEvent::Token { id, index: 0, .. } => {
+                    let r = &mut self.records[id.0 as usize];
+                    r.ttft = Some(t - r.arrival);
+                }
+                EngineEvent::Token { .. } => {}
+                EngineEvent::Finished { id, output_tokens } => {
+                    let r = &mut self.records[id.0 as usize];
+                    r.e2e = Some(t - r.arrival);
+                    r.output_tokens = output_tokens;
+                    r.outcome = Outcome::Completed;
+                    self.in_flight[i] -= 1;
+                    completed = true;
+                }
+                EngineEvent::Preempted { id } => self.records[id.0 as usize].preemptions += 1,
+            }
+        }
+        if completed {
+            self.imbalance.update(t, &self.in_flight);
+        }
+        self.start_step(i, t);
+        if completed {
+            self.drain_queue(t);
+        }
+    }
+
+    /// Starts engine `i`'s next step at `t` if it has work.
+    fn start_step(&mut self, i: usize, t: f64) {
+        self.step_end[i] = match self.engines[i].step_into(t, &mut self.events[i]) {
+            Some(stats) => stats.end,
+            None => f64::INFINITY,
+        };
+    }
+
+    /// Request `index` arrives at `t`.
+    fn arrive(&mut self, index: usize, t: f64) {
+        let req = &self.workload.requests[index];
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        req.prompt.render_tokens(&mut text, &mut tokens);
+        let profile = self.profile(req, text);
+        let p = Pending {
+            index,
+            profile,
+            tokens,
+        };
+        // Behind others already queued, or queued itself if no backend is usable.
+        if !self.queue.is_empty() {
+            self.queue.push_back(p);
+        } else if let Some(p) = self.dispatch(p, t) {
+            self.queue.push_back(p);
+        }
+    }
+
+    /// The profile the gateway would build for this request. Built directly rather than
+    /// parsed from a JSON body, so the prompt is exactly the text the engine tokenizes (a chat
+    /// template would add role markers).
+    fn profile(&self, req: &WorkloadRequest, prompt: String) -> RequestProfile {
+        let session_key = req.session.map(|s| format!("{s:016x}"));
+        RequestProfile {
+            kind: EndpointKind::ChatCompletions,
+            model: self.config.model.clone(),
+            model_span: 0..0,
+            stream: true,
+            include_usage: true,
+            user: None,
+            session_source: session_key.as_ref().map(|_| SessionSource::Header),
+            session_key,
+            prompt,
+            estimated_input_tokens: req.prompt.tokens(),
+            max_output_tokens: Some(req.max_output_tokens),
+        }
+    }
+
+    /// Decides and submits. Gives the request back if no backend is usable now.
+    #[must_use]
+    fn dispatch(&mut self, p: Pending, t: f64) -> Option<Pending> {
+        self.views.clear();
+        for (i, b) in self.config.backends.iter().enumerate() {
+            self.views
+                .push(backend_view(i, b, self.in_flight[i], &self.scraped[i]));
+        }
+        let fleet = FleetView::new(&self.views, Duration::from_secs_f64(t));
+        let Ok(decision) = self.policy.decide(&p.profile, &fleet) else {
+            return Some(p);
+        };
+        let req = &self.workload.requests[p.index];
+        let prompt_len = p.tokens.len() as u32;
+        let target = decision.attempts().map(BackendId::index).find(|&i| {
+            self.engines[i]
+                .check(prompt_len, req.max_output_tokens)
+                .is_ok()
+        });
+        let Some(i) = target else {
+            self.records[p.index].outcome = Outcome::Rejected;
+            return None;
+        };
+        let submitted = self.engines[i].submit(SimRequest {
+            id: RequestId(p.index as u64),
+            prompt_tokens: p.tokens,
+            max_output_tokens: req.max_output_tokens,
+            output_seed: req.output_seed,
+        });
+        if submitted.is_err() {
+            self.records[p.index].outcome = Outcome::Rejected;
+            return None;
+        }
+        let r = &mut self.records[p.index];
+        r.backend = Some(i as u32);
+        r.dispatched = Some(t);
+        self.in_flight[i] += 1;
+        self.dispatched[i] += 1;
+        self.imbalance.update(t, &self.in_flight);
+        if self.step_end[i].is_infinite() {
+            self.start_step(i, t);
+        }
+        None
+    }
+
+    fn report(self) -> RunReport {
+        let end = self
+            .records
+            .iter()
+            .filter_map(|r| r.e2e.map(|e| r.arrival + e))
+            .fold(0.0, f64::max);
+        let backends: Vec<BackendReport> = self
+            .config
+            .backends
+            .iter()
+            .zip(&self.engines)
+            .zip(&self.dispatched)
+            .map(|((b, e), &requests)| {
+                let m = e.metrics(end);
+                BackendReport {
+                    name: b.name.clone(),
+                    profile: b.engine.name.clone(),
+                    requests,
+                    busy_fraction: if end > 0.0 {
+                        m.busy_seconds_total / end
+                    } else {
+                        0.0
+                    },
+                    final_metrics: m,
+                }
+            })
+            .collect();
+        let summary = summarize(
+            &self.records,
+            &backends,
+            self.imbalance.mean(),
+            self.imbalance.max(),
+        );
+        RunReport {
+            policy: self.config.policy.name().to_owned(),
+            seed: self.config.seed,
+            requests: self.records,
+            backends,
+            summary,
+        }
+    }
+}
+
+/// What the policy sees of backend `i`: the driver's live in-flight count, and usability from
+/// the concurrency cap and the last scraped metrics. When `BackendView` grows fields for engine
+/// metrics (queue depth, KV use, prefix-cache state), they are filled here from `scraped`.
+fn backend_view(
+    i: usize,
+    spec: &BackendSpec,
+    in_flight: u32,
+    scraped: &EngineMetrics,
+) -> BackendView {
+    let under_cap = spec.max_in_flight.is_none_or(|cap| in_flight < cap);
+    let queue_ok = spec
+        .max_waiting
+        .is_none_or(|limit| scraped.num_waiting < limit);
+    BackendView {
+        id: BackendId(i as u32),
+        weight: spec.weight.max(1),
+        in_flight,
+        usable: under_cap && queue_ok,
+    }
+}
+
+#[cfg(test)]
+mod tests;
