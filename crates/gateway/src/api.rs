@@ -201,7 +201,7 @@ async fn proxy(
             (
                 pool.name.clone(),
                 ApiError::UpstreamUnreachable {
-                    backend: backend.name.clone(),
+                    backend: backend.name().to_owned(),
                     detail: e.to_string(),
                 },
             )
@@ -216,17 +216,17 @@ async fn proxy(
             return Err((
                 pool.name.clone(),
                 ApiError::UpstreamTimeout {
-                    backend: backend.name.clone(),
+                    backend: backend.name().to_owned(),
                     after: gw.config.timeouts.first_byte,
                 },
             ))
         }
         Ok(Err(e)) => {
-            tracing::warn!(request_id = ?request_id, backend = %backend.name, error = %e, "upstream request failed");
+            tracing::warn!(request_id = ?request_id, backend = %backend.name(), error = %e, "upstream request failed");
             return Err((
                 pool.name.clone(),
                 ApiError::UpstreamUnreachable {
-                    backend: backend.name.clone(),
+                    backend: backend.name().to_owned(),
                     detail: error_chain(&e),
                 },
             ));
@@ -238,12 +238,12 @@ async fn proxy(
     forward::clean_response_headers(&mut head.headers);
     head.headers
         .insert("x-switchyard-backend", backend.name_header.clone());
-    gw.metrics.count(&pool.name, &backend.name, head.status);
+    gw.metrics.count(&pool.name, backend.name(), head.status);
     let relay = Relay::new(incoming, started, backend.metrics.clone(), guard);
     let resp = Response::from_parts(head, GatewayBody::Relay(relay));
     let overhead = (dispatched - body_read) + headers_at.elapsed();
     gw.metrics.overhead.observe(overhead.as_secs_f64());
-    tracing::debug!(request_id = ?request_id, model = %pool.name, backend = %backend.name, reason = %decision.reason, "routed");
+    tracing::debug!(request_id = ?request_id, model = %pool.name, backend = %backend.name(), reason = %decision.reason, "routed");
     Ok(resp)
 }
 

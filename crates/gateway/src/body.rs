@@ -85,12 +85,19 @@ impl Body for GatewayBody {
             GatewayBody::Relay(r) => {
                 let polled = Pin::new(&mut r.inner).poll_frame(cx);
                 match &polled {
-                    Poll::Ready(Some(Ok(f))) if !r.seen_first && f.is_data() => {
-                        r.seen_first = true;
-                        r.metrics.ttfb.observe(r.started.elapsed().as_secs_f64());
+                    Poll::Ready(Some(Ok(f))) => {
+                        if !r.seen_first && f.is_data() {
+                            r.seen_first = true;
+                            r.metrics.ttfb.observe(r.started.elapsed().as_secs_f64());
+                        }
+                        // A body of known length ends with its last frame; hyper may not poll
+                        // again before the client has it, so release the slot now.
+                        if r.inner.is_end_stream() {
+                            r.finish();
+                        }
                     }
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => r.finish(),
-                    _ => {}
+                    Poll::Pending => {}
                 }
                 polled
             }

@@ -5,7 +5,6 @@
 //! from dispatch until its response body ends or is dropped, so a client that disconnects frees
 //! the slot at once. A decision reads a fresh [`FleetView`] built from these counters.
 
-use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,23 +34,12 @@ impl BackendState {
 pub struct Backend {
     /// Position in its pool.
     pub id: BackendId,
-    /// Configured name.
-    pub name: String,
+    /// What the config says of it (name, address, weight, cap, upstream model).
+    pub config: BackendConfig,
     /// `x-switchyard-backend` header value, built once.
     pub name_header: HeaderValue,
-    /// `http` or `https`.
-    pub scheme: Scheme,
-    /// Host and port.
-    pub authority: Authority,
-    /// Path prefix.
-    pub base_path: String,
-    /// Relative share of traffic.
-    pub weight: u32,
-    /// Most requests in flight at once.
-    pub max_concurrency: Option<u32>,
-    /// Model name to write into the body, when it differs from the pool's.
-    pub upstream_model: Option<String>,
-    /// `Authorization` header to send instead of the client's.
+    /// `Authorization` header to send instead of the client's, built once and marked
+    /// sensitive so it is never printed.
     pub authorization: Option<HeaderValue>,
     /// Live counters.
     pub state: Arc<BackendState>,
@@ -70,22 +58,22 @@ impl Backend {
             id,
             name_header: HeaderValue::try_from(cfg.name.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
-            name: cfg.name.clone(),
-            scheme: cfg.scheme.clone(),
-            authority: cfg.authority.clone(),
-            base_path: cfg.base_path.clone(),
-            weight: cfg.weight.max(1),
-            max_concurrency: cfg.max_concurrency,
-            upstream_model: cfg.upstream_model.clone(),
+            config: cfg.clone(),
             authorization,
             state: Arc::default(),
             metrics: metrics.backend(pool, &cfg.name),
         }
     }
 
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
     /// Whether a new request may go here now.
     pub fn usable(&self) -> bool {
-        self.max_concurrency
+        self.config
+            .max_concurrency
             .is_none_or(|cap| self.state.in_flight() < cap)
     }
 
@@ -101,12 +89,13 @@ impl Backend {
 
     /// The upstream URI for an API path such as `/v1/chat/completions`.
     pub fn uri(&self, path: &str) -> Result<http::Uri, http::Error> {
-        let mut full = String::with_capacity(self.base_path.len() + path.len());
-        full.push_str(&self.base_path);
+        let base = &self.config.base_path;
+        let mut full = String::with_capacity(base.len() + path.len());
+        full.push_str(base);
         full.push_str(path);
         http::Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .scheme(self.config.scheme.clone())
+            .authority(self.config.authority.clone())
             .path_and_query(full)
             .build()
     }
@@ -152,8 +141,8 @@ impl Pool {
         let members: Vec<PoolMember> = backends
             .iter()
             .map(|b| PoolMember {
-                name: b.name.clone(),
-                weight: b.weight,
+                name: b.config.name.clone(),
+                weight: b.config.weight.max(1),
             })
             .collect();
         Self {
@@ -168,7 +157,7 @@ impl Pool {
         buf.clear();
         buf.extend(self.backends.iter().map(|b| BackendView {
             id: b.id,
-            weight: b.weight,
+            weight: b.config.weight.max(1),
             in_flight: b.state.in_flight(),
             usable: b.usable(),
         }));

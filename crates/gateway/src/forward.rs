@@ -67,7 +67,7 @@ pub fn upstream_request(
     client_headers: &HeaderMap,
     request_id: &HeaderValue,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
-    let body = match &backend.upstream_model {
+    let body = match &backend.config.upstream_model {
         Some(name) if *name != profile.model => Bytes::from(profile.rewrite_model(body, name)),
         _ => body.clone(),
     };
