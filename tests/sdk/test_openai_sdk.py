@@ -162,3 +162,17 @@ def test_errors_reach_the_sdk_as_typed_exceptions(gateway):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     assert e.value.code == "model_not_found"
+
+
+def test_check_rejects_a_bad_config_with_its_location(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  llama:\n    backends:\n      - url: http://127.0.0.1:1\n        wieght: 2\n")
+    out = subprocess.run([str(BINARY), "check", "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"{bad}:5:9:" in out.stderr and "did you mean `weight`?" in out.stderr
+    out = subprocess.run([str(BINARY), "serve", "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2 and "wieght" in out.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("models:\n  llama:\n    backends:\n      - url: http://127.0.0.1:1\n")
+    out = subprocess.run([str(BINARY), "check", "--config", str(good)], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok (1 model, 1 backend" in out.stdout

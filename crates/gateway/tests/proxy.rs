@@ -330,3 +330,24 @@ async fn shutdown_stops_accepting_and_drains_in_flight_requests() {
     assert_eq!(a.body, OK_BODY.as_bytes());
     assert_eq!(stopping.await.unwrap(), switchyard_gateway::Drained::Clean);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_kept_alive() {
+    let up = Mock::start(ok()).await;
+    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(
+            post(&c, &gw.url("/v1/chat/completions"), CHAT, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(up.count(), 20);
+    let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        conns, 1,
+        "20 sequential requests should share one upstream connection"
+    );
+}

@@ -46,6 +46,8 @@ pub type Body = http_body_util::Either<Full<Bytes>, Channel<Bytes, Infallible>>;
 pub struct Mock {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted, to show that upstream connections are reused.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Mock {
@@ -54,11 +56,14 @@ impl Mock {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conns = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let reply = reply.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
@@ -73,7 +78,11 @@ impl Mock {
                 });
             }
         });
-        Mock { addr, seen }
+        Mock {
+            addr,
+            seen,
+            connections,
+        }
     }
 
     pub fn url(&self) -> String {
