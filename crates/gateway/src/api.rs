@@ -14,7 +14,7 @@ use switchyard_core::{EndpointKind, RequestMeta, RequestProfile};
 
 use crate::body::{GatewayBody, Relay};
 use crate::error::ApiError;
-use crate::fleet::ViewBuf;
+use crate::fleet::{Backend, InFlightGuard, ViewBuf};
 use crate::forward;
 use crate::gateway::Gateway;
 
@@ -187,64 +187,107 @@ async fn proxy(
                 },
             )
         })?;
-    let backend = pool.backend(decision.primary).ok_or_else(|| {
-        (
-            pool.name.clone(),
-            ApiError::NoBackend {
-                model: pool.name.clone(),
-            },
-        )
-    })?;
-
-    let upstream = forward::upstream_request(backend, &profile, &body, &parts.headers, request_id)
-        .map_err(|e| {
-            (
-                pool.name.clone(),
-                ApiError::UpstreamUnreachable {
-                    backend: backend.name().to_owned(),
-                    detail: e.to_string(),
-                },
-            )
-        })?;
-    let guard = backend.begin();
-    let dispatched = Instant::now();
-    let sent =
-        tokio::time::timeout(gw.config.timeouts.first_byte, gw.client.request(upstream)).await;
-    let headers_at = Instant::now();
-    let upstream_resp = match sent {
-        Err(_) => {
-            return Err((
-                pool.name.clone(),
-                ApiError::UpstreamTimeout {
-                    backend: backend.name().to_owned(),
-                    after: gw.config.timeouts.first_byte,
-                },
-            ))
+    // Try the decision's backends in order. Nothing has reached the client until a response is
+    // returned, so a failed attempt (connect error, timeout, or a 429/502/503/504 answer) moves
+    // on to the next fallback. The last upstream answer passes through if every attempt fails.
+    let max_attempts = gw.config.retry.max_attempts;
+    let mut attempts = 0u32;
+    let mut dispatched: Option<Instant> = None;
+    let mut failure: Option<ApiError> = None;
+    let mut held: Option<(hyper::Response<Incoming>, &Backend, InFlightGuard)> = None;
+    for id in decision.attempts() {
+        let Some(backend) = pool.backend(id) else {
+            continue;
+        };
+        if attempts == max_attempts || (attempts > 0 && !backend.usable()) {
+            continue;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(request_id = ?request_id, backend = %backend.name(), error = %e, "upstream request failed");
-            return Err((
-                pool.name.clone(),
-                ApiError::UpstreamUnreachable {
+        attempts += 1;
+        let upstream =
+            match forward::upstream_request(backend, &profile, &body, &parts.headers, request_id) {
+                Ok(r) => r,
+                Err(e) => {
+                    failure = Some(unreachable(backend, e.to_string()));
+                    continue;
+                }
+            };
+        let guard = backend.begin();
+        dispatched.get_or_insert_with(Instant::now);
+        let first_byte = gw.config.timeouts.first_byte;
+        match tokio::time::timeout(first_byte, gw.client.request(upstream)).await {
+            Err(_) => {
+                tracing::warn!(request_id = ?request_id, backend = %backend.name(), attempt = attempts, "no response headers within the first-byte timeout");
+                failure = Some(ApiError::UpstreamTimeout {
                     backend: backend.name().to_owned(),
-                    detail: error_chain(&e),
-                },
-            ));
+                    after: first_byte,
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(request_id = ?request_id, backend = %backend.name(), attempt = attempts, error = %e, "upstream request failed");
+                failure = Some(unreachable(backend, error_chain(&e)));
+            }
+            Ok(Ok(resp)) if retryable(resp.status()) => {
+                tracing::info!(request_id = ?request_id, backend = %backend.name(), attempt = attempts, status = %resp.status(), "upstream answered with a retryable status");
+                held = Some((resp, backend, guard));
+            }
+            Ok(Ok(resp)) => {
+                let r = relay(gw, &pool.name, resp, backend, guard, attempts, started);
+                let since_headers = Instant::now();
+                let overhead = dispatched.map_or(Default::default(), |d| d - body_read);
+                gw.metrics
+                    .overhead
+                    .observe((overhead + since_headers.elapsed()).as_secs_f64());
+                tracing::debug!(request_id = ?request_id, model = %pool.name, backend = %backend.name(), reason = %decision.reason, attempts, "routed");
+                return Ok(r);
+            }
         }
-        Ok(Ok(r)) => r,
-    };
+    }
+    if let Some((resp, backend, guard)) = held {
+        return Ok(relay(
+            gw, &pool.name, resp, backend, guard, attempts, started,
+        ));
+    }
+    Err((
+        pool.name.clone(),
+        failure.unwrap_or(ApiError::NoBackend {
+            model: pool.name.clone(),
+        }),
+    ))
+}
 
-    let (mut head, incoming) = upstream_resp.into_parts();
+/// Statuses that mean "this backend cannot serve it now; another may": rate limited,
+/// overloaded, or a gateway in front of it failed.
+fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+fn unreachable(backend: &Backend, detail: String) -> ApiError {
+    ApiError::UpstreamUnreachable {
+        backend: backend.name().to_owned(),
+        detail,
+    }
+}
+
+/// The client's response: upstream status and headers (hop-by-hop removed) plus ours, and the
+/// upstream body relayed as it arrives.
+fn relay(
+    gw: &Gateway,
+    model: &str,
+    resp: hyper::Response<Incoming>,
+    backend: &Backend,
+    guard: InFlightGuard,
+    attempts: u32,
+    started: Instant,
+) -> Response<GatewayBody> {
+    let (mut head, incoming) = resp.into_parts();
     forward::clean_response_headers(&mut head.headers);
     head.headers
         .insert("x-switchyard-backend", backend.name_header.clone());
-    gw.metrics.count(&pool.name, backend.name(), head.status);
+    head.headers
+        .insert("x-switchyard-attempts", HeaderValue::from(attempts));
+    gw.metrics.count(model, backend.name(), head.status);
     let relay = Relay::new(incoming, started, backend.metrics.clone(), guard);
-    let resp = Response::from_parts(head, GatewayBody::Relay(relay));
-    let overhead = (dispatched - body_read) + headers_at.elapsed();
-    gw.metrics.overhead.observe(overhead.as_secs_f64());
-    tracing::debug!(request_id = ?request_id, model = %pool.name, backend = %backend.name(), reason = %decision.reason, "routed");
-    Ok(resp)
+    Response::from_parts(head, GatewayBody::Relay(relay))
 }
 
 /// An error and its sources on one line ("client error (Connect): tcp connect error: ...").

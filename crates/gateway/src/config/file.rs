@@ -27,8 +27,30 @@ pub struct ConfigFile {
     /// Grace period for in-flight requests on shutdown.
     #[serde(default)]
     pub drain_timeout: Option<Seconds>,
+    /// Failover settings.
+    #[serde(default)]
+    pub retry: Option<RetryFile>,
     /// Model name -> pool.
     pub models: BTreeMap<String, PoolFile>,
+}
+
+/// `retry:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Attempts per request, 1 to 10.
+    #[serde(default, deserialize_with = "attempts")]
+    pub max_attempts: Option<u32>,
+}
+
+fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n = u32::deserialize(d)?;
+    if !(1..=10).contains(&n) {
+        return Err(de::Error::custom(format!(
+            "max_attempts must be between 1 (no failover) and 10, got {n}"
+        )));
+    }
+    Ok(Some(n))
 }
 
 /// `timeouts:`
@@ -172,6 +194,12 @@ impl ConfigFile {
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),
+            retry: super::Retry {
+                max_attempts: self
+                    .retry
+                    .and_then(|r| r.max_attempts)
+                    .unwrap_or(super::DEFAULT_MAX_ATTEMPTS),
+            },
             models: self
                 .models
                 .into_iter()

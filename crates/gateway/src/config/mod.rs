@@ -50,6 +50,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// How long in-flight requests may run after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Failover before the first response byte.
+    pub retry: Retry,
     /// One pool per model name, sorted by name.
     pub models: Vec<PoolConfig>,
 }
@@ -62,6 +64,16 @@ pub struct Timeouts {
     /// From request sent to response headers; past it the client gets 504.
     pub first_byte: Duration,
 }
+
+/// Failover: how many backends one request may try before the client gets an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts per request, the first included (1 turns failover off).
+    pub max_attempts: u32,
+}
+
+/// Default attempts per request: the primary and two fallbacks.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// A model name and the backends that serve it.
 #[derive(Debug, Clone)]
