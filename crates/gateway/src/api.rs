@@ -286,7 +286,11 @@ fn relay(
     head.headers
         .insert("x-switchyard-attempts", HeaderValue::from(attempts));
     gw.metrics.count(model, backend.name(), head.status);
-    let relay = Relay::new(incoming, started, backend.metrics.clone(), guard);
+    let sse = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let relay = Relay::new(incoming, started, sse, backend.metrics.clone(), guard);
     Response::from_parts(head, GatewayBody::Relay(relay))
 }
 

@@ -35,16 +35,31 @@ pub struct Relay {
     inner: Incoming,
     started: Instant,
     seen_first: bool,
+    /// The body is an SSE stream, so a failure midway can be reported in-band.
+    sse: bool,
+    /// The stream failed and its closing error event was sent: the next poll ends the body.
+    ended: bool,
     metrics: BackendMetrics,
     /// Released when the body ends or is dropped.
     guard: Option<InFlightGuard>,
 }
 
+/// What a client receives when an upstream SSE stream breaks after the response started: one
+/// error event in OpenAI's error shape, then `[DONE]`, then a clean end of the HTTP body. The
+/// SDKs raise an API error on the event; clients that read until `[DONE]` stop there.
+pub const STREAM_BROKEN_EVENT: &str = concat!(
+    r#"data: {"error":{"message":"the backend's stream broke before it finished; the output above is incomplete","#,
+    r#""type":"server_error","param":null,"code":"upstream_stream_broken"}}"#,
+    "\n\ndata: [DONE]\n\n"
+);
+
 impl Relay {
-    /// Relays `inner`; `started` is when the client's request arrived.
+    /// Relays `inner`; `started` is when the client's request arrived; `sse` when the
+    /// response is `text/event-stream`.
     pub fn new(
         inner: Incoming,
         started: Instant,
+        sse: bool,
         metrics: BackendMetrics,
         guard: InFlightGuard,
     ) -> Self {
@@ -52,6 +67,8 @@ impl Relay {
             inner,
             started,
             seen_first: false,
+            sse,
+            ended: false,
             metrics,
             guard: Some(guard),
         }
@@ -83,7 +100,21 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GatewayBody::Relay(r) => {
+                if r.ended {
+                    return Poll::Ready(None);
+                }
                 let polled = Pin::new(&mut r.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Err(e))) = &polled {
+                    r.metrics.stream_errors.inc();
+                    tracing::warn!(error = %e, sse = r.sse, "upstream body failed midway");
+                    if r.sse {
+                        r.finish();
+                        r.ended = true;
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                            STREAM_BROKEN_EVENT.as_bytes(),
+                        )))));
+                    }
+                }
                 match &polled {
                     Poll::Ready(Some(Ok(f))) => {
                         if !r.seen_first && f.is_data() {
@@ -107,7 +138,7 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Full(b) => b.is_none(),
-            GatewayBody::Relay(r) => r.inner.is_end_stream(),
+            GatewayBody::Relay(r) => r.ended || r.inner.is_end_stream(),
         }
     }
 

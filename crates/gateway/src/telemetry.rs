@@ -4,8 +4,8 @@
 //! atomics; the request counter is labelled by status and resolved per response.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond for overhead up to minutes for long generations.
@@ -25,6 +25,7 @@ pub struct Metrics {
     duration: HistogramVec,
     ttfb: HistogramVec,
     in_flight: IntGaugeVec,
+    stream_errors: IntCounterVec,
     /// Time spent inside the gateway per request, upstream time excluded.
     pub overhead: Histogram,
 }
@@ -38,6 +39,8 @@ pub struct BackendMetrics {
     pub ttfb: Histogram,
     /// `switchyard_backend_in_flight{model,backend}`
     pub in_flight: IntGauge,
+    /// `switchyard_stream_errors_total{model,backend}`
+    pub stream_errors: IntCounter,
 }
 
 impl Default for Metrics {
@@ -84,6 +87,14 @@ impl Metrics {
             &["model", "backend"],
         )
         .expect("valid metric");
+        let stream_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_stream_errors_total",
+                "Upstream response bodies that failed after the response had started.",
+            ),
+            &["model", "backend"],
+        )
+        .expect("valid metric");
         let overhead = Histogram::with_opts(
             HistogramOpts::new(
                 "switchyard_overhead_seconds",
@@ -97,6 +108,7 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
             Box::new(in_flight.clone()),
+            Box::new(stream_errors.clone()),
             Box::new(overhead.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -107,6 +119,7 @@ impl Metrics {
             duration,
             ttfb,
             in_flight,
+            stream_errors,
             overhead,
         }
     }
@@ -117,6 +130,7 @@ impl Metrics {
             duration: self.duration.with_label_values(&[model, backend]),
             ttfb: self.ttfb.with_label_values(&[model, backend]),
             in_flight: self.in_flight.with_label_values(&[model, backend]),
+            stream_errors: self.stream_errors.with_label_values(&[model, backend]),
         }
     }
 

@@ -121,3 +121,59 @@ async fn max_attempts_1_turns_failover_off() {
     assert_eq!(answers[0].error_code(), "upstream_unreachable");
     assert_eq!(answers[1].status, 200);
 }
+
+/// An upstream that starts an SSE response, sends one event, then drops the connection with
+/// the chunked body unfinished, as a replica that dies mid-generation does.
+async fn dying_stream_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the whole request (its JSON body ends with '}') so closing sends FIN, not RST.
+            while !buf.ends_with(b"}") {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let event = "data: {\"n\":1}\n\n";
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let msg = format!("{head}{:x}\r\n{event}\r\n", event.len());
+            let _ = sock.write_all(msg.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_midway_ends_with_an_sse_error_event_not_a_truncation() {
+    let gw = Gw::start(&config(&[dying_stream_upstream().await], "", "")).await;
+    let c = client();
+    let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+    let a = post(&c, &gw.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(a.status, 200);
+    let text = String::from_utf8(a.body.to_vec()).unwrap();
+    let expected = format!(
+        "data: {{\"n\":1}}\n\n{}",
+        switchyard_gateway::body::STREAM_BROKEN_EVENT
+    );
+    assert_eq!(text, expected);
+    // The error event is valid JSON in OpenAI's error shape.
+    let event = text
+        .split("\n\n")
+        .nth(1)
+        .unwrap()
+        .strip_prefix("data: ")
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(event).unwrap();
+    assert_eq!(parsed["error"]["code"], "upstream_stream_broken");
+    let metrics = String::from_utf8(get(&c, &gw.url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("switchyard_stream_errors_total{backend=\"b0\",model=\"m\"} 1"),
+        "{metrics}"
+    );
+}
