@@ -14,7 +14,7 @@ use switchyard_core::{EndpointKind, RequestMeta, RequestProfile};
 
 use crate::body::{GatewayBody, Relay};
 use crate::error::ApiError;
-use crate::fleet::{Backend, InFlightGuard, ViewBuf};
+use crate::fleet::{Backend, InFlightGuard, ViewBuf, DEFAULT_COOLDOWN};
 use crate::forward;
 use crate::gateway::Gateway;
 
@@ -199,7 +199,7 @@ async fn proxy(
         let Some(backend) = pool.backend(id) else {
             continue;
         };
-        if attempts == max_attempts || (attempts > 0 && !backend.usable()) {
+        if attempts == max_attempts || (attempts > 0 && !backend.usable(gw.now())) {
             continue;
         }
         attempts += 1;
@@ -227,6 +227,10 @@ async fn proxy(
                 failure = Some(unreachable(backend, error_chain(&e)));
             }
             Ok(Ok(resp)) if retryable(resp.status()) => {
+                if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                    let wait = retry_after(resp.headers()).unwrap_or(DEFAULT_COOLDOWN);
+                    backend.state.cool_down(gw.now(), wait);
+                }
                 tracing::info!(request_id = ?request_id, backend = %backend.name(), attempt = attempts, status = %resp.status(), "upstream answered with a retryable status");
                 held = Some((resp, backend, guard));
             }
@@ -259,6 +263,19 @@ async fn proxy(
 /// overloaded, or a gateway in front of it failed.
 fn retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// A `Retry-After` of delay-seconds. The HTTP-date form is rare from inference servers and
+/// is treated as absent.
+fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let secs: f64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    std::time::Duration::try_from_secs_f64(secs).ok()
 }
 
 fn unreachable(backend: &Backend, detail: String) -> ApiError {

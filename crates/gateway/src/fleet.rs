@@ -7,7 +7,7 @@
 
 use http::HeaderValue;
 use smallvec::SmallVec;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember};
@@ -20,12 +20,32 @@ use crate::telemetry::{BackendMetrics, Metrics};
 pub struct BackendState {
     /// Requests dispatched and not yet finished.
     in_flight: AtomicU32,
+    /// Gateway time (milliseconds since start) before which the backend takes no new request,
+    /// set when it answers 429: it said it is over its limit, so asking again sooner only
+    /// adds load and latency.
+    cool_until_ms: AtomicU64,
 }
+
+/// Cooldown after a 429 that carries no usable Retry-After.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
+/// Longest cooldown honoured, whatever Retry-After says.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 
 impl BackendState {
     /// Requests in flight now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the backend out of rotation until `now + wait` (capped at [`MAX_COOLDOWN`]).
+    pub fn cool_down(&self, now: Duration, wait: Duration) {
+        let until = (now + wait.min(MAX_COOLDOWN)).as_millis() as u64;
+        self.cool_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether a cooldown is running at `now`.
+    pub fn cooling(&self, now: Duration) -> bool {
+        (now.as_millis() as u64) < self.cool_until_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -70,8 +90,13 @@ impl Backend {
         &self.config.name
     }
 
-    /// Whether a new request may go here now.
-    pub fn usable(&self) -> bool {
+    /// Whether a new request may go here at gateway time `now`: not cooling down after a 429,
+    /// and under its concurrency cap.
+    pub fn usable(&self, now: Duration) -> bool {
+        !self.state.cooling(now) && self.usable_by_capacity()
+    }
+
+    fn usable_by_capacity(&self) -> bool {
         self.config
             .max_concurrency
             .is_none_or(|cap| self.state.in_flight() < cap)
@@ -159,7 +184,7 @@ impl Pool {
             id: b.id,
             weight: b.config.weight.max(1),
             in_flight: b.state.in_flight(),
-            usable: b.usable(),
+            usable: b.usable(now),
         }));
         FleetView::new(buf, now)
     }

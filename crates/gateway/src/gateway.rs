@@ -88,6 +88,6 @@ impl Gateway {
     pub fn ready(&self) -> bool {
         self.pools
             .values()
-            .any(|p| p.backends.iter().any(|b| b.usable()))
+            .any(|p| p.backends.iter().any(|b| b.usable(self.now())))
     }
 }

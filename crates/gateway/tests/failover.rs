@@ -53,21 +53,27 @@ async fn a_dead_backend_is_skipped_and_every_request_succeeds() {
 
 #[tokio::test]
 async fn retryable_statuses_and_hangs_fail_over() {
-    for (bad, extra) in [
+    // (reply, extra config, how often the bad backend is asked in 4 round-robin requests: on
+    // each of its turns, except a 429, which also cools it down for a second).
+    let cases = [
         (
             Reply::Json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"busy"}"#),
             "",
+            2,
         ),
         (
             Reply::Json(StatusCode::TOO_MANY_REQUESTS, r#"{"error":"slow"}"#),
             "",
+            1,
         ),
         (
             Reply::Json(StatusCode::BAD_GATEWAY, r#"{"error":"bad"}"#),
             "",
+            2,
         ),
-        (Reply::Hang, "timeouts: {first_byte: 200ms}"),
-    ] {
+        (Reply::Hang, "timeouts: {first_byte: 200ms}", 2),
+    ];
+    for (bad, extra, asked) in cases {
         let bad = Mock::start(bad).await;
         let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
         let gw = Gw::start(&config(
@@ -80,7 +86,7 @@ async fn retryable_statuses_and_hangs_fail_over() {
             assert_eq!(a.status, 200, "{extra}");
             assert_eq!(a.body, OK_BODY.as_bytes());
         }
-        assert_eq!(bad.count(), 2, "the bad backend was tried on its turns");
+        assert_eq!(bad.count(), asked, "the bad backend was tried on its turns");
     }
 }
 
@@ -176,4 +182,37 @@ async fn a_stream_that_breaks_midway_ends_with_an_sse_error_event_not_a_truncati
         metrics.contains("switchyard_stream_errors_total{backend=\"b0\",model=\"m\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_cools_the_backend_down_for_that_long() {
+    let limited = Mock::start(Reply::RateLimited("1")).await;
+    let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let gw = Gw::start(&config(
+        &[limited.url(), good.url()],
+        "policy: round_robin",
+        "",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let first = &run(&gw, 1).await[0];
+    assert_eq!((first.status.as_u16(), attempts(first)), (200, 2));
+    // While it cools down, requests go straight to the other backend.
+    for a in run(&gw, 5).await {
+        assert_eq!((a.backend().as_str(), attempts(&a)), ("b1", 1));
+    }
+    if started.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(
+            limited.count(),
+            1,
+            "the cooling backend was asked again too soon"
+        );
+    }
+    // After Retry-After has passed it is back in rotation.
+    let c = client();
+    while limited.count() < 2 {
+        post(&c, &gw.url("/v1/chat/completions"), CHAT, &[]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 }

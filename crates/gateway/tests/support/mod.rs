@@ -34,6 +34,8 @@ pub enum Reply {
         chunks: Vec<&'static str>,
         gate: Option<Arc<Notify>>,
     },
+    /// 429 with this `Retry-After` value.
+    RateLimited(&'static str),
     /// Never answer.
     Hang,
     /// Answer 200 JSON after `release` is notified (holds the request in flight until then).
@@ -121,6 +123,15 @@ async fn answer(
     });
     match reply {
         Reply::Json(status, text) => json(status, text),
+        Reply::RateLimited(after) => {
+            let mut r = json(
+                StatusCode::TOO_MANY_REQUESTS,
+                r#"{"error":{"message":"rate limited"}}"#,
+            );
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static(after));
+            r
+        }
         Reply::HoldUntil(release) => {
             release.notified().await;
             json(StatusCode::OK, OK_BODY)
