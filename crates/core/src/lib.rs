@@ -11,10 +11,12 @@
 pub mod decision;
 pub mod fleet;
 pub mod profile;
+pub mod retry_budget;
 pub mod rng;
 pub mod routing;
 
 pub use decision::{Decision, Reason};
 pub use fleet::{BackendId, BackendView, FleetView, PoolMember};
 pub use profile::{EndpointKind, ProfileError, RequestMeta, RequestProfile, SessionSource};
+pub use retry_budget::RetryBudget;
 pub use routing::{NoCandidate, Policy, PolicySpec, PolicySpecError};

@@ -191,6 +191,7 @@ async fn proxy(
     // returned, so a failed attempt (connect error, timeout, or a 429/502/503/504 answer) moves
     // on to the next fallback. The last upstream answer passes through if every attempt fails.
     let max_attempts = gw.config.retry.max_attempts;
+    pool.retry_budget.deposit(gw.now());
     let mut attempts = 0u32;
     let mut dispatched: Option<Instant> = None;
     let mut failure: Option<ApiError> = None;
@@ -201,6 +202,14 @@ async fn proxy(
         };
         if attempts == max_attempts || (attempts > 0 && !backend.usable(gw.now())) {
             continue;
+        }
+        if attempts > 0 {
+            let granted = pool.retry_budget.try_withdraw(gw.now());
+            gw.metrics.count_retry(&pool.name, granted);
+            if !granted {
+                tracing::warn!(request_id = ?request_id, model = %pool.name, "retry budget exhausted; not failing over");
+                break;
+            }
         }
         attempts += 1;
         let upstream =

@@ -10,9 +10,9 @@ use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember};
+use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember, RetryBudget};
 
-use crate::config::{BackendConfig, PoolConfig};
+use crate::config::{BackendConfig, PoolConfig, Retry};
 use crate::telemetry::{BackendMetrics, Metrics};
 
 /// Live numbers of one backend.
@@ -149,6 +149,8 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// The pool's routing policy.
     pub policy: Box<dyn Policy>,
+    /// Bounds the retries all of this pool's requests may make together.
+    pub retry_budget: RetryBudget,
 }
 
 /// Views of a small pool fit inline; larger pools spill to the heap.
@@ -156,7 +158,7 @@ pub type ViewBuf = SmallVec<[BackendView; 16]>;
 
 impl Pool {
     /// Builds a pool with fresh live state.
-    pub fn new(cfg: &PoolConfig, metrics: &Metrics, seed: u64) -> Self {
+    pub fn new(cfg: &PoolConfig, retry: &Retry, metrics: &Metrics, seed: u64) -> Self {
         let backends: Vec<Backend> = cfg
             .backends
             .iter()
@@ -173,6 +175,7 @@ impl Pool {
         Self {
             name: cfg.name.clone(),
             policy: cfg.policy.build(&members, seed),
+            retry_budget: RetryBudget::new(retry.budget_ratio, retry.min_per_second),
             backends,
         }
     }

@@ -49,7 +49,7 @@ impl Gateway {
             .map(|(i, p)| {
                 (
                     p.name.clone(),
-                    Pool::new(p, &metrics, seed.wrapping_add(i as u64)),
+                    Pool::new(p, &config.retry, &metrics, seed.wrapping_add(i as u64)),
                 )
             })
             .collect();

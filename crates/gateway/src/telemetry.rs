@@ -26,6 +26,7 @@ pub struct Metrics {
     ttfb: HistogramVec,
     in_flight: IntGaugeVec,
     stream_errors: IntCounterVec,
+    retries: IntCounterVec,
     /// Time spent inside the gateway per request, upstream time excluded.
     pub overhead: Histogram,
 }
@@ -95,6 +96,14 @@ impl Metrics {
             &["model", "backend"],
         )
         .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "switchyard_retries_total",
+                "Failover attempts asked of the retry budget, by model and whether it granted them.",
+            ),
+            &["model", "granted"],
+        )
+        .expect("valid metric");
         let overhead = Histogram::with_opts(
             HistogramOpts::new(
                 "switchyard_overhead_seconds",
@@ -109,6 +118,7 @@ impl Metrics {
             Box::new(ttfb.clone()),
             Box::new(in_flight.clone()),
             Box::new(stream_errors.clone()),
+            Box::new(retries.clone()),
             Box::new(overhead.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -120,6 +130,7 @@ impl Metrics {
             ttfb,
             in_flight,
             stream_errors,
+            retries,
             overhead,
         }
     }
@@ -139,6 +150,12 @@ impl Metrics {
         self.requests
             .with_label_values(&[model, backend, status.as_str()])
             .inc();
+    }
+
+    /// Counts one failover attempt asked of the retry budget.
+    pub fn count_retry(&self, model: &str, granted: bool) {
+        let label = if granted { "true" } else { "false" };
+        self.retries.with_label_values(&[model, label]).inc();
     }
 
     /// The registry, for other modules to add their families.

@@ -216,3 +216,36 @@ async fn a_429_with_retry_after_cools_the_backend_down_for_that_long() {
     }
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn the_retry_budget_caps_failover_during_an_outage() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let extra = "retry: {budget_ratio: 0.25, min_per_second: 0}";
+    let gw = Gw::start(&config(
+        &[closed_port(), up.url()],
+        "policy: round_robin",
+        extra,
+    ))
+    .await;
+    let answers = run(&gw, 40).await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let retried_ok = answers
+        .iter()
+        .filter(|a| a.status == 200 && attempts(a) == 2)
+        .count();
+    let failed = answers.iter().filter(|a| a.status == 502).count();
+    // Half the requests start at the dead backend; the budget lets at most a quarter of all
+    // requests retry, so some of that half must fail instead of piling onto the survivor.
+    assert_eq!(ok + failed, 40);
+    assert!(retried_ok <= 10, "budget exceeded: {retried_ok} retries");
+    assert!(retried_ok >= 9, "budget under-used: {retried_ok} retries");
+    assert_eq!(failed, 20 - retried_ok);
+    let metrics =
+        String::from_utf8(get(&client(), &gw.url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "switchyard_retries_total{{granted=\"true\",model=\"m\"}} {retried_ok}"
+        )),
+        "{metrics}"
+    );
+}

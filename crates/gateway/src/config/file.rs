@@ -9,7 +9,7 @@ use std::fmt;
 
 use super::values::{BackendUrl, ByteSize, EnvString, PolicyValue, Seconds};
 use super::{BackendConfig, Config, PoolConfig, Timeouts};
-use switchyard_core::PolicySpec;
+use switchyard_core::{retry_budget, PolicySpec};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -41,6 +41,32 @@ pub struct RetryFile {
     /// Attempts per request, 1 to 10.
     #[serde(default, deserialize_with = "attempts")]
     pub max_attempts: Option<u32>,
+    /// Share of requests that may be retried, 0 to 1.
+    #[serde(default, deserialize_with = "share")]
+    pub budget_ratio: Option<f64>,
+    /// Retries per second always allowed.
+    #[serde(default, deserialize_with = "non_negative")]
+    pub min_per_second: Option<f64>,
+}
+
+fn share<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let x = f64::deserialize(d)?;
+    if !(0.0..=1.0).contains(&x) {
+        return Err(de::Error::custom(format!(
+            "budget_ratio is a share of requests between 0 and 1 (default 0.2), got {x}"
+        )));
+    }
+    Ok(Some(x))
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let x = f64::deserialize(d)?;
+    if !(x.is_finite() && x >= 0.0) {
+        return Err(de::Error::custom(format!(
+            "min_per_second must be a number >= 0 (default 10), got {x}"
+        )));
+    }
+    Ok(Some(x))
 }
 
 fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -194,11 +220,15 @@ impl ConfigFile {
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),
-            retry: super::Retry {
-                max_attempts: self
-                    .retry
-                    .and_then(|r| r.max_attempts)
-                    .unwrap_or(super::DEFAULT_MAX_ATTEMPTS),
+            retry: {
+                let r = self.retry.unwrap_or_default();
+                super::Retry {
+                    max_attempts: r.max_attempts.unwrap_or(super::DEFAULT_MAX_ATTEMPTS),
+                    budget_ratio: r.budget_ratio.unwrap_or(retry_budget::DEFAULT_RATIO),
+                    min_per_second: r
+                        .min_per_second
+                        .unwrap_or(retry_budget::DEFAULT_MIN_PER_SECOND),
+                }
             },
             models: self
                 .models

@@ -66,10 +66,14 @@ pub struct Timeouts {
 }
 
 /// Failover: how many backends one request may try before the client gets an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retry {
     /// Attempts per request, the first included (1 turns failover off).
     pub max_attempts: u32,
+    /// Share of a pool's requests that may be retried over a 10 s window.
+    pub budget_ratio: f64,
+    /// Retries per second a pool may always make, whatever its traffic.
+    pub min_per_second: f64,
 }
 
 /// Default attempts per request: the primary and two fallbacks.
