@@ -200,7 +200,10 @@ async fn proxy(
         let Some(backend) = pool.backend(id) else {
             continue;
         };
-        if attempts == max_attempts || (attempts > 0 && !backend.usable(gw.now())) {
+        if attempts == max_attempts {
+            break;
+        }
+        if attempts > 0 && !backend.usable(gw.now()) {
             continue;
         }
         if attempts > 0 {
@@ -244,12 +247,14 @@ async fn proxy(
                 held = Some((resp, backend, guard));
             }
             Ok(Ok(resp)) => {
+                // Gateway time: profiling and routing before the first dispatch, and turning
+                // the upstream head into the client's response after it.
+                let headers_at = Instant::now();
                 let r = relay(gw, &pool.name, resp, backend, guard, attempts, started);
-                let since_headers = Instant::now();
-                let overhead = dispatched.map_or(Default::default(), |d| d - body_read);
+                let before = dispatched.map_or(Default::default(), |d| d - body_read);
                 gw.metrics
                     .overhead
-                    .observe((overhead + since_headers.elapsed()).as_secs_f64());
+                    .observe((before + headers_at.elapsed()).as_secs_f64());
                 tracing::debug!(request_id = ?request_id, model = %pool.name, backend = %backend.name(), reason = %decision.reason, attempts, "routed");
                 return Ok(r);
             }
