@@ -25,8 +25,23 @@ pub struct PoolMember {
     pub weight: u32,
 }
 
+/// What an engine last reported of its own load (vLLM's `num_requests_running`,
+/// `num_requests_waiting`, `kv_cache_usage_perc`, or their equivalents), and how old that
+/// report is at decision time. Policies should discount or ignore stale reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineLoad {
+    /// Sequences in the engine's running batch.
+    pub running: u32,
+    /// Requests queued inside the engine.
+    pub waiting: u32,
+    /// Share of KV-cache blocks in use, 0.0 to 1.0.
+    pub kv_usage: f32,
+    /// Time since the report was taken.
+    pub age: Duration,
+}
+
 /// Live numbers of one backend at the moment of a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackendView {
     /// Which backend this is.
     pub id: BackendId,
@@ -36,6 +51,8 @@ pub struct BackendView {
     pub in_flight: u32,
     /// Whether it may take a new request now: healthy and under its concurrency cap.
     pub usable: bool,
+    /// The engine's own report of its load, when the gateway scrapes one.
+    pub engine: Option<EngineLoad>,
 }
 
 /// An immutable snapshot of a pool handed to a policy, with the time of the decision.

@@ -16,7 +16,7 @@ pub mod rng;
 pub mod routing;
 
 pub use decision::{Decision, Reason};
-pub use fleet::{BackendId, BackendView, FleetView, PoolMember};
+pub use fleet::{BackendId, BackendView, EngineLoad, FleetView, PoolMember};
 pub use profile::{EndpointKind, ProfileError, RequestMeta, RequestProfile, SessionSource};
 pub use retry_budget::RetryBudget;
 pub use routing::{NoCandidate, Policy, PolicySpec, PolicySpecError};

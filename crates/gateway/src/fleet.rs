@@ -188,6 +188,7 @@ impl Pool {
             weight: b.config.weight.max(1),
             in_flight: b.state.in_flight(),
             usable: b.usable(now),
+            engine: None,
         }));
         FleetView::new(buf, now)
     }

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use switchyard_core::{
-    BackendId, BackendView, EndpointKind, FleetView, Policy, PolicySpec, PolicySpecError,
-    PoolMember, RequestProfile, SessionSource,
+    BackendId, BackendView, EndpointKind, EngineLoad, FleetView, Policy, PolicySpec,
+    PolicySpecError, PoolMember, RequestProfile, SessionSource,
 };
 
 use crate::config::{ConfigError, EngineConfig};
@@ -150,15 +150,34 @@ struct Driver<'a> {
     imbalance: InFlightImbalance,
 }
 
-/// Plays `workload` against the fleet and reports what happened.
+/// Plays `workload` against the fleet with the policy `config.policy` names, and reports
+/// what happened.
 pub fn run(config: &FleetConfig, workload: &Workload) -> Result<RunReport, FleetError> {
+    config.policy.validate()?;
+    let members: Vec<PoolMember> = config
+        .backends
+        .iter()
+        .map(|b| PoolMember {
+            name: b.name.clone(),
+            weight: b.weight.max(1),
+        })
+        .collect();
+    run_with(config, workload, config.policy.build(&members, config.seed))
+}
+
+/// Plays `workload` against the fleet with an already built policy (one not nameable in a
+/// [`PolicySpec`], such as a baseline or a probe in a test). `config.policy` is not used.
+pub fn run_with(
+    config: &FleetConfig,
+    workload: &Workload,
+    policy: Box<dyn Policy>,
+) -> Result<RunReport, FleetError> {
     if config.backends.is_empty() {
         return Err(FleetError::NoBackends);
     }
     if !(config.metrics_interval_s.is_finite() && config.metrics_interval_s > 0.0) {
         return Err(FleetError::BadInterval);
     }
-    config.policy.validate()?;
     let mut last = 0.0;
     for (i, r) in workload.requests.iter().enumerate() {
         if !(r.arrival.is_finite() && r.arrival >= last) {
@@ -178,19 +197,11 @@ pub fn run(config: &FleetConfig, workload: &Workload) -> Result<RunReport, Fleet
             })?,
         );
     }
-    let members: Vec<PoolMember> = config
-        .backends
-        .iter()
-        .map(|b| PoolMember {
-            name: b.name.clone(),
-            weight: b.weight.max(1),
-        })
-        .collect();
     let n = engines.len();
     let mut d = Driver {
         config,
         workload,
-        policy: config.policy.build(&members, config.seed),
+        policy,
         scraped: engines.iter().map(|e| e.metrics(0.0)).collect(),
         engines,
         step_end: vec![f64::INFINITY; n],
@@ -373,7 +384,7 @@ impl Driver<'_> {
         self.views.clear();
         for (i, b) in self.config.backends.iter().enumerate() {
             self.views
-                .push(backend_view(i, b, self.in_flight[i], &self.scraped[i]));
+                .push(backend_view(i, b, self.in_flight[i], &self.scraped[i], t));
         }
         let fleet = FleetView::new(&self.views, Duration::from_secs_f64(t));
         let Ok(decision) = self.policy.decide(&p.profile, &fleet) else {
@@ -455,14 +466,15 @@ impl Driver<'_> {
     }
 }
 
-/// What the policy sees of backend `i`: the driver's live in-flight count, and usability from
-/// the concurrency cap and the last scraped metrics. When `BackendView` grows fields for engine
-/// metrics (queue depth, KV use, prefix-cache state), they are filled here from `scraped`.
+/// What the policy sees of backend `i` at time `now`: the driver's live in-flight count,
+/// usability from the concurrency cap and the last scraped metrics, and those metrics
+/// themselves with their age, as a gateway scraping `/metrics` would see them.
 fn backend_view(
     i: usize,
     spec: &BackendSpec,
     in_flight: u32,
     scraped: &EngineMetrics,
+    now: f64,
 ) -> BackendView {
     let under_cap = spec.max_in_flight.is_none_or(|cap| in_flight < cap);
     let queue_ok = spec
@@ -473,6 +485,12 @@ fn backend_view(
         weight: spec.weight.max(1),
         in_flight,
         usable: under_cap && queue_ok,
+        engine: Some(EngineLoad {
+            running: scraped.num_running,
+            waiting: scraped.num_waiting,
+            kv_usage: scraped.kv_usage as f32,
+            age: Duration::from_secs_f64((now - scraped.at).max(0.0)),
+        }),
     }
 }
 

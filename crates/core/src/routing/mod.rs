@@ -188,6 +188,7 @@ pub(crate) mod test_support {
                 weight: 1,
                 in_flight: 0,
                 usable: true,
+                engine: None,
             })
             .collect()
     }

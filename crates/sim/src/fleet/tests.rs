@@ -156,3 +156,69 @@ fn bad_fleets_are_refused() {
     unsorted.requests.swap(3, 4);
     assert_eq!(run(&empty, &unsorted), Err(FleetError::BadArrival(4)));
 }
+
+/// A policy that records what engine reports it is shown, then defers to round robin.
+#[derive(Debug, Default)]
+struct Probe {
+    inner: switchyard_core::routing::RoundRobin,
+    ages: std::sync::Mutex<Vec<Duration>>,
+    saw_load: std::sync::atomic::AtomicBool,
+}
+
+/// The handle the fleet owns; the test keeps another to read what the probe saw.
+#[derive(Debug)]
+struct ProbeHandle(std::sync::Arc<Probe>);
+
+impl Policy for ProbeHandle {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn decide(
+        &self,
+        request: &RequestProfile,
+        fleet: &FleetView<'_>,
+    ) -> Result<switchyard_core::Decision, switchyard_core::NoCandidate> {
+        for b in fleet.backends {
+            let e = b.engine.expect("the fleet fills engine reports");
+            self.0.ages.lock().unwrap().push(e.age);
+            if e.running > 0 || e.kv_usage > 0.0 {
+                self.0
+                    .saw_load
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.0.inner.decide(request, fleet)
+    }
+}
+
+#[test]
+fn policies_see_engine_reports_no_older_than_the_scrape_interval() {
+    let workload = sharegpt_like(
+        &ShareGptSpec {
+            requests: 300,
+            rate: 40.0,
+            ..ShareGptSpec::default()
+        },
+        3,
+    );
+    let mut config = FleetConfig::uniform(&profile::l4_llama3_8b(), 2, PolicySpec::RoundRobin, 1);
+    config.metrics_interval_s = 0.25;
+    let probe = std::sync::Arc::new(Probe::default());
+    let report = run_with(&config, &workload, Box::new(ProbeHandle(probe.clone()))).unwrap();
+    assert_eq!(report.summary.completed, 300);
+    let ages = probe.ages.lock().unwrap();
+    assert_eq!(ages.len(), 600, "two backends per decision");
+    let max = ages.iter().max().unwrap();
+    assert!(
+        *max <= Duration::from_secs_f64(0.25 + 1e-9),
+        "report older than the interval: {max:?}"
+    );
+    assert!(
+        ages.iter().any(|a| *a > Duration::from_millis(50)),
+        "reports are lagged, not live"
+    );
+    assert!(
+        probe.saw_load.load(std::sync::atomic::Ordering::Relaxed),
+        "reports carry load"
+    );
+}
