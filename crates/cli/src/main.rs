@@ -1,5 +1,10 @@
-//! `switchyard`: the one binary. `serve` runs the gateway, `check` validates a config.
+//! `switchyard`: the one binary. `serve` runs the gateway, `check` validates a config, `sim`
+//! runs simulated vLLM replicas ([`sim_cmd`]), `demo` runs a simulated fleet behind the gateway
+//! ([`demo`]).
 #![forbid(unsafe_code)]
+
+mod demo;
+mod sim_cmd;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -35,11 +40,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run simulated vLLM replicas (OpenAI API, vLLM metrics, fault injection) on loopback.
+    Sim(sim_cmd::SimArgs),
+    /// A simulated GPU fleet behind the gateway, with live numbers: no config needed.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    // The demo draws a table on stdout: keep the log quiet unless asked otherwise.
+    let log = match cli.command {
+        Command::Demo(_) if cli.log == "info" => "warn".to_owned(),
+        _ => cli.log.clone(),
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or(log);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
@@ -47,6 +61,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Sim(args) => finish(sim_cmd::run(args)),
+        Command::Demo(args) => finish(demo::run(args)),
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 let backends: usize = cfg.models.iter().map(|m| m.backends.len()).sum();
@@ -84,6 +100,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

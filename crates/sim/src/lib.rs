@@ -62,6 +62,17 @@
 //! prefix-cache hit rate, in-flight imbalance, per-backend counts). [`workload`] generates
 //! shared-prefix, multi-turn and ShareGPT-like workloads with Poisson arrivals.
 //!
+//! # The HTTP face
+//!
+//! [`http::Replica`] serves one engine on a real socket as a vLLM server would: the
+//! OpenAI-compatible API (chat and text completions, whole or streamed one SSE chunk per token
+//! at the simulated pace; embeddings; tokenize), `/health`, `/v1/models`, `/version`, and
+//! `/metrics` with vLLM's metric names and DCGM's GPU gauges. A driver task owns the engine and
+//! steps it in real time, `time_scale` times faster than the modelled GPU. Faults (5xx, 429,
+//! latency, hangs, cut streams, crashes, slow starts) are set at start or at run time through
+//! `POST /admin/faults`. `switchyard sim` runs a fleet of them; `switchyard demo` puts the
+//! gateway in front of one.
+//!
 //! # What is not modelled
 //!
 //! - Real attention and GEMM kernels: step time is linear in tokens and context; kernel
@@ -72,8 +83,9 @@
 //!   `ignore_eos` do); there is no end-of-sequence token.
 //! - Tokenizer exactness: a deterministic stand-in ([`tokenizer`]) makes one token of every 4
 //!   bytes; chat templates are not applied.
-//! - The network, HTTP and streaming overhead, engine start-up, failures and slow-downs, and the
-//!   detokenizer: events happen exactly at step ends.
+//! - The network, HTTP and streaming overhead, engine start-up time, and the detokenizer: in the
+//!   engine, events happen exactly at step ends (the HTTP face delivers them when the step's
+//!   end arrives in real time). Failures are injected by [`http::faults`], not modelled.
 //! - GPU physics: utilization, temperature and memory are simple gauges for dashboards and
 //!   policies, not a power or thermal-throttling model.
 #![forbid(unsafe_code)]
@@ -82,6 +94,7 @@
 pub mod config;
 pub mod engine;
 pub mod fleet;
+pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod profile;

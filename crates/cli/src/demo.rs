@@ -1,0 +1,351 @@
+//! `switchyard demo`: a simulated GPU fleet and the gateway in front of it, with nothing to
+//! configure.
+//!
+//! Starts three simulated vLLM replicas on free loopback ports (2 x H100 and 1 x L4 serving
+//! Llama-3-8B, five times faster than real time), a gateway built from an embedded config
+//! (model `llama-3-8b`, `least_connections`) on 127.0.0.1:8080 (`--port`), and a gentle
+//! built-in workload (a few requests per second sharing system prompts, `--no-traffic` to turn
+//! it off). It prints where to point an OpenAI client, then redraws a per-backend table every
+//! second: requests, in flight (the gateway's count), requests running and waiting in the
+//! engine, mean time to first token (simulated), prefix-cache hit rate, KV-cache use and GPU
+//! utilization. SIGINT or SIGTERM stops everything and exits 0.
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_core::rng::SplitMix;
+use switchyard_gateway::Gateway;
+use switchyard_sim::http::{Replica, ReplicaConfig};
+use switchyard_sim::profile;
+use tokio::sync::Semaphore;
+
+/// The model name the demo serves.
+const MODEL: &str = "llama-3-8b";
+/// Simulated seconds per wall second: an L4 decodes ~80 tokens/s, an H100 ~750.
+const TIME_SCALE: f64 = 5.0;
+/// The gateway config, with `{port}` and `{backends}` filled in at start.
+const CONFIG_TEMPLATE: &str = "\
+listen: 127.0.0.1:{port}
+drain_timeout: 2s
+models:
+  llama-3-8b:
+    policy: least_connections
+    backends:
+{backends}";
+/// Most built-in requests in flight at once.
+const MAX_TRAFFIC_IN_FLIGHT: usize = 32;
+
+/// `switchyard demo` flags.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Gateway port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Send no built-in traffic.
+    #[arg(long)]
+    no_traffic: bool,
+    /// Built-in traffic, requests per second.
+    #[arg(long, default_value_t = 3.0)]
+    rate: f64,
+}
+
+/// One replica of the demo fleet.
+struct Member {
+    name: &'static str,
+    replica: Replica,
+}
+
+/// Runs the demo until SIGINT or SIGTERM.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(demo(args))
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let fleet = [
+        ("h100-a", profile::h100_llama3_8b()),
+        ("h100-b", profile::h100_llama3_8b()),
+        ("l4-a", profile::l4_llama3_8b()),
+    ];
+    let mut members = Vec::new();
+    for (i, (name, p)) in fleet.iter().enumerate() {
+        let mut cfg = ReplicaConfig::from_profile(p);
+        cfg.model = MODEL.into();
+        cfg.time_scale = TIME_SCALE;
+        cfg.seed = i as u64;
+        let replica = Replica::start(cfg, "127.0.0.1:0".parse()?).await?;
+        members.push(Member { name, replica });
+    }
+    let mut backends = String::new();
+    for m in &members {
+        let _ = writeln!(
+            backends,
+            "      - {{url: \"{}\", name: {}}}",
+            m.replica.url(),
+            m.name
+        );
+    }
+    let yaml = CONFIG_TEMPLATE
+        .replace("{port}", &args.port.to_string())
+        .replace("{backends}", &backends);
+    let cfg = switchyard_gateway::config::parse(&yaml, "demo config")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (try `switchyard demo --port 0` for a free port)",
+                cfg.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let gw = Gateway::new(cfg);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(switchyard_gateway::serve(gw.clone(), listener, async {
+        let _ = stop_rx.await;
+    }));
+    print_banner(addr, &members);
+    let traffic = (!args.no_traffic && args.rate > 0.0)
+        .then(|| tokio::spawn(traffic(addr, args.rate.min(1000.0))));
+
+    let shutdown = switchyard_gateway::shutdown_signal();
+    tokio::pin!(shutdown);
+    let tty = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut drawn = 0;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {
+                let rows = rows(&gw, &members).await;
+                let mut out = std::io::stdout().lock();
+                if tty {
+                    let _ = out.write_all(table(&rows, drawn).as_bytes());
+                    drawn = rows.len() + 1;
+                } else {
+                    let _ = writeln!(out, "{}", line(started.elapsed(), &rows));
+                }
+                let _ = out.flush();
+            }
+        }
+    }
+    println!("\nstopping: draining the gateway, then the simulated fleet");
+    if let Some(t) = traffic {
+        t.abort();
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    drop(members);
+    Ok(())
+}
+
+fn print_banner(addr: SocketAddr, members: &[Member]) {
+    let base = format!("http://{addr}/v1");
+    let fleet: Vec<String> = members
+        .iter()
+        .map(|m| format!("{} {}", m.name, m.replica.url()))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let _ = write!(
+        out,
+        "\
+Switchyard demo: a gateway (least_connections) in front of 3 simulated vLLM replicas
+(2x H100 + 1x L4 serving Llama-3-8B, running {TIME_SCALE}x faster than real time):
+  {}
+
+Point any OpenAI client at:
+  base_url = {base}
+  model    = {MODEL}
+
+  curl {base}/chat/completions -H 'content-type: application/json' \\
+    -d '{{\"model\":\"{MODEL}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}],\"max_tokens\":32}}'
+
+  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}\", api_key=\"none\"); \
+print(c.chat.completions.create(model=\"{MODEL}\", messages=[{{\"role\":\"user\",\"content\":\"Hello!\"}}], max_tokens=32).choices[0].message.content)'
+
+Gateway metrics: http://{addr}/metrics   Ctrl-C to stop.
+
+",
+        fleet.join("\n  ")
+    );
+    let _ = out.flush();
+}
+
+/// One backend's numbers for the table.
+struct Row {
+    name: &'static str,
+    requests: u64,
+    in_flight: u32,
+    running: u32,
+    waiting: u32,
+    ttft_ms: Option<f64>,
+    hit_rate: f64,
+    kv: f64,
+    gpu_util: f64,
+}
+
+async fn rows(gw: &Gateway, members: &[Member]) -> Vec<Row> {
+    let pool = gw.pools.get(MODEL);
+    let mut rows = Vec::with_capacity(members.len());
+    for (i, m) in members.iter().enumerate() {
+        let in_flight = pool
+            .and_then(|p| p.backends.get(i))
+            .map_or(0, |b| b.state.in_flight());
+        let snap = m.replica.snapshot().await;
+        rows.push(match snap {
+            Some(s) => Row {
+                name: m.name,
+                requests: s.requests_received,
+                in_flight,
+                running: s.engine.num_running,
+                waiting: s.engine.num_waiting,
+                ttft_ms: s.ttft.mean().map(|t| t * 1e3),
+                hit_rate: s.engine.prefix_cache_hit_rate(),
+                kv: s.engine.kv_usage,
+                gpu_util: s.engine.gpu.utilization_pct,
+            },
+            None => Row {
+                name: m.name,
+                requests: 0,
+                in_flight,
+                running: 0,
+                waiting: 0,
+                ttft_ms: None,
+                hit_rate: 0.0,
+                kv: 0.0,
+                gpu_util: 0.0,
+            },
+        });
+    }
+    rows
+}
+
+fn ttft(r: &Row) -> String {
+    r.ttft_ms.map_or("-".into(), |t| format!("{t:.0}ms"))
+}
+
+/// The table, redrawn in place over the `drawn` lines printed last time.
+fn table(rows: &[Row], drawn: usize) -> String {
+    let mut s = String::new();
+    if drawn > 0 {
+        let _ = write!(s, "\x1b[{drawn}A");
+    }
+    let _ = writeln!(
+        s,
+        "\x1b[2K\x1b[1m{:<8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>6} {:>6}\x1b[0m",
+        "backend",
+        "requests",
+        "in-flight",
+        "running",
+        "waiting",
+        "TTFT avg",
+        "prefix hit",
+        "KV",
+        "GPU"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "\x1b[2K{:<8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9.0}% {:>5.1}% {:>5.0}%",
+            r.name,
+            r.requests,
+            r.in_flight,
+            r.running,
+            r.waiting,
+            ttft(r),
+            r.hit_rate * 100.0,
+            r.kv * 100.0,
+            r.gpu_util
+        );
+    }
+    s
+}
+
+/// One plain line per second, when stdout is not a terminal.
+fn line(elapsed: Duration, rows: &[Row]) -> String {
+    let mut s = format!("t={}s", elapsed.as_secs());
+    for r in rows {
+        let _ = write!(
+            s,
+            " | {} req={} inflight={} ttft={} hit={:.0}% kv={:.1}%",
+            r.name,
+            r.requests,
+            r.in_flight,
+            ttft(r),
+            r.hit_rate * 100.0,
+            r.kv * 100.0
+        );
+    }
+    s
+}
+
+/// System prompts the built-in traffic shares, so prefix caching has something to find.
+const SYSTEM_PROMPTS: &[&str] = &[
+    "You are a dispatcher at a busy freight switchyard. Answer in short, precise sentences, name \
+     tracks by number, and always state the safety rule that applies before giving an order. \
+     Never invent a train that is not on the board. Prefer moves that keep the hump clear.",
+    "You are a support assistant for a GPU cloud. Be friendly and concise. When a customer asks \
+     about pricing, quote the list price per GPU-hour and mention committed-use discounts. When \
+     they report an outage, ask for the region, the instance id and the time it started.",
+    "You are a code reviewer for a Rust codebase. Point out correctness problems first, then \
+     performance, then style. Quote the line you are talking about. Suggest a concrete fix. Do \
+     not comment on formatting that rustfmt would change anyway.",
+];
+const QUESTIONS: &[&str] = &[
+    "What should happen next?",
+    "Summarize the situation in two lines.",
+    "What is the risk here?",
+    "Give me the next three steps.",
+    "Explain it to a new colleague.",
+];
+
+/// Sends Poisson traffic at `rate` requests per second until aborted.
+async fn traffic(addr: SocketAddr, rate: f64) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let rng = SplitMix::new(0x5eed);
+    let slots = Arc::new(Semaphore::new(MAX_TRAFFIC_IN_FLIGHT));
+    let url = format!("http://{addr}/v1/chat/completions");
+    for n in 0u64.. {
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let gap = -(1.0 - u).ln() / rate;
+        tokio::time::sleep(Duration::from_secs_f64(gap.min(10.0))).await;
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let system = SYSTEM_PROMPTS[rng.below(SYSTEM_PROMPTS.len() as u64) as usize];
+        let question = QUESTIONS[rng.below(QUESTIONS.len() as u64) as usize];
+        let body = serde_json::json!({
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": format!("{question} (ticket {n})")},
+            ],
+            "max_tokens": 16 + rng.below(80),
+            "stream": rng.below(2) == 0,
+        });
+        let req = http::Request::post(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())));
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Ok(req) = req {
+                if let Ok(resp) = client.request(req).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            }
+        });
+    }
+}
