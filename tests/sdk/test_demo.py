@@ -12,6 +12,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from streams import collect
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", ROOT / "target" / "debug" / "switchyard"))
@@ -67,12 +68,7 @@ def test_demo_serves_the_openai_sdk_and_stops_cleanly_on_ctrl_c(demo):
         stream=True,
         stream_options={"include_usage": True},
     )
-    text, usage = "", None
-    for chunk in stream:
-        if chunk.choices:
-            text += chunk.choices[0].delta.content or ""
-        if chunk.usage:
-            usage = chunk.usage
+    text, usage = collect(stream)
     assert len(text) == 24
     assert usage is not None and usage.completion_tokens == 6
 

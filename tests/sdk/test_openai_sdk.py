@@ -16,6 +16,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from streams import collect
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", ROOT / "target" / "debug" / "switchyard"))
@@ -133,12 +134,7 @@ def test_streaming_with_usage(gateway):
         stream=True,
         stream_options={"include_usage": True},
     )
-    text, usage = "", None
-    for chunk in stream:
-        if chunk.choices:
-            text += chunk.choices[0].delta.content or ""
-        if chunk.usage:
-            usage = chunk.usage
+    text, usage = collect(stream)
     assert text == "Hello from upstream"
     assert usage is not None and usage.completion_tokens == 3
 

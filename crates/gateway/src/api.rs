@@ -321,7 +321,7 @@ fn relay(
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let relay = Relay::new(incoming, started, sse, backend.metrics.clone(), guard);
+    let relay = Relay::new(incoming, started, sse, guard);
     Response::from_parts(head, GatewayBody::Relay(relay))
 }
 

@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::fleet::InFlightGuard;
-use crate::telemetry::BackendMetrics;
 
 /// A response body.
 #[derive(Debug)]
@@ -39,9 +38,9 @@ pub struct Relay {
     sse: bool,
     /// The stream failed and its closing error event was sent: the next poll ends the body.
     ended: bool,
-    metrics: BackendMetrics,
-    /// Released when the body ends or is dropped.
-    guard: Option<InFlightGuard>,
+    /// The backend's slot, released when the body ends or is dropped; also the way to its
+    /// metrics.
+    guard: InFlightGuard,
 }
 
 /// What a client receives when an upstream SSE stream breaks after the response started: one
@@ -56,27 +55,22 @@ pub const STREAM_BROKEN_EVENT: &str = concat!(
 impl Relay {
     /// Relays `inner`; `started` is when the client's request arrived; `sse` when the
     /// response is `text/event-stream`.
-    pub fn new(
-        inner: Incoming,
-        started: Instant,
-        sse: bool,
-        metrics: BackendMetrics,
-        guard: InFlightGuard,
-    ) -> Self {
+    pub fn new(inner: Incoming, started: Instant, sse: bool, guard: InFlightGuard) -> Self {
         Self {
             inner,
             started,
             seen_first: false,
             sse,
             ended: false,
-            metrics,
-            guard: Some(guard),
+            guard,
         }
     }
 
     fn finish(&mut self) {
-        if self.guard.take().is_some() {
-            self.metrics
+        if self.guard.release() {
+            self.guard
+                .state()
+                .metrics()
                 .duration
                 .observe(self.started.elapsed().as_secs_f64());
         }
@@ -105,7 +99,7 @@ impl Body for GatewayBody {
                 }
                 let polled = Pin::new(&mut r.inner).poll_frame(cx);
                 if let Poll::Ready(Some(Err(e))) = &polled {
-                    r.metrics.stream_errors.inc();
+                    r.guard.state().metrics().stream_errors.inc();
                     tracing::warn!(error = %e, sse = r.sse, "upstream body failed midway");
                     if r.sse {
                         r.finish();
@@ -119,7 +113,11 @@ impl Body for GatewayBody {
                     Poll::Ready(Some(Ok(f))) => {
                         if !r.seen_first && f.is_data() {
                             r.seen_first = true;
-                            r.metrics.ttfb.observe(r.started.elapsed().as_secs_f64());
+                            r.guard
+                                .state()
+                                .metrics()
+                                .ttfb
+                                .observe(r.started.elapsed().as_secs_f64());
                         }
                         // A body of known length ends with its last frame; hyper may not poll
                         // again before the client has it, so release the slot now.

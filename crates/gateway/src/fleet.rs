@@ -7,7 +7,7 @@
 
 use http::HeaderValue;
 use smallvec::SmallVec;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember, RetryBudget};
@@ -16,10 +16,11 @@ use crate::config::{BackendConfig, PoolConfig, Retry};
 use crate::telemetry::{BackendMetrics, Metrics};
 
 /// Live numbers of one backend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackendState {
-    /// Requests dispatched and not yet finished.
-    in_flight: AtomicU32,
+    /// Its metric handles. The in-flight gauge is also the in-flight count policies read: one
+    /// number, so `/metrics` and routing can never disagree.
+    metrics: BackendMetrics,
     /// Gateway time (milliseconds since start) before which the backend takes no new request,
     /// set when it answers 429: it said it is over its limit, so asking again sooner only
     /// adds load and latency.
@@ -32,9 +33,22 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 
 impl BackendState {
+    /// Fresh state reporting through `metrics`.
+    pub fn new(metrics: BackendMetrics) -> Self {
+        Self {
+            metrics,
+            cool_until_ms: AtomicU64::new(0),
+        }
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        u32::try_from(self.metrics.in_flight.get()).unwrap_or(0)
+    }
+
+    /// The backend's metric handles.
+    pub fn metrics(&self) -> &BackendMetrics {
+        &self.metrics
     }
 
     /// Keeps the backend out of rotation until `now + wait` (capped at [`MAX_COOLDOWN`]).
@@ -61,10 +75,8 @@ pub struct Backend {
     /// `Authorization` header to send instead of the client's, built once and marked
     /// sensitive so it is never printed.
     pub authorization: Option<HeaderValue>,
-    /// Live counters.
+    /// Live counters and metric handles.
     pub state: Arc<BackendState>,
-    /// Pre-resolved metric handles.
-    pub metrics: BackendMetrics,
 }
 
 impl Backend {
@@ -80,8 +92,7 @@ impl Backend {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             config: cfg.clone(),
             authorization,
-            state: Arc::default(),
-            metrics: metrics.backend(pool, &cfg.name),
+            state: Arc::new(BackendState::new(metrics.backend(pool, &cfg.name))),
         }
     }
 
@@ -102,13 +113,12 @@ impl Backend {
             .is_none_or(|cap| self.state.in_flight() < cap)
     }
 
-    /// Counts a request as in flight until the guard drops.
+    /// Counts a request as in flight until the guard is released or dropped.
     pub fn begin(&self) -> InFlightGuard {
-        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.metrics.in_flight.inc();
+        self.state.metrics.in_flight.inc();
         InFlightGuard {
             state: self.state.clone(),
-            gauge: self.metrics.in_flight.clone(),
+            held: true,
         }
     }
 
@@ -126,17 +136,32 @@ impl Backend {
     }
 }
 
-/// Holds one in-flight slot of a backend; releases it when dropped.
+/// Holds one in-flight slot of a backend until released or dropped.
 #[derive(Debug)]
 pub struct InFlightGuard {
     state: Arc<BackendState>,
-    gauge: prometheus::IntGauge,
+    held: bool,
+}
+
+impl InFlightGuard {
+    /// The backend this slot belongs to.
+    pub fn state(&self) -> &BackendState {
+        &self.state
+    }
+
+    /// Gives the slot back; true the first time only.
+    pub fn release(&mut self) -> bool {
+        let was = std::mem::replace(&mut self.held, false);
+        if was {
+            self.state.metrics.in_flight.dec();
+        }
+        was
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.dec();
+        self.release();
     }
 }
 

@@ -158,11 +158,6 @@ impl Metrics {
         self.retries.with_label_values(&[model, label]).inc();
     }
 
-    /// The registry, for other modules to add their families.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// Every family in Prometheus text format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);

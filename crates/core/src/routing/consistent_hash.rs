@@ -46,14 +46,6 @@ impl BoundedConsistentHash {
             load_factor,
         }
     }
-
-    /// The home backend of a key when every backend is usable and idle: where the ring puts it.
-    pub fn home_of(&self, key: &str) -> Option<BackendId> {
-        let start = self.ring.partition_point(|p| p.0 < xxh3_64(key.as_bytes()));
-        self.ring
-            .get(start % self.ring.len().max(1))
-            .map(|p| BackendId(p.1))
-    }
 }
 
 impl Policy for BoundedConsistentHash {
