@@ -10,7 +10,7 @@ use crate::fleet::BackendId;
 pub const MAX_FALLBACKS: usize = 3;
 
 /// Where a request goes: a primary backend, ordered fallbacks, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The backend to try first.
     pub primary: BackendId,
@@ -18,6 +18,31 @@ pub struct Decision {
     pub fallbacks: SmallVec<[BackendId; MAX_FALLBACKS]>,
     /// Why `primary` was chosen.
     pub reason: Reason,
+    /// Every candidate's score, when the fleet view asked for it ([`FleetView::explain`]) and
+    /// the policy scores candidates.
+    ///
+    /// [`FleetView::explain`]: crate::FleetView::explain
+    pub explanation: Option<Box<Explanation>>,
+}
+
+/// How a scoring policy saw each candidate: lower `score` is better unless the policy says
+/// otherwise in its docs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Explanation {
+    /// One entry per backend considered, in pool order.
+    pub candidates: Vec<CandidateScore>,
+}
+
+/// One candidate's score and the terms it was made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateScore {
+    /// The backend.
+    pub id: BackendId,
+    /// Its total score.
+    pub score: f64,
+    /// Named parts of the score (e.g. `("uncached_tokens", 1200.0)`), or why it was excluded
+    /// (`("excluded_gpu_temperature", 91.0)`).
+    pub terms: Vec<(&'static str, f64)>,
 }
 
 /// Why a policy chose its primary backend. Shown in debug headers and logs.
@@ -79,6 +104,7 @@ impl Decision {
             primary,
             fallbacks: SmallVec::new(),
             reason,
+            explanation: None,
         }
     }
 
@@ -93,6 +119,12 @@ impl Decision {
                 self.fallbacks.push(id);
             }
         }
+        self
+    }
+
+    /// Attaches an explanation.
+    pub fn with_explanation(mut self, explanation: Explanation) -> Self {
+        self.explanation = Some(Box::new(explanation));
         self
     }
 

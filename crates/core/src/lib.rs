@@ -9,14 +9,18 @@
 #![warn(missing_docs)]
 
 pub mod decision;
+pub mod ewma;
 pub mod fleet;
 pub mod profile;
 pub mod retry_budget;
 pub mod rng;
 pub mod routing;
 
-pub use decision::{Decision, Reason};
-pub use fleet::{BackendId, BackendView, EngineLoad, FleetView, PoolMember};
+pub use decision::{CandidateScore, Decision, Explanation, Reason};
+pub use ewma::PeakEwma;
+pub use fleet::{
+    BackendId, BackendView, EngineLoad, FleetView, GpuLoad, LatencySignals, PoolMember, Price,
+};
 pub use profile::{EndpointKind, ProfileError, RequestMeta, RequestProfile, SessionSource};
 pub use retry_budget::RetryBudget;
 pub use routing::{NoCandidate, Policy, PolicySpec, PolicySpecError};

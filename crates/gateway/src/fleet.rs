@@ -195,6 +195,7 @@ impl Pool {
             .map(|b| PoolMember {
                 name: b.config.name.clone(),
                 weight: b.config.weight.max(1),
+                ..Default::default()
             })
             .collect();
         Self {
@@ -209,11 +210,9 @@ impl Pool {
     pub fn view<'a>(&self, buf: &'a mut ViewBuf, now: Duration) -> FleetView<'a> {
         buf.clear();
         buf.extend(self.backends.iter().map(|b| BackendView {
-            id: b.id,
-            weight: b.config.weight.max(1),
             in_flight: b.state.in_flight(),
             usable: b.usable(now),
-            engine: None,
+            ..BackendView::idle(b.id, b.config.weight)
         }));
         FleetView::new(buf, now)
     }

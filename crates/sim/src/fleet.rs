@@ -160,6 +160,7 @@ pub fn run(config: &FleetConfig, workload: &Workload) -> Result<RunReport, Fleet
         .map(|b| PoolMember {
             name: b.name.clone(),
             weight: b.weight.max(1),
+            ..Default::default()
         })
         .collect();
     run_with(config, workload, config.policy.build(&members, config.seed))
@@ -481,16 +482,19 @@ fn backend_view(
         .max_waiting
         .is_none_or(|limit| scraped.num_waiting < limit);
     BackendView {
-        id: BackendId(i as u32),
-        weight: spec.weight.max(1),
         in_flight,
         usable: under_cap && queue_ok,
         engine: Some(EngineLoad {
             running: scraped.num_running,
             waiting: scraped.num_waiting,
             kv_usage: scraped.kv_usage as f32,
+            kv_capacity_tokens: u32::try_from(
+                u64::from(spec.engine.num_gpu_blocks) * u64::from(spec.engine.block_size),
+            )
+            .ok(),
             age: Duration::from_secs_f64((now - scraped.at).max(0.0)),
         }),
+        ..BackendView::idle(BackendId(i as u32), spec.weight)
     }
 }
 

@@ -128,6 +128,7 @@ mod tests {
             .map(|n| PoolMember {
                 name: n.to_string(),
                 weight: 1,
+                ..Default::default()
             })
             .collect()
     }

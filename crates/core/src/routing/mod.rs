@@ -183,13 +183,7 @@ pub(crate) mod test_support {
     /// A pool of `n` usable, idle backends with weight 1.
     pub fn idle(n: usize) -> Vec<BackendView> {
         (0..n)
-            .map(|i| BackendView {
-                id: BackendId(i as u32),
-                weight: 1,
-                in_flight: 0,
-                usable: true,
-                engine: None,
-            })
+            .map(|i| BackendView::idle(BackendId(i as u32), 1))
             .collect()
     }
 
