@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::fleet::{Backend, InFlightGuard, ViewBuf, DEFAULT_COOLDOWN};
 use crate::forward;
 use crate::gateway::Gateway;
+use crate::{explain, signals};
 
 /// Longest client-sent `x-request-id` kept as is; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -176,23 +177,25 @@ async fn proxy(
     };
 
     let mut buf = ViewBuf::new();
-    let decision = pool
-        .policy
-        .decide(&profile, &pool.view(&mut buf, gw.now()))
-        .map_err(|_| {
-            (
-                pool.name.clone(),
-                ApiError::NoBackend {
-                    model: pool.name.clone(),
-                },
-            )
-        })?;
+    let debug = gw.config.debug_headers;
+    let view = pool
+        .view(&mut buf, gw.now(), gw.config.scrape.max_age)
+        .explaining(debug);
+    let decision = pool.policy.decide(&profile, &view).map_err(|_| {
+        (
+            pool.name.clone(),
+            ApiError::NoBackend {
+                model: pool.name.clone(),
+            },
+        )
+    })?;
     // Try the decision's backends in order. Nothing has reached the client until a response is
     // returned, so a failed attempt (connect error, timeout, or a 429/502/503/504 answer) moves
     // on to the next fallback. The last upstream answer passes through if every attempt fails.
     let max_attempts = gw.config.retry.max_attempts;
     pool.retry_budget.deposit(gw.now());
     let mut attempts = 0u32;
+    let tokens = signals::expected_tokens(&profile);
     let mut dispatched: Option<Instant> = None;
     let mut failure: Option<ApiError> = None;
     let mut held: Option<(hyper::Response<Incoming>, &Backend, InFlightGuard)> = None;
@@ -223,7 +226,7 @@ async fn proxy(
                     continue;
                 }
             };
-        let guard = backend.begin();
+        let guard = backend.begin(tokens);
         dispatched.get_or_insert_with(Instant::now);
         let first_byte = gw.config.timeouts.first_byte;
         match tokio::time::timeout(first_byte, gw.client.request(upstream)).await {
@@ -250,7 +253,11 @@ async fn proxy(
                 // Gateway time: profiling and routing before the first dispatch, and turning
                 // the upstream head into the client's response after it.
                 let headers_at = Instant::now();
-                let r = relay(gw, &pool.name, resp, backend, guard, attempts, started);
+                let mut r = relay(gw, &pool.name, resp, backend, guard, attempts, started);
+                if debug {
+                    r.headers_mut()
+                        .insert("x-switchyard-route", explain::route_header(pool, &decision));
+                }
                 let before = dispatched.map_or(Default::default(), |d| d - body_read);
                 gw.metrics
                     .overhead
@@ -261,9 +268,12 @@ async fn proxy(
         }
     }
     if let Some((resp, backend, guard)) = held {
-        return Ok(relay(
-            gw, &pool.name, resp, backend, guard, attempts, started,
-        ));
+        let mut r = relay(gw, &pool.name, resp, backend, guard, attempts, started);
+        if debug {
+            r.headers_mut()
+                .insert("x-switchyard-route", explain::route_header(pool, &decision));
+        }
+        return Ok(r);
     }
     Err((
         pool.name.clone(),

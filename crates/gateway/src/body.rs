@@ -34,6 +34,10 @@ pub struct Relay {
     inner: Incoming,
     started: Instant,
     seen_first: bool,
+    /// When the first data frame passed, for time per output token.
+    first_at: Option<Instant>,
+    /// SSE `data:` events seen: one per streamed chunk, roughly one per token.
+    events: u32,
     /// The body is an SSE stream, so a failure midway can be reported in-band.
     sse: bool,
     /// The stream failed and its closing error event was sent: the next poll ends the body.
@@ -60,26 +64,48 @@ impl Relay {
             inner,
             started,
             seen_first: false,
+            first_at: None,
+            events: 0,
             sse,
             ended: false,
             guard,
         }
     }
 
-    fn finish(&mut self) {
+    /// Releases the slot and records the duration; `complete` when the whole body passed, so
+    /// that a cut request does not enter the latency averages.
+    fn finish(&mut self, complete: bool) {
         if self.guard.release() {
-            self.guard
-                .state()
-                .metrics()
-                .duration
-                .observe(self.started.elapsed().as_secs_f64());
+            let latency = self.started.elapsed();
+            let state = self.guard.state();
+            state.metrics().duration.observe(latency.as_secs_f64());
+            // The first event of an OpenAI stream carries the role, the last `[DONE]`; the
+            // ones between are tokens (or a few, when an engine batches them).
+            let tpot = match (self.first_at, self.events) {
+                (Some(first), n) if self.sse && n >= 3 => Some(first.elapsed() / (n - 2)),
+                _ => None,
+            };
+            if complete {
+                state
+                    .signals
+                    .observe_done(latency, tpot, crate::clock::now());
+            }
         }
+    }
+
+    /// Counts SSE events in a relayed chunk (an event split across chunks may be missed; the
+    /// count only feeds an average).
+    fn count_events(&mut self, chunk: &[u8]) {
+        let n = chunk.windows(5).filter(|w| *w == b"data:").count();
+        self.events = self
+            .events
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(false);
     }
 }
 
@@ -102,7 +128,7 @@ impl Body for GatewayBody {
                     r.guard.state().metrics().stream_errors.inc();
                     tracing::warn!(error = %e, sse = r.sse, "upstream body failed midway");
                     if r.sse {
-                        r.finish();
+                        r.finish(false);
                         r.ended = true;
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
                             STREAM_BROKEN_EVENT.as_bytes(),
@@ -113,19 +139,25 @@ impl Body for GatewayBody {
                     Poll::Ready(Some(Ok(f))) => {
                         if !r.seen_first && f.is_data() {
                             r.seen_first = true;
-                            r.guard
-                                .state()
-                                .metrics()
-                                .ttfb
-                                .observe(r.started.elapsed().as_secs_f64());
+                            let ttfb = r.started.elapsed();
+                            r.first_at = Some(Instant::now());
+                            let state = r.guard.state();
+                            state.metrics().ttfb.observe(ttfb.as_secs_f64());
+                            state.signals.observe_ttft(ttfb, crate::clock::now());
+                        }
+                        if r.sse {
+                            if let Some(d) = f.data_ref() {
+                                r.count_events(d);
+                            }
                         }
                         // A body of known length ends with its last frame; hyper may not poll
                         // again before the client has it, so release the slot now.
                         if r.inner.is_end_stream() {
-                            r.finish();
+                            r.finish(true);
                         }
                     }
-                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => r.finish(),
+                    Poll::Ready(None) => r.finish(true),
+                    Poll::Ready(Some(Err(_))) => r.finish(false),
                     Poll::Pending => {}
                 }
                 polled

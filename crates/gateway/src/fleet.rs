@@ -13,6 +13,7 @@ use std::time::Duration;
 use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember, RetryBudget};
 
 use crate::config::{BackendConfig, PoolConfig, Retry};
+use crate::signals::LiveSignals;
 use crate::telemetry::{BackendMetrics, Metrics};
 
 /// Live numbers of one backend.
@@ -25,6 +26,8 @@ pub struct BackendState {
     /// set when it answers 429: it said it is over its limit, so asking again sooner only
     /// adds load and latency.
     cool_until_ms: AtomicU64,
+    /// Tokens in flight, latency averages, and the engine's and GPUs' scraped reports.
+    pub signals: LiveSignals,
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -38,6 +41,7 @@ impl BackendState {
         Self {
             metrics,
             cool_until_ms: AtomicU64::new(0),
+            signals: LiveSignals::default(),
         }
     }
 
@@ -113,12 +117,16 @@ impl Backend {
             .is_none_or(|cap| self.state.in_flight() < cap)
     }
 
-    /// Counts a request as in flight until the guard is released or dropped.
-    pub fn begin(&self) -> InFlightGuard {
+    /// Counts a request, and the `tokens` it will occupy (see
+    /// [`crate::signals::expected_tokens`]), as in flight until the guard is released or
+    /// dropped.
+    pub fn begin(&self, tokens: u64) -> InFlightGuard {
         self.state.metrics.in_flight.inc();
+        self.state.signals.add_tokens(tokens);
         InFlightGuard {
             state: self.state.clone(),
             held: true,
+            tokens,
         }
     }
 
@@ -141,6 +149,7 @@ impl Backend {
 pub struct InFlightGuard {
     state: Arc<BackendState>,
     held: bool,
+    tokens: u64,
 }
 
 impl InFlightGuard {
@@ -154,6 +163,7 @@ impl InFlightGuard {
         let was = std::mem::replace(&mut self.held, false);
         if was {
             self.state.metrics.in_flight.dec();
+            self.state.signals.remove_tokens(self.tokens);
         }
         was
     }
@@ -195,7 +205,9 @@ impl Pool {
             .map(|b| PoolMember {
                 name: b.config.name.clone(),
                 weight: b.config.weight.max(1),
-                ..Default::default()
+                price: b.config.price,
+                context_window: b.config.context_window,
+                quality: b.config.quality.map(|q| q as f32),
             })
             .collect();
         Self {
@@ -206,13 +218,26 @@ impl Pool {
         }
     }
 
-    /// Fills `buf` with the live view of every member.
-    pub fn view<'a>(&self, buf: &'a mut ViewBuf, now: Duration) -> FleetView<'a> {
+    /// Fills `buf` with the live view of every member; scraped reports older than
+    /// `max_report_age` are left out.
+    pub fn view<'a>(
+        &self,
+        buf: &'a mut ViewBuf,
+        now: Duration,
+        max_report_age: Duration,
+    ) -> FleetView<'a> {
         buf.clear();
-        buf.extend(self.backends.iter().map(|b| BackendView {
-            in_flight: b.state.in_flight(),
-            usable: b.usable(now),
-            ..BackendView::idle(b.id, b.config.weight)
+        buf.extend(self.backends.iter().map(|b| {
+            let s = &b.state.signals;
+            BackendView {
+                in_flight: b.state.in_flight(),
+                usable: b.usable(now),
+                engine: s.engine(now, max_report_age),
+                in_flight_tokens: s.in_flight_tokens(),
+                latency: s.latency(),
+                gpu: s.gpu(now, max_report_age),
+                ..BackendView::idle(b.id, b.config.weight)
+            }
         }));
         FleetView::new(buf, now)
     }

@@ -5,7 +5,7 @@ use http::HeaderValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::fleet::Pool;
@@ -25,8 +25,6 @@ pub struct Gateway {
     pub client: UpstreamClient,
     /// Metric families.
     pub metrics: Metrics,
-    /// Epoch of the monotonic time handed to policies.
-    started: Instant,
     /// Unix time at start, for `created` fields.
     pub started_unix: u64,
     /// Source of request ids.
@@ -61,16 +59,15 @@ impl Gateway {
             pools,
             model_names,
             metrics,
-            started: Instant::now(),
             started_unix: unix.as_secs(),
             id_seq: AtomicU64::new(0),
             id_salt: seed,
         })
     }
 
-    /// Time since the gateway started: the `now` every decision sees.
+    /// Gateway time ([`crate::clock::now`]): the `now` every decision sees.
     pub fn now(&self) -> Duration {
-        self.started.elapsed()
+        crate::clock::now()
     }
 
     /// A new request id, unique within this process and unlikely to collide across processes.

@@ -11,12 +11,16 @@
 
 pub mod api;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub mod fleet;
 pub mod forward;
 pub mod gateway;
+pub mod scrape;
 pub mod server;
+pub mod signals;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};

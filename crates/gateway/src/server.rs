@@ -31,6 +31,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Drained> {
     let graceful = GracefulShutdown::new();
+    // Engine metrics feed LLM-aware policies; the task stops when this handle drops.
+    let _scraper = crate::scrape::spawn(gw.clone());
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {

@@ -334,7 +334,12 @@ async fn shutdown_stops_accepting_and_drains_in_flight_requests() {
 #[tokio::test]
 async fn upstream_connections_are_pooled_and_kept_alive() {
     let up = Mock::start(ok()).await;
-    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    // Engine scrapes would share the pool too; this test counts the requests' connections.
+    let yaml = format!(
+        "models:\n  m:\n    backends:\n      - {{url: \"{}\", metrics_url: none}}\n",
+        up.url()
+    );
+    let gw = Gw::start(&yaml).await;
     let c = client();
     for _ in 0..20 {
         assert_eq!(

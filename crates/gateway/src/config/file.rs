@@ -7,6 +7,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::routing::{default_metrics_uri, MetricsUrl, PriceFile, ScrapeFile};
 use super::values::{BackendUrl, ByteSize, EnvString, PolicyValue, Seconds};
 use super::{BackendConfig, Config, PoolConfig, Timeouts};
 use switchyard_core::{retry_budget, PolicySpec};
@@ -30,6 +31,12 @@ pub struct ConfigFile {
     /// Failover settings.
     #[serde(default)]
     pub retry: Option<RetryFile>,
+    /// Engine metric scraping.
+    #[serde(default)]
+    pub scrape: Option<ScrapeFile>,
+    /// Debug response headers.
+    #[serde(default)]
+    pub debug_headers: Option<bool>,
     /// Model name -> pool.
     pub models: BTreeMap<String, PoolFile>,
 }
@@ -121,6 +128,21 @@ pub struct BackendFile {
     /// API key, usually `${ENV_VAR}`.
     #[serde(default)]
     pub api_key: Option<EnvString>,
+    /// Engine metrics URL, or `none`.
+    #[serde(default)]
+    pub metrics_url: Option<MetricsUrl>,
+    /// GPU exporter URL, or `none`.
+    #[serde(default)]
+    pub gpu_metrics_url: Option<MetricsUrl>,
+    /// Price per million tokens.
+    #[serde(default)]
+    pub price: Option<PriceFile>,
+    /// Context window in tokens.
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    /// Relative quality score.
+    #[serde(default, deserialize_with = "super::routing::quality")]
+    pub quality: Option<f64>,
 }
 
 impl BackendFile {
@@ -230,6 +252,8 @@ impl ConfigFile {
                         .unwrap_or(retry_budget::DEFAULT_MIN_PER_SECOND),
                 }
             },
+            scrape: self.scrape.unwrap_or_default().resolve(),
+            debug_headers: self.debug_headers.unwrap_or(false),
             models: self
                 .models
                 .into_iter()
@@ -242,6 +266,22 @@ impl ConfigFile {
                         .into_iter()
                         .map(|b| BackendConfig {
                             name: b.name(),
+                            metrics_uri: default_metrics_uri(
+                                b.metrics_url.as_ref(),
+                                &b.url.scheme,
+                                &b.url.authority,
+                                &b.url.base_path,
+                            ),
+                            gpu_metrics_uri: match b.gpu_metrics_url {
+                                Some(MetricsUrl::At(u)) => Some(u),
+                                _ => None,
+                            },
+                            price: b.price.map(|p| switchyard_core::Price {
+                                input_per_mtok: p.input,
+                                output_per_mtok: p.output,
+                            }),
+                            context_window: b.context_window,
+                            quality: b.quality,
                             scheme: b.url.scheme,
                             authority: b.url.authority,
                             base_path: b.url.base_path,

@@ -16,9 +16,11 @@
 
 mod error;
 pub mod file;
+pub mod routing;
 mod values;
 
 pub use error::ConfigError;
+pub use routing::Scrape;
 pub use values::{ByteSize, Seconds};
 
 use http::uri::{Authority, Scheme};
@@ -52,6 +54,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Failover before the first response byte.
     pub retry: Retry,
+    /// How engines' metrics are scraped.
+    pub scrape: Scrape,
+    /// Add `x-switchyard-route` (policy, reason, every candidate's score) to responses.
+    pub debug_headers: bool,
     /// One pool per model name, sorted by name.
     pub models: Vec<PoolConfig>,
 }
@@ -111,6 +117,16 @@ pub struct BackendConfig {
     pub upstream_model: Option<String>,
     /// Sent as `Authorization: Bearer ...` instead of the client's header.
     pub api_key: Option<String>,
+    /// Where the engine's Prometheus metrics are scraped; `None` for not at all.
+    pub metrics_uri: Option<http::Uri>,
+    /// Where a GPU exporter (DCGM) for this backend is scraped, if anywhere.
+    pub gpu_metrics_uri: Option<http::Uri>,
+    /// Price per million tokens, for cost-aware policies.
+    pub price: Option<switchyard_core::Price>,
+    /// Longest prompt plus output the backend accepts.
+    pub context_window: Option<u32>,
+    /// Relative quality for a cost policy's floor (higher is better).
+    pub quality: Option<f64>,
 }
 
 /// Reads, parses and validates a config file.

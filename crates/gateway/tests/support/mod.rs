@@ -50,6 +50,9 @@ pub struct Mock {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// TCP connections accepted, to show that upstream connections are reused.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// `GET /metrics` requests (the gateway's engine scrapes), answered 404 like a server
+    /// without metrics and kept out of `seen`, so counts of inference requests stay exact.
+    pub scrapes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Mock {
@@ -60,6 +63,8 @@ impl Mock {
         let seen2 = seen.clone();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let conns = connections.clone();
+        let scrapes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let scrapes2 = scrapes.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -68,11 +73,22 @@ impl Mock {
                 conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let reply = reply.clone();
                 let seen = seen2.clone();
+                let scrapes = scrapes2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let reply = reply.clone();
                         let seen = seen.clone();
-                        async move { Ok::<_, Infallible>(answer(req, reply, seen).await) }
+                        let scrapes = scrapes.clone();
+                        async move {
+                            if req.uri().path() == "/metrics" {
+                                scrapes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                return Ok::<_, Infallible>(json(
+                                    StatusCode::NOT_FOUND,
+                                    r#"{"error":"no metrics"}"#,
+                                ));
+                            }
+                            Ok::<_, Infallible>(answer(req, reply, seen).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -84,11 +100,17 @@ impl Mock {
             addr,
             seen,
             connections,
+            scrapes,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Engine scrapes received.
+    pub fn scrapes(&self) -> usize {
+        self.scrapes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {

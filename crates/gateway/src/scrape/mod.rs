@@ -1,0 +1,164 @@
+//! Engine-metric scraping: a background task that reads every backend's Prometheus page (and
+//! its GPU exporter's, when configured) every `scrape.interval`, and stores what it recognizes
+//! ([`parse`]) in the backend's [`LiveSignals`](crate::signals::LiveSignals) with the time it
+//! was taken. Policies see those reports in `BackendView::engine` / `gpu` while they are
+//! younger than `scrape.max_age`; a backend whose scrapes fail is simply seen without them.
+//!
+//! A backend that keeps failing (no `/metrics`, a hosted API, a dead replica) is retried with
+//! exponential backoff up to [`MAX_BACKOFF`], so a fleet of silent backends costs next to
+//! nothing. Scrapes of one round run concurrently, each bounded by `scrape.timeout`. The task
+//! stops when its [`Scraper`] handle is dropped.
+
+mod parse;
+
+pub use parse::{parse, EngineSample, GpuSample, Scraped};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+use crate::clock;
+use crate::fleet::BackendState;
+use crate::forward::UpstreamClient;
+use crate::gateway::Gateway;
+
+/// Longest wait between two attempts on a backend whose scrapes fail.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Largest metrics page read; engines with many histograms stay far below it.
+const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// The running scrape task; dropping it stops the task.
+#[derive(Debug)]
+pub struct Scraper {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts scraping the gateway's backends. Must be called inside a tokio runtime.
+pub fn spawn(gw: Arc<Gateway>) -> Scraper {
+    Scraper {
+        task: tokio::spawn(run(gw)),
+    }
+}
+
+/// Failures of one URL, for backoff.
+#[derive(Debug, Default, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    next_try: Duration,
+}
+
+/// Which report a URL feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Engine,
+    Gpu,
+}
+
+async fn run(gw: Arc<Gateway>) {
+    let settings = gw.config.scrape;
+    let mut backoff: HashMap<(http::Uri, Kind), Backoff> = HashMap::new();
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = clock::now();
+        let mut round = JoinSet::new();
+        for pool in gw.pools.values() {
+            for b in &pool.backends {
+                let urls = [
+                    (b.config.metrics_uri.as_ref(), Kind::Engine),
+                    (b.config.gpu_metrics_uri.as_ref(), Kind::Gpu),
+                ];
+                for (uri, kind) in urls {
+                    let Some(uri) = uri else { continue };
+                    let key = (uri.clone(), kind);
+                    if backoff.get(&key).is_some_and(|s| s.next_try > now) {
+                        continue;
+                    }
+                    let (client, state) = (gw.client.clone(), b.state.clone());
+                    round.spawn(async move {
+                        let ok = scrape_one(&client, &key.0, key.1, &state, settings.timeout).await;
+                        (key, ok)
+                    });
+                }
+            }
+        }
+        while let Some(joined) = round.join_next().await {
+            let Ok((key, ok)) = joined else { continue };
+            if ok {
+                backoff.remove(&key);
+            } else {
+                let b = backoff.entry(key).or_default();
+                b.failures = b.failures.saturating_add(1);
+                let wait = settings
+                    .interval
+                    .saturating_mul(1 << b.failures.min(16))
+                    .min(MAX_BACKOFF);
+                b.next_try = clock::now() + wait;
+            }
+        }
+    }
+}
+
+/// Fetches one page and records what it holds; false when the backend gave nothing usable.
+async fn scrape_one(
+    client: &UpstreamClient,
+    uri: &http::Uri,
+    kind: Kind,
+    state: &BackendState,
+    timeout: Duration,
+) -> bool {
+    let Ok(req) = Request::builder()
+        .method(Method::GET)
+        .uri(uri.clone())
+        .header(http::header::ACCEPT, "text/plain")
+        .body(Full::new(Bytes::new()))
+    else {
+        return false;
+    };
+    let fetch = async {
+        let resp = client.request(req).await.ok()?;
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        let body = Limited::new(resp.into_body(), MAX_PAGE_BYTES)
+            .collect()
+            .await
+            .ok()?;
+        Some(body.to_bytes())
+    };
+    let Ok(Some(page)) = tokio::time::timeout(timeout, fetch).await else {
+        tracing::trace!(%uri, "scrape failed");
+        return false;
+    };
+    let scraped = parse(&String::from_utf8_lossy(&page));
+    let now = clock::now();
+    match kind {
+        Kind::Engine => {
+            if let Some(e) = &scraped.engine {
+                state.signals.set_engine(e, now);
+            }
+            // An engine page that bundles GPU gauges (as `switchyard sim` does) feeds both.
+            if let Some(g) = &scraped.gpu {
+                state.signals.set_gpu(g, now);
+            }
+            scraped.engine.is_some()
+        }
+        Kind::Gpu => {
+            if let Some(g) = &scraped.gpu {
+                state.signals.set_gpu(g, now);
+            }
+            scraped.gpu.is_some()
+        }
+    }
+}

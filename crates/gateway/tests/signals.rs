@@ -1,0 +1,165 @@
+//! Live signals reach the policy's fleet view: engine and GPU reports scraped from real
+//! `switchyard sim` replicas over loopback, tokens in flight and latency averages from real
+//! requests, and the debug header that shows a decision.
+
+mod support;
+
+use std::sync::Arc;
+use support::{client, config, eventually, post, Mock, Reply, CHAT};
+use switchyard_gateway::fleet::ViewBuf;
+use switchyard_gateway::Gateway;
+use switchyard_sim::http::{Replica, ReplicaConfig};
+use switchyard_sim::profile;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Boots a gateway on port 0 and keeps its handle, so tests can read its fleet view.
+async fn boot(yaml: &str) -> (Arc<Gateway>, String) {
+    let cfg = switchyard_gateway::config::parse(yaml, "test.yaml").expect("valid test config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let gw = Gateway::new(cfg);
+    tokio::spawn(switchyard_gateway::serve(
+        gw.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    (gw, base)
+}
+
+fn view_of(gw: &Gateway) -> Vec<switchyard_core::BackendView> {
+    let pool = &gw.pools["m"];
+    let mut buf = ViewBuf::new();
+    pool.view(&mut buf, gw.now(), gw.config.scrape.max_age)
+        .backends
+        .to_vec()
+}
+
+async fn sim_replica() -> Replica {
+    let mut cfg = ReplicaConfig::from_profile(&profile::h100_llama3_8b());
+    cfg.model = "m".into();
+    cfg.time_scale = 50.0;
+    Replica::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn scraped_vllm_and_dcgm_metrics_of_a_sim_replica_reach_the_fleet_view() {
+    let replica = sim_replica().await;
+    let engine = profile::h100_llama3_8b().engine_config();
+    let (gw, _) = boot(&config(
+        &[replica.url()],
+        "",
+        "scrape: {interval: 50ms, max_age: 5s}",
+    ))
+    .await;
+    eventually(|| {
+        let v = view_of(&gw);
+        v[0].engine.is_some() && v[0].gpu.is_some()
+    })
+    .await;
+    let v = view_of(&gw)[0];
+    let e = v.engine.unwrap();
+    assert_eq!(
+        e.kv_capacity_tokens,
+        Some(engine.num_gpu_blocks * engine.block_size),
+        "vllm:cache_config_info blocks x block size"
+    );
+    assert_eq!((e.running, e.waiting), (0, 0));
+    let g = v.gpu.unwrap();
+    assert!(g.memory_used > 0.0 && g.memory_used <= 1.0, "{g:?}");
+}
+
+#[tokio::test]
+async fn a_backend_without_metrics_is_seen_without_reports() {
+    // The mock answers /metrics with 404, as a server without metrics does.
+    let mock = Mock::start(Reply::Json(http::StatusCode::OK, support::OK_BODY)).await;
+    let (gw, _) = boot(&config(&[mock.url()], "", "scrape: {interval: 20ms}")).await;
+    eventually(|| mock.scrapes() >= 1).await;
+    let v = view_of(&gw)[0];
+    assert_eq!((v.engine, v.gpu), (None, None));
+}
+
+#[tokio::test]
+async fn metrics_url_none_turns_scraping_off() {
+    let off = Mock::start(Reply::Json(http::StatusCode::OK, support::OK_BODY)).await;
+    let on = Mock::start(Reply::Json(http::StatusCode::OK, support::OK_BODY)).await;
+    let yaml = format!(
+        "scrape: {{interval: 10ms}}\nmodels:\n  m:\n    backends:\n      - {{url: \"{}\", metrics_url: none}}\n      - {{url: \"{}\"}}\n",
+        off.url(),
+        on.url()
+    );
+    let (_gw, _) = boot(&yaml).await;
+    // The scraper visits backends in the same round: once the other one was scraped twice,
+    // the first would have been too.
+    eventually(|| on.scrapes() >= 2).await;
+    assert_eq!(off.scrapes(), 0);
+}
+
+#[tokio::test]
+async fn tokens_in_flight_count_prompt_plus_max_tokens_until_the_response_ends() {
+    let release = Arc::new(Notify::new());
+    let mock = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let yaml = format!(
+        "models:\n  m:\n    backends:\n      - {{url: \"{}\", metrics_url: none}}\n",
+        mock.url()
+    );
+    let (gw, base) = boot(&yaml).await;
+    let body = r#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"0123456789abcdef"}]}"#;
+    let c = client();
+    let url = format!("{base}/v1/chat/completions");
+    let pending = tokio::spawn(async move { post(&c, &url, body, &[]).await });
+    eventually(|| view_of(&gw)[0].in_flight == 1).await;
+    let profile = switchyard_core::RequestProfile::parse(
+        switchyard_core::EndpointKind::ChatCompletions,
+        body.as_bytes(),
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        view_of(&gw)[0].in_flight_tokens,
+        u64::from(profile.estimated_input_tokens) + 100
+    );
+    release.notify_one();
+    let answer = pending.await.unwrap();
+    assert_eq!(answer.status, 200);
+    eventually(|| view_of(&gw)[0].in_flight_tokens == 0).await;
+    let latency = view_of(&gw)[0].latency;
+    assert!(
+        latency.ttft_s.is_some() && latency.latency_s.is_some(),
+        "{latency:?}"
+    );
+}
+
+#[tokio::test]
+async fn streamed_answers_feed_time_per_output_token() {
+    let replica = sim_replica().await;
+    let (gw, base) = boot(&config(&[replica.url()], "", "")).await;
+    let body =
+        r#"{"model":"m","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let a = post(&client(), &format!("{base}/v1/chat/completions"), body, &[]).await;
+    assert_eq!(a.status, 200);
+    eventually(|| view_of(&gw)[0].latency.tpot_s.is_some()).await;
+    let l = view_of(&gw)[0].latency;
+    assert!(l.tpot_s.unwrap() > 0.0 && l.tpot_s < l.latency_s, "{l:?}");
+}
+
+#[tokio::test]
+async fn debug_headers_show_the_policy_and_its_reason() {
+    let mock = Mock::start(Reply::Json(http::StatusCode::OK, support::OK_BODY)).await;
+    let (_gw, base) = boot(&config(&[mock.url()], "", "debug_headers: true")).await;
+    let a = post(&client(), &format!("{base}/v1/chat/completions"), CHAT, &[]).await;
+    let route = a.headers["x-switchyard-route"].to_str().unwrap();
+    assert!(
+        route.starts_with("round_robin; round_robin: next in rotation"),
+        "{route}"
+    );
+
+    let (_gw, base) = boot(&config(&[mock.url()], "", "")).await;
+    let a = post(&client(), &format!("{base}/v1/chat/completions"), CHAT, &[]).await;
+    assert!(
+        a.headers.get("x-switchyard-route").is_none(),
+        "off by default"
+    );
+}
