@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             if let Some(l) = listen {
                 cfg.listen = l;
             }
-            match run_serve(cfg) {
+            match run_serve(cfg, &config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -114,7 +114,7 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_serve(cfg: config::Config) -> anyhow::Result<()> {
+fn run_serve(cfg: config::Config, path: &std::path::Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -123,10 +123,42 @@ fn run_serve(cfg: config::Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
+        let admin_listener = match cfg.admin.as_ref().and_then(|a| a.listen) {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (admin.listen)"))?,
+            ),
+            None => None,
+        };
+        let admin_on_main = cfg.admin.as_ref().is_some_and(|a| a.listen.is_none());
         let models: Vec<String> = cfg.models.iter().map(|m| format!("{} ({})", m.name, m.policy.name())).collect();
-        let gw = Gateway::new(cfg);
+        let gw = Gateway::with_source(cfg, path);
         tracing::info!(%addr, models = %models.join(", "), "switchyard listening; point OpenAI clients at http://{addr}/v1");
-        match switchyard_gateway::serve(gw, listener, switchyard_gateway::shutdown_signal()).await? {
+        let hup = tokio::spawn(switchyard_gateway::reload::reload_on_sighup(gw.clone()));
+        // The admin listener stops with the main one; its requests are short.
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = match admin_listener {
+            Some(l) => {
+                tracing::info!(addr = %l.local_addr()?, "admin API listening");
+                Some(tokio::spawn(switchyard_gateway::serve_admin(gw.clone(), l, async move {
+                    let _ = admin_stopped.await;
+                })))
+            }
+            None => {
+                if admin_on_main {
+                    tracing::info!("admin API on the main listener, behind its token");
+                }
+                None
+            }
+        };
+        let drained = switchyard_gateway::serve(gw, listener, switchyard_gateway::shutdown_signal()).await;
+        hup.abort();
+        let _ = admin_stop.send(());
+        if let Some(a) = admin {
+            let _ = a.await;
+        }
+        match drained? {
             Drained::Clean => tracing::info!("drained cleanly; bye"),
             Drained::TimedOut => tracing::warn!("drain timeout passed; remaining requests were cut"),
         }

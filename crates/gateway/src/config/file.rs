@@ -30,6 +30,9 @@ pub struct ConfigFile {
     /// Failover settings.
     #[serde(default)]
     pub retry: Option<RetryFile>,
+    /// Admin API access; no admin API when absent.
+    #[serde(default)]
+    pub admin: Option<super::Admin>,
     /// Model name -> pool.
     pub models: BTreeMap<String, PoolFile>,
 }
@@ -129,6 +132,20 @@ impl BackendFile {
             .clone()
             .unwrap_or_else(|| self.url.authority.to_string())
     }
+
+    /// The runtime form, defaults filled in.
+    pub fn into_backend_config(self) -> BackendConfig {
+        BackendConfig {
+            name: self.name(),
+            scheme: self.url.scheme,
+            authority: self.url.authority,
+            base_path: self.url.base_path,
+            weight: self.weight.unwrap_or(1),
+            max_concurrency: self.max_concurrency,
+            upstream_model: self.model,
+            api_key: self.api_key.map(|k| k.0),
+        }
+    }
 }
 
 /// A pool's backends: at least one, names unique.
@@ -217,6 +234,7 @@ impl ConfigFile {
                     .first_byte
                     .map_or(super::DEFAULT_FIRST_BYTE_TIMEOUT, |s| s.0),
             },
+            admin: self.admin,
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),
@@ -240,16 +258,7 @@ impl ConfigFile {
                         .backends
                         .0
                         .into_iter()
-                        .map(|b| BackendConfig {
-                            name: b.name(),
-                            scheme: b.url.scheme,
-                            authority: b.url.authority,
-                            base_path: b.url.base_path,
-                            weight: b.weight.unwrap_or(1),
-                            max_concurrency: b.max_concurrency,
-                            upstream_model: b.model,
-                            api_key: b.api_key.map(|k| k.0),
-                        })
+                        .map(BackendFile::into_backend_config)
                         .collect(),
                 })
                 .collect(),
