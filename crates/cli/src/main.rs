@@ -134,8 +134,9 @@ fn run_serve(cfg: config::Config, path: &std::path::Path) -> anyhow::Result<()> 
         let admin_on_main = cfg.admin.as_ref().is_some_and(|a| a.listen.is_none());
         let models: Vec<String> = cfg.models.iter().map(|m| format!("{} ({})", m.name, m.policy.name())).collect();
         let gw = Gateway::with_source(cfg, path);
+        let hup = switchyard_gateway::reload::spawn_sighup_reloader(gw.clone())
+            .context("cannot install the SIGHUP handler")?;
         tracing::info!(%addr, models = %models.join(", "), "switchyard listening; point OpenAI clients at http://{addr}/v1");
-        let hup = tokio::spawn(switchyard_gateway::reload::reload_on_sighup(gw.clone()));
         // The admin listener stops with the main one; its requests are short.
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = match admin_listener {

@@ -145,26 +145,25 @@ fn diff(old: &Snapshot, new: &Snapshot) -> ReloadOutcome {
     out
 }
 
-/// Reloads the config file on every SIGHUP, for the life of the process. Results are logged:
-/// what changed, or why the file was rejected (the old config keeps serving).
-pub async fn reload_on_sighup(gw: Arc<Gateway>) {
+/// Reloads the config file on every SIGHUP, for the life of the process (abort the handle to
+/// stop). The handler is installed before this returns, so a SIGHUP sent once the caller has
+/// announced itself never kills the process. Results are logged: what changed, or why the file
+/// was rejected (the old config keeps serving). Must run inside a tokio runtime.
+pub fn spawn_sighup_reloader(gw: Arc<Gateway>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
-                return;
+        let mut hup = signal(SignalKind::hangup())?;
+        Ok(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                log_reload(&gw.reload());
             }
-        };
-        while hup.recv().await.is_some() {
-            log_reload(&gw.reload());
-        }
+        }))
     }
     #[cfg(not(unix))]
     {
         let _ = gw;
+        Ok(tokio::spawn(async {}))
     }
 }
 
