@@ -326,6 +326,15 @@ async fn exchange(client: &HttpClient, url: &str, body: String) -> anyhow::Resul
     Ok((status, bytes))
 }
 
+/// Which profile this binary was built with: latencies of a dev build are not release numbers.
+fn build() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev-profile"
+    } else {
+        "release"
+    }
+}
+
 /// Both runs, with what is needed to repeat them.
 struct Report {
     date: String,
@@ -350,24 +359,25 @@ impl Report {
 
     fn markdown(&self) -> String {
         let mut s = format!(
-            "# Chaos benchmark, {}\n\nMachine: {}\n\nCommand: `{}` (workload seed {}, replica i seed {}+i)\n\nFault schedule of the faulted run (shares of its duration):\n\n",
-            self.date, self.machine, self.command, self.seed, self.seed
+            "# Chaos benchmark, {}\n\nMachine: {}\n\nCommand: `{}` (workload seed {}, replica i seed {}+i; {} build)\n\nFault schedule of the faulted run (shares of its duration):\n\n",
+            self.date, self.machine, self.command, self.seed, self.seed, build()
         );
         for step in schedule() {
             let _ = writeln!(s, "- at {:.0}%: {}", step.at * 100.0, step.what);
         }
-        s.push_str("\n| run | sent | answered in full | clean error | lost | duplicated streamed tokens | p50 (full) | p99 (full) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str("\n| run | sent | answered in full | clean error | lost | duplicated streamed tokens | p50 (full) | p99 (full) | p99 (every answer) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (name, r) in [("no faults", &self.baseline), ("faults", &self.faulted)] {
             let _ = writeln!(
                 s,
-                "| {name} | {} | {} | {} | {} | {} | {:.0} ms | {:.0} ms |",
+                "| {name} | {} | {} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms |",
                 r.sent,
                 r.full,
                 r.clean_error,
                 r.lost,
                 r.duplicated_tokens,
                 r.percentile(0.50) * 1e3,
-                r.percentile(0.99) * 1e3
+                r.percentile(0.99) * 1e3,
+                r.percentile_answered(0.99) * 1e3
             );
         }
         for (name, r) in [("no faults", &self.baseline), ("faults", &self.faulted)] {
@@ -392,6 +402,7 @@ impl Report {
             "machine": self.machine,
             "command": self.command,
             "seed": self.seed,
+            "build": build(),
             "schedule": schedule().iter().map(|s| serde_json::json!({"at_share": s.at, "what": s.what})).collect::<Vec<_>>(),
             "runs": {"no_faults": self.baseline.to_json(), "faults": self.faulted.to_json()},
         });

@@ -154,6 +154,8 @@ pub struct RunStats {
     pub lost_kinds: BTreeMap<String, u64>,
     /// Latencies of answers in full, seconds.
     full_latency: Vec<f64>,
+    /// Latencies of every answer (full or clean error), seconds.
+    answered_latency: Vec<f64>,
     /// Wall time of the run.
     pub wall_s: f64,
 }
@@ -163,6 +165,9 @@ impl RunStats {
     pub fn record(&mut self, v: &Verdict, latency: Duration) {
         self.sent += 1;
         self.duplicated_tokens += v.duplicated_tokens;
+        if !matches!(v.outcome, Outcome::Lost(_)) {
+            self.answered_latency.push(latency.as_secs_f64());
+        }
         match &v.outcome {
             Outcome::Full => {
                 self.full += 1;
@@ -182,13 +187,13 @@ impl RunStats {
 
     /// The `q` quantile (0..1) of full answers' latency in seconds; 0 with none.
     pub fn percentile(&self, q: f64) -> f64 {
-        let mut v = self.full_latency.clone();
-        if v.is_empty() {
-            return 0.0;
-        }
-        v.sort_by(f64::total_cmp);
-        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i]
+        quantile(&self.full_latency, q)
+    }
+
+    /// The `q` quantile of every answer's latency (clean errors included: a hang's timeout
+    /// shows here).
+    pub fn percentile_answered(&self, q: f64) -> f64 {
+        quantile(&self.answered_latency, q)
     }
 
     /// The tallies as JSON.
@@ -201,11 +206,23 @@ impl RunStats {
             "duplicated_streamed_tokens": self.duplicated_tokens,
             "p50_full_s": self.percentile(0.5),
             "p99_full_s": self.percentile(0.99),
+            "p99_answered_s": self.percentile_answered(0.99),
             "clean_errors_by_kind": self.clean_kinds,
             "lost_by_reason": self.lost_kinds,
             "wall_s": self.wall_s,
         })
     }
+}
+
+/// The `q` quantile (0..1) of `samples`; 0 with none.
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    let mut v = samples.to_vec();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
 }
 
 /// Today's date in UTC, `YYYY-MM-DD`.
