@@ -90,17 +90,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, listen } => {
-            let mut cfg = match config::load(&config) {
+            let cfg = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            if let Some(l) = listen {
-                cfg.listen = l;
-            }
-            match run_serve(cfg, &config) {
+            // The override is applied at bind time, so the running config keeps the file's
+            // value and a reload does not report `listen` as changed.
+            match run_serve(cfg, &config, listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -121,14 +120,19 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_serve(cfg: config::Config, path: &std::path::Path) -> anyhow::Result<()> {
+fn run_serve(
+    cfg: config::Config,
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
+        let bind = listen.unwrap_or(cfg.listen);
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            .with_context(|| format!("cannot listen on {bind}"))?;
         let addr = listener.local_addr()?;
         let admin_listener = match cfg.admin.as_ref().and_then(|a| a.listen) {
             Some(a) => Some(

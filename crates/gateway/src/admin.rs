@@ -63,7 +63,12 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .map(|v| v.as_bytes())
+            .and_then(|v| {
+                // The scheme name is case-insensitive (RFC 9110 section 11.1).
+                let (scheme, rest) = v.split_at_checked(7)?;
+                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+            });
         match given {
             None => {
                 return ApiError::AdminUnauthorized(

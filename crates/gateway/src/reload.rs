@@ -186,3 +186,33 @@ pub fn log_reload(result: &Result<ReloadOutcome, ApiError>) {
         Err(e) => tracing::error!("{e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(top: &str) -> Config {
+        let text = format!("{top}\nmodels:\n  m:\n    backends:\n      - url: http://a:1\n");
+        config::parse(&text, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_running_listeners_and_names_what_needs_a_restart() {
+        let running = cfg("listen: 127.0.0.1:8080\nadmin: {listen: 127.0.0.1:9090, token: t}");
+        let mut same = cfg("listen: 127.0.0.1:8080\nadmin: {listen: 127.0.0.1:9090, token: u}");
+        assert!(keep_listeners(&running, &mut same).is_empty());
+
+        let mut moved = cfg("listen: 127.0.0.1:8081\nadmin: {listen: 127.0.0.1:9091, token: t}");
+        assert_eq!(
+            keep_listeners(&running, &mut moved),
+            ["listen", "admin.listen"]
+        );
+        assert_eq!(moved.listen, running.listen);
+        assert_eq!(moved.admin.unwrap().listen, running.admin.unwrap().listen);
+
+        // Moving the admin API from its own listener to the main one needs a restart too.
+        let running = cfg("admin: {listen: 127.0.0.1:9090}");
+        let mut onto_main = cfg("admin: {token: t}");
+        assert_eq!(keep_listeners(&running, &mut onto_main), ["admin.listen"]);
+    }
+}

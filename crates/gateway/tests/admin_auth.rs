@@ -47,6 +47,8 @@ async fn admin_without_or_with_a_wrong_token_is_401_openai_shaped() {
     let a = admin(&c, "GET", &url, "").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(backend_in(&a.json(), "m", "b0")["state"], "up");
+    let lower = get_with(&c, &url, Some(&format!("bearer {TOKEN}"))).await;
+    assert_eq!(lower.status, StatusCode::OK);
 }
 
 #[tokio::test]
