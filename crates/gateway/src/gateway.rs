@@ -46,7 +46,8 @@ pub struct Snapshot {
     pub pools: HashMap<String, Pool>,
     /// Model names, sorted, for `/v1/models` and error messages.
     pub model_names: Vec<String>,
-    /// Pooled upstream connections (kept across versions while the timeouts are unchanged).
+    /// Pooled upstream connections (kept across versions while the connect timeout is
+    /// unchanged, so a reload does not drop warm connections).
     pub client: UpstreamClient,
     /// Metric families (shared by every version).
     pub metrics: Metrics,
@@ -80,7 +81,8 @@ impl Snapshot {
         let mut model_names: Vec<String> = pools.keys().cloned().collect();
         model_names.sort();
         let client = match previous {
-            Some(p) if p.config.timeouts == config.timeouts => p.client.clone(),
+            // The client holds only the connect timeout; the others are read per request.
+            Some(p) if p.config.timeouts.connect == config.timeouts.connect => p.client.clone(),
             _ => forward::client(&config.timeouts),
         };
         Self {

@@ -285,3 +285,24 @@ async fn backends_that_survive_a_reload_keep_their_live_state() {
         .json();
     assert_eq!(backend_in(&list, "m", "held")["in_flight"], 0);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_warm_upstream_connections() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let file = TempConfig::new(&admin_config(&[up.url()], ""));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    for _ in 0..3 {
+        post(&c, &gw.url("/v1/chat/completions"), CHAT, &[]).await;
+    }
+    // A change that keeps the connect timeout: the pooled connection stays in use.
+    file.write(&admin_config(&[up.url()], "policy: least_connections"));
+    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    for _ in 0..3 {
+        let r = post(&c, &gw.url("/v1/chat/completions"), CHAT, &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(conns, 1, "the reload dropped the upstream connection pool");
+}
