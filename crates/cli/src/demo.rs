@@ -196,7 +196,8 @@ struct Row {
 }
 
 async fn rows(gw: &Gateway, members: &[Member]) -> Vec<Row> {
-    let pool = gw.pools.get(MODEL);
+    let snap = gw.snapshot();
+    let pool = snap.pools.get(MODEL);
     let mut rows = Vec::with_capacity(members.len());
     for (i, m) in members.iter().enumerate() {
         let in_flight = pool

@@ -1,8 +1,10 @@
 //! `switchyard`: the one binary. `serve` runs the gateway, `check` validates a config, `sim`
 //! runs simulated vLLM replicas ([`sim_cmd`]), `demo` runs a simulated fleet behind the gateway
-//! ([`demo`]).
+//! ([`demo`]); the hidden `chaos` runs the chaos benchmark ([`chaos`]).
 #![forbid(unsafe_code)]
 
+mod chaos;
+mod chaos_judge;
 mod demo;
 mod sim_cmd;
 
@@ -44,13 +46,17 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// A simulated GPU fleet behind the gateway, with live numbers: no config needed.
     Demo(demo::DemoArgs),
+    /// The chaos benchmark: simulated replicas killed, hung and made to fail behind
+    /// `switchyard serve`, bounded, loopback only; writes bench/results/chaos-<date>.md/.json.
+    #[command(hide = true)]
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws a table on stdout: keep the log quiet unless asked otherwise.
     let log = match cli.command {
-        Command::Demo(_) if cli.log == "info" => "warn".to_owned(),
+        Command::Demo(_) | Command::Chaos(_) if cli.log == "info" => "warn".to_owned(),
         _ => cli.log.clone(),
     };
     let filter = std::env::var("RUST_LOG").unwrap_or(log);
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => finish(sim_cmd::run(args)),
         Command::Demo(args) => finish(demo::run(args)),
+        Command::Chaos(args) => finish(chaos::run(args)),
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 let backends: usize = cfg.models.iter().map(|m| m.backends.len()).sum();
@@ -83,17 +90,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, listen } => {
-            let mut cfg = match config::load(&config) {
+            let cfg = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            if let Some(l) = listen {
-                cfg.listen = l;
-            }
-            match run_serve(cfg) {
+            // The override is applied at bind time, so the running config keeps the file's
+            // value and a reload does not report `listen` as changed.
+            match run_serve(cfg, &config, listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -114,19 +120,57 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_serve(cfg: config::Config) -> anyhow::Result<()> {
+fn run_serve(
+    cfg: config::Config,
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
+        let bind = listen.unwrap_or(cfg.listen);
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            .with_context(|| format!("cannot listen on {bind}"))?;
         let addr = listener.local_addr()?;
+        let admin_listener = match cfg.admin.as_ref().and_then(|a| a.listen) {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (admin.listen)"))?,
+            ),
+            None => None,
+        };
+        let admin_on_main = cfg.admin.as_ref().is_some_and(|a| a.listen.is_none());
         let models: Vec<String> = cfg.models.iter().map(|m| format!("{} ({})", m.name, m.policy.name())).collect();
-        let gw = Gateway::new(cfg);
+        let gw = Gateway::with_source(cfg, path);
+        let hup = switchyard_gateway::reload::spawn_sighup_reloader(gw.clone())
+            .context("cannot install the SIGHUP handler")?;
         tracing::info!(%addr, models = %models.join(", "), "switchyard listening; point OpenAI clients at http://{addr}/v1");
-        match switchyard_gateway::serve(gw, listener, switchyard_gateway::shutdown_signal()).await? {
+        // The admin listener stops with the main one; its requests are short.
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = match admin_listener {
+            Some(l) => {
+                tracing::info!(addr = %l.local_addr()?, "admin API listening");
+                Some(tokio::spawn(switchyard_gateway::serve_admin(gw.clone(), l, async move {
+                    let _ = admin_stopped.await;
+                })))
+            }
+            None => {
+                if admin_on_main {
+                    tracing::info!("admin API on the main listener, behind its token");
+                }
+                None
+            }
+        };
+        let drained = switchyard_gateway::serve(gw, listener, switchyard_gateway::shutdown_signal()).await;
+        hup.abort();
+        let _ = admin_stop.send(());
+        if let Some(a) = admin {
+            let _ = a.await;
+        }
+        match drained? {
             Drained::Clean => tracing::info!("drained cleanly; bye"),
             Drained::TimedOut => tracing::warn!("drain timeout passed; remaining requests were cut"),
         }

@@ -1,6 +1,10 @@
 //! The HTTP surface: routes a request to its endpoint, and runs the proxy path for the three
 //! OpenAI inference endpoints: read the body once (bounded), profile it, pick a backend, send
-//! the original bytes upstream, relay the response as it streams.
+//! the original bytes upstream, relay the response as it streams. `/admin/...` goes to
+//! [`crate::admin`] when the admin API is served on this listener.
+//!
+//! Each request loads the current [`Snapshot`] once and uses it to the end, so a reload in
+//! the middle of a request changes nothing for it.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -16,7 +20,7 @@ use crate::body::{GatewayBody, Relay};
 use crate::error::ApiError;
 use crate::fleet::{Backend, InFlightGuard, ViewBuf, DEFAULT_COOLDOWN};
 use crate::forward;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Snapshot};
 use crate::{explain, signals};
 
 /// Longest client-sent `x-request-id` kept as is; longer ones are replaced.
@@ -41,8 +45,9 @@ pub async fn handle(
         (&Method::POST, "/v1/embeddings") => Some(EndpointKind::Embeddings),
         _ => None,
     };
+    let snap = gw.snapshot();
     let mut resp = match kind {
-        Some(kind) => match proxy(&gw, kind, peer, req, &request_id, started).await {
+        Some(kind) => match proxy(&snap, kind, peer, req, &request_id, started).await {
             Ok(resp) => resp,
             Err((model, e)) => {
                 gw.metrics.count(&model, "", e.status());
@@ -50,14 +55,17 @@ pub async fn handle(
                 e.into_response()
             }
         },
-        None => local(&gw, &req),
+        None if crate::admin::on_main_listener(&snap, req.uri().path()) => {
+            crate::admin::handle(&gw, req).await
+        }
+        None => local(&snap, &req),
     };
     resp.headers_mut().insert("x-request-id", request_id);
     resp
 }
 
 /// The endpoints the gateway answers itself.
-fn local(gw: &Gateway, req: &Request<Incoming>) -> Response<GatewayBody> {
+fn local(gw: &Snapshot, req: &Request<Incoming>) -> Response<GatewayBody> {
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {
@@ -106,7 +114,7 @@ fn local(gw: &Gateway, req: &Request<Incoming>) -> Response<GatewayBody> {
     }
 }
 
-fn json(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
+pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
     let mut r = Response::new(GatewayBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -116,18 +124,18 @@ fn json(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
     r
 }
 
-fn models_body(gw: &Gateway) -> Bytes {
+fn models_body(gw: &Snapshot) -> Bytes {
     let data: Vec<serde_json::Value> = gw
         .model_names
         .iter()
-        .map(|m| serde_json::json!({"id": m, "object": "model", "created": gw.started_unix, "owned_by": "switchyard"}))
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": gw.started_unix(), "owned_by": "switchyard"}))
         .collect();
     Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
 }
 
 /// The proxy path. On error, returns the model name (for the metric label) with the error.
 async fn proxy(
-    gw: &Gateway,
+    gw: &Snapshot,
     kind: EndpointKind,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -312,7 +320,7 @@ fn unreachable(backend: &Backend, detail: String) -> ApiError {
 /// The client's response: upstream status and headers (hop-by-hop removed) plus ours, and the
 /// upstream body relayed as it arrives.
 fn relay(
-    gw: &Gateway,
+    gw: &Snapshot,
     model: &str,
     resp: hyper::Response<Incoming>,
     backend: &Backend,

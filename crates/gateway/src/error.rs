@@ -1,5 +1,6 @@
 //! Every way the gateway itself can answer with an error, mapped to an OpenAI-shaped response
-//! in one place: `{"error": {"message", "type", "code"}}` with a stable `code`.
+//! in one place: `{"error": {"message", "type", "param", "code"}}` with a stable `code`.
+//! The admin API's errors ([`crate::admin`]) are here too.
 //! Upstream error responses are not these: they pass through as the backend sent them.
 
 use bytes::Bytes;
@@ -70,6 +71,69 @@ pub enum ApiError {
         /// The method it accepts.
         allowed: &'static str,
     },
+    /// An admin request without the admin token, or with another one.
+    #[error("{0}")]
+    AdminUnauthorized(&'static str),
+    /// The admin API names a backend no pool has.
+    #[error("no backend '{name}'{}; GET /admin/backends lists them", in_model(.model))]
+    BackendNotFound {
+        /// The name asked for.
+        name: String,
+        /// The pool it was looked for in, if the caller scoped it.
+        model: Option<String>,
+    },
+    /// The admin API names a backend that several pools have.
+    #[error(
+        "backend '{name}' is in more than one model ({models}); add ?model=<model> to say which"
+    )]
+    AmbiguousBackend {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated pools that have it.
+        models: String,
+    },
+    /// Adding a backend whose name the pool already has.
+    #[error(
+        "model '{model}' already has a backend named '{name}'; give the new one a distinct `name`"
+    )]
+    BackendExists {
+        /// The name.
+        name: String,
+        /// The pool.
+        model: String,
+    },
+    /// Removing the only backend of a pool.
+    #[error("'{name}' is the last backend of model '{model}'; a model needs at least one (remove the model from the config file and reload instead)")]
+    LastBackend {
+        /// The backend.
+        name: String,
+        /// The pool.
+        model: String,
+    },
+    /// A backend description sent to the admin API that cannot be used.
+    #[error("invalid backend: {0}")]
+    InvalidBackend(String),
+    /// A query parameter of an admin request that cannot be used.
+    #[error("invalid query parameter `{param}`: {message}")]
+    InvalidParam {
+        /// The parameter.
+        param: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A reload found the config file invalid; the running config is unchanged.
+    #[error("the config was not reloaded; the running config is unchanged: {0}")]
+    InvalidConfig(crate::config::ConfigError),
+    /// A reload was asked of a gateway that was not started from a config file.
+    #[error("this gateway was not started from a config file, so there is nothing to reload")]
+    NoConfigFile,
+}
+
+fn in_model(model: &Option<String>) -> String {
+    model
+        .as_ref()
+        .map(|m| format!(" in model '{m}'"))
+        .unwrap_or_default()
 }
 
 impl ApiError {
@@ -83,6 +147,15 @@ impl ApiError {
             ApiError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::AdminUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BackendNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::AmbiguousBackend { .. }
+            | ApiError::BackendExists { .. }
+            | ApiError::LastBackend { .. }
+            | ApiError::NoConfigFile => StatusCode::CONFLICT,
+            ApiError::InvalidBackend(_)
+            | ApiError::InvalidParam { .. }
+            | ApiError::InvalidConfig(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -98,6 +171,23 @@ impl ApiError {
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
             ApiError::NotFound { .. } => "unknown_endpoint",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::AdminUnauthorized(_) => "admin_unauthorized",
+            ApiError::BackendNotFound { .. } => "backend_not_found",
+            ApiError::AmbiguousBackend { .. } => "ambiguous_backend",
+            ApiError::BackendExists { .. } => "backend_exists",
+            ApiError::LastBackend { .. } => "last_backend",
+            ApiError::InvalidBackend(_) => "invalid_backend",
+            ApiError::InvalidParam { .. } => "invalid_parameter",
+            ApiError::InvalidConfig(_) => "invalid_config",
+            ApiError::NoConfigFile => "no_config_file",
+        }
+    }
+
+    /// The request parameter at fault, when there is one.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidParam { param, .. } => Some(param),
+            _ => None,
         }
     }
 
@@ -114,7 +204,7 @@ impl ApiError {
     pub fn into_response(self) -> Response<GatewayBody> {
         let status = self.status();
         let body = serde_json::json!({
-            "error": { "message": self.to_string(), "type": self.kind(), "param": null, "code": self.code() }
+            "error": { "message": self.to_string(), "type": self.kind(), "param": self.param(), "code": self.code() }
         });
         let mut resp = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
@@ -128,6 +218,9 @@ impl ApiError {
         }
         if let ApiError::MethodNotAllowed { allowed, .. } = &self {
             h.insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

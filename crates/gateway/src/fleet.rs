@@ -7,7 +7,7 @@
 
 use http::HeaderValue;
 use smallvec::SmallVec;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember, RetryBudget};
@@ -28,6 +28,9 @@ pub struct BackendState {
     cool_until_ms: AtomicU64,
     /// Tokens in flight, latency averages, and the engine's and GPUs' scraped reports.
     pub signals: LiveSignals,
+    /// Set by the admin API's drain: the backend takes no new request while its in-flight
+    /// ones finish. Kept across reloads, since the state itself is.
+    draining: AtomicBool,
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -42,7 +45,24 @@ impl BackendState {
             metrics,
             cool_until_ms: AtomicU64::new(0),
             signals: LiveSignals::default(),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Starts (`true`) or ends (`false`) a drain: no new requests while it lasts.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the backend is being drained.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds of cooldown left at `now` (0 when not cooling).
+    pub fn cooling_left(&self, now: Duration) -> Duration {
+        let until = self.cool_until_ms.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(now.as_millis() as u64))
     }
 
     /// Requests in flight now.
@@ -84,7 +104,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn new(id: BackendId, pool: &str, cfg: &BackendConfig, metrics: &Metrics) -> Self {
+    /// A backend with `state` carried over from a previous config, or fresh state.
+    fn new(
+        id: BackendId,
+        pool: &str,
+        cfg: &BackendConfig,
+        metrics: &Metrics,
+        state: Option<Arc<BackendState>>,
+    ) -> Self {
         let authorization = cfg.api_key.as_ref().and_then(|k| {
             let mut v = HeaderValue::try_from(format!("Bearer {k}")).ok()?;
             v.set_sensitive(true);
@@ -96,7 +123,8 @@ impl Backend {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             config: cfg.clone(),
             authorization,
-            state: Arc::new(BackendState::new(metrics.backend(pool, &cfg.name))),
+            state: state
+                .unwrap_or_else(|| Arc::new(BackendState::new(metrics.backend(pool, &cfg.name)))),
         }
     }
 
@@ -105,10 +133,28 @@ impl Backend {
         &self.config.name
     }
 
+    /// Whether `cfg` names the same endpoint (name and url), so it may keep this state.
+    pub fn same_endpoint(&self, cfg: &BackendConfig) -> bool {
+        let a = &self.config;
+        a.name == cfg.name
+            && a.scheme == cfg.scheme
+            && a.authority == cfg.authority
+            && a.base_path == cfg.base_path
+    }
+
+    /// The url as configured (scheme, authority, path prefix), for display.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}{}",
+            self.config.scheme, self.config.authority, self.config.base_path
+        )
+    }
+
     /// Whether a new request may go here at gateway time `now`: not cooling down after a 429,
-    /// and under its concurrency cap.
+    /// not being drained, and under its
+    /// concurrency cap.
     pub fn usable(&self, now: Duration) -> bool {
-        !self.state.cooling(now) && self.usable_by_capacity()
+        !self.state.cooling(now) && !self.state.draining() && self.usable_by_capacity()
     }
 
     fn usable_by_capacity(&self) -> bool {
@@ -184,8 +230,11 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// The pool's routing policy.
     pub policy: Box<dyn Policy>,
-    /// Bounds the retries all of this pool's requests may make together.
-    pub retry_budget: RetryBudget,
+    /// Bounds the retries all of this pool's requests may make together. Shared with the
+    /// pool's next version across a reload when the budget settings did not change.
+    pub retry_budget: Arc<RetryBudget>,
+    /// The settings `retry_budget` was made with, to tell whether a reload may keep it.
+    budget_settings: (f64, f64),
 }
 
 /// Views of a small pool fit inline; larger pools spill to the heap.
@@ -194,11 +243,29 @@ pub type ViewBuf = SmallVec<[BackendView; 16]>;
 impl Pool {
     /// Builds a pool with fresh live state.
     pub fn new(cfg: &PoolConfig, retry: &Retry, metrics: &Metrics, seed: u64) -> Self {
+        Self::build(cfg, retry, metrics, seed, None)
+    }
+
+    /// Builds a pool; a backend that `previous` also has (same name and url) keeps its live
+    /// state (the same `Arc`: in-flight count, cooldown, drain), and so does the retry budget
+    /// when its settings are unchanged. The policy starts afresh.
+    pub fn build(
+        cfg: &PoolConfig,
+        retry: &Retry,
+        metrics: &Metrics,
+        seed: u64,
+        previous: Option<&Pool>,
+    ) -> Self {
         let backends: Vec<Backend> = cfg
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Backend::new(BackendId(i as u32), &cfg.name, b, metrics))
+            .map(|(i, b)| {
+                let kept = previous
+                    .and_then(|p| p.backends.iter().find(|o| o.same_endpoint(b)))
+                    .map(|o| o.state.clone());
+                Backend::new(BackendId(i as u32), &cfg.name, b, metrics, kept)
+            })
             .collect();
         let members: Vec<PoolMember> = backends
             .iter()
@@ -213,7 +280,13 @@ impl Pool {
         Self {
             name: cfg.name.clone(),
             policy: cfg.policy.build(&members, seed),
-            retry_budget: RetryBudget::new(retry.budget_ratio, retry.min_per_second),
+            retry_budget: previous
+                .filter(|p| p.budget_settings == (retry.budget_ratio, retry.min_per_second))
+                .map_or_else(
+                    || Arc::new(RetryBudget::new(retry.budget_ratio, retry.min_per_second)),
+                    |p| p.retry_budget.clone(),
+                ),
+            budget_settings: (retry.budget_ratio, retry.min_per_second),
             backends,
         }
     }

@@ -1,10 +1,17 @@
-//! The gateway handle: the running config with its pools, the upstream client, metrics, and
-//! the clock every decision reads. Shared by all connections through an `Arc`.
+//! The gateway handle, shared by all connections through an `Arc`: the running config with its
+//! pools behind an atomic swap ([`Snapshot`]), metrics, the clock every decision reads, and
+//! where the config came from (for reloads, see [`crate::reload`]).
+//!
+//! A request loads the current [`Snapshot`] once when it starts and uses it to the end, so a
+//! reload or an admin change never alters a request already running; backends that survive a
+//! change keep their live state (the same `Arc<BackendState>`).
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
@@ -12,62 +19,191 @@ use crate::fleet::Pool;
 use crate::forward::{self, UpstreamClient};
 use crate::telemetry::Metrics;
 
-/// Everything a request needs, shared.
+/// The gateway's clocks: monotonic gateway time ([`crate::clock::now`], shared with the
+/// scraper and live signals) and the wall-clock start.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Unix time at start, for `created` fields.
+    pub started_unix: u64,
+}
+
+impl Clock {
+    /// Gateway time: the `now` every decision sees.
+    pub fn now(&self) -> Duration {
+        crate::clock::now()
+    }
+}
+
+/// One version of the running config and everything built from it. Immutable: a change
+/// builds a new one and swaps it in.
 #[derive(Debug)]
-pub struct Gateway {
-    /// The validated config this gateway was built from.
+pub struct Snapshot {
+    /// The validated config (the file's, plus any backends added or removed through the admin
+    /// API since it was read).
     pub config: Config,
     /// Model name -> pool.
     pub pools: HashMap<String, Pool>,
     /// Model names, sorted, for `/v1/models` and error messages.
     pub model_names: Vec<String>,
-    /// Pooled upstream connections.
+    /// Pooled upstream connections (kept across versions while the connect timeout is
+    /// unchanged, so a reload does not drop warm connections).
     pub client: UpstreamClient,
+    /// Metric families (shared by every version).
+    pub metrics: Metrics,
+    /// Counts versions: 1 at start, +1 per reload or admin change.
+    pub generation: u64,
+    clock: Clock,
+}
+
+impl Snapshot {
+    /// Builds pools, policies and (unless `previous` has a usable one) the client from a
+    /// validated config. Backends and retry budgets that `previous` also has keep their state.
+    pub(crate) fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        clock: Clock,
+        seed: u64,
+    ) -> Self {
+        let generation = previous.map_or(1, |p| p.generation + 1);
+        let seed = seed.wrapping_add(generation.wrapping_mul(0x9E37_79B9));
+        let pools: HashMap<String, Pool> = config
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let old = previous.and_then(|s| s.pools.get(&p.name));
+                let pool = Pool::build(p, &config.retry, metrics, seed.wrapping_add(i as u64), old);
+                (p.name.clone(), pool)
+            })
+            .collect();
+        let mut model_names: Vec<String> = pools.keys().cloned().collect();
+        model_names.sort();
+        let client = match previous {
+            // The client holds only the connect timeout; the others are read per request.
+            Some(p) if p.config.timeouts.connect == config.timeouts.connect => p.client.clone(),
+            _ => forward::client(&config.timeouts),
+        };
+        Self {
+            config,
+            pools,
+            model_names,
+            client,
+            metrics: metrics.clone(),
+            generation,
+            clock,
+        }
+    }
+
+    /// Time since the gateway started: the `now` every decision sees.
+    pub fn now(&self) -> Duration {
+        self.clock.now()
+    }
+
+    /// Unix time at start, for `created` fields.
+    pub fn started_unix(&self) -> u64 {
+        self.clock.started_unix
+    }
+
+    /// Whether some backend of some model can take a request.
+    pub fn ready(&self) -> bool {
+        let now = self.now();
+        self.pools
+            .values()
+            .any(|p| p.backends.iter().any(|b| b.usable(now)))
+    }
+}
+
+/// Everything a request needs, shared.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The current version of config and pools.
+    live: ArcSwap<Snapshot>,
     /// Metric families.
     pub metrics: Metrics,
-    /// Unix time at start, for `created` fields.
-    pub started_unix: u64,
+    clock: Clock,
+    /// The config file, when the gateway was started from one: what a reload re-reads.
+    source: Option<PathBuf>,
+    /// Held while a change (reload, add, remove) builds and swaps a new snapshot, so two
+    /// changes cannot both start from the same version and lose one of them.
+    pub(crate) changes: Mutex<()>,
     /// Source of request ids.
     id_seq: AtomicU64,
     id_salt: u64,
 }
 
 impl Gateway {
-    /// Builds pools, policies and the client from a validated config.
+    /// A gateway running `config`, with no file to reload from.
     pub fn new(config: Config) -> Arc<Self> {
+        Self::build(config, None)
+    }
+
+    /// A gateway running `config`, read from `path`: `POST /admin/reload` and SIGHUP re-read it.
+    pub fn with_source(config: Config, path: &Path) -> Arc<Self> {
+        Self::build(config, Some(path.to_owned()))
+    }
+
+    fn build(config: Config, source: Option<PathBuf>) -> Arc<Self> {
         let metrics = Metrics::new();
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let seed = unix.as_nanos() as u64 ^ u64::from(std::process::id());
-        let pools: HashMap<String, Pool> = config
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                (
-                    p.name.clone(),
-                    Pool::new(p, &config.retry, &metrics, seed.wrapping_add(i as u64)),
-                )
-            })
-            .collect();
-        let mut model_names: Vec<String> = pools.keys().cloned().collect();
-        model_names.sort();
-        Arc::new(Self {
-            client: forward::client(&config.timeouts),
-            config,
-            pools,
-            model_names,
-            metrics,
+        let clock = Clock {
             started_unix: unix.as_secs(),
+        };
+        let snapshot = Snapshot::build(config, None, &metrics, clock, seed);
+        Arc::new(Self {
+            live: ArcSwap::from_pointee(snapshot),
+            metrics,
+            clock,
+            source,
+            changes: Mutex::new(()),
             id_seq: AtomicU64::new(0),
             id_salt: seed,
         })
     }
 
-    /// Gateway time ([`crate::clock::now`]): the `now` every decision sees.
+    /// The current snapshot. A request calls this once and keeps the result to its end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Builds a snapshot of `config` on top of `current` (keeping the state of surviving
+    /// backends) and makes it current. Callers hold [`Gateway::changes`].
+    pub(crate) fn install(&self, config: Config, current: &Snapshot) -> Arc<Snapshot> {
+        let next = Arc::new(Snapshot::build(
+            config,
+            Some(current),
+            &self.metrics,
+            self.clock,
+            self.id_salt,
+        ));
+        // Forget the metric series of backends that are gone (in-flight requests still hold
+        // their handles, which keep counting, detached).
+        for (model, pool) in &current.pools {
+            for b in &pool.backends {
+                let kept = next
+                    .pools
+                    .get(model)
+                    .is_some_and(|p| p.backends.iter().any(|n| n.name() == b.name()));
+                if !kept {
+                    self.metrics.forget_backend(model, b.name());
+                }
+            }
+        }
+        self.live.store(next.clone());
+        next
+    }
+
+    /// The config file a reload re-reads, if any.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// Time since the gateway started: the `now` every decision sees.
     pub fn now(&self) -> Duration {
-        crate::clock::now()
+        self.clock.now()
     }
 
     /// A new request id, unique within this process and unlikely to collide across processes.
@@ -83,8 +219,6 @@ impl Gateway {
 
     /// Whether some backend of some model can take a request.
     pub fn ready(&self) -> bool {
-        self.pools
-            .values()
-            .any(|p| p.backends.iter().any(|b| b.usable(self.now())))
+        self.snapshot().ready()
     }
 }

@@ -5,10 +5,12 @@
 //! [`forward`] (pooled upstream call, original bytes out, response relayed frame by frame by
 //! [`body`]). [`telemetry`] counts everything; [`error`] maps every failure to an OpenAI-shaped
 //! answer; [`server`] owns the listener and graceful shutdown; [`config`] reads and validates
-//! the YAML file.
+//! the YAML file; [`reload`] swaps in a new config (file re-read, SIGHUP, admin changes) and
+//! [`admin`] serves `/admin/...`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod body;
 pub mod clock;
@@ -18,6 +20,7 @@ pub mod explain;
 pub mod fleet;
 pub mod forward;
 pub mod gateway;
+pub mod reload;
 pub mod scrape;
 pub mod server;
 pub mod signals;
@@ -25,4 +28,4 @@ pub mod telemetry;
 
 pub use config::{Config, ConfigError};
 pub use gateway::Gateway;
-pub use server::{serve, shutdown_signal, Drained};
+pub use server::{serve, serve_admin, shutdown_signal, Drained};

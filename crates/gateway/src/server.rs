@@ -1,6 +1,7 @@
 //! The listener: accepts connections (HTTP/1.1 and cleartext HTTP/2), serves each with
 //! [`crate::api::handle`], and on shutdown stops accepting, lets in-flight requests finish
-//! within the drain timeout, then returns.
+//! within the drain timeout, then returns. [`serve_admin`] does the same for the admin API's
+//! own listener (`admin.listen`).
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,11 +25,39 @@ pub enum Drained {
     TimedOut,
 }
 
+/// Which API a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Face {
+    /// The OpenAI-compatible API (and `/admin` when it has no listener of its own).
+    Main,
+    /// Only the admin API.
+    Admin,
+}
+
 /// Serves `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+) -> std::io::Result<Drained> {
+    serve_face(gw, listener, shutdown, Face::Main).await
+}
+
+/// Serves the admin API alone on `listener` (bound to `admin.listen`) until `shutdown`
+/// resolves, then drains.
+pub async fn serve_admin(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<Drained> {
+    serve_face(gw, listener, shutdown, Face::Admin).await
+}
+
+async fn serve_face(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    face: Face,
 ) -> std::io::Result<Drained> {
     let graceful = GracefulShutdown::new();
     // Engine metrics feed LLM-aware policies; the task stops when this handle drops.
@@ -51,7 +80,12 @@ pub async fn serve(
                 let gw = gw.clone();
                 let service = service_fn(move |req| {
                     let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(api::handle(gw, peer, req).await) }
+                    async move {
+                        Ok::<_, Infallible>(match face {
+                            Face::Main => api::handle(gw, peer, req).await,
+                            Face::Admin => crate::admin::handle(&gw, req).await,
+                        })
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
@@ -65,7 +99,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let drain = gw.config.drain_timeout;
+    let drain = gw.snapshot().config.drain_timeout;
     tracing::info!(
         drain_timeout_s = drain.as_secs_f64(),
         "shutting down: draining in-flight requests"

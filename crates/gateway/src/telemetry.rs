@@ -145,6 +145,12 @@ impl Metrics {
         }
     }
 
+    /// Drops a removed backend's in-flight series, so `/metrics` does not show a stale gauge
+    /// for it. Its counters and histograms stay: they are history.
+    pub fn forget_backend(&self, model: &str, backend: &str) {
+        let _ = self.in_flight.remove_label_values(&[model, backend]);
+    }
+
     /// Counts one answered request. `backend` is empty when the gateway answered itself.
     pub fn count(&self, model: &str, backend: &str, status: http::StatusCode) {
         self.requests

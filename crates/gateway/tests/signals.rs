@@ -28,9 +28,10 @@ async fn boot(yaml: &str) -> (Arc<Gateway>, String) {
 }
 
 fn view_of(gw: &Gateway) -> Vec<switchyard_core::BackendView> {
-    let pool = &gw.pools["m"];
+    let snap = gw.snapshot();
+    let pool = &snap.pools["m"];
     let mut buf = ViewBuf::new();
-    pool.view(&mut buf, gw.now(), gw.config.scrape.max_age)
+    pool.view(&mut buf, snap.now(), snap.config.scrape.max_age)
         .backends
         .to_vec()
 }

@@ -37,6 +37,9 @@ pub struct ConfigFile {
     /// Debug response headers.
     #[serde(default)]
     pub debug_headers: Option<bool>,
+    /// Admin API access; no admin API when absent.
+    #[serde(default)]
+    pub admin: Option<super::Admin>,
     /// Model name -> pool.
     pub models: BTreeMap<String, PoolFile>,
 }
@@ -151,6 +154,36 @@ impl BackendFile {
             .clone()
             .unwrap_or_else(|| self.url.authority.to_string())
     }
+
+    /// The runtime form, defaults filled in.
+    pub fn into_backend_config(self) -> BackendConfig {
+        BackendConfig {
+            name: self.name(),
+            metrics_uri: default_metrics_uri(
+                self.metrics_url.as_ref(),
+                &self.url.scheme,
+                &self.url.authority,
+                &self.url.base_path,
+            ),
+            gpu_metrics_uri: match self.gpu_metrics_url {
+                Some(MetricsUrl::At(u)) => Some(u),
+                _ => None,
+            },
+            price: self.price.map(|p| switchyard_core::Price {
+                input_per_mtok: p.input,
+                output_per_mtok: p.output,
+            }),
+            context_window: self.context_window,
+            quality: self.quality,
+            scheme: self.url.scheme,
+            authority: self.url.authority,
+            base_path: self.url.base_path,
+            weight: self.weight.unwrap_or(1),
+            max_concurrency: self.max_concurrency,
+            upstream_model: self.model,
+            api_key: self.api_key.map(|k| k.0),
+        }
+    }
 }
 
 /// A pool's backends: at least one, names unique.
@@ -239,6 +272,7 @@ impl ConfigFile {
                     .first_byte
                     .map_or(super::DEFAULT_FIRST_BYTE_TIMEOUT, |s| s.0),
             },
+            admin: self.admin,
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),
@@ -264,32 +298,7 @@ impl ConfigFile {
                         .backends
                         .0
                         .into_iter()
-                        .map(|b| BackendConfig {
-                            name: b.name(),
-                            metrics_uri: default_metrics_uri(
-                                b.metrics_url.as_ref(),
-                                &b.url.scheme,
-                                &b.url.authority,
-                                &b.url.base_path,
-                            ),
-                            gpu_metrics_uri: match b.gpu_metrics_url {
-                                Some(MetricsUrl::At(u)) => Some(u),
-                                _ => None,
-                            },
-                            price: b.price.map(|p| switchyard_core::Price {
-                                input_per_mtok: p.input,
-                                output_per_mtok: p.output,
-                            }),
-                            context_window: b.context_window,
-                            quality: b.quality,
-                            scheme: b.url.scheme,
-                            authority: b.url.authority,
-                            base_path: b.url.base_path,
-                            weight: b.weight.unwrap_or(1),
-                            max_concurrency: b.max_concurrency,
-                            upstream_model: b.model,
-                            api_key: b.api_key.map(|k| k.0),
-                        })
+                        .map(BackendFile::into_backend_config)
                         .collect(),
                 })
                 .collect(),

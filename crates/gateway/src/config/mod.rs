@@ -14,11 +14,13 @@
 //!       - url: http://127.0.0.1:8002
 //! ```
 
+mod admin;
 mod error;
 pub mod file;
 pub mod routing;
 mod values;
 
+pub use admin::{Admin, Secret};
 pub use error::ConfigError;
 pub use routing::Scrape;
 pub use values::{ByteSize, Seconds};
@@ -58,6 +60,8 @@ pub struct Config {
     pub scrape: Scrape,
     /// Add `x-switchyard-route` (policy, reason, every candidate's score) to responses.
     pub debug_headers: bool,
+    /// Who may use the admin API, and on which listener; `None`: no admin API.
+    pub admin: Option<Admin>,
     /// One pool per model name, sorted by name.
     pub models: Vec<PoolConfig>,
 }
@@ -206,6 +210,33 @@ mod tests {
         let e = err("listen: nowhere\nmodels: {}\n");
         assert!(e.message.contains("ip:port"), "{e}");
         assert!(err("").message.contains("empty"));
+    }
+
+    #[test]
+    fn admin_section_is_safe_by_default() {
+        let base = "models:\n  m:\n    backends:\n      - url: http://a:1\n";
+        assert_eq!(parse(base, "c.yaml").unwrap().admin, None);
+        let ok = parse(&format!("admin:\n  token: t0k\n{base}"), "c.yaml").unwrap();
+        let admin = ok.admin.unwrap();
+        assert_eq!(admin.listen, None);
+        assert!(admin.token.is_some_and(|t| t.matches(b"t0k")));
+        let ok = parse(
+            &format!("admin: {{listen: 127.0.0.1:9090}}\n{base}"),
+            "c.yaml",
+        )
+        .unwrap();
+        assert!(ok.admin.is_some_and(|a| a.token.is_none()));
+
+        let e = err(&format!("admin: {{}}\n{base}"));
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(e.message.contains("needs a `token:`"), "{e}");
+        let e = err(&format!("admin: {{listen: 0.0.0.0:9090}}\n{base}"));
+        assert!(e.message.contains("needs a `token:`"), "{e}");
+        let e = err(&format!("admin: {{token: \"\"}}\n{base}"));
+        assert!(e.message.contains("admin.token is empty"), "{e}");
+        let e = err(&format!("admin:\n  tokne: x\n{base}"));
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("did you mean `token`?"), "{e}");
     }
 
     proptest! {

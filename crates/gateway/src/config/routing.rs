@@ -4,6 +4,7 @@
 //!
 //! ```yaml
 //! scrape:
+//!   enabled: true         # false: scrape nothing (policies use the gateway's own counters)
 //!   interval: 500ms       # default 500ms
 //!   timeout: 1s           # default: the interval, at least 250ms
 //!   max_age: 2s           # reports older than this stop counting; default 4 x interval
@@ -33,6 +34,9 @@ const MIN_DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_millis(250);
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScrapeFile {
+    /// `false` turns scraping off for every backend.
+    #[serde(default)]
+    pub enabled: Option<bool>,
     /// Time between scrapes.
     #[serde(default)]
     pub interval: Option<Seconds>,
@@ -47,6 +51,8 @@ pub struct ScrapeFile {
 /// How engines are scraped, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scrape {
+    /// Whether any backend is scraped.
+    pub enabled: bool,
     /// Time between two scrapes of one backend.
     pub interval: Duration,
     /// Time one scrape may take before it counts as failed.
@@ -69,6 +75,7 @@ impl ScrapeFile {
             .map_or(DEFAULT_SCRAPE_INTERVAL, |s| s.0)
             .max(Duration::from_millis(10));
         Scrape {
+            enabled: self.enabled.unwrap_or(true),
             interval,
             timeout: self
                 .timeout

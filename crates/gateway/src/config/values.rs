@@ -43,6 +43,13 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
+impl Seconds {
+    /// Parses `500ms`, `5s`, `2m`, `1h` or a number of seconds, as the config file does.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        parse_duration(s)
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s

@@ -65,15 +65,17 @@ enum Kind {
 }
 
 async fn run(gw: Arc<Gateway>) {
-    let settings = gw.config.scrape;
     let mut backoff: HashMap<(http::Uri, Kind), Backoff> = HashMap::new();
-    let mut ticker = tokio::time::interval(settings.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        // Each round reads the current snapshot, so a reload's new backends and new settings
+        // take effect at the next round.
+        let snap = gw.snapshot();
+        let settings = snap.config.scrape;
+        let next_round = tokio::time::Instant::now() + settings.interval;
         let now = clock::now();
         let mut round = JoinSet::new();
-        for pool in gw.pools.values() {
+        let pools = snap.pools.values().filter(|_| settings.enabled);
+        for pool in pools {
             for b in &pool.backends {
                 let urls = [
                     (b.config.metrics_uri.as_ref(), Kind::Engine),
@@ -85,7 +87,7 @@ async fn run(gw: Arc<Gateway>) {
                     if backoff.get(&key).is_some_and(|s| s.next_try > now) {
                         continue;
                     }
-                    let (client, state) = (gw.client.clone(), b.state.clone());
+                    let (client, state) = (snap.client.clone(), b.state.clone());
                     round.spawn(async move {
                         let ok = scrape_one(&client, &key.0, key.1, &state, settings.timeout).await;
                         (key, ok)
@@ -93,6 +95,7 @@ async fn run(gw: Arc<Gateway>) {
                 }
             }
         }
+        drop(snap);
         while let Some(joined) = round.join_next().await {
             let Ok((key, ok)) = joined else { continue };
             if ok {
@@ -107,6 +110,7 @@ async fn run(gw: Arc<Gateway>) {
                 b.next_try = clock::now() + wait;
             }
         }
+        tokio::time::sleep_until(next_round).await;
     }
 }
 
