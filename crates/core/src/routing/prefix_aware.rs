@@ -1,0 +1,158 @@
+//! `prefix_aware`: send a request where its prompt is cheapest to serve, counting both the
+//! prefill its prompt would need there and the work already queued there, in tokens.
+//!
+//! Use it for LLM pools where prompts share prefixes (system prompts, documents, chat
+//! histories, agents' tool schemas) and the engines cache them (vLLM automatic prefix caching,
+//! SGLang's radix cache). One cost model, no thresholds:
+//!
+//! ```text
+//! cost(b) = ( uncached prompt tokens b would prefill          (prefix index, 16-token blocks)
+//!           + prefill tokens queued at b                      (own count, or the engine queue)
+//!           + decode_weight x tokens in flight at b )         (own count, or the engine's)
+//!           / (weight x ramp)
+//! ```
+//!
+//! The cheapest usable backend wins; equal costs rotate, so a request no backend has cached
+//! (a cold one) goes to the least loaded and cold requests spread instead of piling onto one
+//! replica; a hot prefix is copied to a second replica as soon as its home's queue costs more
+//! than prefilling it elsewhere. After the decision the prompt's blocks are recorded for the
+//! chosen backend in the pool's [`PrefixIndex`], whose per-backend size follows the engine's
+//! reported KV-cache size. Engine reports older than `max_report_age` stop counting.
+//!
+//! Parameters and defaults: `decode_weight` 0.1 (a token in flight slows a new request's first
+//! token about a tenth as much as a token to prefill: decoding shares every step, prefill
+//! takes the step's token budget), `max_report_age` 2 s. Source: the prefix-affinity idea of
+//! SGLang's cache-aware router and llm-d's precise prefix-cache scorer, rebuilt as a single
+//! cost in tokens instead of their match-ratio and imbalance thresholds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
+use super::{NoCandidate, Policy};
+use crate::fleet::BackendView;
+use crate::prefix::{block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS};
+use crate::{Decision, FleetView, Reason, RequestProfile};
+
+/// Default weight of a token in flight against a token to prefill.
+pub const DEFAULT_DECODE_WEIGHT: f64 = 0.1;
+
+/// Prefix-cache-aware routing on one cost in tokens.
+#[derive(Debug)]
+pub struct PrefixAware {
+    index: PrefixIndex,
+    decode_weight: f64,
+    max_report_age: Duration,
+    tie_break: AtomicU64,
+}
+
+impl PrefixAware {
+    /// A policy with an empty prefix index.
+    pub fn new(decode_weight: f64, max_report_age: Duration) -> Self {
+        Self {
+            index: PrefixIndex::new(),
+            decode_weight,
+            max_report_age,
+            tie_break: AtomicU64::new(0),
+        }
+    }
+
+    /// The pool's prefix index (for inspection and tests).
+    pub fn index(&self) -> &PrefixIndex {
+        &self.index
+    }
+}
+
+/// Blocks a backend's cache holds: its engine's report (however old: the size does not
+/// change), else the default.
+pub(crate) fn capacity_blocks(b: &BackendView) -> u32 {
+    b.engine
+        .and_then(|e| e.kv_capacity_tokens)
+        .map_or(DEFAULT_BACKEND_BLOCKS, |t| t / BLOCK_TOKENS as u32)
+}
+
+/// Prompt tokens of a request: the estimate, or at least what its full blocks hold.
+pub(crate) fn prompt_tokens(request: &RequestProfile, blocks: usize) -> u64 {
+    u64::from(request.estimated_input_tokens).max((blocks * BLOCK_TOKENS) as u64)
+}
+
+/// Tokens of the prompt cached at a backend holding `matched` leading blocks.
+pub(crate) fn cached_tokens(prompt: u64, matched: u32) -> u64 {
+    (u64::from(matched) * BLOCK_TOKENS as u64).min(prompt)
+}
+
+impl Policy for PrefixAware {
+    fn name(&self) -> &'static str {
+        "prefix_aware"
+    }
+
+    fn decide(
+        &self,
+        request: &RequestProfile,
+        fleet: &FleetView<'_>,
+    ) -> Result<Decision, NoCandidate> {
+        let n = fleet.backends.len();
+        if n == 0 {
+            return Err(NoCandidate);
+        }
+        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n as u64) as usize;
+        let blocks = block_hashes(&request.prompt);
+        let prompt = prompt_tokens(request, blocks.len());
+        let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
+        let mut outcome = None;
+        self.index
+            .match_and_record(&blocks, &mut matched, |matched| {
+                let ranked = rank(fleet, start, |b, terms| {
+                    let engine = fresh_engine(b, self.max_report_age);
+                    let cached = cached_tokens(prompt, matched[b.id.index()]);
+                    let uncached = (prompt - cached) as f64;
+                    let queued = queued_prefill(b, engine);
+                    let in_flight = total_tokens(b, engine);
+                    let cost = (uncached + queued + self.decode_weight * in_flight) / share(b);
+                    if let Some(t) = terms {
+                        push_terms(t, b, cached, uncached, queued, in_flight, engine.is_some());
+                    }
+                    Some((cost, 0.0))
+                });
+                let primary = ranked.top.first().map(|&(_, id)| id);
+                outcome = Some(ranked);
+                let b = &fleet.backends[primary?.index()];
+                Some((b.id.0, capacity_blocks(b)))
+            });
+        let ranked = outcome.ok_or(NoCandidate)?;
+        ranked
+            .decision(|id| {
+                let cached = cached_tokens(prompt, matched[id.index()]);
+                Reason::PrefixAffinity {
+                    cached_tokens: u32::try_from(cached).unwrap_or(u32::MAX),
+                    uncached_tokens: u32::try_from(prompt - cached).unwrap_or(u32::MAX),
+                }
+            })
+            .ok_or(NoCandidate)
+    }
+}
+
+fn push_terms(
+    t: &mut Terms,
+    b: &BackendView,
+    cached: u64,
+    uncached: f64,
+    queued: f64,
+    in_flight: f64,
+    fresh: bool,
+) {
+    t.push(("cached_tokens", cached as f64));
+    t.push(("uncached_tokens", uncached));
+    t.push(("queued_prefill_tokens", queued));
+    t.push(("tokens_in_flight", in_flight));
+    t.push(("own_tokens_in_flight", own_tokens(b)));
+    if !fresh {
+        t.push(("engine_report_stale_or_absent", 1.0));
+    }
+    t.push(("share", share(b)));
+}
+
+#[cfg(test)]
+mod tests;
