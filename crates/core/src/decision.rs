@@ -103,6 +103,13 @@ pub enum Reason {
     },
     /// Lowest weighted sum of the configured scorers.
     Composite,
+    /// A policy defined outside this crate (a benchmark baseline, a test probe), in its words.
+    External {
+        /// The policy's name.
+        policy: &'static str,
+        /// Why it chose.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -156,6 +163,7 @@ impl fmt::Display for Reason {
                 write!(f, "cost: cheapest fit, {micro_cost} micro-units")
             }
             Reason::Composite => f.write_str("composite: lowest weighted score"),
+            Reason::External { policy, why } => write!(f, "{policy}: {why}"),
         }
     }
 }

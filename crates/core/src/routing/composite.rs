@@ -13,7 +13,8 @@
 //! | `cost` | the request's price / the highest among candidates |
 //! | `gpu` | GPU utilization from a fresh report (0 when stale or absent) |
 //!
-//! Defaults: `prefix` 1.0, `queue` 1.0, `kv` 0.5, `latency` 0.5, `cost` 0, `gpu` 0. A weight of
+//! Defaults: `prefix` 1.0, `queue` 1.0, `kv` 0.5, `latency` 0.25 (latency averages are noisy
+//! between alike replicas: a tie-breaker more than a signal there), `cost` 0, `gpu` 0. A weight of
 //! 0 turns a scorer off (with `prefix` off, no prefix index is kept). Equal totals rotate.
 //! Reports older than `max_report_age` (2 s) stop counting. Source: the filter-and-weighted-
 //! scorer design of llm-d's inference scheduler and the Gateway API inference extension.
@@ -55,7 +56,7 @@ impl Default for CompositeWeights {
             prefix: 1.0,
             queue: 1.0,
             kv: 0.5,
-            latency: 0.5,
+            latency: 0.25,
             cost: 0.0,
             gpu: 0.0,
         }

@@ -29,6 +29,7 @@ mod least_connections;
 mod least_loaded;
 mod peak_ewma;
 mod power_of_two;
+mod prefill_ledger;
 mod prefix_aware;
 mod random;
 mod round_robin;
@@ -43,7 +44,7 @@ pub use least_connections::LeastConnections;
 pub use least_loaded::{LeastLoaded, DEFAULT_KV_WEIGHT, DEFAULT_QUEUE_WEIGHT};
 pub use peak_ewma::PeakEwmaP2c;
 pub use power_of_two::PowerOfTwo;
-pub use prefix_aware::{PrefixAware, DEFAULT_DECODE_WEIGHT};
+pub use prefix_aware::{PrefixAware, DEFAULT_DECODE_WEIGHT, DEFAULT_PREFILL_WEIGHT};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use signals::DEFAULT_MAX_REPORT_AGE;
@@ -112,6 +113,8 @@ pub enum PolicySpec {
     PeakEwma,
     /// `prefix_aware`
     PrefixAware {
+        /// Weight of the request's own uncached prefill against queued prefill (> 0).
+        prefill_weight: f64,
         /// Weight of a token in flight against a token to prefill (>= 0).
         decode_weight: f64,
         /// Engine reports older than this stop counting.
@@ -183,6 +186,7 @@ impl PolicySpec {
             },
             "peak_ewma" => PolicySpec::PeakEwma,
             "prefix_aware" => PolicySpec::PrefixAware {
+                prefill_weight: DEFAULT_PREFILL_WEIGHT,
                 decode_weight: DEFAULT_DECODE_WEIGHT,
                 max_report_age: DEFAULT_MAX_REPORT_AGE,
             },
@@ -246,9 +250,15 @@ impl PolicySpec {
                 positive_age(*max_report_age)?;
             }
             PolicySpec::PrefixAware {
+                prefill_weight,
                 decode_weight,
                 max_report_age,
             } => {
+                if !(prefill_weight.is_finite() && *prefill_weight > 0.0) {
+                    return Err(bad(format!(
+                        "prefill_weight must be a number above 0 (default {DEFAULT_PREFILL_WEIGHT}), got {prefill_weight}"
+                    )));
+                }
                 non_negative("decode_weight", *decode_weight, DEFAULT_DECODE_WEIGHT)?;
                 positive_age(*max_report_age)?;
             }
@@ -333,9 +343,14 @@ impl PolicySpec {
             } => Box::new(LeastLoaded::new(*queue_weight, *kv_weight, *max_report_age)),
             PolicySpec::PeakEwma => Box::new(PeakEwmaP2c::new(seed)),
             PolicySpec::PrefixAware {
+                prefill_weight,
                 decode_weight,
                 max_report_age,
-            } => Box::new(PrefixAware::new(*decode_weight, *max_report_age)),
+            } => Box::new(PrefixAware::new(
+                *prefill_weight,
+                *decode_weight,
+                *max_report_age,
+            )),
             PolicySpec::GpuAware { limits } => Box::new(GpuAware::new(*limits)),
             PolicySpec::Cost { quality_floor } => Box::new(CostAware::new(members, *quality_floor)),
             PolicySpec::Composite {

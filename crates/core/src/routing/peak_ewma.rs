@@ -2,7 +2,8 @@
 //!
 //! Use it when backends differ in speed (mixed GPUs, a replica slowed by a noisy neighbour,
 //! providers across regions): latency measured from real traffic finds the slow ones without
-//! configuration. Two usable backends are drawn at random; each costs
+//! configuration. Two distinct usable backends are drawn at random in proportion to their
+//! weight (x ramp), so a configured small backend is rarely one of both draws; each costs
 //!
 //! ```text
 //! cost = expected latency x (in flight + 1) / (weight x ramp)
@@ -53,6 +54,28 @@ fn cost(b: &BackendView, request: &RequestProfile, unknown: f64, terms: Option<&
     c
 }
 
+impl PeakEwmaP2c {
+    /// A usable backend drawn in proportion to its share (weight x ramp), other than `not`.
+    fn draw<'a>(&self, fleet: &FleetView<'a>, not: Option<BackendId>) -> Option<&'a BackendView> {
+        const SCALE: f64 = 1024.0;
+        let units = |b: &BackendView| (share(b) * SCALE).round().max(1.0) as u64;
+        let eligible = |b: &&BackendView| Some(b.id) != not;
+        let total: u64 = fleet.usable().filter(eligible).map(units).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut pick = self.rng.below(total);
+        for b in fleet.usable().filter(eligible) {
+            let u = units(b);
+            if pick < u {
+                return Some(b);
+            }
+            pick -= u;
+        }
+        None
+    }
+}
+
 impl Policy for PeakEwmaP2c {
     fn name(&self) -> &'static str {
         "peak_ewma"
@@ -72,14 +95,12 @@ impl Policy for PeakEwmaP2c {
         let ranked = rank(fleet, 0, |b, terms| {
             Some((cost(b, request, unknown, terms), 0.0))
         });
-        let nth = |k: u64| fleet.usable().nth(k as usize).ok_or(NoCandidate);
         let (win, lose) = if usable == 1 {
-            let only = nth(0)?;
+            let only = fleet.usable().next().ok_or(NoCandidate)?;
             (only.id, only.id)
         } else {
-            let i = self.rng.below(usable);
-            let j = (i + 1 + self.rng.below(usable - 1)) % usable;
-            let (a, b) = (nth(i)?, nth(j)?);
+            let a = self.draw(fleet, None).ok_or(NoCandidate)?;
+            let b = self.draw(fleet, Some(a.id)).ok_or(NoCandidate)?;
             let (ca, cb) = (
                 cost(a, request, unknown, None),
                 cost(b, request, unknown, None),

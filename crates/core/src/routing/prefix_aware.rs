@@ -7,10 +7,16 @@
 //!
 //! ```text
 //! cost(b) = ( uncached prompt tokens b would prefill          (prefix index, 16-token blocks)
-//!           + prefill tokens queued at b                      (own count, or the engine queue)
+//!           + uncached prefill tokens queued at b            (own count via the ledger, or the
+//!                                                             engine's queue when it shows more)
 //!           + decode_weight x tokens in flight at b )         (own count, or the engine's)
 //!           / (weight x ramp)
 //! ```
+//!
+//! The gateway counts the queue in whole prompts not yet past their first token, but a request
+//! sent for its cached prefix prefills only its tail: a ledger of this policy's recent
+//! decisions turns the pending prompt tokens into the uncached tokens it expected for them
+//! (see `prefill_ledger`), so a warm replica is not mistaken for a busy one.
 //!
 //! The cheapest usable backend wins; equal costs rotate, so a request no backend has cached
 //! (a cold one) goes to the least loaded and cold requests spread instead of piling onto one
@@ -30,12 +36,15 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use super::prefill_ledger::PrefillLedger;
 use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
 use super::{NoCandidate, Policy};
 use crate::fleet::BackendView;
 use crate::prefix::{block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS};
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
+/// Default weight of this request's own uncached prefill against queued prefill.
+pub const DEFAULT_PREFILL_WEIGHT: f64 = 2.0;
 /// Default weight of a token in flight against a token to prefill.
 pub const DEFAULT_DECODE_WEIGHT: f64 = 0.1;
 
@@ -43,6 +52,9 @@ pub const DEFAULT_DECODE_WEIGHT: f64 = 0.1;
 #[derive(Debug)]
 pub struct PrefixAware {
     index: PrefixIndex,
+    /// Per backend: recent decisions' prompt and expected uncached tokens.
+    ledger: PrefillLedger,
+    prefill_weight: f64,
     decode_weight: f64,
     max_report_age: Duration,
     tie_break: AtomicU64,
@@ -50,9 +62,11 @@ pub struct PrefixAware {
 
 impl PrefixAware {
     /// A policy with an empty prefix index.
-    pub fn new(decode_weight: f64, max_report_age: Duration) -> Self {
+    pub fn new(prefill_weight: f64, decode_weight: f64, max_report_age: Duration) -> Self {
         Self {
             index: PrefixIndex::new(),
+            ledger: PrefillLedger::default(),
+            prefill_weight,
             decode_weight,
             max_report_age,
             tie_break: AtomicU64::new(0),
@@ -101,6 +115,11 @@ impl Policy for PrefixAware {
         let blocks = block_hashes(&request.prompt);
         let prompt = prompt_tokens(request, blocks.len());
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
+        let mut pending: SmallVec<[f64; 64]> = SmallVec::from_elem(0.0, n);
+        self.ledger.uncached_pending(
+            fleet.backends.iter().map(|b| b.prefill_tokens),
+            &mut pending,
+        );
         let mut outcome = None;
         self.index
             .match_and_record(&blocks, &mut matched, |matched| {
@@ -108,9 +127,14 @@ impl Policy for PrefixAware {
                     let engine = fresh_engine(b, self.max_report_age);
                     let cached = cached_tokens(prompt, matched[b.id.index()]);
                     let uncached = (prompt - cached) as f64;
-                    let queued = queued_prefill(b, engine);
+                    // Requests the engine queues beyond the gateway's own count (other
+                    // gateways'), whole; the gateway's own, as the ledger expects them.
+                    let extra = (queued_prefill(b, engine) - b.prefill_tokens as f64).max(0.0);
+                    let queued = pending[b.id.index()] + extra;
                     let in_flight = total_tokens(b, engine);
-                    let cost = (uncached + queued + self.decode_weight * in_flight) / share(b);
+                    let cost =
+                        (self.prefill_weight * uncached + queued + self.decode_weight * in_flight)
+                            / share(b);
                     if let Some(t) = terms {
                         push_terms(t, b, cached, uncached, queued, in_flight, engine.is_some());
                     }
@@ -121,7 +145,11 @@ impl Policy for PrefixAware {
                 let b = &fleet.backends[primary?.index()];
                 Some((b.id.0, capacity_blocks(b)))
             });
-        let ranked = outcome.ok_or(NoCandidate)?;
+        let ranked: super::signals::Ranked = outcome.ok_or(NoCandidate)?;
+        if let Some(&(_, id)) = ranked.top.first() {
+            let cached = cached_tokens(prompt, matched[id.index()]);
+            self.ledger.record(id.index(), prompt, prompt - cached);
+        }
         ranked
             .decision(|id| {
                 let cached = cached_tokens(prompt, matched[id.index()]);
@@ -145,7 +173,7 @@ fn push_terms(
 ) {
     t.push(("cached_tokens", cached as f64));
     t.push(("uncached_tokens", uncached));
-    t.push(("queued_prefill_tokens", queued));
+    t.push(("queued_uncached_prefill_tokens", queued));
     t.push(("tokens_in_flight", in_flight));
     t.push(("own_tokens_in_flight", own_tokens(b)));
     if !fresh {

@@ -4,7 +4,11 @@ use crate::routing::test_support::{idle, prompt_request};
 use crate::{BackendId, EngineLoad};
 
 fn policy() -> PrefixAware {
-    PrefixAware::new(DEFAULT_DECODE_WEIGHT, DEFAULT_MAX_REPORT_AGE)
+    PrefixAware::new(
+        DEFAULT_PREFILL_WEIGHT,
+        DEFAULT_DECODE_WEIGHT,
+        DEFAULT_MAX_REPORT_AGE,
+    )
 }
 
 /// `tokens` tokens of text named by `seed`.
