@@ -393,6 +393,9 @@ pub(crate) fn by_load(fleet: &FleetView<'_>) -> smallvec::SmallVec<[crate::Backe
 }
 
 #[cfg(test)]
+mod spec_tests;
+
+#[cfg(test)]
 pub(crate) mod test_support {
     use crate::{BackendId, BackendView, EndpointKind, RequestMeta, RequestProfile};
 
