@@ -27,7 +27,10 @@ fn every_name_builds_a_policy_that_decides_and_names_itself() {
             let d = policy
                 .decide(&request(None), &FleetView::new(&pool, Duration::ZERO))
                 .unwrap();
-            assert!(d.attempts().all(|id| id.0 != 1), "{name} chose an unusable backend");
+            assert!(
+                d.attempts().all(|id| id.0 != 1),
+                "{name} chose an unusable backend"
+            );
             assert_eq!(d.attempts().count(), 2, "{name}: primary and one fallback");
         }
     }

@@ -223,11 +223,14 @@ fn policies_see_engine_reports_no_older_than_the_scrape_interval() {
     );
 }
 
+/// Every view a policy was shown, with its time.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(f64, Vec<BackendView>)>>>;
+
 /// A policy that routes round robin and keeps every view it was shown.
 #[derive(Debug, Default)]
 struct ViewRecorder {
     inner: switchyard_core::routing::RoundRobin,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(f64, Vec<BackendView>)>>>,
+    seen: Seen,
 }
 
 impl Policy for ViewRecorder {
@@ -268,10 +271,15 @@ fn policies_see_tokens_in_flight_the_prefill_queue_latency_and_gpu_gauges() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 4);
     let first = &seen[0].1;
-    assert!(first.iter().all(|b| b.in_flight_tokens == 0 && b.latency.ttft_s.is_none()));
+    assert!(first
+        .iter()
+        .all(|b| b.in_flight_tokens == 0 && b.latency.ttft_s.is_none()));
     // B's view: A is in flight on 0 and has not produced its first token.
     let b0 = &seen[1].1[0];
-    assert_eq!((b0.in_flight, b0.in_flight_tokens, b0.prefill_tokens), (1, 1500, 1000));
+    assert_eq!(
+        (b0.in_flight, b0.in_flight_tokens, b0.prefill_tokens),
+        (1, 1500, 1000)
+    );
     // C's view: A is past its first token; its TTFT was measured, its decode still runs.
     let c0 = &seen[2].1[0];
     assert_eq!((c0.in_flight_tokens, c0.prefill_tokens), (1500, 0));
@@ -280,7 +288,10 @@ fn policies_see_tokens_in_flight_the_prefill_queue_latency_and_gpu_gauges() {
     assert_eq!(c0.latency.latency_s, None);
     // D's view: everything finished; end-to-end and per-token averages exist.
     for b in &seen[3].1 {
-        assert_eq!((b.in_flight, b.in_flight_tokens, b.prefill_tokens), (0, 0, 0));
+        assert_eq!(
+            (b.in_flight, b.in_flight_tokens, b.prefill_tokens),
+            (0, 0, 0)
+        );
         assert!(b.latency.latency_s.unwrap() > b.latency.ttft_s.unwrap());
         let tpot = b.latency.tpot_s.unwrap();
         assert!(tpot > 0.0 && tpot < 0.1, "{tpot}");
