@@ -134,7 +134,7 @@ fn prefix_aware_beats_round_robin_and_sglang_on_multi_turn_chat() {
     let pa = with(&fleet, "prefix_aware", &w);
     assert!(p90(&rr) >= 5.0 * p90(&pa), "{} vs {}", p90(&rr), p90(&pa));
     assert!(p90(&sg) >= 1.3 * p90(&pa), "{} vs {}", p90(&sg), p90(&pa));
-    // The 1.5x throughput target is NOT met here (measured 1.06x): this open-loop
+    // The 1.5x throughput target is NOT met here (measured 1.09x): this open-loop
     // workload's duration is set by its sessions' arrivals and think times, and round robin
     // keeps up with them, only later. What is checked is that throughput does not drop.
     let (t_rr, t_pa) = (

@@ -15,6 +15,15 @@ use std::sync::Mutex;
 /// Decisions remembered per backend: more than any engine queue the estimate needs to cover.
 const LEDGER_LEN: usize = 256;
 
+/// The prefill pending at one backend, as the ledger reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Pending {
+    /// Uncached prompt tokens still to prefill.
+    pub uncached_tokens: f64,
+    /// Requests waiting for their first token.
+    pub requests: f64,
+}
+
 /// Per-backend ledgers of recent decisions.
 #[derive(Debug, Default)]
 pub(crate) struct PrefillLedger {
@@ -22,12 +31,19 @@ pub(crate) struct PrefillLedger {
 }
 
 impl PrefillLedger {
-    /// Fills `out[b]` with the uncached share of `pending[b]` prompt tokens at each backend.
-    pub(crate) fn uncached_pending(&self, pending: impl Iterator<Item = u64>, out: &mut [f64]) {
+    /// Fills `out[b]` with the uncached share of `pending[b]` prompt tokens at each backend,
+    /// and how many requests those tokens belong to (a request partly pending counts in part;
+    /// tokens beyond the ledger count as requests of `fallback_tokens` each).
+    pub(crate) fn uncached_pending(
+        &self,
+        pending: impl Iterator<Item = u64>,
+        fallback_tokens: f64,
+        out: &mut [Pending],
+    ) {
         let ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         for (b, (pending, slot)) in pending.zip(out.iter_mut()).enumerate() {
             let mut remaining = pending;
-            let mut uncached = 0.0;
+            let (mut uncached, mut requests) = (0.0, 0.0);
             if let Some(ledger) = ledgers.get(b) {
                 for &(prompt, unc) in ledger.iter().rev() {
                     if remaining == 0 {
@@ -35,12 +51,17 @@ impl PrefillLedger {
                     }
                     let take = remaining.min(u64::from(prompt));
                     if prompt > 0 {
-                        uncached += f64::from(unc) * take as f64 / f64::from(prompt);
+                        let part = take as f64 / f64::from(prompt);
+                        uncached += f64::from(unc) * part;
+                        requests += part;
                     }
                     remaining -= take;
                 }
             }
-            *slot = uncached + remaining as f64;
+            *slot = Pending {
+                uncached_tokens: uncached + remaining as f64,
+                requests: requests + remaining as f64 / fallback_tokens.max(1.0),
+            };
         }
     }
 
@@ -69,12 +90,16 @@ mod tests {
         l.record(0, 1000, 1000); // cold, long done
         l.record(0, 1000, 100); // warm
         l.record(0, 500, 50); // warm, newest
-        let mut out = [0.0; 2];
+        let mut out = [Pending::default(); 2];
+        let p = |uncached_tokens, requests| Pending {
+            uncached_tokens,
+            requests,
+        };
         // 1000 pending: the newest 500 (50 uncached) and half of the one before (50).
-        l.uncached_pending([1000u64, 300].into_iter(), &mut out);
-        assert_eq!(out, [100.0, 300.0]);
+        l.uncached_pending([1000u64, 300].into_iter(), 100.0, &mut out);
+        assert_eq!(out, [p(100.0, 1.5), p(300.0, 3.0)]);
         // More pending than the ledger knows: the excess counts whole.
-        l.uncached_pending([3000u64, 0].into_iter(), &mut out);
-        assert_eq!(out, [1150.0 + 500.0, 0.0]);
+        l.uncached_pending([3000u64, 0].into_iter(), 100.0, &mut out);
+        assert_eq!(out, [p(1150.0 + 500.0, 3.0 + 5.0), p(0.0, 0.0)]);
     }
 }

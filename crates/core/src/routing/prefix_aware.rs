@@ -6,37 +6,49 @@
 //! SGLang's radix cache). One cost model, no thresholds:
 //!
 //! ```text
-//! cost(b) = ( uncached prompt tokens b would prefill          (prefix index, 16-token blocks)
-//!           + uncached prefill tokens queued at b            (own count via the ledger, or the
-//!                                                             engine's queue when it shows more)
-//!           + decode_weight x tokens in flight at b )         (own count, or the engine's)
+//! cost(b) = ( (prefill_weight + requests waiting at b) x uncached prompt tokens b would prefill
+//!           + uncached prefill tokens queued at b
+//!           + decode_weight x tokens in flight at b )
 //!           / (weight x ramp)
 //! ```
 //!
-//! The gateway counts the queue in whole prompts not yet past their first token, but a request
-//! sent for its cached prefix prefills only its tail: a ledger of this policy's recent
-//! decisions turns the pending prompt tokens into the uncached tokens it expected for them
-//! (see `prefill_ledger`), so a warm replica is not mistaken for a busy one.
+//! - *uncached prompt tokens*: the prompt's tokens past the longest prefix of 16-token blocks
+//!   the pool's [`PrefixIndex`] says `b` was recently sent;
+//! - *queued*: prefill waiting at `b` ahead of this request. The gateway counts it in whole
+//!   prompts not yet past their first token, but a request sent for its cached prefix
+//!   prefills only its tail: a ledger of this policy's recent decisions turns the pending
+//!   prompt tokens into the uncached tokens it expected for them (`prefill_ledger`), so a warm
+//!   replica is not mistaken for a busy one. A fresh engine report showing a longer queue
+//!   (other gateways' requests) adds the difference;
+//! - *the weight on this request's own prefill*: it delays this request, and every request
+//!   that arrives behind it while it runs, about as many as wait there now. So when queues
+//!   are short the cost is this request's time to first token, and as they grow, saving
+//!   prefill (capacity for everyone) outweighs a shorter queue elsewhere;
+//! - *tokens in flight* (the gateway's own, or the engine's when it reports more): decoding
+//!   sequences slow every step a prefill runs in.
 //!
 //! The cheapest usable backend wins; equal costs rotate, so a request no backend has cached
 //! (a cold one) goes to the least loaded and cold requests spread instead of piling onto one
 //! replica; a hot prefix is copied to a second replica as soon as its home's queue costs more
 //! than prefilling it elsewhere. After the decision the prompt's blocks are recorded for the
-//! chosen backend in the pool's [`PrefixIndex`], whose per-backend size follows the engine's
-//! reported KV-cache size. Engine reports older than `max_report_age` stop counting.
+//! chosen backend in the index, whose per-backend size follows the engine's reported KV-cache
+//! size. Engine reports older than `max_report_age` stop counting.
 //!
-//! Parameters and defaults: `decode_weight` 0.1 (a token in flight slows a new request's first
-//! token about a tenth as much as a token to prefill: decoding shares every step, prefill
-//! takes the step's token budget), `max_report_age` 2 s. Source: the prefix-affinity idea of
-//! SGLang's cache-aware router and llm-d's precise prefix-cache scorer, rebuilt as a single
-//! cost in tokens instead of their match-ratio and imbalance thresholds.
+//! Parameters and defaults: `prefill_weight` 2 (this request's own prefill delays it and at
+//! least the next request to arrive there), `decode_weight` 0.1 (a token in flight slows a new
+//! request's first token about a tenth as much as a token to prefill: decoding shares every
+//! step, prefill takes the step's token budget), `max_report_age` 2 s. Defaults were chosen on
+//! the simulator's workloads (`crates/sim/tests/routing_quality.rs`). Source: the
+//! prefix-affinity idea of SGLang's cache-aware router and llm-d's precise prefix-cache
+//! scorer, rebuilt as a single cost in tokens instead of their match-ratio and imbalance
+//! thresholds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use super::prefill_ledger::PrefillLedger;
+use super::prefill_ledger::{Pending, PrefillLedger};
 use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
 use super::{NoCandidate, Policy};
 use crate::fleet::BackendView;
@@ -115,9 +127,10 @@ impl Policy for PrefixAware {
         let blocks = block_hashes(&request.prompt);
         let prompt = prompt_tokens(request, blocks.len());
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
-        let mut pending: SmallVec<[f64; 64]> = SmallVec::from_elem(0.0, n);
+        let mut pending: SmallVec<[Pending; 64]> = SmallVec::from_elem(Pending::default(), n);
         self.ledger.uncached_pending(
             fleet.backends.iter().map(|b| b.prefill_tokens),
+            prompt.max(1) as f64,
             &mut pending,
         );
         let mut outcome = None;
@@ -130,13 +143,18 @@ impl Policy for PrefixAware {
                     // Requests the engine queues beyond the gateway's own count (other
                     // gateways'), whole; the gateway's own, as the ledger expects them.
                     let extra = (queued_prefill(b, engine) - b.prefill_tokens as f64).max(0.0);
-                    let queued = pending[b.id.index()] + extra;
+                    let p = pending[b.id.index()];
+                    let queued = p.uncached_tokens + extra;
+                    // Requests that will queue behind this one's prefill, as many as wait now.
+                    let behind = p.requests + extra / prompt.max(1) as f64;
                     let in_flight = total_tokens(b, engine);
-                    let cost =
-                        (self.prefill_weight * uncached + queued + self.decode_weight * in_flight)
-                            / share(b);
+                    let cost = ((self.prefill_weight + behind) * uncached
+                        + queued
+                        + self.decode_weight * in_flight)
+                        / share(b);
                     if let Some(t) = terms {
-                        push_terms(t, b, cached, uncached, queued, in_flight, engine.is_some());
+                        let counts = (cached, uncached, queued, behind, in_flight);
+                        push_terms(t, b, counts, engine.is_some());
                     }
                     Some((cost, 0.0))
                 });
@@ -165,15 +183,13 @@ impl Policy for PrefixAware {
 fn push_terms(
     t: &mut Terms,
     b: &BackendView,
-    cached: u64,
-    uncached: f64,
-    queued: f64,
-    in_flight: f64,
+    (cached, uncached, queued, behind, in_flight): (u64, f64, f64, f64, f64),
     fresh: bool,
 ) {
     t.push(("cached_tokens", cached as f64));
     t.push(("uncached_tokens", uncached));
     t.push(("queued_uncached_prefill_tokens", queued));
+    t.push(("requests_waiting", behind));
     t.push(("tokens_in_flight", in_flight));
     t.push(("own_tokens_in_flight", own_tokens(b)));
     if !fresh {
