@@ -14,8 +14,9 @@
 //! Memory is bounded: each backend holds at most its capacity in blocks, evicting the least
 //! recently sent first; the capacity follows the engine's reported KV-cache size
 //! ([`crate::EngineLoad::kv_capacity_tokens`]) when known, so the index forgets about as fast as
-//! the engine does. Within one prompt, later blocks are evicted before earlier ones, as engines
-//! do, so a shared system prompt outlives the questions appended to it.
+//! the engine does; a pool's whole index is capped at [`MAX_POOL_BLOCKS`] pairs. Within one
+//! prompt, later blocks are evicted before earlier ones, as engines do, so a shared system
+//! prompt outlives the questions appended to it.
 //!
 //! The index is a guess from routing history, not a report from the engine: a backend that
 //! restarts or evicts early makes it optimistic, which costs one cold prefill. It sits behind a
@@ -39,6 +40,9 @@ pub const DEFAULT_BACKEND_BLOCKS: u32 = 8192;
 /// Most blocks one backend may hold in the index whatever its engine reports (2M tokens), so a
 /// misreport cannot grow the index without bound.
 pub const MAX_BACKEND_BLOCKS: u32 = 1 << 17;
+/// Most (block, backend) pairs one pool's index holds, shared out evenly when the backends'
+/// caches add up to more: about 56 bytes each, so at most about 56 MiB per pool.
+pub const MAX_POOL_BLOCKS: u32 = 1 << 20;
 
 /// Seed of the first block's hash.
 const ROOT: u64 = 0x7072_6566_6978_5f30;

@@ -204,7 +204,7 @@ impl Policy for Composite {
                     return None;
                 }
                 let b = &fleet.backends[primary?.index()];
-                Some((b.id.0, capacity_blocks(b)))
+                Some((b.id.0, capacity_blocks(b, n)))
             });
         outcome
             .ok_or(NoCandidate)?

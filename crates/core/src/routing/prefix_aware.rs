@@ -52,7 +52,9 @@ use super::prefill_ledger::{Pending, PrefillLedger};
 use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
 use super::{NoCandidate, Policy};
 use crate::fleet::BackendView;
-use crate::prefix::{block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS};
+use crate::prefix::{
+    block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS,
+};
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
 /// Default weight of this request's own uncached prefill against queued prefill.
@@ -92,11 +94,13 @@ impl PrefixAware {
 }
 
 /// Blocks a backend's cache holds: its engine's report (however old: the size does not
-/// change), else the default.
-pub(crate) fn capacity_blocks(b: &BackendView) -> u32 {
+/// change), else the default; at most its even share of the pool's index cap.
+pub(crate) fn capacity_blocks(b: &BackendView, pool_size: usize) -> u32 {
+    let share = MAX_POOL_BLOCKS / u32::try_from(pool_size.max(1)).unwrap_or(u32::MAX);
     b.engine
         .and_then(|e| e.kv_capacity_tokens)
         .map_or(DEFAULT_BACKEND_BLOCKS, |t| t / BLOCK_TOKENS as u32)
+        .min(share)
 }
 
 /// Prompt tokens of a request: the estimate, or at least what its full blocks hold.
@@ -161,7 +165,7 @@ impl Policy for PrefixAware {
                 let primary = ranked.top.first().map(|&(_, id)| id);
                 outcome = Some(ranked);
                 let b = &fleet.backends[primary?.index()];
-                Some((b.id.0, capacity_blocks(b)))
+                Some((b.id.0, capacity_blocks(b, n)))
             });
         let ranked: super::signals::Ranked = outcome.ok_or(NoCandidate)?;
         if let Some(&(_, id)) = ranked.top.first() {

@@ -156,3 +156,19 @@ fn the_index_is_sized_from_the_engine_cache() {
     }
     assert_eq!(p.index().len(), 100);
 }
+
+#[test]
+fn a_large_pool_shares_the_index_cap() {
+    let mut b = idle(1)[0];
+    b.engine = Some(EngineLoad {
+        running: 0,
+        waiting: 0,
+        kv_usage: 0.0,
+        kv_capacity_tokens: Some(16 * 100_000),
+        age: Duration::ZERO,
+    });
+    assert_eq!(capacity_blocks(&b, 4), 100_000);
+    assert_eq!(capacity_blocks(&b, 64), crate::prefix::MAX_POOL_BLOCKS / 64);
+    b.engine = None;
+    assert_eq!(capacity_blocks(&b, 4), DEFAULT_BACKEND_BLOCKS);
+}
