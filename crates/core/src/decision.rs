@@ -71,6 +71,45 @@ pub enum Reason {
         /// The home node that was over its bound.
         home: BackendId,
     },
+    /// Least load in tokens (queue, running, KV use and the gateway's own tokens in flight).
+    LeastLoaded {
+        /// The chosen backend's load score, in tokens per unit of weight.
+        load_tokens: u64,
+    },
+    /// Lower expected latency x (in flight + 1) of two random candidates.
+    PeakEwma {
+        /// The candidate that lost.
+        other: BackendId,
+    },
+    /// Cheapest estimated prefill plus queued load: `cached_tokens` of the prompt are expected
+    /// to be in the chosen backend's prefix cache.
+    PrefixAffinity {
+        /// Prompt tokens expected to be cached there.
+        cached_tokens: u32,
+        /// Prompt tokens it is expected to prefill.
+        uncached_tokens: u32,
+    },
+    /// Best ranked of the backends within GPU and KV limits.
+    GpuAware {
+        /// Usable backends excluded by the limits.
+        excluded: u32,
+        /// Every usable backend was past a limit, so the least loaded of them was taken anyway.
+        degraded: bool,
+    },
+    /// Cheapest backend that fits the request's context window and the quality floor.
+    Cheapest {
+        /// The request's estimated price there, in millionths of a currency unit.
+        micro_cost: u64,
+    },
+    /// Lowest weighted sum of the configured scorers.
+    Composite,
+    /// A policy defined outside this crate (a benchmark baseline, a test probe), in its words.
+    External {
+        /// The policy's name.
+        policy: &'static str,
+        /// Why it chose.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -93,6 +132,38 @@ impl fmt::Display for Reason {
                     home.0
                 )
             }
+            Reason::LeastLoaded { load_tokens } => {
+                write!(f, "least_loaded: load {load_tokens} tokens per weight")
+            }
+            Reason::PeakEwma { other } => {
+                write!(
+                    f,
+                    "peak_ewma: lower latency x load than candidate {}",
+                    other.0
+                )
+            }
+            Reason::PrefixAffinity {
+                cached_tokens,
+                uncached_tokens,
+            } => write!(
+                f,
+                "prefix_aware: {cached_tokens} prompt tokens cached, {uncached_tokens} to prefill"
+            ),
+            Reason::GpuAware { excluded, degraded } => {
+                if *degraded {
+                    write!(
+                        f,
+                        "gpu_aware: all {excluded} past limits, least loaded taken"
+                    )
+                } else {
+                    write!(f, "gpu_aware: best ranked, {excluded} excluded by limits")
+                }
+            }
+            Reason::Cheapest { micro_cost } => {
+                write!(f, "cost: cheapest fit, {micro_cost} micro-units")
+            }
+            Reason::Composite => f.write_str("composite: lowest weighted score"),
+            Reason::External { policy, why } => write!(f, "{policy}: {why}"),
         }
     }
 }

@@ -101,6 +101,10 @@ pub struct BackendView {
     /// Tokens the gateway has in flight there: prompt plus expected output of every request
     /// sent and not finished. Load in the unit LLM cost is paid in, unlike `in_flight`.
     pub in_flight_tokens: u64,
+    /// Prompt tokens of the requests in flight that have not yet produced their first token:
+    /// the prefill work queued ahead of a new request, which is what delays its first token.
+    /// Added at dispatch, removed at the first token (or the end, if none came).
+    pub prefill_tokens: u64,
     /// The gateway's own latency measurements of it.
     pub latency: LatencySignals,
     /// The GPU exporter's last report, when one is scraped.
@@ -120,6 +124,7 @@ impl BackendView {
             usable: true,
             engine: None,
             in_flight_tokens: 0,
+            prefill_tokens: 0,
             latency: LatencySignals::default(),
             gpu: None,
             ramp: 1.0,

@@ -11,6 +11,7 @@
 pub mod decision;
 pub mod ewma;
 pub mod fleet;
+pub mod prefix;
 pub mod profile;
 pub mod retry_budget;
 pub mod rng;
@@ -21,6 +22,7 @@ pub use ewma::PeakEwma;
 pub use fleet::{
     BackendId, BackendView, EngineLoad, FleetView, GpuLoad, LatencySignals, PoolMember, Price,
 };
+pub use prefix::PrefixIndex;
 pub use profile::{EndpointKind, ProfileError, RequestMeta, RequestProfile, SessionSource};
 pub use retry_budget::RetryBudget;
 pub use routing::{NoCandidate, Policy, PolicySpec, PolicySpecError};

@@ -13,9 +13,15 @@
 //! - an **engine step's end**: its events are delivered (first tokens, completions, preemptions)
 //!   and the engine starts its next step if it has work.
 //! - a **metrics scrape**, every `metrics_interval_s`: the driver keeps each engine's last
-//!   [`EngineMetrics`] snapshot, so whatever it feeds the policy from engine metrics is as stale
-//!   as a gateway's scrape would be. `in_flight`, like a real gateway's, is the driver's own
-//!   count, from dispatch to completion, and is always current.
+//!   [`EngineMetrics`] snapshot, so whatever it feeds the policy from engine metrics (queue,
+//!   KV use and size, GPU gauges, each with its age) is as stale as a gateway's scrape would be.
+//!
+//! The driver's own signals are the gateway's, updated at the same moments (dispatch, first
+//! token, completion) and always current: `in_flight`, `in_flight_tokens` (prompt plus max
+//! output of requests dispatched and not done), `prefill_tokens` (prompt tokens of requests
+//! not yet past their first token), and `latency`, peak EWMAs ([`PeakEwma`], 10 s decay) of
+//! TTFT, end-to-end latency and time per output token measured from dispatch. A policy sees
+//! exactly what it would see in production.
 //!
 //! Time is `f64` seconds from the start of the workload; the policy sees it as a `Duration` in
 //! `FleetView::now`. There is no clock, no sleep and no socket.
@@ -25,8 +31,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use switchyard_core::{
-    BackendId, BackendView, EndpointKind, EngineLoad, FleetView, Policy, PolicySpec,
-    PolicySpecError, PoolMember, RequestProfile, SessionSource,
+    BackendId, BackendView, EndpointKind, EngineLoad, FleetView, GpuLoad, LatencySignals, PeakEwma,
+    Policy, PolicySpec, PolicySpecError, PoolMember, RequestProfile, SessionSource,
 };
 
 use crate::config::{ConfigError, EngineConfig};
@@ -50,8 +56,8 @@ pub struct BackendSpec {
     pub engine: EngineConfig,
     /// The gateway's concurrency cap for it: at this many in flight it is not usable.
     pub max_in_flight: Option<u32>,
-    /// Treat it as not usable while its last scraped `num_waiting` is at least this: the one
-    /// place scraped (lagged) engine metrics enter the view until `BackendView` carries them.
+    /// Treat it as not usable while its last scraped `num_waiting` is at least this (a lagged
+    /// signal, as a gateway's would be).
     pub max_waiting: Option<u32>,
 }
 
@@ -90,6 +96,44 @@ impl FleetConfig {
             metrics_interval_s: 0.5,
             seed,
             model: profile.model.name.to_owned(),
+        }
+    }
+}
+
+/// Tokens and context of the reference step [`FleetConfig::mixed`] times each engine on: a
+/// mid-sized batch (256 tokens computed over 256k tokens of context).
+const REFERENCE_STEP: (u64, u64) = (256, 256 * 1024);
+
+impl FleetConfig {
+    /// A heterogeneous fleet: for each `(profile, count)`, `count` backends of that profile,
+    /// in order, each weighted by its capacity: how many times faster than the slowest
+    /// profile it runs a reference step (256 tokens over 256k context tokens), rounded, at
+    /// least 1. Those are the weights `weighted` round robin is given in a capacity-aware
+    /// deployment. Scraped every 0.5 s, no caps.
+    pub fn mixed(groups: &[(&Profile, usize)], policy: PolicySpec, seed: u64) -> Self {
+        let step = |p: &Profile| p.step_time.seconds(REFERENCE_STEP.0, REFERENCE_STEP.1);
+        let slowest = groups.iter().map(|(p, _)| step(p)).fold(0.0, f64::max);
+        let mut backends = Vec::new();
+        for (p, count) in groups {
+            let weight = (slowest / step(p)).round().max(1.0) as u32;
+            for _ in 0..*count {
+                backends.push(BackendSpec {
+                    name: format!("{}-{}", p.name, backends.len()),
+                    weight,
+                    engine: p.engine_config(),
+                    max_in_flight: None,
+                    max_waiting: None,
+                });
+            }
+        }
+        Self {
+            backends,
+            policy,
+            metrics_interval_s: 0.5,
+            seed,
+            model: groups
+                .first()
+                .map_or_else(String::new, |(p, _)| p.model.name.to_owned()),
         }
     }
 }
@@ -141,6 +185,8 @@ struct Driver<'a> {
     /// Events of each engine's step in progress, delivered at `step_end`.
     events: Vec<Vec<EngineEvent>>,
     in_flight: Vec<u32>,
+    /// The gateway-side signals of each backend (tokens in flight, prefill queue, latency).
+    live: Vec<Live>,
     dispatched: Vec<u64>,
     /// Last scraped metrics of each engine.
     scraped: Vec<EngineMetrics>,
@@ -148,6 +194,26 @@ struct Driver<'a> {
     queue: VecDeque<Pending>,
     records: Vec<RequestRecord>,
     imbalance: InFlightImbalance,
+}
+
+/// What a gateway measures of one backend from its own traffic.
+#[derive(Debug, Clone, Copy, Default)]
+struct Live {
+    in_flight_tokens: u64,
+    prefill_tokens: u64,
+    ttft: PeakEwma,
+    e2e: PeakEwma,
+    tpot: PeakEwma,
+}
+
+impl Live {
+    fn latency(&self) -> LatencySignals {
+        LatencySignals {
+            latency_s: self.e2e.get().map(|v| v as f32),
+            ttft_s: self.ttft.get().map(|v| v as f32),
+            tpot_s: self.tpot.get().map(|v| v as f32),
+        }
+    }
 }
 
 /// Plays `workload` against the fleet with the policy `config.policy` names, and reports
@@ -208,6 +274,7 @@ pub fn run_with(
         step_end: vec![f64::INFINITY; n],
         events: vec![Vec::new(); n],
         in_flight: vec![0; n],
+        live: vec![Live::default(); n],
         dispatched: vec![0; n],
         views: Vec::with_capacity(n),
         queue: VecDeque::new(),
@@ -308,15 +375,36 @@ impl Driver<'_> {
                 }
                 EngineEvent::Token { id, index: 0, .. } => {
                     let r = &mut self.records[id.0 as usize];
-                    r.ttft = Some(t - r.arrival);
+                    if r.ttft.is_none() {
+                        r.ttft = Some(t - r.arrival);
+                        let live = &mut self.live[i];
+                        live.prefill_tokens = live
+                            .prefill_tokens
+                            .saturating_sub(u64::from(r.prompt_tokens));
+                        let sent = r.dispatched.unwrap_or(r.arrival);
+                        live.ttft.observe(t - sent, Duration::from_secs_f64(t));
+                    }
                 }
                 EngineEvent::Token { .. } => {}
                 EngineEvent::Finished { id, output_tokens } => {
+                    let max_output = self.workload.requests[id.0 as usize].max_output_tokens;
                     let r = &mut self.records[id.0 as usize];
                     r.e2e = Some(t - r.arrival);
                     r.output_tokens = output_tokens;
                     r.outcome = Outcome::Completed;
                     self.in_flight[i] -= 1;
+                    let live = &mut self.live[i];
+                    live.in_flight_tokens = live
+                        .in_flight_tokens
+                        .saturating_sub(u64::from(r.prompt_tokens) + u64::from(max_output));
+                    let now = Duration::from_secs_f64(t);
+                    let sent = r.dispatched.unwrap_or(r.arrival);
+                    live.e2e.observe(t - sent, now);
+                    if let (Some(ttft), true) = (r.ttft, output_tokens > 1) {
+                        let decode = t - (r.arrival + ttft);
+                        live.tpot
+                            .observe(decode / f64::from(output_tokens - 1), now);
+                    }
                     completed = true;
                 }
                 EngineEvent::Preempted { id } => self.records[id.0 as usize].preemptions += 1,
@@ -384,8 +472,12 @@ impl Driver<'_> {
     fn dispatch(&mut self, p: Pending, t: f64) -> Option<Pending> {
         self.views.clear();
         for (i, b) in self.config.backends.iter().enumerate() {
-            self.views
-                .push(backend_view(i, b, self.in_flight[i], &self.scraped[i], t));
+            let mut view = backend_view(i, b, self.in_flight[i], &self.scraped[i], t);
+            let live = &self.live[i];
+            view.in_flight_tokens = live.in_flight_tokens;
+            view.prefill_tokens = live.prefill_tokens;
+            view.latency = live.latency();
+            self.views.push(view);
         }
         let fleet = FleetView::new(&self.views, Duration::from_secs_f64(t));
         let Ok(decision) = self.policy.decide(&p.profile, &fleet) else {
@@ -416,6 +508,8 @@ impl Driver<'_> {
         r.backend = Some(i as u32);
         r.dispatched = Some(t);
         self.in_flight[i] += 1;
+        self.live[i].in_flight_tokens += u64::from(prompt_len) + u64::from(req.max_output_tokens);
+        self.live[i].prefill_tokens += u64::from(prompt_len);
         self.dispatched[i] += 1;
         self.imbalance.update(t, &self.in_flight);
         if self.step_end[i].is_infinite() {
@@ -467,9 +561,10 @@ impl Driver<'_> {
     }
 }
 
-/// What the policy sees of backend `i` at time `now`: the driver's live in-flight count,
-/// usability from the concurrency cap and the last scraped metrics, and those metrics
-/// themselves with their age, as a gateway scraping `/metrics` would see them.
+/// What the policy sees of backend `i` at time `now` from config and scrapes: the driver's
+/// live in-flight count, usability from the concurrency cap and the last scraped metrics, and
+/// those metrics themselves (engine load, KV size, GPU gauges) with their age, as a gateway
+/// scraping `/metrics` and a DCGM exporter would see them.
 fn backend_view(
     i: usize,
     spec: &BackendSpec,
@@ -494,7 +589,24 @@ fn backend_view(
             .ok(),
             age: Duration::from_secs_f64((now - scraped.at).max(0.0)),
         }),
+        gpu: Some(gpu_load(scraped, now)),
         ..BackendView::idle(BackendId(i as u32), spec.weight)
+    }
+}
+
+/// The scraped GPU gauges as core's [`GpuLoad`].
+fn gpu_load(m: &EngineMetrics, now: f64) -> GpuLoad {
+    let g = &m.gpu;
+    let total = u64::from(g.memory_used_mib) + u64::from(g.memory_free_mib);
+    GpuLoad {
+        utilization: (g.utilization_pct / 100.0).clamp(0.0, 1.0) as f32,
+        memory_used: if total == 0 {
+            0.0
+        } else {
+            (f64::from(g.memory_used_mib) / total as f64) as f32
+        },
+        temperature_c: g.temperature_c as f32,
+        age: Duration::from_secs_f64((now - m.at).max(0.0)),
     }
 }
 

@@ -54,13 +54,17 @@
 //! [`fleet::run`] plays a [`Workload`] (timed requests: arrival, session, prompt, output length)
 //! against N engines, each with its own profile if wanted. For every arrival it builds a
 //! `RequestProfile` and a `FleetView` and asks a core `Policy` (built from a `PolicySpec`) where
-//! to send it — the code the gateway ships. Engine metrics reach the driver through periodic
-//! scrapes (`metrics_interval_s`), so they lag as a real gateway's do; `in_flight` is the
-//! driver's own count from dispatch to completion. A run is deterministic for its inputs and
-//! seeds, and returns a [`RunReport`]: per-request records (backend, TTFT, end-to-end latency,
-//! cached prompt tokens) and summary statistics (TTFT and latency percentiles, throughput,
-//! prefix-cache hit rate, in-flight imbalance, per-backend counts). [`workload`] generates
-//! shared-prefix, multi-turn and ShareGPT-like workloads with Poisson arrivals.
+//! to send it — the code the gateway ships. Engine metrics and GPU gauges reach the driver
+//! through periodic scrapes (`metrics_interval_s`), so they lag as a real gateway's do; the
+//! gateway's own signals (requests and tokens in flight, prefill not yet past its first token,
+//! peak-EWMA TTFT, latency and time per output token) are the driver's, updated at dispatch,
+//! first token and completion. A run is deterministic for its inputs and seeds, and returns a
+//! [`RunReport`]: per-request records (backend, TTFT, end-to-end latency, cached prompt tokens)
+//! and summary statistics (TTFT and latency percentiles, throughput, prefix-cache hit rate,
+//! in-flight imbalance, per-backend counts). [`workload`] generates shared-prefix (with skewed
+//! popularity), multi-turn and ShareGPT-like workloads with Poisson arrivals;
+//! [`FleetConfig::mixed`] builds heterogeneous fleets with capacity weights; [`baselines`]
+//! holds other projects' routers rebuilt to measure against (SGLang's cache-aware policy).
 //!
 //! # The HTTP face
 //!
@@ -91,6 +95,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod baselines;
 pub mod config;
 pub mod engine;
 pub mod fleet;

@@ -203,6 +203,10 @@ pub struct SharedPrefixSpec {
     pub prefix_tokens: u32,
     /// Users per group; each user is a session.
     pub users_per_group: u32,
+    /// Popularity skew of the groups: group `g` (from 0) is drawn with weight `1 / (g + 1)^s`
+    /// (Zipf). 0 makes them equally popular; real system prompts and documents are not: one
+    /// product's assistant or one hot document draws most of the traffic.
+    pub group_skew: f64,
     /// Each request's own question after the prefix.
     pub suffix_tokens: Length,
     /// Answer length.
@@ -217,6 +221,7 @@ impl Default for SharedPrefixSpec {
             groups: 8,
             prefix_tokens: 2000,
             users_per_group: 16,
+            group_skew: 0.0,
             suffix_tokens: Length::Uniform { min: 20, max: 200 },
             output_tokens: Length::Uniform { min: 50, max: 300 },
         }
@@ -224,16 +229,31 @@ impl Default for SharedPrefixSpec {
 }
 
 /// Many users sharing a few long prefixes: each request is `prefix(group) + own question`,
-/// its group and user drawn uniformly.
+/// its group drawn with the spec's skew and its user uniformly.
 pub fn shared_prefix(spec: &SharedPrefixSpec, seed: u64) -> Workload {
     let rng = Rng::new(seed);
     let groups = u64::from(spec.groups.max(1));
     let users = u64::from(spec.users_per_group.max(1));
+    let skew = if spec.group_skew.is_finite() {
+        spec.group_skew.max(0.0)
+    } else {
+        0.0
+    };
+    let cumulative: Vec<f64> = (0..groups)
+        .scan(0.0, |acc, g| {
+            *acc += 1.0 / ((g + 1) as f64).powf(skew);
+            Some(*acc)
+        })
+        .collect();
+    let total = cumulative.last().copied().unwrap_or(1.0);
     let mut t = 0.0;
     let requests = (0..spec.requests)
         .map(|_| {
             t += rng.exp(1.0 / spec.rate);
-            let g = rng.0.below(groups);
+            let u01 = rng.unit() * total;
+            let g = cumulative
+                .partition_point(|&c| c < u01)
+                .min(cumulative.len() - 1) as u64;
             let u = rng.0.below(users);
             let prefix = Segment {
                 seed: mix64(seed ^ mix64(0x5052_4546 + g)),

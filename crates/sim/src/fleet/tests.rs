@@ -222,3 +222,86 @@ fn policies_see_engine_reports_no_older_than_the_scrape_interval() {
         "reports carry load"
     );
 }
+
+/// Every view a policy was shown, with its time.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(f64, Vec<BackendView>)>>>;
+
+/// A policy that routes round robin and keeps every view it was shown.
+#[derive(Debug, Default)]
+struct ViewRecorder {
+    inner: switchyard_core::routing::RoundRobin,
+    seen: Seen,
+}
+
+impl Policy for ViewRecorder {
+    fn name(&self) -> &'static str {
+        "view_recorder"
+    }
+
+    fn decide(
+        &self,
+        request: &RequestProfile,
+        fleet: &FleetView<'_>,
+    ) -> Result<switchyard_core::Decision, switchyard_core::NoCandidate> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((fleet.now.as_secs_f64(), fleet.backends.to_vec()));
+        self.inner.decide(request, fleet)
+    }
+}
+
+#[test]
+fn policies_see_tokens_in_flight_the_prefill_queue_latency_and_gpu_gauges() {
+    use crate::workload::{Segment, WorkloadRequest};
+    let req = |arrival: f64, seed: u64| WorkloadRequest {
+        arrival,
+        session: None,
+        prompt: Prompt::Segments(vec![Segment { seed, tokens: 1000 }]),
+        max_output_tokens: 500,
+        output_seed: seed,
+    };
+    // A -> 0 at 0; B -> 1 while A prefills; C -> 0 while A decodes; D -> 1 when all is done.
+    let w = Workload::new(vec![req(0.0, 1), req(1e-4, 2), req(1.0, 3), req(60.0, 4)]);
+    let config = FleetConfig::uniform(&profile::h100_llama3_8b(), 2, PolicySpec::RoundRobin, 1);
+    let probe = ViewRecorder::default();
+    let seen = probe.seen.clone();
+    let r = run_with(&config, &w, Box::new(probe)).unwrap();
+    assert_eq!(r.summary.completed, 4);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 4);
+    let first = &seen[0].1;
+    assert!(first
+        .iter()
+        .all(|b| b.in_flight_tokens == 0 && b.latency.ttft_s.is_none()));
+    // B's view: A is in flight on 0 and has not produced its first token.
+    let b0 = &seen[1].1[0];
+    assert_eq!(
+        (b0.in_flight, b0.in_flight_tokens, b0.prefill_tokens),
+        (1, 1500, 1000)
+    );
+    // C's view: A is past its first token; its TTFT was measured, its decode still runs.
+    let c0 = &seen[2].1[0];
+    assert_eq!((c0.in_flight_tokens, c0.prefill_tokens), (1500, 0));
+    let ttft = f64::from(c0.latency.ttft_s.unwrap());
+    assert!((ttft - r.requests[0].ttft.unwrap()).abs() < 1e-3, "{ttft}");
+    assert_eq!(c0.latency.latency_s, None);
+    // D's view: everything finished; end-to-end and per-token averages exist.
+    for b in &seen[3].1 {
+        assert_eq!(
+            (b.in_flight, b.in_flight_tokens, b.prefill_tokens),
+            (0, 0, 0)
+        );
+        assert!(b.latency.latency_s.unwrap() > b.latency.ttft_s.unwrap());
+        let tpot = b.latency.tpot_s.unwrap();
+        assert!(tpot > 0.0 && tpot < 0.1, "{tpot}");
+        let gpu = b.gpu.unwrap();
+        assert!(gpu.age <= Duration::from_secs_f64(0.5) && gpu.temperature_c > 20.0);
+        assert!(gpu.memory_used > 0.5 && gpu.memory_used <= 1.0);
+        let engine = b.engine.unwrap();
+        assert_eq!(
+            u64::from(engine.kv_capacity_tokens.unwrap()),
+            config.backends[0].engine.capacity_tokens()
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! `gpu_aware`: keep requests off GPUs past their limits, and rank the rest by load.
+//!
+//! Use it on self-hosted fleets with a GPU exporter (DCGM) scraped, where a hot, throttling or
+//! memory-starved GPU should stop taking work before it fails. A usable backend is excluded
+//! when its fresh GPU report shows
+//!
+//! - utilization above `max_utilization` (default 1.0: off, because an inference GPU that is
+//!   busy at all reads 100%; lower it to keep headroom),
+//! - framebuffer use above `max_memory` (default 0.98),
+//! - temperature above `max_temperature_c` (default 85 °C, below the usual ~90 °C throttle),
+//!
+//! or when its fresh engine report shows too little free KV cache for this request's estimate
+//! (prompt plus max output tokens > free share x KV capacity). The rest are ranked by the
+//! [`super::LeastLoaded`] score times `(1 + utilization)`. If every usable backend is excluded,
+//! the least loaded of them is taken anyway (the decision says so): a slow answer beats none.
+//! Reports older than `max_report_age` (default 2 s) stop counting. Source: the GPU-health
+//! filters of NVIDIA Dynamo's and llm-d's schedulers, and the KV-fit filter of the Gateway
+//! API inference extension.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::least_loaded::{load_score, DEFAULT_KV_WEIGHT, DEFAULT_QUEUE_WEIGHT};
+use super::signals::{fresh_engine, fresh_gpu, rank, Terms, DEFAULT_OUTPUT_TOKENS};
+use super::{NoCandidate, Policy};
+use crate::fleet::BackendView;
+use crate::{Decision, FleetView, Reason, RequestProfile};
+
+/// Default utilization limit (off).
+pub const DEFAULT_MAX_UTILIZATION: f64 = 1.0;
+/// Default framebuffer-use limit.
+pub const DEFAULT_MAX_MEMORY: f64 = 0.98;
+/// Default temperature limit, °C.
+pub const DEFAULT_MAX_TEMPERATURE_C: f64 = 85.0;
+
+/// Limits of [`GpuAware`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuLimits {
+    /// Exclude above this utilization (0..1).
+    pub max_utilization: f64,
+    /// Exclude above this framebuffer use (0..1).
+    pub max_memory: f64,
+    /// Exclude above this temperature, °C.
+    pub max_temperature_c: f64,
+    /// Ignore GPU and engine reports older than this.
+    pub max_report_age: Duration,
+}
+
+impl Default for GpuLimits {
+    fn default() -> Self {
+        Self {
+            max_utilization: DEFAULT_MAX_UTILIZATION,
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_temperature_c: DEFAULT_MAX_TEMPERATURE_C,
+            max_report_age: super::signals::DEFAULT_MAX_REPORT_AGE,
+        }
+    }
+}
+
+/// GPU-limit filter, then least load.
+#[derive(Debug)]
+pub struct GpuAware {
+    limits: GpuLimits,
+    tie_break: AtomicU64,
+}
+
+impl GpuAware {
+    /// A policy with these limits.
+    pub fn new(limits: GpuLimits) -> Self {
+        Self {
+            limits,
+            tie_break: AtomicU64::new(0),
+        }
+    }
+
+    /// Why `b` is excluded for `need` tokens, if it is: the term naming the limit and the value.
+    fn exclusion(&self, b: &BackendView, need: f64) -> Option<(&'static str, f64)> {
+        let l = &self.limits;
+        if let Some(g) = fresh_gpu(b, l.max_report_age) {
+            if f64::from(g.utilization) > l.max_utilization {
+                return Some(("excluded_gpu_utilization", f64::from(g.utilization)));
+            }
+            if f64::from(g.memory_used) > l.max_memory {
+                return Some(("excluded_gpu_memory", f64::from(g.memory_used)));
+            }
+            if f64::from(g.temperature_c) > l.max_temperature_c {
+                return Some(("excluded_gpu_temperature", f64::from(g.temperature_c)));
+            }
+        }
+        if let Some(e) = fresh_engine(b, l.max_report_age) {
+            if let Some(cap) = e.kv_capacity_tokens {
+                let free = (1.0 - f64::from(e.kv_usage).clamp(0.0, 1.0)) * f64::from(cap);
+                if free < need {
+                    return Some(("excluded_kv_free_tokens", free));
+                }
+            }
+        }
+        None
+    }
+
+    fn score(&self, b: &BackendView, mut terms: Option<&mut Terms>) -> f64 {
+        let engine = fresh_engine(b, self.limits.max_report_age);
+        let load = load_score(
+            b,
+            engine,
+            DEFAULT_QUEUE_WEIGHT,
+            DEFAULT_KV_WEIGHT,
+            terms.as_deref_mut(),
+        );
+        let util = fresh_gpu(b, self.limits.max_report_age)
+            .map_or(0.0, |g| f64::from(g.utilization).clamp(0.0, 1.0));
+        if let Some(t) = terms {
+            t.push(("gpu_utilization", util));
+        }
+        load * (1.0 + util)
+    }
+}
+
+impl Policy for GpuAware {
+    fn name(&self) -> &'static str {
+        "gpu_aware"
+    }
+
+    fn decide(
+        &self,
+        request: &RequestProfile,
+        fleet: &FleetView<'_>,
+    ) -> Result<Decision, NoCandidate> {
+        let n = fleet.backends.len().max(1) as u64;
+        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n) as usize;
+        let need = f64::from(request.estimated_input_tokens)
+            + f64::from(request.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS));
+        let mut excluded = 0u32;
+        let ranked = rank(fleet, start, |b, mut terms| {
+            if let Some(why) = self.exclusion(b, need) {
+                excluded += 1;
+                if let Some(t) = terms.as_deref_mut() {
+                    t.push(why);
+                }
+                return None;
+            }
+            Some((self.score(b, terms), 0.0))
+        });
+        if !ranked.top.is_empty() {
+            return ranked
+                .decision(|_| Reason::GpuAware {
+                    excluded,
+                    degraded: false,
+                })
+                .ok_or(NoCandidate);
+        }
+        // Everything usable is past a limit: the least loaded of them anyway.
+        let explanation = ranked.explanation;
+        let mut fallback = rank(fleet, start, |b, _| Some((self.score(b, None), 0.0)));
+        fallback.explanation = explanation;
+        fallback
+            .decision(|_| Reason::GpuAware {
+                excluded,
+                degraded: true,
+            })
+            .ok_or(NoCandidate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::test_support::{idle, request};
+    use crate::{BackendId, EngineLoad, GpuLoad};
+
+    fn gpu(util: f32, mem: f32, temp: f32, age_s: u64) -> Option<GpuLoad> {
+        Some(GpuLoad {
+            utilization: util,
+            memory_used: mem,
+            temperature_c: temp,
+            age: Duration::from_secs(age_s),
+        })
+    }
+
+    #[test]
+    fn excludes_hot_or_full_gpus_and_ranks_the_rest() {
+        let mut pool = idle(4);
+        pool[0].gpu = gpu(0.5, 0.5, 91.0, 0); // too hot
+        pool[1].gpu = gpu(0.5, 0.99, 60.0, 0); // memory full
+        pool[2].gpu = gpu(0.9, 0.5, 60.0, 0);
+        pool[2].in_flight = 1;
+        pool[2].in_flight_tokens = 100;
+        pool[3].gpu = gpu(0.9, 0.5, 60.0, 0);
+        pool[3].in_flight = 1;
+        pool[3].in_flight_tokens = 300;
+        let d = GpuAware::new(GpuLimits::default())
+            .decide(
+                &request(None),
+                &FleetView::new(&pool, Duration::ZERO).explaining(true),
+            )
+            .unwrap();
+        assert_eq!(d.primary, BackendId(2));
+        assert_eq!(d.fallbacks.as_slice(), &[BackendId(3)]);
+        assert_eq!(
+            d.reason,
+            Reason::GpuAware {
+                excluded: 2,
+                degraded: false
+            }
+        );
+        let e = d.explanation.unwrap();
+        assert_eq!(e.candidates[0].terms, [("excluded_gpu_temperature", 91.0)]);
+    }
+
+    #[test]
+    fn excludes_a_backend_whose_free_kv_cannot_fit_the_request() {
+        let mut pool = idle(2);
+        pool[0].engine = Some(EngineLoad {
+            running: 3,
+            waiting: 0,
+            kv_usage: 0.999,
+            kv_capacity_tokens: Some(100_000),
+            age: Duration::ZERO,
+        });
+        pool[1].in_flight = 5;
+        pool[1].in_flight_tokens = 50_000;
+        let d = GpuAware::new(GpuLimits::default())
+            .decide(&request(None), &FleetView::new(&pool, Duration::ZERO))
+            .unwrap();
+        assert_eq!(d.primary, BackendId(1), "100 free tokens < 1 + 256 needed");
+    }
+
+    #[test]
+    fn stale_reports_do_not_exclude_and_all_excluded_still_routes() {
+        let mut pool = idle(2);
+        pool[0].gpu = gpu(0.5, 0.5, 95.0, 60);
+        pool[1].in_flight = 3;
+        pool[1].in_flight_tokens = 900;
+        let p = GpuAware::new(GpuLimits::default());
+        let d = p
+            .decide(&request(None), &FleetView::new(&pool, Duration::ZERO))
+            .unwrap();
+        assert_eq!(
+            d.primary,
+            BackendId(0),
+            "a minute-old temperature is ignored"
+        );
+        pool[0].gpu = gpu(0.5, 0.5, 95.0, 0);
+        pool[1].gpu = gpu(0.5, 0.5, 95.0, 0);
+        let d = p
+            .decide(&request(None), &FleetView::new(&pool, Duration::ZERO))
+            .unwrap();
+        assert_eq!(d.primary, BackendId(0));
+        assert_eq!(
+            d.reason,
+            Reason::GpuAware {
+                excluded: 2,
+                degraded: true
+            }
+        );
+        pool.iter_mut().for_each(|b| b.usable = false);
+        assert_eq!(
+            p.decide(&request(None), &FleetView::new(&pool, Duration::ZERO)),
+            Err(NoCandidate)
+        );
+    }
+}

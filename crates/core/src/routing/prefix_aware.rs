@@ -1,0 +1,206 @@
+//! `prefix_aware`: send a request where its prompt is cheapest to serve, counting both the
+//! prefill its prompt would need there and the work already queued there, in tokens.
+//!
+//! Use it for LLM pools where prompts share prefixes (system prompts, documents, chat
+//! histories, agents' tool schemas) and the engines cache them (vLLM automatic prefix caching,
+//! SGLang's radix cache). One cost model, no thresholds:
+//!
+//! ```text
+//! cost(b) = ( (prefill_weight + requests waiting at b) x uncached prompt tokens b would prefill
+//!           + uncached prefill tokens queued at b
+//!           + decode_weight x tokens in flight at b )
+//!           / (weight x ramp)
+//! ```
+//!
+//! - *uncached prompt tokens*: the prompt's tokens past the longest prefix of 16-token blocks
+//!   the pool's [`PrefixIndex`] says `b` was recently sent;
+//! - *queued*: prefill waiting at `b` ahead of this request. The gateway counts it in whole
+//!   prompts not yet past their first token, but a request sent for its cached prefix
+//!   prefills only its tail: a ledger of this policy's recent decisions turns the pending
+//!   prompt tokens into the uncached tokens it expected for them (`prefill_ledger`), so a warm
+//!   replica is not mistaken for a busy one. A fresh engine report showing a longer queue
+//!   (other gateways' requests) adds the difference;
+//! - *the weight on this request's own prefill*: it delays this request, and every request
+//!   that arrives behind it while it runs, about as many as wait there now. So when queues
+//!   are short the cost is this request's time to first token, and as they grow, saving
+//!   prefill (capacity for everyone) outweighs a shorter queue elsewhere;
+//! - *tokens in flight* (the gateway's own, or the engine's when it reports more): decoding
+//!   sequences slow every step a prefill runs in.
+//!
+//! The cheapest usable backend wins; equal costs rotate, so a request no backend has cached
+//! (a cold one) goes to the least loaded and cold requests spread instead of piling onto one
+//! replica; a hot prefix is copied to a second replica as soon as its home's queue costs more
+//! than prefilling it elsewhere. After the decision the prompt's blocks are recorded for the
+//! chosen backend in the index, whose per-backend size follows the engine's reported KV-cache
+//! size. Engine reports older than `max_report_age` stop counting.
+//!
+//! Parameters and defaults: `prefill_weight` 2 (this request's own prefill delays it and at
+//! least the next request to arrive there), `decode_weight` 0.1 (a token in flight slows a new
+//! request's first token about a tenth as much as a token to prefill: decoding shares every
+//! step, prefill takes the step's token budget), `max_report_age` 2 s. Defaults were chosen on
+//! the simulator's workloads (`crates/sim/tests/routing_quality.rs`). Source: the
+//! prefix-affinity idea of SGLang's cache-aware router and llm-d's precise prefix-cache
+//! scorer, rebuilt as a single cost in tokens instead of their match-ratio and imbalance
+//! thresholds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use super::prefill_ledger::{Pending, PrefillLedger};
+use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
+use super::{NoCandidate, Policy};
+use crate::fleet::BackendView;
+use crate::prefix::{
+    block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS,
+};
+use crate::{Decision, FleetView, Reason, RequestProfile};
+
+/// Default weight of this request's own uncached prefill against queued prefill.
+pub const DEFAULT_PREFILL_WEIGHT: f64 = 2.0;
+/// Default weight of a token in flight against a token to prefill.
+pub const DEFAULT_DECODE_WEIGHT: f64 = 0.1;
+
+/// Prefix-cache-aware routing on one cost in tokens.
+#[derive(Debug)]
+pub struct PrefixAware {
+    index: PrefixIndex,
+    /// Per backend: recent decisions' prompt and expected uncached tokens.
+    ledger: PrefillLedger,
+    prefill_weight: f64,
+    decode_weight: f64,
+    max_report_age: Duration,
+    tie_break: AtomicU64,
+}
+
+impl PrefixAware {
+    /// A policy with an empty prefix index.
+    pub fn new(prefill_weight: f64, decode_weight: f64, max_report_age: Duration) -> Self {
+        Self {
+            index: PrefixIndex::new(),
+            ledger: PrefillLedger::default(),
+            prefill_weight,
+            decode_weight,
+            max_report_age,
+            tie_break: AtomicU64::new(0),
+        }
+    }
+
+    /// The pool's prefix index (for inspection and tests).
+    pub fn index(&self) -> &PrefixIndex {
+        &self.index
+    }
+}
+
+/// Blocks a backend's cache holds: its engine's report (however old: the size does not
+/// change), else the default; at most its even share of the pool's index cap.
+pub(crate) fn capacity_blocks(b: &BackendView, pool_size: usize) -> u32 {
+    let share = MAX_POOL_BLOCKS / u32::try_from(pool_size.max(1)).unwrap_or(u32::MAX);
+    b.engine
+        .and_then(|e| e.kv_capacity_tokens)
+        .map_or(DEFAULT_BACKEND_BLOCKS, |t| t / BLOCK_TOKENS as u32)
+        .min(share)
+}
+
+/// Prompt tokens of a request: the estimate, or at least what its full blocks hold.
+pub(crate) fn prompt_tokens(request: &RequestProfile, blocks: usize) -> u64 {
+    u64::from(request.estimated_input_tokens).max((blocks * BLOCK_TOKENS) as u64)
+}
+
+/// Tokens of the prompt cached at a backend holding `matched` leading blocks.
+pub(crate) fn cached_tokens(prompt: u64, matched: u32) -> u64 {
+    (u64::from(matched) * BLOCK_TOKENS as u64).min(prompt)
+}
+
+impl Policy for PrefixAware {
+    fn name(&self) -> &'static str {
+        "prefix_aware"
+    }
+
+    fn decide(
+        &self,
+        request: &RequestProfile,
+        fleet: &FleetView<'_>,
+    ) -> Result<Decision, NoCandidate> {
+        let n = fleet.backends.len();
+        if n == 0 {
+            return Err(NoCandidate);
+        }
+        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n as u64) as usize;
+        let blocks = block_hashes(&request.prompt);
+        let prompt = prompt_tokens(request, blocks.len());
+        let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
+        let mut pending: SmallVec<[Pending; 64]> = SmallVec::from_elem(Pending::default(), n);
+        self.ledger.uncached_pending(
+            fleet.backends.iter().map(|b| b.prefill_tokens),
+            prompt.max(1) as f64,
+            &mut pending,
+        );
+        let mut outcome = None;
+        self.index
+            .match_and_record(&blocks, &mut matched, |matched| {
+                let ranked = rank(fleet, start, |b, terms| {
+                    let engine = fresh_engine(b, self.max_report_age);
+                    let cached = cached_tokens(prompt, matched[b.id.index()]);
+                    let uncached = (prompt - cached) as f64;
+                    // Requests the engine queues beyond the gateway's own count (other
+                    // gateways'), whole; the gateway's own, as the ledger expects them.
+                    let extra = (queued_prefill(b, engine) - b.prefill_tokens as f64).max(0.0);
+                    let p = pending[b.id.index()];
+                    let queued = p.uncached_tokens + extra;
+                    // Requests that will queue behind this one's prefill, as many as wait now.
+                    let behind = p.requests + extra / prompt.max(1) as f64;
+                    let in_flight = total_tokens(b, engine);
+                    let cost = ((self.prefill_weight + behind) * uncached
+                        + queued
+                        + self.decode_weight * in_flight)
+                        / share(b);
+                    if let Some(t) = terms {
+                        let counts = (cached, uncached, queued, behind, in_flight);
+                        push_terms(t, b, counts, engine.is_some());
+                    }
+                    Some((cost, 0.0))
+                });
+                let primary = ranked.top.first().map(|&(_, id)| id);
+                outcome = Some(ranked);
+                let b = &fleet.backends[primary?.index()];
+                Some((b.id.0, capacity_blocks(b, n)))
+            });
+        let ranked: super::signals::Ranked = outcome.ok_or(NoCandidate)?;
+        if let Some(&(_, id)) = ranked.top.first() {
+            let cached = cached_tokens(prompt, matched[id.index()]);
+            self.ledger.record(id.index(), prompt, prompt - cached);
+        }
+        ranked
+            .decision(|id| {
+                let cached = cached_tokens(prompt, matched[id.index()]);
+                Reason::PrefixAffinity {
+                    cached_tokens: u32::try_from(cached).unwrap_or(u32::MAX),
+                    uncached_tokens: u32::try_from(prompt - cached).unwrap_or(u32::MAX),
+                }
+            })
+            .ok_or(NoCandidate)
+    }
+}
+
+fn push_terms(
+    t: &mut Terms,
+    b: &BackendView,
+    (cached, uncached, queued, behind, in_flight): (u64, f64, f64, f64, f64),
+    fresh: bool,
+) {
+    t.push(("cached_tokens", cached as f64));
+    t.push(("uncached_tokens", uncached));
+    t.push(("queued_uncached_prefill_tokens", queued));
+    t.push(("requests_waiting", behind));
+    t.push(("tokens_in_flight", in_flight));
+    t.push(("own_tokens_in_flight", own_tokens(b)));
+    if !fresh {
+        t.push(("engine_report_stale_or_absent", 1.0));
+    }
+    t.push(("share", share(b)));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+use super::*;
+use crate::routing::signals::DEFAULT_MAX_REPORT_AGE;
+use crate::routing::test_support::{idle, prompt_request};
+use crate::{BackendId, EngineLoad};
+
+fn policy() -> PrefixAware {
+    PrefixAware::new(
+        DEFAULT_PREFILL_WEIGHT,
+        DEFAULT_DECODE_WEIGHT,
+        DEFAULT_MAX_REPORT_AGE,
+    )
+}
+
+/// `tokens` tokens of text named by `seed`.
+fn text(seed: u32, tokens: usize) -> String {
+    (0..tokens * 4)
+        .map(|i| char::from(b'a' + ((i as u32 * 31 + seed * 7919) % 26) as u8))
+        .collect()
+}
+
+fn decide(p: &PrefixAware, pool: &[BackendView], prompt: &str) -> Decision {
+    p.decide(
+        &prompt_request(prompt),
+        &FleetView::new(pool, Duration::ZERO),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_shared_prefix_returns_to_the_backend_that_cached_it() {
+    let p = policy();
+    let mut pool = idle(4);
+    let system = text(1, 2000);
+    let first = decide(&p, &pool, &format!("{system}{}", text(2, 50))).primary;
+    // Load elsewhere equal; the home is a little busier but far cheaper than a 2000-token prefill.
+    pool[first.index()].prefill_tokens = 300;
+    pool[first.index()].in_flight = 1;
+    pool[first.index()].in_flight_tokens = 2400;
+    for q in 3..10 {
+        let d = decide(&p, &pool, &format!("{system}{}", text(q, 50)));
+        assert_eq!(d.primary, first);
+        match d.reason {
+            Reason::PrefixAffinity { cached_tokens, .. } => assert!(cached_tokens >= 1984),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn cold_requests_spread_over_idle_backends() {
+    let p = policy();
+    let pool = idle(4);
+    let mut seen: Vec<u32> = (0..4)
+        .map(|i| decide(&p, &pool, &text(100 + i, 500)).primary.0)
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2, 3]);
+}
+
+#[test]
+fn cold_requests_avoid_the_loaded_backend() {
+    let p = policy();
+    let mut pool = idle(3);
+    pool[0].prefill_tokens = 5000;
+    pool[0].in_flight = 2;
+    pool[0].in_flight_tokens = 6000;
+    pool[1].prefill_tokens = 100;
+    pool[1].in_flight = 1;
+    pool[1].in_flight_tokens = 400;
+    let d = decide(&p, &pool, &text(7, 300));
+    assert_eq!(d.primary, BackendId(2));
+    assert_eq!(d.fallbacks.as_slice(), &[BackendId(1), BackendId(0)]);
+}
+
+#[test]
+fn a_hot_prefix_spills_when_its_home_queue_costs_more_than_a_prefill() {
+    let p = policy();
+    let mut pool = idle(2);
+    let system = text(1, 1000);
+    let home = decide(&p, &pool, &format!("{system}{}", text(2, 20))).primary;
+    let other = BackendId(1 - home.0);
+    pool[home.index()].prefill_tokens = 3000;
+    pool[home.index()].in_flight = 10;
+    pool[home.index()].in_flight_tokens = 12_000;
+    let d = decide(&p, &pool, &format!("{system}{}", text(3, 20)));
+    assert_eq!(d.primary, other, "queue 3000 + 1200 > prefill 1000 + 0");
+    assert_eq!(d.fallbacks.as_slice(), &[home]);
+}
+
+#[test]
+fn a_fresh_engine_queue_counts_a_stale_one_does_not() {
+    let p = policy();
+    let mut pool = idle(2);
+    pool[0].in_flight = 1;
+    pool[0].in_flight_tokens = 500;
+    pool[1].in_flight = 1;
+    pool[1].in_flight_tokens = 500;
+    pool[0].engine = Some(EngineLoad {
+        running: 1,
+        waiting: 20,
+        kv_usage: 0.5,
+        kv_capacity_tokens: Some(16_000),
+        age: Duration::from_millis(300),
+    });
+    assert_eq!(decide(&p, &pool, &text(5, 100)).primary, BackendId(1));
+    if let Some(e) = pool[0].engine.as_mut() {
+        e.age = Duration::from_secs(60);
+    }
+    pool[1].in_flight_tokens = 600;
+    assert_eq!(decide(&p, &pool, &text(6, 100)).primary, BackendId(0));
+}
+
+#[test]
+fn never_picks_an_unusable_backend_even_with_the_prefix_and_explains() {
+    let p = policy();
+    let mut pool = idle(3);
+    let system = text(1, 800);
+    let home = decide(&p, &pool, &format!("{system}{}", text(2, 10))).primary;
+    pool[home.index()].usable = false;
+    let d = p
+        .decide(
+            &prompt_request(&format!("{system}{}", text(3, 10))),
+            &FleetView::new(&pool, Duration::ZERO).explaining(true),
+        )
+        .unwrap();
+    assert_ne!(d.primary, home);
+    assert!(!d.fallbacks.contains(&home));
+    let e = d.explanation.unwrap();
+    let c = &e.candidates[home.index()];
+    assert!(c.score.is_infinite());
+    let chosen = &e.candidates[d.primary.index()];
+    assert!(chosen.terms.iter().any(|(k, _)| *k == "uncached_tokens"));
+    pool.iter_mut().for_each(|b| b.usable = false);
+    assert_eq!(
+        p.decide(
+            &prompt_request(&system),
+            &FleetView::new(&pool, Duration::ZERO)
+        ),
+        Err(NoCandidate)
+    );
+}
+
+#[test]
+fn the_index_is_sized_from_the_engine_cache() {
+    let p = policy();
+    let mut pool = idle(1);
+    pool[0].engine = Some(EngineLoad {
+        running: 0,
+        waiting: 0,
+        kv_usage: 0.0,
+        kv_capacity_tokens: Some(16 * 100),
+        age: Duration::ZERO,
+    });
+    for i in 0..20 {
+        decide(&p, &pool, &text(200 + i, 160)); // 10 blocks each
+    }
+    assert_eq!(p.index().len(), 100);
+}
+
+#[test]
+fn a_large_pool_shares_the_index_cap() {
+    let mut b = idle(1)[0];
+    b.engine = Some(EngineLoad {
+        running: 0,
+        waiting: 0,
+        kv_usage: 0.0,
+        kv_capacity_tokens: Some(16 * 100_000),
+        age: Duration::ZERO,
+    });
+    assert_eq!(capacity_blocks(&b, 4), 100_000);
+    assert_eq!(capacity_blocks(&b, 64), crate::prefix::MAX_POOL_BLOCKS / 64);
+    b.engine = None;
+    assert_eq!(capacity_blocks(&b, 4), DEFAULT_BACKEND_BLOCKS);
+}
