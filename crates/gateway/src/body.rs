@@ -141,6 +141,7 @@ impl Body for GatewayBody {
                             r.seen_first = true;
                             let ttfb = r.started.elapsed();
                             r.first_at = Some(Instant::now());
+                            r.guard.first_byte();
                             let state = r.guard.state();
                             state.metrics().ttfb.observe(ttfb.as_secs_f64());
                             state.signals.observe_ttft(ttfb, crate::clock::now());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember, RetryBudget};
 
 use crate::config::{BackendConfig, PoolConfig, Retry};
-use crate::signals::LiveSignals;
+use crate::signals::{LiveSignals, TokenLoad};
 use crate::telemetry::{BackendMetrics, Metrics};
 
 /// Live numbers of one backend.
@@ -166,13 +166,15 @@ impl Backend {
     /// Counts a request, and the `tokens` it will occupy (see
     /// [`crate::signals::expected_tokens`]), as in flight until the guard is released or
     /// dropped.
-    pub fn begin(&self, tokens: u64) -> InFlightGuard {
+    pub fn begin(&self, tokens: TokenLoad) -> InFlightGuard {
         self.state.metrics.in_flight.inc();
-        self.state.signals.add_tokens(tokens);
+        self.state.signals.add_tokens(tokens.total);
+        self.state.signals.add_prefill(tokens.prompt);
         InFlightGuard {
             state: self.state.clone(),
             held: true,
             tokens,
+            prefilling: true,
         }
     }
 
@@ -195,7 +197,9 @@ impl Backend {
 pub struct InFlightGuard {
     state: Arc<BackendState>,
     held: bool,
-    tokens: u64,
+    tokens: TokenLoad,
+    /// Its prompt still counts as prefill waiting at the backend.
+    prefilling: bool,
 }
 
 impl InFlightGuard {
@@ -204,12 +208,20 @@ impl InFlightGuard {
         &self.state
     }
 
+    /// The response's first byte arrived: the prompt is past prefill.
+    pub fn first_byte(&mut self) {
+        if std::mem::replace(&mut self.prefilling, false) {
+            self.state.signals.remove_prefill(self.tokens.prompt);
+        }
+    }
+
     /// Gives the slot back; true the first time only.
     pub fn release(&mut self) -> bool {
         let was = std::mem::replace(&mut self.held, false);
         if was {
             self.state.metrics.in_flight.dec();
-            self.state.signals.remove_tokens(self.tokens);
+            self.state.signals.remove_tokens(self.tokens.total);
+            self.first_byte();
         }
         was
     }
@@ -307,6 +319,7 @@ impl Pool {
                 usable: b.usable(now),
                 engine: s.engine(now, max_report_age),
                 in_flight_tokens: s.in_flight_tokens(),
+                prefill_tokens: s.prefill_tokens(),
                 latency: s.latency(),
                 gpu: s.gpu(now, max_report_age),
                 ..BackendView::idle(b.id, b.config.weight)

@@ -21,14 +21,28 @@ use crate::scrape::{EngineSample, GpuSample};
 /// load estimates use it; nothing is sent upstream.
 pub const DEFAULT_EXPECTED_OUTPUT_TOKENS: u32 = 256;
 
-/// Tokens a request will occupy on a backend: its prompt plus its expected output.
-pub fn expected_tokens(profile: &RequestProfile) -> u64 {
-    u64::from(profile.estimated_input_tokens)
-        + u64::from(
-            profile
-                .max_output_tokens
-                .unwrap_or(DEFAULT_EXPECTED_OUTPUT_TOKENS),
-        )
+/// What a request will occupy on a backend, in tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenLoad {
+    /// Its prompt (estimated): prefill work until its first token.
+    pub prompt: u64,
+    /// Its prompt plus its expected output: KV it holds until it ends.
+    pub total: u64,
+}
+
+/// The tokens a request will occupy: its prompt plus `max_tokens` (or
+/// [`DEFAULT_EXPECTED_OUTPUT_TOKENS`]).
+pub fn expected_tokens(profile: &RequestProfile) -> TokenLoad {
+    let prompt = u64::from(profile.estimated_input_tokens);
+    TokenLoad {
+        prompt,
+        total: prompt
+            + u64::from(
+                profile
+                    .max_output_tokens
+                    .unwrap_or(DEFAULT_EXPECTED_OUTPUT_TOKENS),
+            ),
+    }
 }
 
 /// `u32::MAX` marks "not reported" in the f32-bit atomics.
@@ -39,6 +53,9 @@ const NONE_BITS: u32 = u32::MAX;
 pub struct LiveSignals {
     /// Prompt plus expected output tokens of requests in flight.
     in_flight_tokens: AtomicU64,
+    /// Prompt tokens of requests in flight that have not produced a first byte yet: the
+    /// prefill queued ahead of a new request.
+    prefill_tokens: AtomicU64,
     engine_running: AtomicU32,
     engine_waiting: AtomicU32,
     engine_kv_bits: AtomicU32,
@@ -92,6 +109,25 @@ impl LiveSignals {
     /// Tokens in flight now.
     pub fn in_flight_tokens(&self) -> u64 {
         self.in_flight_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Counts a dispatched request's prompt as waiting for prefill.
+    pub fn add_prefill(&self, tokens: u64) {
+        self.prefill_tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    /// A request's prompt is past prefill (first byte seen) or the request ended.
+    pub fn remove_prefill(&self, tokens: u64) {
+        let _ = self
+            .prefill_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(tokens))
+            });
+    }
+
+    /// Prompt tokens waiting for their first byte now.
+    pub fn prefill_tokens(&self) -> u64 {
+        self.prefill_tokens.load(Ordering::Relaxed)
     }
 
     /// Records an engine report taken at `now`.

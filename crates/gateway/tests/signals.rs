@@ -118,14 +118,18 @@ async fn tokens_in_flight_count_prompt_plus_max_tokens_until_the_response_ends()
         Default::default(),
     )
     .unwrap();
+    let v = view_of(&gw)[0];
+    let prompt = u64::from(profile.estimated_input_tokens);
+    assert_eq!(v.in_flight_tokens, prompt + 100);
     assert_eq!(
-        view_of(&gw)[0].in_flight_tokens,
-        u64::from(profile.estimated_input_tokens) + 100
+        v.prefill_tokens, prompt,
+        "no first byte yet: the prompt waits for prefill"
     );
     release.notify_one();
     let answer = pending.await.unwrap();
     assert_eq!(answer.status, 200);
     eventually(|| view_of(&gw)[0].in_flight_tokens == 0).await;
+    assert_eq!(view_of(&gw)[0].prefill_tokens, 0);
     let latency = view_of(&gw)[0].latency;
     assert!(
         latency.ttft_s.is_some() && latency.latency_s.is_some(),
@@ -163,4 +167,29 @@ async fn debug_headers_show_the_policy_and_its_reason() {
         a.headers.get("x-switchyard-route").is_none(),
         "off by default"
     );
+}
+
+#[tokio::test]
+async fn prefill_tokens_clear_at_the_first_byte_while_the_stream_goes_on() {
+    let gate = Arc::new(Notify::new());
+    let mock = Mock::start(Reply::Sse {
+        chunks: vec!["data: {\"choices\":[]}\n\n", "data: [DONE]\n\n"],
+        gate: Some(gate.clone()),
+    })
+    .await;
+    let (gw, base) = boot(&config(&[mock.url()], "", "scrape: {enabled: false}")).await;
+    let body = r#"{"model":"m","stream":true,"max_tokens":10,"messages":[{"role":"user","content":"0123456789abcdef"}]}"#;
+    let url = format!("{base}/v1/chat/completions");
+    let pending = tokio::spawn(async move { post(&client(), &url, body, &[]).await });
+    // The first chunk has passed the relay; the rest waits on the gate.
+    eventually(|| {
+        let v = view_of(&gw)[0];
+        v.in_flight == 1 && v.latency.ttft_s.is_some()
+    })
+    .await;
+    let v = view_of(&gw)[0];
+    assert_eq!(v.prefill_tokens, 0, "past its first byte");
+    assert!(v.in_flight_tokens > 10, "still holding its KV: {v:?}");
+    gate.notify_one();
+    assert_eq!(pending.await.unwrap().status, 200);
 }

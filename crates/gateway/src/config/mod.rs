@@ -17,6 +17,7 @@
 mod admin;
 mod error;
 pub mod file;
+pub mod policy;
 pub mod routing;
 mod values;
 

@@ -7,7 +7,6 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
 use std::time::Duration;
-use switchyard_core::routing::{DEFAULT_HASH_LOAD_FACTOR, DEFAULT_HASH_VIRTUAL_NODES};
 use switchyard_core::PolicySpec;
 
 /// A duration written as a number of seconds (`2.5`) or with a unit (`300ms`, `5s`, `2m`, `1h`).
@@ -50,7 +49,7 @@ impl Seconds {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -237,19 +236,12 @@ impl<'de> Deserialize<'de> for PolicyValue {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PolicyValue, A::Error> {
                 let mut name: Option<String> = None;
-                let mut load_factor: Option<f64> = None;
-                let mut virtual_nodes: Option<u32> = None;
+                let mut params: Vec<(String, super::policy::ParamValue)> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "name" => name = Some(map.next_value()?),
-                        "load_factor" => load_factor = Some(map.next_value()?),
-                        "virtual_nodes" => virtual_nodes = Some(map.next_value()?),
-                        other => {
-                            return Err(de::Error::unknown_field(
-                                other,
-                                &["name", "load_factor", "virtual_nodes"],
-                            ))
-                        }
+                    if key == "name" {
+                        name = Some(map.next_value()?);
+                    } else {
+                        params.push((key, map.next_value()?));
                     }
                 }
                 let name = name.ok_or_else(|| {
@@ -259,17 +251,8 @@ impl<'de> Deserialize<'de> for PolicyValue {
                     ))
                 })?;
                 let mut spec = spec_for(&name).map_err(de::Error::custom)?;
-                match &mut spec {
-                    PolicySpec::ConsistentHash { load_factor: lf, virtual_nodes: vn } => {
-                        *lf = load_factor.unwrap_or(DEFAULT_HASH_LOAD_FACTOR);
-                        *vn = virtual_nodes.unwrap_or(DEFAULT_HASH_VIRTUAL_NODES);
-                    }
-                    _ if load_factor.is_some() || virtual_nodes.is_some() => {
-                        return Err(de::Error::custom(format!(
-                            "policy '{name}' takes no parameters; load_factor and virtual_nodes belong to consistent_hash"
-                        )))
-                    }
-                    _ => {}
+                for (key, value) in &params {
+                    super::policy::apply(&mut spec, key, value).map_err(de::Error::custom)?;
                 }
                 spec.validate().map_err(de::Error::custom)?;
                 Ok(PolicyValue(spec))
