@@ -172,3 +172,23 @@ fn a_large_pool_shares_the_index_cap() {
     b.engine = None;
     assert_eq!(capacity_blocks(&b, 4), DEFAULT_BACKEND_BLOCKS);
 }
+
+#[test]
+fn large_pools_empty_prompts_and_empty_pools_do_not_break_it() {
+    let p = policy();
+    let pool = idle(100); // past the inline capacity of the per-decision buffers
+    let system = text(9, 300);
+    let first = decide(&p, &pool, &format!("{system}a")).primary;
+    assert_eq!(decide(&p, &pool, &format!("{system}b")).primary, first);
+    let d = p
+        .decide(
+            &prompt_request(""),
+            &FleetView::new(&pool, Duration::ZERO).explaining(true),
+        )
+        .unwrap();
+    assert_eq!(d.explanation.unwrap().candidates.len(), 100);
+    assert_eq!(
+        p.decide(&prompt_request("x"), &FleetView::new(&[], Duration::ZERO)),
+        Err(NoCandidate)
+    );
+}
