@@ -3,7 +3,7 @@
 //!
 //! Starts three simulated vLLM replicas on free loopback ports (2 x H100 and 1 x L4 serving
 //! Llama-3-8B, five times faster than real time), a gateway built from an embedded config
-//! (model `llama-3-8b`, `least_connections`) on 127.0.0.1:8080 (`--port`), and a gentle
+//! (model `llama-3-8b`, `prefix_aware`) on 127.0.0.1:8080 (`--port`), and a gentle
 //! built-in workload (a few requests per second sharing system prompts, `--no-traffic` to turn
 //! it off). It prints where to point an OpenAI client, then redraws a per-backend table every
 //! second: requests, in flight (the gateway's count), requests running and waiting in the
@@ -34,9 +34,11 @@ const TIME_SCALE: f64 = 5.0;
 const CONFIG_TEMPLATE: &str = "\
 listen: 127.0.0.1:{port}
 drain_timeout: 2s
+debug_headers: true
+scrape: {interval: 200ms}
 models:
   llama-3-8b:
-    policy: least_connections
+    policy: prefix_aware
     backends:
 {backends}";
 /// Most built-in requests in flight at once.
@@ -59,6 +61,8 @@ pub struct DemoArgs {
 /// One replica of the demo fleet.
 struct Member {
     name: &'static str,
+    /// Relative capacity, the gateway's `weight`.
+    weight: u32,
     replica: Replica,
 }
 
@@ -71,27 +75,34 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    // Weights are relative capacity (an H100 decodes about five times as fast as an L4), so
+    // capacity-aware policies give the L4 its fair, smaller share.
     let fleet = [
-        ("h100-a", profile::h100_llama3_8b()),
-        ("h100-b", profile::h100_llama3_8b()),
-        ("l4-a", profile::l4_llama3_8b()),
+        ("h100-a", profile::h100_llama3_8b(), 5),
+        ("h100-b", profile::h100_llama3_8b(), 5),
+        ("l4-a", profile::l4_llama3_8b(), 1),
     ];
     let mut members = Vec::new();
-    for (i, (name, p)) in fleet.iter().enumerate() {
+    for (i, (name, p, weight)) in fleet.iter().enumerate() {
         let mut cfg = ReplicaConfig::from_profile(p);
         cfg.model = MODEL.into();
         cfg.time_scale = TIME_SCALE;
         cfg.seed = i as u64;
         let replica = Replica::start(cfg, "127.0.0.1:0".parse()?).await?;
-        members.push(Member { name, replica });
+        members.push(Member {
+            name,
+            weight: *weight,
+            replica,
+        });
     }
     let mut backends = String::new();
     for m in &members {
         let _ = writeln!(
             backends,
-            "      - {{url: \"{}\", name: {}}}",
+            "      - {{url: \"{}\", name: {}, weight: {}}}",
             m.replica.url(),
-            m.name
+            m.name,
+            m.weight
         );
     }
     let yaml = CONFIG_TEMPLATE
@@ -160,7 +171,7 @@ fn print_banner(addr: SocketAddr, members: &[Member]) {
     let _ = write!(
         out,
         "\
-Switchyard demo: a gateway (least_connections) in front of 3 simulated vLLM replicas
+Switchyard demo: a gateway (prefix_aware) in front of 3 simulated vLLM replicas
 (2x H100 + 1x L4 serving Llama-3-8B, running {TIME_SCALE}x faster than real time):
   {}
 
