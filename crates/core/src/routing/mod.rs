@@ -11,12 +11,15 @@
 //! - [`LeastConnections`] — fewest in flight per unit of weight, ties rotated.
 //! - [`PowerOfTwo`] — the less loaded of two random candidates.
 //! - [`BoundedConsistentHash`] — session affinity on a hash ring with bounded load.
+//!
+//! [`SlowStart`] wraps any of them to ramp up a backend that has just come back.
 
 mod consistent_hash;
 mod least_connections;
 mod power_of_two;
 mod random;
 mod round_robin;
+mod slow_start;
 mod smooth_weighted;
 
 pub use consistent_hash::BoundedConsistentHash;
@@ -24,6 +27,7 @@ pub use least_connections::LeastConnections;
 pub use power_of_two::PowerOfTwo;
 pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use slow_start::SlowStart;
 pub use smooth_weighted::SmoothWeighted;
 
 use std::fmt;
