@@ -4,15 +4,23 @@
 //! Counters are atomics inside an `Arc<BackendState>`; a request holds an [`InFlightGuard`]
 //! from dispatch until its response body ends or is dropped, so a client that disconnects frees
 //! the slot at once. A decision reads a fresh [`FleetView`] built from these counters.
+//! Health, breaker, ejection and slow start live in each state's [`BackendHealth`]; the guard
+//! carries an attempt's outcome back to it.
 
 use http::HeaderValue;
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember, RetryBudget};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchyard_core::routing::SlowStart;
+use switchyard_core::rng::SplitMix;
+use switchyard_core::{
+    BackendId, BackendView, FleetView, OutlierDetector, Policy, PoolMember, RetryBudget,
+};
 
+use crate::backend_health::{BackendHealth, SharedOutlier};
 use crate::config::{BackendConfig, PoolConfig, Retry};
+use crate::forward::{self, UpstreamClient};
 use crate::telemetry::{BackendMetrics, Metrics};
 
 /// Live numbers of one backend.
@@ -25,6 +33,8 @@ pub struct BackendState {
     /// set when it answers 429: it said it is over its limit, so asking again sooner only
     /// adds load and latency.
     cool_until_ms: AtomicU64,
+    /// Health checks, breaker, ejection and slow start.
+    pub health: BackendHealth,
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -34,11 +44,17 @@ pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 
 impl BackendState {
     /// Fresh state reporting through `metrics`.
-    pub fn new(metrics: BackendMetrics) -> Self {
+    pub fn new(metrics: BackendMetrics, health: BackendHealth) -> Self {
         Self {
             metrics,
             cool_until_ms: AtomicU64::new(0),
+            health,
         }
+    }
+
+    /// Gateway time at which a 429 cooldown ends (zero when none ran).
+    pub fn cool_until(&self) -> Duration {
+        Duration::from_millis(self.cool_until_ms.load(Ordering::Relaxed))
     }
 
     /// Requests in flight now.
@@ -77,10 +93,28 @@ pub struct Backend {
     pub authorization: Option<HeaderValue>,
     /// Live counters and metric handles.
     pub state: Arc<BackendState>,
+    /// Its own upstream client when its connect timeout differs from the gateway's (the
+    /// connect timeout belongs to a client's connector); `None` uses the shared one.
+    pub client: Option<UpstreamClient>,
 }
 
 impl Backend {
-    fn new(id: BackendId, pool: &str, cfg: &BackendConfig, metrics: &Metrics) -> Self {
+    fn new(
+        id: BackendId,
+        pool: &PoolConfig,
+        cfg: &BackendConfig,
+        ctx: &PoolContext<'_>,
+        outlier: Option<SharedOutlier>,
+    ) -> Self {
+        let metrics = ctx.metrics.backend(&pool.name, &cfg.name);
+        let health = BackendHealth::new(
+            id,
+            ctx.epoch,
+            pool.breaker,
+            outlier,
+            pool.slow_start,
+            metrics.clone(),
+        );
         let authorization = cfg.api_key.as_ref().and_then(|k| {
             let mut v = HeaderValue::try_from(format!("Bearer {k}")).ok()?;
             v.set_sensitive(true);
@@ -92,7 +126,9 @@ impl Backend {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             config: cfg.clone(),
             authorization,
-            state: Arc::new(BackendState::new(metrics.backend(pool, &cfg.name))),
+            state: Arc::new(BackendState::new(metrics, health)),
+            client: (cfg.timeouts.connect != ctx.default_connect)
+                .then(|| forward::client(&cfg.timeouts)),
         }
     }
 
@@ -102,9 +138,26 @@ impl Backend {
     }
 
     /// Whether a new request may go here at gateway time `now`: not cooling down after a 429,
-    /// and under its concurrency cap.
+    /// passing health checks, not ejected, its breaker letting requests through, and under
+    /// its concurrency cap.
     pub fn usable(&self, now: Duration) -> bool {
-        !self.state.cooling(now) && self.usable_by_capacity()
+        !self.state.cooling(now) && self.state.health.admits(now) && self.usable_by_capacity()
+    }
+
+    /// When this backend, unusable now for timed reasons (429 cooldown, ejection, open
+    /// breaker), will be back; `None` when it is out for an open-ended reason (health checks
+    /// down) or full.
+    pub fn returns_at(&self, now: Duration) -> Option<Duration> {
+        if !self.usable_by_capacity() {
+            return None;
+        }
+        let back = self.state.health.returns_at(now)?;
+        Some(back.max(self.state.cool_until()))
+    }
+
+    /// The upstream client for this backend.
+    pub fn client<'a>(&'a self, shared: &'a UpstreamClient) -> &'a UpstreamClient {
+        self.client.as_ref().unwrap_or(shared)
     }
 
     fn usable_by_capacity(&self) -> bool {
@@ -113,12 +166,16 @@ impl Backend {
             .is_none_or(|cap| self.state.in_flight() < cap)
     }
 
-    /// Counts a request as in flight until the guard is released or dropped.
+    /// Counts a request as in flight until the guard is released or dropped; the guard also
+    /// carries the attempt's outcome to the backend's breaker and outlier detector.
     pub fn begin(&self) -> InFlightGuard {
         self.state.metrics.in_flight.inc();
+        let health = &self.state.health;
         InFlightGuard {
             state: self.state.clone(),
             held: true,
+            probe: health.on_dispatch(health.now()),
+            settled: false,
         }
     }
 
@@ -141,12 +198,25 @@ impl Backend {
 pub struct InFlightGuard {
     state: Arc<BackendState>,
     held: bool,
+    /// The request is a half-open breaker's probe.
+    probe: bool,
+    /// Its outcome was reported.
+    settled: bool,
 }
 
 impl InFlightGuard {
     /// The backend this slot belongs to.
     pub fn state(&self) -> &BackendState {
         &self.state
+    }
+
+    /// Reports the attempt's outcome (the first report of a probe decides it; later ones,
+    /// such as a stream that breaks after a good start, count as ordinary outcomes).
+    pub fn outcome(&mut self, success: bool) {
+        let probe = self.probe && !self.settled;
+        self.settled = true;
+        let h = &self.state.health;
+        h.record(h.now(), success, probe);
     }
 
     /// Gives the slot back; true the first time only.
@@ -162,6 +232,10 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.release();
+        if self.probe && !self.settled {
+            let h = &self.state.health;
+            h.on_cancel(h.now(), true);
+        }
     }
 }
 
@@ -176,6 +250,25 @@ pub struct Pool {
     pub policy: Box<dyn Policy>,
     /// Bounds the retries all of this pool's requests may make together.
     pub retry_budget: RetryBudget,
+    /// Models to try, in order, when this pool's backends all failed.
+    pub fallbacks: Vec<String>,
+    /// Random bits for the jitter of the backoff between attempts.
+    pub rng: SplitMix,
+}
+
+/// What building a pool needs from the gateway around it.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolContext<'a> {
+    /// Failover settings.
+    pub retry: &'a Retry,
+    /// Metric families.
+    pub metrics: &'a Metrics,
+    /// Seed for the pool's random draws.
+    pub seed: u64,
+    /// The gateway's epoch: time zero of every `now` in the fleet.
+    pub epoch: Instant,
+    /// The shared client's connect timeout; backends with another get their own client.
+    pub default_connect: Duration,
 }
 
 /// Views of a small pool fit inline; larger pools spill to the heap.
@@ -183,12 +276,15 @@ pub type ViewBuf = SmallVec<[BackendView; 16]>;
 
 impl Pool {
     /// Builds a pool with fresh live state.
-    pub fn new(cfg: &PoolConfig, retry: &Retry, metrics: &Metrics, seed: u64) -> Self {
+    pub fn new(cfg: &PoolConfig, ctx: &PoolContext<'_>) -> Self {
+        let outlier: Option<SharedOutlier> = cfg
+            .outlier
+            .map(|o| Arc::new(Mutex::new(OutlierDetector::new(o, cfg.backends.len()))));
         let backends: Vec<Backend> = cfg
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Backend::new(BackendId(i as u32), &cfg.name, b, metrics))
+            .map(|(i, b)| Backend::new(BackendId(i as u32), cfg, b, ctx, outlier.clone()))
             .collect();
         let members: Vec<PoolMember> = backends
             .iter()
@@ -198,11 +294,17 @@ impl Pool {
                 ..Default::default()
             })
             .collect();
+        let mut policy = cfg.policy.build(&members, ctx.seed);
+        if !cfg.slow_start.is_zero() {
+            policy = Box::new(SlowStart::new(policy, ctx.seed));
+        }
         Self {
             name: cfg.name.clone(),
-            policy: cfg.policy.build(&members, seed),
-            retry_budget: RetryBudget::new(retry.budget_ratio, retry.min_per_second),
+            policy,
+            retry_budget: RetryBudget::new(ctx.retry.budget_ratio, ctx.retry.min_per_second),
             backends,
+            fallbacks: cfg.fallbacks.clone(),
+            rng: SplitMix::new(ctx.seed ^ 0x6261_636b_6f66_66),
         }
     }
 
@@ -212,9 +314,16 @@ impl Pool {
         buf.extend(self.backends.iter().map(|b| BackendView {
             in_flight: b.state.in_flight(),
             usable: b.usable(now),
+            ramp: b.state.health.ramp(now),
             ..BackendView::idle(b.id, b.config.weight)
         }));
         FleetView::new(buf, now)
+    }
+
+    /// When the first of this pool's unusable backends will be back, if any will within a
+    /// known time (see [`Backend::returns_at`]).
+    pub fn next_return(&self, now: Duration) -> Option<Duration> {
+        self.backends.iter().filter_map(|b| b.returns_at(now)).min()
     }
 
     /// The member with this id.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::fleet::Pool;
+use crate::fleet::{Pool, PoolContext};
 use crate::forward::{self, UpstreamClient};
 use crate::telemetry::Metrics;
 
@@ -42,15 +42,20 @@ impl Gateway {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let seed = unix.as_nanos() as u64 ^ u64::from(std::process::id());
+        let started = Instant::now();
         let pools: HashMap<String, Pool> = config
             .models
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                (
-                    p.name.clone(),
-                    Pool::new(p, &config.retry, &metrics, seed.wrapping_add(i as u64)),
-                )
+                let ctx = PoolContext {
+                    retry: &config.retry,
+                    metrics: &metrics,
+                    seed: seed.wrapping_add(i as u64),
+                    epoch: started,
+                    default_connect: config.timeouts.connect,
+                };
+                (p.name.clone(), Pool::new(p, &ctx))
             })
             .collect();
         let mut model_names: Vec<String> = pools.keys().cloned().collect();
@@ -61,7 +66,7 @@ impl Gateway {
             pools,
             model_names,
             metrics,
-            started: Instant::now(),
+            started,
             started_unix: unix.as_secs(),
             id_seq: AtomicU64::new(0),
             id_salt: seed,

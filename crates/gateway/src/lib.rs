@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backend_health;
 pub mod body;
 pub mod config;
 pub mod error;

@@ -7,9 +7,11 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::resilience::{self, BreakerFile, HealthCheckFile, OutlierFile};
+pub use super::resilience::TimeoutsFile;
 use super::values::{BackendUrl, ByteSize, EnvString, PolicyValue, Seconds};
-use super::{BackendConfig, Config, PoolConfig, Timeouts};
-use switchyard_core::{retry_budget, PolicySpec};
+use super::{BackendConfig, Config, PoolConfig};
+use switchyard_core::{backoff, retry_budget, PolicySpec};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -47,6 +49,15 @@ pub struct RetryFile {
     /// Retries per second always allowed.
     #[serde(default, deserialize_with = "non_negative")]
     pub min_per_second: Option<f64>,
+    /// How long to wait for a cooling-down pool.
+    #[serde(default)]
+    pub cooldown_wait: Option<Seconds>,
+    /// Base of the backoff between attempts.
+    #[serde(default)]
+    pub backoff_base: Option<Seconds>,
+    /// Longest wait between attempts.
+    #[serde(default)]
+    pub backoff_max: Option<Seconds>,
 }
 
 fn share<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -79,16 +90,6 @@ fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     Ok(Some(n))
 }
 
-/// `timeouts:`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimeoutsFile {
-    /// Connection establishment.
-    pub connect: Option<Seconds>,
-    /// Request sent to response headers.
-    pub first_byte: Option<Seconds>,
-}
-
 /// One model's pool.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +99,24 @@ pub struct PoolFile {
     pub policy: Option<PolicyValue>,
     /// The backends.
     pub backends: Backends,
+    /// Timeouts for this pool's backends, over the top-level ones.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsFile>,
+    /// Active health checks for this pool's backends; absent: not checked.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
+    /// Circuit breaker per backend.
+    #[serde(default)]
+    pub breaker: Option<BreakerFile>,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierFile>,
+    /// Slow-start window; `0` turns it off.
+    #[serde(default)]
+    pub slow_start: Option<Seconds>,
+    /// Models to try when this one's backends all failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 /// One backend.
@@ -121,6 +140,12 @@ pub struct BackendFile {
     /// API key, usually `${ENV_VAR}`.
     #[serde(default)]
     pub api_key: Option<EnvString>,
+    /// Timeouts for this backend, over the pool's.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsFile>,
+    /// Health check settings over the pool's (`enabled: false` exempts this backend).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
 }
 
 impl BackendFile {
@@ -209,14 +234,7 @@ impl ConfigFile {
             max_body_bytes: self
                 .max_body_bytes
                 .map_or(super::DEFAULT_MAX_BODY_BYTES, |b| b.0),
-            timeouts: Timeouts {
-                connect: timeouts
-                    .connect
-                    .map_or(super::DEFAULT_CONNECT_TIMEOUT, |s| s.0),
-                first_byte: timeouts
-                    .first_byte
-                    .map_or(super::DEFAULT_FIRST_BYTE_TIMEOUT, |s| s.0),
-            },
+            timeouts: timeouts.resolve(),
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),
@@ -228,6 +246,9 @@ impl ConfigFile {
                     min_per_second: r
                         .min_per_second
                         .unwrap_or(retry_budget::DEFAULT_MIN_PER_SECOND),
+                    cooldown_wait: r.cooldown_wait.map_or(super::DEFAULT_COOLDOWN_WAIT, |s| s.0),
+                    backoff_base: r.backoff_base.map_or(backoff::DEFAULT_BASE, |s| s.0),
+                    backoff_max: r.backoff_max.map_or(backoff::DEFAULT_MAX, |s| s.0),
                 }
             },
             models: self
@@ -236,11 +257,25 @@ impl ConfigFile {
                 .map(|(name, pool)| PoolConfig {
                     name,
                     policy: pool.policy.map_or(PolicySpec::RoundRobin, |p| p.0),
+                    fallbacks: pool.fallbacks,
+                    breaker: BreakerFile::resolve(pool.breaker),
+                    outlier: OutlierFile::resolve(pool.outlier_detection),
+                    slow_start: pool
+                        .slow_start
+                        .map_or(resilience::DEFAULT_SLOW_START, |s| s.0),
                     backends: pool
                         .backends
                         .0
                         .into_iter()
                         .map(|b| BackendConfig {
+                            timeouts: timeouts
+                                .overridden_by(pool.timeouts)
+                                .overridden_by(b.timeouts)
+                                .resolve(),
+                            health_check: resilience::health_check(
+                                pool.health_check.as_ref(),
+                                b.health_check.as_ref(),
+                            ),
                             name: b.name(),
                             scheme: b.url.scheme,
                             authority: b.url.authority,
