@@ -12,8 +12,8 @@ use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchyard_core::routing::SlowStart;
 use switchyard_core::rng::SplitMix;
+use switchyard_core::routing::SlowStart;
 use switchyard_core::{
     BackendId, BackendView, FleetView, OutlierDetector, Policy, PoolMember, RetryBudget,
 };
@@ -304,7 +304,7 @@ impl Pool {
             retry_budget: RetryBudget::new(ctx.retry.budget_ratio, ctx.retry.min_per_second),
             backends,
             fallbacks: cfg.fallbacks.clone(),
-            rng: SplitMix::new(ctx.seed ^ 0x6261_636b_6f66_66),
+            rng: SplitMix::new(ctx.seed ^ 0x0062_6163_6b6f_6666),
         }
     }
 

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod attempts;
 pub mod backend_health;
 pub mod body;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod fleet;
 pub mod forward;
 pub mod gateway;
+pub mod health;
 pub mod server;
 pub mod telemetry;
 

@@ -1,6 +1,7 @@
 //! The listener: accepts connections (HTTP/1.1 and cleartext HTTP/2), serves each with
 //! [`crate::api::handle`], and on shutdown stops accepting, lets in-flight requests finish
-//! within the drain timeout, then returns.
+//! within the drain timeout, then returns. Active health checks ([`crate::health`]) run for as
+//! long as it serves.
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::api;
 use crate::gateway::Gateway;
+use crate::health::HealthChecker;
 
 /// How the server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Drained> {
+    // Health checks run while the server serves and stop when it returns.
+    let _health = HealthChecker::start(&gw);
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::resilience::{self, BreakerFile, HealthCheckFile, OutlierFile};
 pub use super::resilience::TimeoutsFile;
+use super::resilience::{self, BreakerFile, HealthCheckFile, OutlierFile};
 use super::values::{BackendUrl, ByteSize, EnvString, PolicyValue, Seconds};
 use super::{BackendConfig, Config, PoolConfig};
 use switchyard_core::{backoff, retry_budget, PolicySpec};
@@ -246,7 +246,9 @@ impl ConfigFile {
                     min_per_second: r
                         .min_per_second
                         .unwrap_or(retry_budget::DEFAULT_MIN_PER_SECOND),
-                    cooldown_wait: r.cooldown_wait.map_or(super::DEFAULT_COOLDOWN_WAIT, |s| s.0),
+                    cooldown_wait: r
+                        .cooldown_wait
+                        .map_or(super::DEFAULT_COOLDOWN_WAIT, |s| s.0),
                     backoff_base: r.backoff_base.map_or(backoff::DEFAULT_BASE, |s| s.0),
                     backoff_max: r.backoff_max.map_or(backoff::DEFAULT_MAX, |s| s.0),
                 }

@@ -78,7 +78,9 @@ impl TimeoutsFile {
             first_byte: self
                 .first_byte
                 .map_or(super::DEFAULT_FIRST_BYTE_TIMEOUT, |s| s.0),
-            idle: self.idle.map_or(Some(DEFAULT_IDLE_TIMEOUT), |s| off_if_zero(s.0)),
+            idle: self
+                .idle
+                .map_or(Some(DEFAULT_IDLE_TIMEOUT), |s| off_if_zero(s.0)),
             total: self.total.and_then(|s| off_if_zero(s.0)),
         }
     }
@@ -217,7 +219,9 @@ impl OutlierFile {
             base_ejection: f
                 .base_ejection
                 .map_or(outlier::DEFAULT_BASE_EJECTION, |s| s.0),
-            max_ejection: f.max_ejection.map_or(outlier::DEFAULT_MAX_EJECTION, |s| s.0),
+            max_ejection: f
+                .max_ejection
+                .map_or(outlier::DEFAULT_MAX_EJECTION, |s| s.0),
             max_ejected_share: f.max_ejected_share,
         })
     }
@@ -289,6 +293,9 @@ mod tests {
         }
         .resolve();
         assert_eq!((t.idle, t.total), (None, None));
-        assert_eq!(TimeoutsFile::default().resolve().idle, Some(DEFAULT_IDLE_TIMEOUT));
+        assert_eq!(
+            TimeoutsFile::default().resolve().idle,
+            Some(DEFAULT_IDLE_TIMEOUT)
+        );
     }
 }
