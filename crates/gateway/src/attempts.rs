@@ -10,7 +10,8 @@
 //! is committed to, and handed to the [`Relay`] to send first.
 //!
 //! Retries after the first attempt take a token from the pool's retry budget and wait a
-//! jittered exponential backoff (raised to a `Retry-After`, bounded by `backoff_max`).
+//! jittered exponential backoff (bounded by `backoff_max`; raised to a `Retry-After`, within
+//! that bound, when the retry goes back to the backend that sent it).
 //! When no backend of a pool is usable but some will be back at a known time (429 cooldown,
 //! ejection, open breaker), the request waits up to `retry.cooldown_wait` for the first one
 //! instead of failing at once. Every outcome feeds the backend's breaker and outlier state
@@ -65,7 +66,8 @@ struct Progress<'a> {
         &'a str,
         InFlightGuard,
     )>,
-    retry_after: Option<Duration>,
+    /// The last retryable answer's `Retry-After`, and which backend sent it.
+    retry_after: Option<(&'a Backend, Duration)>,
     dispatched: Option<Instant>,
     /// The retry budget refused a retry: stop.
     out_of_budget: bool,
@@ -159,11 +161,18 @@ async fn serve_from<'a>(
                     p.out_of_budget = true;
                     return None;
                 }
+                // A Retry-After speaks for the backend that sent it (now cooling down): it
+                // lengthens the wait only before asking that same backend again.
+                let retry_after = p
+                    .retry_after
+                    .take()
+                    .filter(|(b, _)| std::ptr::eq(*b, backend))
+                    .map(|(_, d)| d);
                 let wait = backoff::delay(
                     p.attempts,
                     gw.config.retry.backoff_base,
                     gw.config.retry.backoff_max,
-                    p.retry_after.take(),
+                    retry_after,
                     target.rng.next_u64(),
                 );
                 if !wait.is_zero() {
@@ -196,7 +205,7 @@ async fn serve_from<'a>(
                 }
                 Err(Failed::Error(e)) => p.failure = Some(e),
                 Err(Failed::Answer(resp, guard, retry_after)) => {
-                    p.retry_after = retry_after;
+                    p.retry_after = retry_after.map(|d| (backend, d));
                     p.held = Some((resp, backend, &target.name, guard));
                 }
             }
