@@ -4,13 +4,14 @@
 //! The gateway fills [`BackendView::ramp`](crate::BackendView::ramp) with the share of a full
 //! traffic share a backend should take now (in (0, 1], growing linearly over the pool's
 //! `slow_start` window). The wrapped policy decides as usual; when its primary is ramping,
-//! the wrapper keeps it with probability `ramp` and otherwise demotes it behind the first
-//! fallback that is not ramping (the demoted backend stays in the fallbacks, so failover can
-//! still use it). A backend at ramp `r` so takes about `r` of the share the policy would give
+//! the wrapper keeps it with probability `ramp / r` and otherwise demotes it behind the
+//! fallback furthest along (`r` is that fallback's ramp, 1.0 for a backend not ramping; the
+//! demoted backend stays in the fallbacks, so failover can still use it). Backends that came
+//! back together ramp together and keep their shares among themselves. A backend at ramp `r` so takes about `r` of the share the policy would give
 //! it, for every policy, including those that keep state (round robin, smooth weighted) and
 //! those with affinity (consistent hashing moves only the demoted keys, and only while the
-//! ramp lasts). With no non-ramping fallback the decision stands: a ramping backend is better
-//! than no backend.
+//! ramp lasts). With no fallback further along, the decision stands: a ramping backend is
+//! better than no backend.
 //!
 //! The idea is Envoy's slow start mode (a time-ramped weight); demoting in the decision
 //! instead of scaling weights is what lets one wrapper serve every policy. Draws come from a
@@ -55,12 +56,25 @@ impl Policy for SlowStart {
         let mut d = self.inner.decide(request, fleet)?;
         let ramp_of = |id: crate::BackendId| fleet.backends.get(id.index()).map_or(1.0, |b| b.ramp);
         let ramp = ramp_of(d.primary);
-        if ramp >= 1.0 || self.draw() < ramp {
+        if ramp >= 1.0 {
             return Ok(d);
         }
-        let Some(pos) = d.fallbacks.iter().position(|&f| ramp_of(f) >= 1.0) else {
+        // The fallback furthest along its own ramp (the first such, in the policy's order).
+        let best = d
+            .fallbacks
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| (i, ramp_of(f)))
+            .fold(None, |acc: Option<(usize, f32)>, (i, r)| match acc {
+                Some((_, br)) if br >= r => acc,
+                _ => Some((i, r)),
+            });
+        let Some((pos, best_ramp)) = best.filter(|(_, r)| *r > ramp) else {
             return Ok(d);
         };
+        if self.draw() < ramp / best_ramp {
+            return Ok(d);
+        }
         let demoted = std::mem::replace(&mut d.primary, d.fallbacks.remove(pos));
         d.fallbacks.insert(0, demoted);
         Ok(d)
@@ -108,6 +122,17 @@ mod tests {
         let p = SlowStart::new(Box::new(LeastConnections::new()), 3);
         let c = shares(&p, &pool, 4000);
         assert!((1800..2200).contains(&c[0]), "{c:?}");
+    }
+
+    #[test]
+    fn backends_ramping_at_different_points_share_in_proportion() {
+        let mut pool = idle(2);
+        pool[0].ramp = 0.2;
+        pool[1].ramp = 0.8;
+        let p = SlowStart::new(Box::new(RoundRobin::new()), 9);
+        let c = shares(&p, &pool, 8000);
+        // Backend 0 keeps a quarter of its turns: 1000 of 8000.
+        assert!((850..1150).contains(&c[0]), "{c:?}");
     }
 
     #[test]
