@@ -64,3 +64,39 @@ async fn twenty_percent_5xx_loses_no_request_and_retries_stay_in_budget() {
     // A 500 that was retried is not the client's answer.
     assert_eq!(errors, 0.0);
 }
+
+#[tokio::test]
+async fn a_replica_failing_every_request_is_ejected_but_never_the_last_one() {
+    let bad = replica(200.0, 14).await;
+    let also_bad = replica(200.0, 15).await;
+    faults(&bad, r#"{"error_rate": 1.0}"#).await;
+    // Breaker off: passive outlier detection alone.
+    let pool = "policy: round_robin\n    breaker: {enabled: false}\n    outlier_detection: {consecutive_failures: 3, base_ejection: 10s}";
+    let gw = Gw::start(&config(&[bad.url(), also_bad.url()], pool, "")).await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    for _ in 0..8 {
+        let a = post(&c, &url, &chat(2, false), &[]).await;
+        assert_eq!((a.status.as_u16(), a.backend().as_str()), (200, "b1"));
+    }
+    let m = metrics(&gw).await;
+    assert_eq!(
+        sample(&m, r#"switchyard_backend_ejected{backend="b0",model="m"}"#),
+        1.0
+    );
+    // Ejected: b1 serves alone, with no failed first attempt.
+    let a = post(&c, &url, &chat(2, false), &[]).await;
+    assert_eq!((a.backend().as_str(), attempts(&a)), ("b1", 1));
+    // Now b1 fails too; it is the last one in, so it stays in and its 500 reaches the client
+    // (the alternative, ejecting the whole pool, would answer nothing at all).
+    faults(&also_bad, r#"{"error_rate": 1.0}"#).await;
+    for _ in 0..6 {
+        let a = post(&c, &url, &chat(2, false), &[]).await;
+        assert_eq!((a.status.as_u16(), a.backend().as_str()), (500, "b1"));
+    }
+    let m = metrics(&gw).await;
+    assert_eq!(
+        sample(&m, r#"switchyard_backend_ejected{backend="b1",model="m"}"#),
+        0.0
+    );
+}
