@@ -393,7 +393,7 @@ fn relay(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let relay = Relay::new(incoming, first, req.started, sse, limits, guard);
-    Response::from_parts(head, GatewayBody::Relay(Box::new(relay)))
+    Response::from_parts(head, GatewayBody::Relay(relay))
 }
 
 /// An error and its sources on one line ("client error (Connect): tcp connect error: ...").

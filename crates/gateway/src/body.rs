@@ -28,7 +28,7 @@ pub enum GatewayBody {
     /// A complete body written by the gateway (errors, model list, metrics).
     Full(Option<Bytes>),
     /// An upstream body in transit.
-    Relay(Box<Relay>),
+    Relay(Relay),
 }
 
 impl GatewayBody {
@@ -95,6 +95,12 @@ pub struct Limits {
     pub total: Option<(tokio::time::Instant, Duration)>,
 }
 
+#[derive(Debug)]
+struct Timers {
+    idle: Option<Pin<Box<Sleep>>>,
+    total: Option<Pin<Box<Sleep>>>,
+}
+
 /// An upstream body being relayed and observed.
 #[derive(Debug)]
 pub struct Relay {
@@ -110,8 +116,10 @@ pub struct Relay {
     sse: bool,
     /// The stream failed and its closing error event was sent: the next poll ends the body.
     ended: bool,
-    idle: Option<(Pin<Box<Sleep>>, Duration)>,
-    total: Option<(Pin<Box<Sleep>>, Duration)>,
+    limits: Limits,
+    /// The idle and total timers, made the first time the upstream makes the relay wait (a
+    /// body that never waits, like most non-streamed answers, allocates none).
+    timers: Option<Box<Timers>>,
     /// The backend's slot, released when the body ends or is dropped; also the way to its
     /// metrics and health.
     guard: InFlightGuard,
@@ -128,7 +136,6 @@ impl Relay {
         limits: Limits,
         guard: InFlightGuard,
     ) -> Self {
-        let now = tokio::time::Instant::now();
         Self {
             inner: Some(inner),
             seen_first: first.as_ref().is_some_and(Frame::is_data),
@@ -136,12 +143,8 @@ impl Relay {
             started,
             sse,
             ended: false,
-            idle: limits
-                .idle
-                .map(|d| (Box::pin(tokio::time::sleep_until(now + d)), d)),
-            total: limits
-                .total
-                .map(|(at, d)| (Box::pin(tokio::time::sleep_until(at)), d)),
+            limits,
+            timers: None,
             guard,
         }
     }
@@ -193,15 +196,30 @@ impl Relay {
         let polled = Pin::new(&mut *inner).poll_frame(cx);
         match polled {
             Poll::Pending => {
-                if let Some((t, d)) = &mut self.total {
+                let limits = self.limits;
+                if limits.idle.is_none() && limits.total.is_none() {
+                    return Poll::Pending;
+                }
+                // The idle timer counts from the first wait after a frame: at least `idle`
+                // of silence before it fires.
+                let timers = self.timers.get_or_insert_with(|| {
+                    let now = tokio::time::Instant::now();
+                    Box::new(Timers {
+                        idle: limits
+                            .idle
+                            .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+                        total: limits
+                            .total
+                            .map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+                    })
+                });
+                if let (Some(t), Some((_, d))) = (&mut timers.total, limits.total) {
                     if t.as_mut().poll(cx).is_ready() {
-                        let d = *d;
                         return self.fail(BodyError::Total(d));
                     }
                 }
-                if let Some((t, d)) = &mut self.idle {
+                if let (Some(t), Some(d)) = (&mut timers.idle, limits.idle) {
                     if t.as_mut().poll(cx).is_ready() {
-                        let d = *d;
                         return self.fail(BodyError::Idle(d));
                     }
                 }
@@ -221,8 +239,10 @@ impl Relay {
                         .ttfb
                         .observe(self.started.elapsed().as_secs_f64());
                 }
-                if let Some((t, d)) = &mut self.idle {
-                    t.as_mut().reset(tokio::time::Instant::now() + *d);
+                if let (Some(Timers { idle: Some(t), .. }), Some(d)) =
+                    (self.timers.as_deref_mut(), self.limits.idle)
+                {
+                    t.as_mut().reset(tokio::time::Instant::now() + d);
                 }
                 // A body of known length ends with its last frame; hyper may not poll
                 // again before the client has it, so release the slot now.
