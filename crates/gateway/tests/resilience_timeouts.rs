@@ -87,3 +87,60 @@ async fn a_request_past_its_total_timeout_ends_with_the_total_timeout_event() {
         (504, "upstream_timeout")
     );
 }
+
+/// A mock upstream that answers with the start of a JSON body, then goes silent with the
+/// connection open, as a backend that stalls mid-answer does.
+async fn stalling_json_mock() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":\"x\",";
+                let _ = sock.write_all(head.as_bytes()).await;
+                // Hold the socket open, silent, until the peer closes it.
+                let _ = sock.read(&mut buf).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_non_streamed_body_that_stalls_is_cut_by_the_idle_timeout_mock() {
+    use http_body_util::BodyExt;
+    let gw = Gw::start(&config(
+        &[stalling_json_mock().await],
+        "timeouts: {idle: 100ms}",
+        "",
+    ))
+    .await;
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(chat(
+            4, false,
+        ))))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // JSON cannot carry an error in-band: the body ends in an error (the connection is closed)
+    // instead of hanging, and the failure is counted.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        resp.into_body().collect(),
+    )
+    .await
+    .expect("the body ended instead of hanging");
+    assert!(read.is_err(), "a truncated body must not look complete");
+    let m = metrics(&gw).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"switchyard_stream_errors_total{backend="b0",model="m"}"#
+        ),
+        1.0
+    );
+}

@@ -285,6 +285,56 @@ mod tests {
         assert_eq!(health_check(Some(&pool), Some(&off)), None);
     }
 
+    fn err(text: &str) -> super::super::ConfigError {
+        super::super::parse(text, "c.yaml").unwrap_err()
+    }
+
+    #[test]
+    fn bad_resilience_settings_are_located_and_explained() {
+        let e = err("models:\n  m:\n    health_check: {intreval: 1s}\n    backends:\n      - url: http://a:1\n");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("did you mean `interval`?"), "{e}");
+        let e = err("models:\n  m:\n    health_check: {path: health}\n    backends:\n      - url: http://a:1\n");
+        assert!(
+            e.message.contains("must be a path starting with '/'"),
+            "{e}"
+        );
+        let e = err(
+            "models:\n  m:\n    breaker: {failures: 0}\n    backends:\n      - url: http://a:1\n",
+        );
+        assert!(e.message.contains("at least 1"), "{e}");
+        let e = err(
+            "models:\n  m:\n    backends:\n      - url: http://a:1\n        timeouts: {ttft: 1s}\n",
+        );
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("unknown field `ttft`"), "{e}");
+        let e = err("models:\n  m:\n    outlier_detection: {max_ejected_share: 2}\n    backends:\n      - url: http://a:1\n");
+        assert!(e.message.contains("between 0 and 1"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_resolve_top_then_pool_then_backend() {
+        let cfg = super::super::parse(
+            "timeouts: {connect: 1s, first_byte: 9s}\nmodels:\n  m:\n    timeouts: {first_byte: 8s, idle: 0}\n    backends:\n      - url: http://a:1\n        timeouts: {total: 1m}\n      - url: http://b:1\n",
+            "c.yaml",
+        )
+        .unwrap();
+        let a = cfg.models[0].backends[0].timeouts;
+        let b = cfg.models[0].backends[1].timeouts;
+        assert_eq!(a.connect, Duration::from_secs(1));
+        assert_eq!(
+            (a.first_byte, a.idle, a.total),
+            (Duration::from_secs(8), None, Some(Duration::from_secs(60)))
+        );
+        assert_eq!(b.total, None);
+        assert_eq!(cfg.timeouts.idle, Some(DEFAULT_IDLE_TIMEOUT));
+        // Resilience is on by default except active checks, which need `health_check:`.
+        let pool = &cfg.models[0];
+        assert!(pool.breaker.is_some() && pool.outlier.is_some());
+        assert_eq!(pool.backends[0].health_check, None);
+        assert_eq!(pool.slow_start, DEFAULT_SLOW_START);
+    }
+
     #[test]
     fn zero_idle_and_total_mean_off() {
         let t = TimeoutsFile {
