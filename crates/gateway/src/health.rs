@@ -35,6 +35,8 @@ impl Drop for HealthChecker {
 /// What one backend's check loop needs.
 struct Target {
     uri: Uri,
+    /// The backend's own `Authorization` (servers started with an API key guard `/v1/models`).
+    authorization: Option<http::HeaderValue>,
     check: HealthCheck,
     state: Arc<BackendState>,
     client: UpstreamClient,
@@ -59,6 +61,7 @@ impl HealthChecker {
                 };
                 tasks.spawn(run(Target {
                     uri,
+                    authorization: b.authorization.clone(),
                     check,
                     state: b.state.clone(),
                     client: b.client(&gw.client).clone(),
@@ -108,12 +111,16 @@ async fn run(t: Target) {
 
 /// One check: a GET of the health path, passed by any 2xx within the timeout.
 async fn probe(t: &Target) -> bool {
-    let Ok(req) = Request::get(t.uri.clone())
+    let Ok(mut req) = Request::get(t.uri.clone())
         .header(http::header::USER_AGENT, "switchyard-health-check")
         .body(Full::new(Bytes::new()))
     else {
         return false;
     };
+    if let Some(auth) = &t.authorization {
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, auth.clone());
+    }
     let exchange = async {
         let resp = t.client.request(req).await.ok()?;
         let ok = resp.status().is_success();
