@@ -36,6 +36,9 @@ pub struct BackendHealth {
     breaker_state: AtomicU8,
     /// The pool's outlier detector; `None` when turned off.
     outlier: Option<SharedOutlier>,
+    /// The last outcome recorded was a failure: a success must reset the failure run. While
+    /// false, a success (the common case) changes nothing and takes no lock.
+    failing: AtomicBool,
     /// Mirror of the ejection end (ms of gateway time), read without the pool's lock.
     ejected_until_ms: AtomicU64,
     /// Gateway time (ms) at which the current slow-start ramp began; the backend takes a
@@ -73,6 +76,7 @@ impl BackendHealth {
             breaker: breaker.map(|c| Mutex::new(Breaker::new(c))),
             breaker_state: AtomicU8::new(BreakerState::Closed as u8),
             outlier,
+            failing: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             ramp_from_ms: AtomicU64::new(0),
             slow_start_ms: ms(slow_start),
@@ -194,17 +198,30 @@ impl BackendHealth {
         }
     }
 
-    /// A request is being sent at `now`; true when it is a half-open breaker's probe.
-    pub fn on_dispatch(&self, now: Duration) -> bool {
+    /// A request is being sent now; true when it is a half-open breaker's probe.
+    pub fn on_dispatch(&self) -> bool {
         if self.breaker_state.load(Ordering::Relaxed) == BreakerState::Closed as u8 {
             return false;
         }
-        self.breaker().is_some_and(|mut b| b.on_dispatch(now))
+        self.breaker()
+            .is_some_and(|mut b| b.on_dispatch(self.now()))
+    }
+
+    /// [`Self::record`] now, reading the clock only when there is something to update.
+    pub fn record_now(&self, success: bool, probe: bool) {
+        if success && !probe && !self.failing.load(Ordering::Relaxed) {
+            return;
+        }
+        self.record(self.now(), success, probe);
     }
 
     /// The outcome of one attempt: `success` false for connect errors, timeouts, 5xx answers
     /// and broken streams. `probe` is what [`Self::on_dispatch`] returned for it.
     pub fn record(&self, now: Duration, success: bool, probe: bool) {
+        // A success outside a half-open probe, after a success: nothing to update.
+        if success && !probe && !self.failing.load(Ordering::Relaxed) {
+            return;
+        }
         let transition = self.breaker().and_then(|mut b| {
             let t = if success {
                 b.on_success(now, probe)
@@ -218,9 +235,10 @@ impl BackendHealth {
             self.on_breaker_transition(t, now);
         }
         let ejection = self.outlier.as_ref().and_then(|o| {
-            o.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(self.id, now, success)
+            let mut detector = o.lock().unwrap_or_else(|e| e.into_inner());
+            // Set under the lock, so the flag and the detector's failure run agree.
+            self.failing.store(!success, Ordering::Relaxed);
+            detector.record(self.id, now, success)
         });
         if let Some(e) = ejection {
             self.ejected_until_ms.store(ms(e.until), Ordering::Relaxed);

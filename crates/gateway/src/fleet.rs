@@ -170,11 +170,10 @@ impl Backend {
     /// carries the attempt's outcome to the backend's breaker and outlier detector.
     pub fn begin(&self) -> InFlightGuard {
         self.state.metrics.in_flight.inc();
-        let health = &self.state.health;
         InFlightGuard {
             state: self.state.clone(),
             held: true,
-            probe: health.on_dispatch(health.now()),
+            probe: self.state.health.on_dispatch(),
             settled: false,
         }
     }
@@ -215,8 +214,7 @@ impl InFlightGuard {
     pub fn outcome(&mut self, success: bool) {
         let probe = self.probe && !self.settled;
         self.settled = true;
-        let h = &self.state.health;
-        h.record(h.now(), success, probe);
+        self.state.health.record_now(success, probe);
     }
 
     /// Gives the slot back; true the first time only.
