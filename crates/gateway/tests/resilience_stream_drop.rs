@@ -83,3 +83,51 @@ async fn failures_before_the_first_byte_succeed_on_another_replica() {
         }
     }
 }
+
+/// A mock upstream that sends SSE response headers, then closes the connection before any
+/// event: the response had started upstream, but no byte of it had reached the client.
+async fn headers_then_gone_mock() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.ends_with(b"}") {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_stream_that_dies_before_its_first_event_fails_over_invisibly_mock() {
+    let b = replica(200.0, 5).await;
+    let gw = Gw::start(&config(
+        &[headers_then_gone_mock().await, b.url()],
+        "policy: round_robin",
+        "",
+    ))
+    .await;
+    let r = post(
+        &client(),
+        &gw.url("/v1/chat/completions"),
+        &chat(6, true),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.backend().as_str(), attempts(&r)),
+        (200, "b1", 2)
+    );
+    let (pieces, error, done) = stream_pieces(&r.body);
+    assert_eq!((pieces.len(), error, done), (6, None, true));
+}
