@@ -8,20 +8,25 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backoff;
+pub mod breaker;
 pub mod decision;
 pub mod ewma;
 pub mod fleet;
+pub mod outlier;
 pub mod prefix;
 pub mod profile;
 pub mod retry_budget;
 pub mod rng;
 pub mod routing;
 
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use decision::{CandidateScore, Decision, Explanation, Reason};
 pub use ewma::PeakEwma;
 pub use fleet::{
     BackendId, BackendView, EngineLoad, FleetView, GpuLoad, LatencySignals, PoolMember, Price,
 };
+pub use outlier::{OutlierConfig, OutlierDetector};
 pub use prefix::PrefixIndex;
 pub use profile::{EndpointKind, ProfileError, RequestMeta, RequestProfile, SessionSource};
 pub use retry_budget::RetryBudget;

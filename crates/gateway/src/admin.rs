@@ -289,7 +289,16 @@ async fn add(
     })?;
     let Backends(mut parsed) = serde_json::from_value(Value::Array(vec![fields]))
         .map_err(|e| ApiError::InvalidBackend(e.to_string()))?;
-    let Some(new) = parsed.pop().map(|b| b.into_backend_config()) else {
+    // The new backend inherits its pool's timeouts and health check, as the file's do.
+    let defaults = gw
+        .snapshot()
+        .config
+        .models
+        .iter()
+        .find(|p| p.name == model)
+        .map(|p| p.backend_defaults.clone())
+        .unwrap_or_default();
+    let Some(new) = parsed.pop().map(|b| b.into_backend_config(&defaults)) else {
         return Err(ApiError::InvalidBackend("no backend in the body".into()));
     };
     let name = new.name.clone();

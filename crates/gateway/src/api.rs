@@ -16,12 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use switchyard_core::{EndpointKind, RequestMeta, RequestProfile};
 
-use crate::body::{GatewayBody, Relay};
+use crate::attempts;
+use crate::body::GatewayBody;
 use crate::error::ApiError;
-use crate::fleet::{Backend, InFlightGuard, ViewBuf, DEFAULT_COOLDOWN};
-use crate::forward;
 use crate::gateway::{Gateway, Snapshot};
-use crate::{explain, signals};
 
 /// Longest client-sent `x-request-id` kept as is; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -184,173 +182,13 @@ async fn proxy(
         ));
     };
 
-    let mut buf = ViewBuf::new();
-    let debug = gw.config.debug_headers;
-    let view = pool
-        .view(&mut buf, gw.now(), gw.config.scrape.max_age)
-        .explaining(debug);
-    let decision = pool.policy.decide(&profile, &view).map_err(|_| {
-        (
-            pool.name.clone(),
-            ApiError::NoBackend {
-                model: pool.name.clone(),
-            },
-        )
-    })?;
-    // Try the decision's backends in order. Nothing has reached the client until a response is
-    // returned, so a failed attempt (connect error, timeout, or a 429/502/503/504 answer) moves
-    // on to the next fallback. The last upstream answer passes through if every attempt fails.
-    let max_attempts = gw.config.retry.max_attempts;
-    pool.retry_budget.deposit(gw.now());
-    let mut attempts = 0u32;
-    let tokens = signals::expected_tokens(&profile);
-    let mut dispatched: Option<Instant> = None;
-    let mut failure: Option<ApiError> = None;
-    let mut held: Option<(hyper::Response<Incoming>, &Backend, InFlightGuard)> = None;
-    for id in decision.attempts() {
-        let Some(backend) = pool.backend(id) else {
-            continue;
-        };
-        if attempts == max_attempts {
-            break;
-        }
-        if attempts > 0 && !backend.usable(gw.now()) {
-            continue;
-        }
-        if attempts > 0 {
-            let granted = pool.retry_budget.try_withdraw(gw.now());
-            gw.metrics.count_retry(&pool.name, granted);
-            if !granted {
-                tracing::warn!(request_id = ?request_id, model = %pool.name, "retry budget exhausted; not failing over");
-                break;
-            }
-        }
-        attempts += 1;
-        let upstream =
-            match forward::upstream_request(backend, &profile, &body, &parts.headers, request_id) {
-                Ok(r) => r,
-                Err(e) => {
-                    failure = Some(unreachable(backend, e.to_string()));
-                    continue;
-                }
-            };
-        let guard = backend.begin(tokens);
-        dispatched.get_or_insert_with(Instant::now);
-        let first_byte = gw.config.timeouts.first_byte;
-        match tokio::time::timeout(first_byte, gw.client.request(upstream)).await {
-            Err(_) => {
-                tracing::warn!(request_id = ?request_id, backend = %backend.name(), attempt = attempts, "no response headers within the first-byte timeout");
-                failure = Some(ApiError::UpstreamTimeout {
-                    backend: backend.name().to_owned(),
-                    after: first_byte,
-                });
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(request_id = ?request_id, backend = %backend.name(), attempt = attempts, error = %e, "upstream request failed");
-                failure = Some(unreachable(backend, error_chain(&e)));
-            }
-            Ok(Ok(resp)) if retryable(resp.status()) => {
-                if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-                    let wait = retry_after(resp.headers()).unwrap_or(DEFAULT_COOLDOWN);
-                    backend.state.cool_down(gw.now(), wait);
-                }
-                tracing::info!(request_id = ?request_id, backend = %backend.name(), attempt = attempts, status = %resp.status(), "upstream answered with a retryable status");
-                held = Some((resp, backend, guard));
-            }
-            Ok(Ok(resp)) => {
-                // Gateway time: profiling and routing before the first dispatch, and turning
-                // the upstream head into the client's response after it.
-                let headers_at = Instant::now();
-                let mut r = relay(gw, &pool.name, resp, backend, guard, attempts, started);
-                if debug {
-                    r.headers_mut()
-                        .insert("x-switchyard-route", explain::route_header(pool, &decision));
-                }
-                let before = dispatched.map_or(Default::default(), |d| d - body_read);
-                gw.metrics
-                    .overhead
-                    .observe((before + headers_at.elapsed()).as_secs_f64());
-                tracing::debug!(request_id = ?request_id, model = %pool.name, backend = %backend.name(), reason = %decision.reason, attempts, "routed");
-                return Ok(r);
-            }
-        }
-    }
-    if let Some((resp, backend, guard)) = held {
-        let mut r = relay(gw, &pool.name, resp, backend, guard, attempts, started);
-        if debug {
-            r.headers_mut()
-                .insert("x-switchyard-route", explain::route_header(pool, &decision));
-        }
-        return Ok(r);
-    }
-    Err((
-        pool.name.clone(),
-        failure.unwrap_or(ApiError::NoBackend {
-            model: pool.name.clone(),
-        }),
-    ))
-}
-
-/// Statuses that mean "this backend cannot serve it now; another may": rate limited,
-/// overloaded, or a gateway in front of it failed.
-fn retryable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 502 | 503 | 504)
-}
-
-/// A `Retry-After` of delay-seconds. The HTTP-date form is rare from inference servers and
-/// is treated as absent.
-fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
-    let secs: f64 = headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    std::time::Duration::try_from_secs_f64(secs).ok()
-}
-
-fn unreachable(backend: &Backend, detail: String) -> ApiError {
-    ApiError::UpstreamUnreachable {
-        backend: backend.name().to_owned(),
-        detail,
-    }
-}
-
-/// The client's response: upstream status and headers (hop-by-hop removed) plus ours, and the
-/// upstream body relayed as it arrives.
-fn relay(
-    gw: &Snapshot,
-    model: &str,
-    resp: hyper::Response<Incoming>,
-    backend: &Backend,
-    guard: InFlightGuard,
-    attempts: u32,
-    started: Instant,
-) -> Response<GatewayBody> {
-    let (mut head, incoming) = resp.into_parts();
-    forward::clean_response_headers(&mut head.headers);
-    head.headers
-        .insert("x-switchyard-backend", backend.name_header.clone());
-    head.headers
-        .insert("x-switchyard-attempts", HeaderValue::from(attempts));
-    gw.metrics.count(model, backend.name(), head.status);
-    let sse = head
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let relay = Relay::new(incoming, started, sse, guard);
-    Response::from_parts(head, GatewayBody::Relay(relay))
-}
-
-/// An error and its sources on one line ("client error (Connect): tcp connect error: ...").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+    let request = attempts::Request {
+        profile: &profile,
+        body: &body,
+        headers: &parts.headers,
+        request_id,
+        started,
+        body_read,
+    };
+    attempts::run(gw, pool, &request).await
 }

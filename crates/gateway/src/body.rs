@@ -1,18 +1,31 @@
 //! The response body type: either a small body the gateway wrote itself, or an upstream body
 //! relayed frame by frame as it arrives, never buffered. The relay observes what passes:
 //! the first data frame is the time to first byte (first token when streaming), the end is the
-//! request duration; dropping it (client gone) releases the backend's in-flight slot at once.
+//! request duration; dropping it (client gone) releases the backend's in-flight slot and drops
+//! the upstream body, which closes the upstream connection so the engine aborts the request.
+//!
+//! Once a byte has reached the client nothing is retried (that could duplicate tokens). A
+//! failure after that point — the upstream breaks, goes silent past the idle timeout, or the
+//! request runs past its total timeout — ends an SSE stream in-band with one error event and
+//! `[DONE]` (see [`STREAM_BROKEN_EVENT`]), and ends any other body with an error, which
+//! closes the client connection (JSON cannot be repaired in-band). Each is counted in
+//! `switchyard_stream_errors_total`, logged, and reported to the backend's breaker.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
 
 use crate::fleet::InFlightGuard;
 
 /// A response body.
+// The relay is the common case; boxing it would cost an allocation per proxied request to
+// save a few hundred bytes of move on the gateway's own small answers.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum GatewayBody {
     /// A complete body written by the gateway (errors, model list, metrics).
@@ -28,23 +41,29 @@ impl GatewayBody {
     }
 }
 
-/// An upstream body being relayed and observed.
-#[derive(Debug)]
-pub struct Relay {
-    inner: Incoming,
-    started: Instant,
-    seen_first: bool,
-    /// When the first data frame passed, for time per output token.
-    first_at: Option<Instant>,
-    /// SSE `data:` events seen: one per streamed chunk, roughly one per token.
-    events: u32,
-    /// The body is an SSE stream, so a failure midway can be reported in-band.
-    sse: bool,
-    /// The stream failed and its closing error event was sent: the next poll ends the body.
-    ended: bool,
-    /// The backend's slot, released when the body ends or is dropped; also the way to its
-    /// metrics.
-    guard: InFlightGuard,
+/// Why a relayed body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The upstream body failed.
+    #[error("upstream body failed: {0}")]
+    Upstream(#[from] hyper::Error),
+    /// No chunk arrived within the idle timeout.
+    #[error("upstream sent nothing for {0:?}")]
+    Idle(Duration),
+    /// The request ran past its total timeout.
+    #[error("request exceeded its total timeout of {0:?}")]
+    Total(Duration),
+}
+
+impl BodyError {
+    /// The SSE event that ends a stream broken this way.
+    fn event(&self) -> &'static str {
+        match self {
+            BodyError::Upstream(_) => STREAM_BROKEN_EVENT,
+            BodyError::Idle(_) => STREAM_IDLE_EVENT,
+            BodyError::Total(_) => STREAM_TOTAL_EVENT,
+        }
+    }
 }
 
 /// What a client receives when an upstream SSE stream breaks after the response started: one
@@ -56,20 +75,93 @@ pub const STREAM_BROKEN_EVENT: &str = concat!(
     "\n\ndata: [DONE]\n\n"
 );
 
+/// The end of a stream whose backend went silent past the idle timeout.
+pub const STREAM_IDLE_EVENT: &str = concat!(
+    r#"data: {"error":{"message":"the backend sent nothing within the idle timeout; the output above is incomplete","#,
+    r#""type":"server_error","param":null,"code":"upstream_idle_timeout"}}"#,
+    "\n\ndata: [DONE]\n\n"
+);
+
+/// The end of a stream that ran past the request's total timeout.
+pub const STREAM_TOTAL_EVENT: &str = concat!(
+    r#"data: {"error":{"message":"the request ran past its total timeout; the output above is incomplete","#,
+    r#""type":"server_error","param":null,"code":"upstream_total_timeout"}}"#,
+    "\n\ndata: [DONE]\n\n"
+);
+
+/// The time limits of a relayed body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Longest silence between two frames.
+    pub idle: Option<Duration>,
+    /// Deadline of the whole request, with the configured total for messages.
+    pub total: Option<(tokio::time::Instant, Duration)>,
+}
+
+#[derive(Debug)]
+struct Timers {
+    idle: Option<Pin<Box<Sleep>>>,
+    total: Option<Pin<Box<Sleep>>>,
+}
+
+/// An upstream body being relayed and observed.
+#[derive(Debug)]
+pub struct Relay {
+    /// The upstream body; `None` once it ended early, so the upstream connection is closed at
+    /// once rather than when the client goes away.
+    inner: Option<Incoming>,
+    /// The first frame, read before the response was committed to (see
+    /// [`crate::attempts`]); sent first.
+    first: Option<Frame<Bytes>>,
+    started: Instant,
+    seen_first: bool,
+    /// When the first data frame passed, for time per output token.
+    first_at: Option<Instant>,
+    /// SSE `data:` events seen: one per streamed chunk, roughly one per token.
+    events: u32,
+    /// The body is an SSE stream, so a failure midway can be reported in-band.
+    sse: bool,
+    /// The stream failed and its closing error event was sent: the next poll ends the body.
+    ended: bool,
+    limits: Limits,
+    /// The idle and total timers, made the first time the upstream makes the relay wait (a
+    /// body that never waits, like most non-streamed answers, allocates none).
+    timers: Option<Box<Timers>>,
+    /// The backend's slot, released when the body ends or is dropped; also the way to its
+    /// metrics and health.
+    guard: InFlightGuard,
+}
+
 impl Relay {
-    /// Relays `inner`; `started` is when the client's request arrived; `sse` when the
-    /// response is `text/event-stream`.
-    pub fn new(inner: Incoming, started: Instant, sse: bool, guard: InFlightGuard) -> Self {
-        Self {
-            inner,
-            started,
-            seen_first: false,
-            first_at: None,
+    /// Relays `inner` after `first` (its first frame, already read); `started` is when the
+    /// client's request arrived; `sse` when the response is `text/event-stream`.
+    pub fn new(
+        inner: Incoming,
+        first: Option<Frame<Bytes>>,
+        started: Instant,
+        sse: bool,
+        limits: Limits,
+        guard: InFlightGuard,
+    ) -> Self {
+        let seen_first = first.as_ref().is_some_and(Frame::is_data);
+        let mut relay = Self {
+            inner: Some(inner),
+            seen_first,
+            first_at: seen_first.then(Instant::now),
             events: 0,
+            first: None,
+            started,
             sse,
             ended: false,
+            limits,
+            timers: None,
             guard,
+        };
+        if let Some(d) = first.as_ref().and_then(Frame::data_ref) {
+            relay.count_events(d);
         }
+        relay.first = first;
+        relay
     }
 
     /// Releases the slot and records the duration; `complete` when the whole body passed, so
@@ -96,10 +188,112 @@ impl Relay {
     /// Counts SSE events in a relayed chunk (an event split across chunks may be missed; the
     /// count only feeds an average).
     fn count_events(&mut self, chunk: &[u8]) {
+        if !self.sse {
+            return;
+        }
         let n = chunk.windows(5).filter(|w| *w == b"data:").count();
         self.events = self
             .events
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
+    /// Ends the body early: counted, logged, reported; an SSE stream gets its closing event.
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.inner = None;
+        self.guard.state().metrics().stream_errors.inc();
+        self.guard.outcome(false);
+        let [model, backend] = self.guard.state().metrics().labels();
+        tracing::warn!(%model, %backend, error = %e, sse = self.sse, "response failed after it started; not retried");
+        self.finish(false);
+        self.ended = true;
+        if self.sse {
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                e.event().as_bytes(),
+            )))))
+        } else {
+            Poll::Ready(Some(Err(e)))
+        }
+    }
+
+    fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(f) = self.first.take() {
+            if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+                self.finish(true);
+            }
+            return Poll::Ready(Some(Ok(f)));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        match polled {
+            Poll::Pending => {
+                let limits = self.limits;
+                if limits.idle.is_none() && limits.total.is_none() {
+                    return Poll::Pending;
+                }
+                // The idle timer counts from the first wait after a frame: at least `idle`
+                // of silence before it fires.
+                let timers = self.timers.get_or_insert_with(|| {
+                    let now = tokio::time::Instant::now();
+                    Box::new(Timers {
+                        idle: limits
+                            .idle
+                            .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+                        total: limits
+                            .total
+                            .map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+                    })
+                });
+                if let (Some(t), Some((_, d))) = (&mut timers.total, limits.total) {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return self.fail(BodyError::Total(d));
+                    }
+                }
+                if let (Some(t), Some(d)) = (&mut timers.idle, limits.idle) {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return self.fail(BodyError::Idle(d));
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Err(e))) => self.fail(BodyError::Upstream(e)),
+            Poll::Ready(None) => {
+                self.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                if !self.seen_first && f.is_data() {
+                    self.seen_first = true;
+                    let ttfb = self.started.elapsed();
+                    self.first_at = Some(Instant::now());
+                    self.guard.first_byte();
+                    let state = self.guard.state();
+                    state.metrics().ttfb.observe(ttfb.as_secs_f64());
+                    state.signals.observe_ttft(ttfb, crate::clock::now());
+                }
+                if let Some(d) = f.data_ref() {
+                    self.count_events(d);
+                }
+                if let (Some(Timers { idle: Some(t), .. }), Some(d)) =
+                    (self.timers.as_deref_mut(), self.limits.idle)
+                {
+                    t.as_mut().reset(tokio::time::Instant::now() + d);
+                }
+                // A body of known length ends with its last frame; hyper may not poll
+                // again before the client has it, so release the slot now.
+                if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+                    self.finish(true);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+        }
     }
 }
 
@@ -111,65 +305,24 @@ impl Drop for Relay {
 
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            GatewayBody::Relay(r) => {
-                if r.ended {
-                    return Poll::Ready(None);
-                }
-                let polled = Pin::new(&mut r.inner).poll_frame(cx);
-                if let Poll::Ready(Some(Err(e))) = &polled {
-                    r.guard.state().metrics().stream_errors.inc();
-                    tracing::warn!(error = %e, sse = r.sse, "upstream body failed midway");
-                    if r.sse {
-                        r.finish(false);
-                        r.ended = true;
-                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                            STREAM_BROKEN_EVENT.as_bytes(),
-                        )))));
-                    }
-                }
-                match &polled {
-                    Poll::Ready(Some(Ok(f))) => {
-                        if !r.seen_first && f.is_data() {
-                            r.seen_first = true;
-                            let ttfb = r.started.elapsed();
-                            r.first_at = Some(Instant::now());
-                            r.guard.first_byte();
-                            let state = r.guard.state();
-                            state.metrics().ttfb.observe(ttfb.as_secs_f64());
-                            state.signals.observe_ttft(ttfb, crate::clock::now());
-                        }
-                        if r.sse {
-                            if let Some(d) = f.data_ref() {
-                                r.count_events(d);
-                            }
-                        }
-                        // A body of known length ends with its last frame; hyper may not poll
-                        // again before the client has it, so release the slot now.
-                        if r.inner.is_end_stream() {
-                            r.finish(true);
-                        }
-                    }
-                    Poll::Ready(None) => r.finish(true),
-                    Poll::Ready(Some(Err(_))) => r.finish(false),
-                    Poll::Pending => {}
-                }
-                polled
-            }
+            GatewayBody::Relay(r) => r.poll_relay(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Full(b) => b.is_none(),
-            GatewayBody::Relay(r) => r.ended || r.inner.is_end_stream(),
+            GatewayBody::Relay(r) => {
+                r.ended || (r.first.is_none() && r.inner.as_ref().is_none_or(Body::is_end_stream))
+            }
         }
     }
 
@@ -177,7 +330,23 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
-            GatewayBody::Relay(r) => r.inner.size_hint(),
+            GatewayBody::Relay(r) => {
+                let first = r
+                    .first
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let rest = r
+                    .inner
+                    .as_ref()
+                    .map_or(SizeHint::with_exact(0), Body::size_hint);
+                let mut h = SizeHint::new();
+                h.set_lower(rest.lower() + first);
+                if let Some(u) = rest.upper() {
+                    h.set_upper(u + first);
+                }
+                h
+            }
         }
     }
 }

@@ -4,15 +4,25 @@
 //! Counters are atomics inside an `Arc<BackendState>`; a request holds an [`InFlightGuard`]
 //! from dispatch until its response body ends or is dropped, so a client that disconnects frees
 //! the slot at once. A decision reads a fresh [`FleetView`] built from these counters.
+//! Health, breaker, ejection and slow start live in each state's [`BackendHealth`]; the guard
+//! carries an attempt's outcome back to it. Tokens in flight, latency averages and scraped
+//! engine reports live in its [`LiveSignals`]. A reload reuses the whole state of a backend
+//! that survives it (same pool, name and url).
 
 use http::HeaderValue;
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchyard_core::{BackendId, BackendView, FleetView, Policy, PoolMember, RetryBudget};
+use switchyard_core::rng::SplitMix;
+use switchyard_core::routing::SlowStart;
+use switchyard_core::{
+    BackendId, BackendView, FleetView, OutlierDetector, Policy, PoolMember, RetryBudget,
+};
 
+use crate::backend_health::{BackendHealth, SharedOutlier};
 use crate::config::{BackendConfig, PoolConfig, Retry};
+use crate::forward::{self, UpstreamClient};
 use crate::signals::{LiveSignals, TokenLoad};
 use crate::telemetry::{BackendMetrics, Metrics};
 
@@ -26,6 +36,8 @@ pub struct BackendState {
     /// set when it answers 429: it said it is over its limit, so asking again sooner only
     /// adds load and latency.
     cool_until_ms: AtomicU64,
+    /// Health checks, breaker, ejection and slow start.
+    pub health: BackendHealth,
     /// Tokens in flight, latency averages, and the engine's and GPUs' scraped reports.
     pub signals: LiveSignals,
     /// Set by the admin API's drain: the backend takes no new request while its in-flight
@@ -40,10 +52,11 @@ pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 
 impl BackendState {
     /// Fresh state reporting through `metrics`.
-    pub fn new(metrics: BackendMetrics) -> Self {
+    pub fn new(metrics: BackendMetrics, health: BackendHealth) -> Self {
         Self {
             metrics,
             cool_until_ms: AtomicU64::new(0),
+            health,
             signals: LiveSignals::default(),
             draining: AtomicBool::new(false),
         }
@@ -59,10 +72,15 @@ impl BackendState {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Milliseconds of cooldown left at `now` (0 when not cooling).
+    /// Cooldown left at `now` (zero when not cooling).
     pub fn cooling_left(&self, now: Duration) -> Duration {
         let until = self.cool_until_ms.load(Ordering::Relaxed);
         Duration::from_millis(until.saturating_sub(now.as_millis() as u64))
+    }
+
+    /// Gateway time at which a 429 cooldown ends (zero when none ran).
+    pub fn cool_until(&self) -> Duration {
+        Duration::from_millis(self.cool_until_ms.load(Ordering::Relaxed))
     }
 
     /// Requests in flight now.
@@ -101,17 +119,27 @@ pub struct Backend {
     pub authorization: Option<HeaderValue>,
     /// Live counters and metric handles.
     pub state: Arc<BackendState>,
+    /// Its own upstream client when its connect timeout differs from the gateway's (the
+    /// connect timeout belongs to a client's connector); `None` uses the shared one.
+    pub client: Option<UpstreamClient>,
 }
 
 impl Backend {
     /// A backend with `state` carried over from a previous config, or fresh state.
     fn new(
         id: BackendId,
-        pool: &str,
+        pool: &PoolConfig,
         cfg: &BackendConfig,
-        metrics: &Metrics,
+        ctx: &PoolContext<'_>,
+        outlier: Option<SharedOutlier>,
         state: Option<Arc<BackendState>>,
     ) -> Self {
+        let state = state.unwrap_or_else(|| {
+            let metrics = ctx.metrics.backend(&pool.name, &cfg.name);
+            let health =
+                BackendHealth::new(id, pool.breaker, outlier, pool.slow_start, metrics.clone());
+            Arc::new(BackendState::new(metrics, health))
+        });
         let authorization = cfg.api_key.as_ref().and_then(|k| {
             let mut v = HeaderValue::try_from(format!("Bearer {k}")).ok()?;
             v.set_sensitive(true);
@@ -123,8 +151,9 @@ impl Backend {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             config: cfg.clone(),
             authorization,
-            state: state
-                .unwrap_or_else(|| Arc::new(BackendState::new(metrics.backend(pool, &cfg.name)))),
+            state,
+            client: (cfg.timeouts.connect != ctx.default_connect)
+                .then(|| forward::client(&cfg.timeouts)),
         }
     }
 
@@ -132,7 +161,6 @@ impl Backend {
     pub fn name(&self) -> &str {
         &self.config.name
     }
-
     /// Whether `cfg` names the same endpoint (name and url), so it may keep this state.
     pub fn same_endpoint(&self, cfg: &BackendConfig) -> bool {
         let a = &self.config;
@@ -151,10 +179,29 @@ impl Backend {
     }
 
     /// Whether a new request may go here at gateway time `now`: not cooling down after a 429,
-    /// not being drained, and under its
-    /// concurrency cap.
+    /// not being drained, passing health checks, not ejected, its breaker letting requests
+    /// through, and under its concurrency cap.
     pub fn usable(&self, now: Duration) -> bool {
-        !self.state.cooling(now) && !self.state.draining() && self.usable_by_capacity()
+        !self.state.cooling(now)
+            && !self.state.draining()
+            && self.state.health.admits(now)
+            && self.usable_by_capacity()
+    }
+
+    /// When this backend, unusable now for timed reasons (429 cooldown, ejection, open
+    /// breaker), will be back; `None` when it is out for an open-ended reason (health checks
+    /// down) or full.
+    pub fn returns_at(&self, now: Duration) -> Option<Duration> {
+        if !self.usable_by_capacity() {
+            return None;
+        }
+        let back = self.state.health.returns_at(now)?;
+        Some(back.max(self.state.cool_until()))
+    }
+
+    /// The upstream client for this backend.
+    pub fn client<'a>(&'a self, shared: &'a UpstreamClient) -> &'a UpstreamClient {
+        self.client.as_ref().unwrap_or(shared)
     }
 
     fn usable_by_capacity(&self) -> bool {
@@ -165,7 +212,8 @@ impl Backend {
 
     /// Counts a request, and the `tokens` it will occupy (see
     /// [`crate::signals::expected_tokens`]), as in flight until the guard is released or
-    /// dropped.
+    /// dropped; the guard also carries the attempt's outcome to the backend's breaker and
+    /// outlier detector.
     pub fn begin(&self, tokens: TokenLoad) -> InFlightGuard {
         self.state.metrics.in_flight.inc();
         self.state.signals.add_tokens(tokens.total);
@@ -175,6 +223,8 @@ impl Backend {
             held: true,
             tokens,
             prefilling: true,
+            probe: self.state.health.on_dispatch(),
+            settled: false,
         }
     }
 
@@ -200,12 +250,24 @@ pub struct InFlightGuard {
     tokens: TokenLoad,
     /// Its prompt still counts as prefill waiting at the backend.
     prefilling: bool,
+    /// The request is a half-open breaker's probe.
+    probe: bool,
+    /// Its outcome was reported.
+    settled: bool,
 }
 
 impl InFlightGuard {
     /// The backend this slot belongs to.
     pub fn state(&self) -> &BackendState {
         &self.state
+    }
+
+    /// Reports the attempt's outcome (the first report of a probe decides it; later ones,
+    /// such as a stream that breaks after a good start, count as ordinary outcomes).
+    pub fn outcome(&mut self, success: bool) {
+        let probe = self.probe && !self.settled;
+        self.settled = true;
+        self.state.health.record_now(success, probe);
     }
 
     /// The response's first byte arrived: the prompt is past prefill.
@@ -230,6 +292,10 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.release();
+        if self.probe && !self.settled {
+            let h = &self.state.health;
+            h.on_cancel(h.now(), true);
+        }
     }
 }
 
@@ -247,6 +313,23 @@ pub struct Pool {
     pub retry_budget: Arc<RetryBudget>,
     /// The settings `retry_budget` was made with, to tell whether a reload may keep it.
     budget_settings: (f64, f64),
+    /// Models to try, in order, when this pool's backends all failed.
+    pub fallbacks: Vec<String>,
+    /// Random bits for the jitter of the backoff between attempts.
+    pub rng: SplitMix,
+}
+
+/// What building a pool needs from the gateway around it.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolContext<'a> {
+    /// Failover settings.
+    pub retry: &'a Retry,
+    /// Metric families.
+    pub metrics: &'a Metrics,
+    /// Seed for the pool's random draws.
+    pub seed: u64,
+    /// The shared client's connect timeout; backends with another get their own client.
+    pub default_connect: Duration,
 }
 
 /// Views of a small pool fit inline; larger pools spill to the heap.
@@ -254,20 +337,18 @@ pub type ViewBuf = SmallVec<[BackendView; 16]>;
 
 impl Pool {
     /// Builds a pool with fresh live state.
-    pub fn new(cfg: &PoolConfig, retry: &Retry, metrics: &Metrics, seed: u64) -> Self {
-        Self::build(cfg, retry, metrics, seed, None)
+    pub fn new(cfg: &PoolConfig, ctx: &PoolContext<'_>) -> Self {
+        Self::build(cfg, ctx, None)
     }
 
     /// Builds a pool; a backend that `previous` also has (same name and url) keeps its live
-    /// state (the same `Arc`: in-flight count, cooldown, drain), and so does the retry budget
-    /// when its settings are unchanged. The policy starts afresh.
-    pub fn build(
-        cfg: &PoolConfig,
-        retry: &Retry,
-        metrics: &Metrics,
-        seed: u64,
-        previous: Option<&Pool>,
-    ) -> Self {
+    /// state (the same `Arc`: in-flight count, cooldown, drain, health and breaker, signals),
+    /// and so does the retry budget when its settings are unchanged. The policy starts afresh.
+    /// A kept backend stays with the outlier detector of the pool version it started in.
+    pub fn build(cfg: &PoolConfig, ctx: &PoolContext<'_>, previous: Option<&Pool>) -> Self {
+        let outlier: Option<SharedOutlier> = cfg
+            .outlier
+            .map(|o| Arc::new(Mutex::new(OutlierDetector::new(o, cfg.backends.len()))));
         let backends: Vec<Backend> = cfg
             .backends
             .iter()
@@ -276,7 +357,7 @@ impl Pool {
                 let kept = previous
                     .and_then(|p| p.backends.iter().find(|o| o.same_endpoint(b)))
                     .map(|o| o.state.clone());
-                Backend::new(BackendId(i as u32), &cfg.name, b, metrics, kept)
+                Backend::new(BackendId(i as u32), cfg, b, ctx, outlier.clone(), kept)
             })
             .collect();
         let members: Vec<PoolMember> = backends
@@ -289,9 +370,14 @@ impl Pool {
                 quality: b.config.quality.map(|q| q as f32),
             })
             .collect();
+        let mut policy = cfg.policy.build(&members, ctx.seed);
+        if !cfg.slow_start.is_zero() {
+            policy = Box::new(SlowStart::new(policy, ctx.seed));
+        }
+        let retry = ctx.retry;
         Self {
             name: cfg.name.clone(),
-            policy: cfg.policy.build(&members, seed),
+            policy,
             retry_budget: previous
                 .filter(|p| p.budget_settings == (retry.budget_ratio, retry.min_per_second))
                 .map_or_else(
@@ -300,6 +386,8 @@ impl Pool {
                 ),
             budget_settings: (retry.budget_ratio, retry.min_per_second),
             backends,
+            fallbacks: cfg.fallbacks.clone(),
+            rng: SplitMix::new(ctx.seed ^ 0x0062_6163_6b6f_6666),
         }
     }
 
@@ -322,10 +410,17 @@ impl Pool {
                 prefill_tokens: s.prefill_tokens(),
                 latency: s.latency(),
                 gpu: s.gpu(now, max_report_age),
+                ramp: b.state.health.ramp(now),
                 ..BackendView::idle(b.id, b.config.weight)
             }
         }));
         FleetView::new(buf, now)
+    }
+
+    /// When the first of this pool's unusable backends will be back, if any will within a
+    /// known time (see [`Backend::returns_at`]).
+    pub fn next_return(&self, now: Duration) -> Option<Duration> {
+        self.backends.iter().filter_map(|b| b.returns_at(now)).min()
     }
 
     /// The member with this id.

@@ -59,17 +59,21 @@ fn skip_header(name: &HeaderName) -> bool {
     )
 }
 
-/// The request to send to `backend`.
+/// The request to send to `backend`, a member of the pool serving `model` (the requested
+/// model, or a fallback model whose name the body must then carry).
 pub fn upstream_request(
     backend: &Backend,
+    model: &str,
     profile: &RequestProfile,
     body: &Bytes,
     client_headers: &HeaderMap,
     request_id: &HeaderValue,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
-    let body = match &backend.config.upstream_model {
-        Some(name) if *name != profile.model => Bytes::from(profile.rewrite_model(body, name)),
-        _ => body.clone(),
+    let name = backend.config.upstream_model.as_deref().unwrap_or(model);
+    let body = if name == profile.model {
+        body.clone()
+    } else {
+        Bytes::from(profile.rewrite_model(body, name))
     };
     let mut req = Request::builder()
         .method(Method::POST)

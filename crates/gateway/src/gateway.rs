@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::fleet::Pool;
+use crate::fleet::{Pool, PoolContext};
 use crate::forward::{self, UpstreamClient};
 use crate::telemetry::Metrics;
 
@@ -73,8 +73,13 @@ impl Snapshot {
             .enumerate()
             .map(|(i, p)| {
                 let old = previous.and_then(|s| s.pools.get(&p.name));
-                let pool = Pool::build(p, &config.retry, metrics, seed.wrapping_add(i as u64), old);
-                (p.name.clone(), pool)
+                let ctx = PoolContext {
+                    retry: &config.retry,
+                    metrics,
+                    seed: seed.wrapping_add(i as u64),
+                    default_connect: config.timeouts.connect,
+                };
+                (p.name.clone(), Pool::build(p, &ctx, old))
             })
             .collect();
         let mut model_names: Vec<String> = pools.keys().cloned().collect();

@@ -12,6 +12,8 @@
 
 pub mod admin;
 pub mod api;
+pub mod attempts;
+pub mod backend_health;
 pub mod body;
 pub mod clock;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod explain;
 pub mod fleet;
 pub mod forward;
 pub mod gateway;
+pub mod health;
 pub mod reload;
 pub mod scrape;
 pub mod server;

@@ -1,7 +1,8 @@
 //! The listener: accepts connections (HTTP/1.1 and cleartext HTTP/2), serves each with
 //! [`crate::api::handle`], and on shutdown stops accepting, lets in-flight requests finish
 //! within the drain timeout, then returns. [`serve_admin`] does the same for the admin API's
-//! own listener (`admin.listen`).
+//! own listener (`admin.listen`). While the main listener serves, active health checks
+//! ([`crate::health`]) and engine scrapes ([`crate::scrape`]) run in the background.
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::api;
 use crate::gateway::Gateway;
+use crate::health::HealthChecker;
 
 /// How the server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +62,10 @@ async fn serve_face(
     face: Face,
 ) -> std::io::Result<Drained> {
     let graceful = GracefulShutdown::new();
-    // Engine metrics feed LLM-aware policies; the task stops when this handle drops.
-    let _scraper = crate::scrape::spawn(gw.clone());
+    // Health checks and engine scrapes run while the main listener serves; both follow
+    // reloads, and stop when their handles drop.
+    let _background =
+        (face == Face::Main).then(|| (HealthChecker::start(&gw), crate::scrape::spawn(gw.clone())));
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {

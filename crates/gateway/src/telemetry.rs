@@ -27,6 +27,10 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     stream_errors: IntCounterVec,
     retries: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    healthy: IntGaugeVec,
+    ejected: IntGaugeVec,
+    transitions: IntCounterVec,
     /// Time spent inside the gateway per request, upstream time excluded.
     pub overhead: Histogram,
 }
@@ -42,6 +46,32 @@ pub struct BackendMetrics {
     pub in_flight: IntGauge,
     /// `switchyard_stream_errors_total{model,backend}`
     pub stream_errors: IntCounter,
+    /// `switchyard_backend_breaker_state{model,backend}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGauge,
+    /// `switchyard_backend_healthy{model,backend}`: 1 while active health checks pass (or
+    /// are off), 0 while the backend is marked down.
+    pub healthy: IntGauge,
+    /// `switchyard_backend_ejected{model,backend}`: 1 while outlier detection ejects it.
+    pub ejected: IntGauge,
+    /// `switchyard_backend_transitions_total{model,backend,to}`, resolved per event (rare).
+    transitions: IntCounterVec,
+    labels: [String; 2],
+}
+
+impl BackendMetrics {
+    /// The `model` and `backend` labels, for logs.
+    pub fn labels(&self) -> &[String; 2] {
+        &self.labels
+    }
+
+    /// Counts a resilience state change of this backend (`to`: `down`, `up`, `open`,
+    /// `half_open`, `closed`, `ejected`).
+    pub fn transition(&self, to: &str) {
+        let [model, backend] = &self.labels;
+        self.transitions
+            .with_label_values(&[model.as_str(), backend.as_str(), to])
+            .inc();
+    }
 }
 
 impl Default for Metrics {
@@ -104,6 +134,29 @@ impl Metrics {
             &["model", "granted"],
         )
         .expect("valid metric");
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["model", "backend"]).expect("valid metric")
+        };
+        let breaker_state = gauge(
+            "switchyard_backend_breaker_state",
+            "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open.",
+        );
+        let healthy = gauge(
+            "switchyard_backend_healthy",
+            "1 while a backend passes its active health checks (or has none), 0 while marked down.",
+        );
+        let ejected = gauge(
+            "switchyard_backend_ejected",
+            "1 while passive outlier detection keeps a backend out of rotation.",
+        );
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "switchyard_backend_transitions_total",
+                "Health, breaker and ejection state changes per backend, by the state entered.",
+            ),
+            &["model", "backend", "to"],
+        )
+        .expect("valid metric");
         let overhead = Histogram::with_opts(
             HistogramOpts::new(
                 "switchyard_overhead_seconds",
@@ -119,6 +172,10 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(stream_errors.clone()),
             Box::new(retries.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(healthy.clone()),
+            Box::new(ejected.clone()),
+            Box::new(transitions.clone()),
             Box::new(overhead.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -131,6 +188,10 @@ impl Metrics {
             in_flight,
             stream_errors,
             retries,
+            breaker_state,
+            healthy,
+            ejected,
+            transitions,
             overhead,
         }
     }
@@ -142,6 +203,11 @@ impl Metrics {
             ttfb: self.ttfb.with_label_values(&[model, backend]),
             in_flight: self.in_flight.with_label_values(&[model, backend]),
             stream_errors: self.stream_errors.with_label_values(&[model, backend]),
+            breaker_state: self.breaker_state.with_label_values(&[model, backend]),
+            healthy: self.healthy.with_label_values(&[model, backend]),
+            ejected: self.ejected.with_label_values(&[model, backend]),
+            transitions: self.transitions.clone(),
+            labels: [model.to_owned(), backend.to_owned()],
         }
     }
 

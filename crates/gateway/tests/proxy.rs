@@ -226,7 +226,8 @@ async fn upstream_error_responses_pass_through_as_they_are() {
     const LIMITED: &str =
         r#"{"error":{"message":"slow down","type":"rate_limit","code":"rate_limited"}}"#;
     let up = Mock::start(Reply::Json(StatusCode::TOO_MANY_REQUESTS, LIMITED)).await;
-    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    // No waiting for the cooldown to end: this is about what passes through when it fails.
+    let gw = Gw::start(&config(&[up.url()], "", "retry: {cooldown_wait: 0}")).await;
     let a = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     assert_eq!(a.status, 429);
     assert_eq!(a.body, LIMITED.as_bytes());

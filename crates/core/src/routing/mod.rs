@@ -20,6 +20,8 @@
 //! - [`GpuAware`] — excludes GPUs past limits or without KV room, ranks the rest by load.
 //! - [`CostAware`] — cheapest backend fitting the context window and a quality floor.
 //! - [`Composite`] — weighted scorers chosen in config.
+//!
+//! [`SlowStart`] wraps any of them to ramp up a backend that has just come back.
 
 mod composite;
 mod consistent_hash;
@@ -34,6 +36,7 @@ mod prefix_aware;
 mod random;
 mod round_robin;
 pub mod signals;
+mod slow_start;
 mod smooth_weighted;
 
 pub use composite::{Composite, CompositeWeights};
@@ -48,6 +51,7 @@ pub use prefix_aware::{PrefixAware, DEFAULT_DECODE_WEIGHT, DEFAULT_PREFILL_WEIGH
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use signals::DEFAULT_MAX_REPORT_AGE;
+pub use slow_start::SlowStart;
 pub use smooth_weighted::SmoothWeighted;
 
 use std::fmt;

@@ -38,6 +38,28 @@ impl ConfigError {
         }
     }
 
+    /// An error found after parsing: located at the first line that mentions `needle` after
+    /// a `fallbacks` key (or not located, if none does).
+    pub(crate) fn at_text(origin: &str, text: &str, needle: &str, message: String) -> Self {
+        let mut seen_key = false;
+        let mut at = None;
+        for (i, line) in text.lines().enumerate() {
+            seen_key |= line.contains("fallbacks");
+            if seen_key {
+                if let Some(col) = line.find(needle) {
+                    at = Some((i + 1, col + 1));
+                    break;
+                }
+            }
+        }
+        Self {
+            origin: origin.to_owned(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            message,
+        }
+    }
+
     pub(crate) fn from_yaml(origin: &str, text: &str, e: &serde_norway::Error) -> Self {
         let full = e.to_string();
         // serde_norway appends " at line L column C"; the location goes in front instead.

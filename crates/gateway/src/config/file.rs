@@ -7,10 +7,12 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use super::resilience::TimeoutsFile;
+use super::resilience::{self, BreakerFile, HealthCheckFile, OutlierFile};
 use super::routing::{default_metrics_uri, MetricsUrl, PriceFile, ScrapeFile};
 use super::values::{BackendUrl, ByteSize, EnvString, PolicyValue, Seconds};
-use super::{BackendConfig, Config, PoolConfig, Timeouts};
-use switchyard_core::{retry_budget, PolicySpec};
+use super::{BackendConfig, Config, PoolConfig};
+use switchyard_core::{backoff, retry_budget, PolicySpec};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -57,6 +59,15 @@ pub struct RetryFile {
     /// Retries per second always allowed.
     #[serde(default, deserialize_with = "non_negative")]
     pub min_per_second: Option<f64>,
+    /// How long to wait for a cooling-down pool.
+    #[serde(default)]
+    pub cooldown_wait: Option<Seconds>,
+    /// Base of the backoff between attempts.
+    #[serde(default)]
+    pub backoff_base: Option<Seconds>,
+    /// Longest wait between attempts.
+    #[serde(default)]
+    pub backoff_max: Option<Seconds>,
 }
 
 fn share<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -89,16 +100,6 @@ fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     Ok(Some(n))
 }
 
-/// `timeouts:`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimeoutsFile {
-    /// Connection establishment.
-    pub connect: Option<Seconds>,
-    /// Request sent to response headers.
-    pub first_byte: Option<Seconds>,
-}
-
 /// One model's pool.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +109,24 @@ pub struct PoolFile {
     pub policy: Option<PolicyValue>,
     /// The backends.
     pub backends: Backends,
+    /// Timeouts for this pool's backends, over the top-level ones.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsFile>,
+    /// Active health checks for this pool's backends; absent: not checked.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
+    /// Circuit breaker per backend.
+    #[serde(default)]
+    pub breaker: Option<BreakerFile>,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierFile>,
+    /// Slow-start window; `0` turns it off.
+    #[serde(default)]
+    pub slow_start: Option<Seconds>,
+    /// Models to try when this one's backends all failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 /// One backend.
@@ -146,6 +165,12 @@ pub struct BackendFile {
     /// Relative quality score.
     #[serde(default, deserialize_with = "super::routing::quality")]
     pub quality: Option<f64>,
+    /// Timeouts for this backend, over the pool's.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsFile>,
+    /// Health check settings over the pool's (`enabled: false` exempts this backend).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
 }
 
 impl BackendFile {
@@ -155,9 +180,14 @@ impl BackendFile {
             .unwrap_or_else(|| self.url.authority.to_string())
     }
 
-    /// The runtime form, defaults filled in.
-    pub fn into_backend_config(self) -> BackendConfig {
+    /// The runtime form: this backend's settings over its pool's `defaults`.
+    pub fn into_backend_config(self, defaults: &BackendDefaults) -> BackendConfig {
         BackendConfig {
+            timeouts: defaults.timeouts.overridden_by(self.timeouts).resolve(),
+            health_check: resilience::health_check(
+                defaults.health_check.as_ref(),
+                self.health_check.as_ref(),
+            ),
             name: self.name(),
             metrics_uri: default_metrics_uri(
                 self.metrics_url.as_ref(),
@@ -184,6 +214,17 @@ impl BackendFile {
             api_key: self.api_key.map(|k| k.0),
         }
     }
+}
+
+/// What a pool's backends inherit unless they set it themselves: the timeouts (top level, then
+/// pool) and the pool's health check. Kept in the runtime config so that a backend added
+/// through the admin API inherits the same.
+#[derive(Debug, Clone, Default)]
+pub struct BackendDefaults {
+    /// Top-level timeouts with the pool's keys over them.
+    pub timeouts: TimeoutsFile,
+    /// The pool's `health_check:`, if any.
+    pub health_check: Option<HealthCheckFile>,
 }
 
 /// A pool's backends: at least one, names unique.
@@ -264,14 +305,7 @@ impl ConfigFile {
             max_body_bytes: self
                 .max_body_bytes
                 .map_or(super::DEFAULT_MAX_BODY_BYTES, |b| b.0),
-            timeouts: Timeouts {
-                connect: timeouts
-                    .connect
-                    .map_or(super::DEFAULT_CONNECT_TIMEOUT, |s| s.0),
-                first_byte: timeouts
-                    .first_byte
-                    .map_or(super::DEFAULT_FIRST_BYTE_TIMEOUT, |s| s.0),
-            },
+            timeouts: timeouts.resolve(),
             admin: self.admin,
             drain_timeout: self
                 .drain_timeout
@@ -284,6 +318,11 @@ impl ConfigFile {
                     min_per_second: r
                         .min_per_second
                         .unwrap_or(retry_budget::DEFAULT_MIN_PER_SECOND),
+                    cooldown_wait: r
+                        .cooldown_wait
+                        .map_or(super::DEFAULT_COOLDOWN_WAIT, |s| s.0),
+                    backoff_base: r.backoff_base.map_or(backoff::DEFAULT_BASE, |s| s.0),
+                    backoff_max: r.backoff_max.map_or(backoff::DEFAULT_MAX, |s| s.0),
                 }
             },
             scrape: self.scrape.unwrap_or_default().resolve(),
@@ -291,15 +330,28 @@ impl ConfigFile {
             models: self
                 .models
                 .into_iter()
-                .map(|(name, pool)| PoolConfig {
-                    name,
-                    policy: pool.policy.map_or(PolicySpec::RoundRobin, |p| p.0),
-                    backends: pool
-                        .backends
-                        .0
-                        .into_iter()
-                        .map(BackendFile::into_backend_config)
-                        .collect(),
+                .map(|(name, pool)| {
+                    let defaults = BackendDefaults {
+                        timeouts: timeouts.overridden_by(pool.timeouts),
+                        health_check: pool.health_check.clone(),
+                    };
+                    PoolConfig {
+                        name,
+                        policy: pool.policy.map_or(PolicySpec::RoundRobin, |p| p.0),
+                        fallbacks: pool.fallbacks,
+                        breaker: BreakerFile::resolve(pool.breaker),
+                        outlier: OutlierFile::resolve(pool.outlier_detection),
+                        slow_start: pool
+                            .slow_start
+                            .map_or(resilience::DEFAULT_SLOW_START, |s| s.0),
+                        backends: pool
+                            .backends
+                            .0
+                            .into_iter()
+                            .map(|b| b.into_backend_config(&defaults))
+                            .collect(),
+                        backend_defaults: defaults,
+                    }
                 })
                 .collect(),
         }

@@ -18,11 +18,13 @@ mod admin;
 mod error;
 pub mod file;
 pub mod policy;
+pub mod resilience;
 pub mod routing;
 mod values;
 
 pub use admin::{Admin, Secret};
 pub use error::ConfigError;
+pub use resilience::HealthCheck;
 pub use routing::Scrape;
 pub use values::{ByteSize, Seconds};
 
@@ -30,7 +32,7 @@ use http::uri::{Authority, Scheme};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use switchyard_core::PolicySpec;
+use switchyard_core::{BreakerConfig, OutlierConfig, PolicySpec};
 
 /// Default listen address: loopback, so a fresh install exposes nothing by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -67,13 +69,20 @@ pub struct Config {
     pub models: Vec<PoolConfig>,
 }
 
-/// Upstream timeouts.
+/// Upstream timeouts: the top-level defaults, and each backend's resolved set (pool and
+/// backend `timeouts:` override the top level key by key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Opening a connection; past it the backend counts as unreachable (502).
     pub connect: Duration,
-    /// From request sent to response headers; past it the client gets 504.
+    /// From request sent to the first byte of the response body (the first token when
+    /// streaming); past it the request fails over, or the client gets 504.
     pub first_byte: Duration,
+    /// Longest silence between two chunks of a response body once it started; past it a
+    /// stream ends with an `upstream_idle_timeout` error event. `None`: no limit.
+    pub idle: Option<Duration>,
+    /// Longest a whole request may take, arrival to last byte; `None`: no limit.
+    pub total: Option<Duration>,
 }
 
 /// Failover: how many backends one request may try before the client gets an answer.
@@ -85,7 +94,17 @@ pub struct Retry {
     pub budget_ratio: f64,
     /// Retries per second a pool may always make, whatever its traffic.
     pub min_per_second: f64,
+    /// When every backend of a pool is cooling down (429, ejected, breaker open), how long a
+    /// request waits for the first to come back instead of failing at once.
+    pub cooldown_wait: Duration,
+    /// Base of the jittered exponential backoff between attempts.
+    pub backoff_base: Duration,
+    /// Longest wait between two attempts, `Retry-After` included.
+    pub backoff_max: Duration,
 }
+
+/// Default [`Retry::cooldown_wait`].
+pub const DEFAULT_COOLDOWN_WAIT: Duration = Duration::from_secs(3);
 
 /// Default attempts per request: the primary and two fallbacks.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -99,6 +118,16 @@ pub struct PoolConfig {
     pub policy: PolicySpec,
     /// The backends, in file order.
     pub backends: Vec<BackendConfig>,
+    /// Other models to try, in order, when every backend of this one failed.
+    pub fallbacks: Vec<String>,
+    /// Circuit breaker settings for each backend; `None` when turned off.
+    pub breaker: Option<BreakerConfig>,
+    /// Passive outlier detection; `None` when turned off.
+    pub outlier: Option<OutlierConfig>,
+    /// How long a backend that comes back takes to ramp up to a full share; zero: no ramp.
+    pub slow_start: Duration,
+    /// What its backends inherit (also those added at run time through the admin API).
+    pub backend_defaults: file::BackendDefaults,
 }
 
 /// One upstream endpoint of a pool.
@@ -132,6 +161,10 @@ pub struct BackendConfig {
     pub context_window: Option<u32>,
     /// Relative quality for a cost policy's floor (higher is better).
     pub quality: Option<f64>,
+    /// Its timeouts (top level, then pool, then backend settings).
+    pub timeouts: Timeouts,
+    /// Its active health check; `None` when not checked.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// Reads, parses and validates a config file.
@@ -144,7 +177,36 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let file: file::ConfigFile =
         serde_norway::from_str(text).map_err(|e| ConfigError::from_yaml(origin, text, &e))?;
-    Ok(file.into_config())
+    let config = file.into_config();
+    check_fallbacks(&config, origin, text)?;
+    Ok(config)
+}
+
+/// Every `fallbacks:` entry names another configured model.
+fn check_fallbacks(config: &Config, origin: &str, text: &str) -> Result<(), ConfigError> {
+    let names: Vec<&str> = config.models.iter().map(|p| p.name.as_str()).collect();
+    for pool in &config.models {
+        for f in &pool.fallbacks {
+            let problem = if *f == pool.name {
+                "a model cannot fall back to itself".to_owned()
+            } else if !names.contains(&f.as_str()) {
+                let mut m = format!("unknown model '{f}'");
+                if let Some(near) = error::nearest(f, &names) {
+                    m.push_str(&format!("; did you mean '{near}'?"));
+                }
+                format!("{m} Known models: {}", names.join(", "))
+            } else {
+                continue;
+            };
+            return Err(ConfigError::at_text(
+                origin,
+                text,
+                f,
+                format!("models.{}.fallbacks: {problem}", pool.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -327,3 +327,5 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) {
     }
     panic!("condition not met within 10s");
 }
+
+pub mod sim;
