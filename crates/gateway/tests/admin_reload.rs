@@ -308,3 +308,39 @@ async fn a_reload_keeps_warm_upstream_connections() {
     let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(conns, 1, "the reload dropped the upstream connection pool");
 }
+
+/// `switchyard_backend_healthy{model="m",backend=NAME}` from `/metrics`, if exported.
+async fn healthy_gauge(c: &Client, gw: &FileGw, name: &str) -> Option<String> {
+    let page = get(c, &gw.url("/metrics")).await;
+    let text = String::from_utf8_lossy(&page.body).into_owned();
+    let needle = format!("switchyard_backend_healthy{{backend=\"{name}\",model=\"m\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle).map(str::to_owned))
+}
+
+#[tokio::test]
+async fn health_checks_follow_a_reload_to_the_backends_it_adds() {
+    let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let sick = Mock::start(Reply::Json(StatusCode::SERVICE_UNAVAILABLE, "{}")).await;
+    let check = "health_check: {interval: 20ms, unhealthy_threshold: 1}";
+    let file = TempConfig::new(&admin_config(&[good.url()], check));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    // The reload adds a backend whose health path answers 503: only a checker that follows
+    // the new snapshot marks it down.
+    file.write(&admin_config(&[good.url(), sick.url()], check));
+    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    for _ in 0..500 {
+        if healthy_gauge(&c, &gw, "b1").await.as_deref() == Some("0") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(healthy_gauge(&c, &gw, "b1").await.as_deref(), Some("0"));
+    assert_eq!(healthy_gauge(&c, &gw, "b0").await.as_deref(), Some("1"));
+    for _ in 0..6 {
+        let r = post(&c, &gw.url("/v1/chat/completions"), CHAT, &[]).await;
+        assert_eq!(r.backend(), "b0", "the backend marked down gets no traffic");
+    }
+}
