@@ -118,6 +118,10 @@ async fn bench(args: ChaosArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pool's settings: production-like for self-hosted engines, with active health checks on
+/// (they are opt-in), breaker and outlier ejection at their defaults, and slow start.
+const POOL_SETTINGS: &str = "policy: least_connections\nhealth_check: {interval: 250ms, timeout: 250ms, unhealthy_threshold: 2, healthy_threshold: 2}\nslow_start: 2s";
+
 /// Writes the gateway's config, starts `switchyard serve`, and waits for `/health`.
 async fn start_gateway(
     replicas: &[Replica],
@@ -128,8 +132,9 @@ async fn start_gateway(
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let mut yaml = format!(
-        "listen: {addr}\ntimeouts: {{connect: 1s, first_byte: {}}}\nmodels:\n  {MODEL}:\n    policy: least_connections\n    backends:\n",
-        args.first_byte_timeout
+        "listen: {addr}\ntimeouts: {{connect: 1s, first_byte: {}}}\nmodels:\n  {MODEL}:\n    {}\n    backends:\n",
+        args.first_byte_timeout,
+        POOL_SETTINGS.replace('\n', "\n    ")
     );
     for (i, r) in replicas.iter().enumerate() {
         let _ = writeln!(yaml, "      - {{url: \"{}\", name: r{i}}}", r.url());
@@ -359,7 +364,7 @@ impl Report {
 
     fn markdown(&self) -> String {
         let mut s = format!(
-            "# Chaos benchmark, {}\n\nMachine: {}\n\nCommand: `{}` (workload seed {}, replica i seed {}+i; {} build)\n\nFault schedule of the faulted run (shares of its duration):\n\n",
+            "# Chaos benchmark, {}\n\nMachine: {}\n\nCommand: `{}` (workload seed {}, replica i seed {}+i; {} build)\n\nGateway pool (breaker and outlier ejection at their defaults):\n\n```yaml\n{POOL_SETTINGS}\n```\n\nFault schedule of the faulted run (shares of its duration):\n\n",
             self.date, self.machine, self.command, self.seed, self.seed, build()
         );
         for step in schedule() {
