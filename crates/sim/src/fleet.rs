@@ -23,6 +23,10 @@
 //! TTFT, end-to-end latency and time per output token measured from dispatch. A policy sees
 //! exactly what it would see in production.
 //!
+//! Arrivals are open loop by default (each request at its workload time); with
+//! [`Arrivals::ClosedLoop`] a chat session's next turn waits for the previous answer, as a
+//! user does (see [`run_arrivals`]).
+//!
 //! Time is `f64` seconds from the start of the workload; the policy sees it as a `Duration` in
 //! `FleetView::now`. There is no clock, no sleep and no socket.
 
@@ -193,12 +197,33 @@ struct Driver<'a> {
     views: Vec<BackendView>,
     queue: VecDeque<Pending>,
     records: Vec<RequestRecord>,
+    /// Arrivals still to come.
+    schedule: Schedule,
     imbalance: InFlightImbalance,
+    /// The same per unit of each backend's weight (its fair share on a mixed fleet).
+    weighted_imbalance: InFlightImbalance,
 }
 
 /// Plays `workload` against the fleet with the policy `config.policy` names, and reports
-/// what happened.
+/// what happened. Arrivals are open loop (every request at its workload time).
 pub fn run(config: &FleetConfig, workload: &Workload) -> Result<RunReport, FleetError> {
+    run_with(config, workload, build_policy(config)?)
+}
+
+/// Like [`run`], with arrivals timed as `arrivals` says: [`Arrivals::ClosedLoop`] sends a
+/// chat session's later turns a think time after the previous answer ends, and
+/// [`Arrivals::Users`] adds a fixed number of users, so a faster fleet serves more turns per
+/// second (its output throughput is then a measure of capacity).
+pub fn run_arrivals(
+    config: &FleetConfig,
+    workload: &Workload,
+    arrivals: Arrivals,
+) -> Result<RunReport, FleetError> {
+    run_with_arrivals(config, workload, build_policy(config)?, arrivals)
+}
+
+/// The policy `config.policy` names, built for the fleet's backends.
+fn build_policy(config: &FleetConfig) -> Result<Box<dyn Policy>, FleetError> {
     config.policy.validate()?;
     let members: Vec<PoolMember> = config
         .backends
@@ -209,15 +234,27 @@ pub fn run(config: &FleetConfig, workload: &Workload) -> Result<RunReport, Fleet
             ..Default::default()
         })
         .collect();
-    run_with(config, workload, config.policy.build(&members, config.seed))
+    Ok(config.policy.build(&members, config.seed))
 }
 
 /// Plays `workload` against the fleet with an already built policy (one not nameable in a
 /// [`PolicySpec`], such as a baseline or a probe in a test). `config.policy` is not used.
+/// Arrivals are open loop.
 pub fn run_with(
     config: &FleetConfig,
     workload: &Workload,
     policy: Box<dyn Policy>,
+) -> Result<RunReport, FleetError> {
+    run_with_arrivals(config, workload, policy, Arrivals::OpenLoop)
+}
+
+/// Plays `workload` against the fleet with an already built policy, its arrivals timed as
+/// `arrivals` says.
+pub fn run_with_arrivals(
+    config: &FleetConfig,
+    workload: &Workload,
+    policy: Box<dyn Policy>,
+    arrivals: Arrivals,
 ) -> Result<RunReport, FleetError> {
     if config.backends.is_empty() {
         return Err(FleetError::NoBackends);
@@ -277,7 +314,9 @@ pub fn run_with(
                 outcome: Outcome::Unfinished,
             })
             .collect(),
+        schedule: Schedule::new(workload, arrivals),
         imbalance: InFlightImbalance::default(),
+        weighted_imbalance: InFlightImbalance::weighted(config.backends.iter().map(|b| b.weight)),
     };
     d.run();
     Ok(d.report())
@@ -286,16 +325,11 @@ pub fn run_with(
 impl Driver<'_> {
     fn run(&mut self) {
         let interval = self.config.metrics_interval_s;
-        let mut next_arrival = 0;
         let mut scrapes = 1u64;
         let mut next_scrape = interval;
         let mut idle_scrapes = 0;
         loop {
-            let ta = self
-                .workload
-                .requests
-                .get(next_arrival)
-                .map_or(f64::INFINITY, |r| r.arrival);
+            let ta = self.schedule.peek();
             let (engine, te) = self.step_end.iter().copied().enumerate().fold(
                 (0, f64::INFINITY),
                 |best, (i, t)| if t < best.1 { (i, t) } else { best },
@@ -319,14 +353,17 @@ impl Driver<'_> {
                 self.drain_queue(next_scrape);
                 scrapes += 1;
                 next_scrape = scrapes as f64 * interval;
-            } else {
-                self.arrive(next_arrival, ta);
-                next_arrival += 1;
+            } else if let Some(index) = self.schedule.pop() {
+                self.arrive(index, ta);
             }
         }
-        // Nothing in flight can free a backend any more: whatever still queues is refused.
+        // Nothing in flight can free a backend any more: whatever still queues is refused,
+        // and so are the later turns of its session (closed loop), which wait for it.
         while let Some(p) = self.queue.pop_front() {
             self.records[p.index].outcome = Outcome::Rejected;
+            for i in self.schedule.orphans(p.index) {
+                self.records[i].outcome = Outcome::Rejected;
+            }
         }
     }
 
@@ -385,6 +422,9 @@ impl Driver<'_> {
                         live.tpot
                             .observe(decode / f64::from(output_tokens - 1), now);
                     }
+                    if let Some((next, at)) = self.schedule.ended(id.0 as usize, t) {
+                        self.records[next].arrival = at;
+                    }
                     completed = true;
                 }
                 EngineEvent::Preempted { id } => self.records[id.0 as usize].preemptions += 1,
@@ -392,6 +432,7 @@ impl Driver<'_> {
         }
         if completed {
             self.imbalance.update(t, &self.in_flight);
+            self.weighted_imbalance.update(t, &self.in_flight);
         }
         self.start_step(i, t);
         if completed {
@@ -471,7 +512,7 @@ impl Driver<'_> {
                 .is_ok()
         });
         let Some(i) = target else {
-            self.records[p.index].outcome = Outcome::Rejected;
+            self.reject(p.index, t);
             return None;
         };
         let submitted = self.engines[i].submit(SimRequest {
@@ -481,7 +522,7 @@ impl Driver<'_> {
             output_seed: req.output_seed,
         });
         if submitted.is_err() {
-            self.records[p.index].outcome = Outcome::Rejected;
+            self.reject(p.index, t);
             return None;
         }
         let r = &mut self.records[p.index];
@@ -492,10 +533,20 @@ impl Driver<'_> {
         self.live[i].prefill_tokens += u64::from(prompt_len);
         self.dispatched[i] += 1;
         self.imbalance.update(t, &self.in_flight);
+        self.weighted_imbalance.update(t, &self.in_flight);
         if self.step_end[i].is_infinite() {
             self.start_step(i, t);
         }
         None
+    }
+
+    /// No backend takes request `index`: it is refused at `t`, and its session's next turn
+    /// (closed loop) is sent a think time later.
+    fn reject(&mut self, index: usize, t: f64) {
+        self.records[index].outcome = Outcome::Rejected;
+        if let Some((next, at)) = self.schedule.ended(index, t) {
+            self.records[next].arrival = at;
+        }
     }
 
     fn report(self) -> RunReport {
@@ -528,8 +579,8 @@ impl Driver<'_> {
         let summary = summarize(
             &self.records,
             &backends,
-            self.imbalance.mean(),
-            self.imbalance.max(),
+            &self.imbalance,
+            &self.weighted_imbalance,
         );
         RunReport {
             policy: self.config.policy.name().to_owned(),
@@ -541,8 +592,11 @@ impl Driver<'_> {
     }
 }
 
+mod arrivals;
 mod view;
 
+pub use arrivals::Arrivals;
+use arrivals::Schedule;
 use view::{backend_view, Live};
 
 #[cfg(test)]
