@@ -19,13 +19,15 @@
 //! The driver's own signals are the gateway's, updated at the same moments (dispatch, first
 //! token, completion) and always current: `in_flight`, `in_flight_tokens` (prompt plus max
 //! output of requests dispatched and not done), `prefill_tokens` (prompt tokens of requests
-//! not yet past their first token), and `latency`, peak EWMAs ([`PeakEwma`](switchyard_core::PeakEwma), 10 s decay) of
-//! TTFT, end-to-end latency and time per output token measured from dispatch. A policy sees
-//! exactly what it would see in production.
+//! not yet past their first token), and `latency`, peak EWMAs
+//! ([`PeakEwma`](switchyard_core::PeakEwma), 10 s decay) of TTFT, end-to-end latency and time
+//! per output token measured from dispatch. A policy sees exactly what it would see in
+//! production.
 //!
 //! Arrivals are open loop by default (each request at its workload time); with
 //! [`Arrivals::ClosedLoop`] a chat session's next turn waits for the previous answer, as a
-//! user does (see [`run_arrivals`]).
+//! user does, and [`Arrivals::Users`] adds a fixed number of users running sessions back to
+//! back (see [`run_arrivals`] and `fleet/arrivals.rs`).
 //!
 //! Time is `f64` seconds from the start of the workload; the policy sees it as a `Duration` in
 //! `FleetView::now`. There is no clock, no sleep and no socket.
