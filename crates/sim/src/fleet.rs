@@ -19,9 +19,15 @@
 //! The driver's own signals are the gateway's, updated at the same moments (dispatch, first
 //! token, completion) and always current: `in_flight`, `in_flight_tokens` (prompt plus max
 //! output of requests dispatched and not done), `prefill_tokens` (prompt tokens of requests
-//! not yet past their first token), and `latency`, peak EWMAs ([`PeakEwma`], 10 s decay) of
-//! TTFT, end-to-end latency and time per output token measured from dispatch. A policy sees
-//! exactly what it would see in production.
+//! not yet past their first token), and `latency`, peak EWMAs
+//! ([`PeakEwma`](switchyard_core::PeakEwma), 10 s decay) of TTFT, end-to-end latency and time
+//! per output token measured from dispatch. A policy sees exactly what it would see in
+//! production.
+//!
+//! Arrivals are open loop by default (each request at its workload time); with
+//! [`Arrivals::ClosedLoop`] a chat session's next turn waits for the previous answer, as a
+//! user does, and [`Arrivals::Users`] adds a fixed number of users running sessions back to
+//! back (see [`run_arrivals`] and `fleet/arrivals.rs`).
 //!
 //! Time is `f64` seconds from the start of the workload; the policy sees it as a `Duration` in
 //! `FleetView::now`. There is no clock, no sleep and no socket.
@@ -29,143 +35,18 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::Serialize;
 use switchyard_core::{
-    BackendId, BackendView, EndpointKind, FleetView, Policy, PolicySpec, PolicySpecError,
-    PoolMember, RequestProfile, SessionSource,
+    BackendId, BackendView, EndpointKind, FleetView, Policy, PoolMember, RequestProfile,
+    SessionSource,
 };
 
-use crate::config::{ConfigError, EngineConfig};
 use crate::engine::Engine;
 use crate::metrics::EngineMetrics;
-use crate::profile::Profile;
 use crate::report::{
     summarize, BackendReport, InFlightImbalance, Outcome, RequestRecord, RunReport,
 };
 use crate::request::{EngineEvent, RequestId, SimRequest};
 use crate::workload::{Workload, WorkloadRequest};
-
-/// One backend of the simulated fleet.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BackendSpec {
-    /// Its name: the identity consistent hashing places on its ring.
-    pub name: String,
-    /// Relative share for weighted policies (at least 1).
-    pub weight: u32,
-    /// Its engine; backends of one fleet may differ (heterogeneous fleets).
-    pub engine: EngineConfig,
-    /// The gateway's concurrency cap for it: at this many in flight it is not usable.
-    pub max_in_flight: Option<u32>,
-    /// Treat it as not usable while its last scraped `num_waiting` is at least this (a lagged
-    /// signal, as a gateway's would be).
-    pub max_waiting: Option<u32>,
-}
-
-/// A fleet run's parameters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FleetConfig {
-    /// The backends, in pool order.
-    pub backends: Vec<BackendSpec>,
-    /// The routing policy.
-    #[serde(skip)]
-    pub policy: PolicySpec,
-    /// Seconds between metric scrapes: the lag of everything the driver learns from engine
-    /// metrics.
-    pub metrics_interval_s: f64,
-    /// Seed for policies that draw at random.
-    pub seed: u64,
-    /// The model name requests ask for (the pool's name).
-    pub model: String,
-}
-
-impl FleetConfig {
-    /// `n` identical backends of `profile`, weight 1, no caps, scraped every 0.5 s.
-    pub fn uniform(profile: &Profile, n: usize, policy: PolicySpec, seed: u64) -> Self {
-        let engine = profile.engine_config();
-        Self {
-            backends: (0..n)
-                .map(|i| BackendSpec {
-                    name: format!("{}-{i}", profile.name),
-                    weight: 1,
-                    engine: engine.clone(),
-                    max_in_flight: None,
-                    max_waiting: None,
-                })
-                .collect(),
-            policy,
-            metrics_interval_s: 0.5,
-            seed,
-            model: profile.model.name.to_owned(),
-        }
-    }
-}
-
-/// Tokens and context of the reference step [`FleetConfig::mixed`] times each engine on: a
-/// mid-sized batch (256 tokens computed over 256k tokens of context).
-const REFERENCE_STEP: (u64, u64) = (256, 256 * 1024);
-
-impl FleetConfig {
-    /// A heterogeneous fleet: for each `(profile, count)`, `count` backends of that profile,
-    /// in order, each weighted by its capacity: how many times faster than the slowest
-    /// profile it runs a reference step (256 tokens over 256k context tokens), rounded, at
-    /// least 1. Those are the weights `weighted` round robin is given in a capacity-aware
-    /// deployment. Scraped every 0.5 s, no caps.
-    pub fn mixed(groups: &[(&Profile, usize)], policy: PolicySpec, seed: u64) -> Self {
-        let step = |p: &Profile| p.step_time.seconds(REFERENCE_STEP.0, REFERENCE_STEP.1);
-        let slowest = groups.iter().map(|(p, _)| step(p)).fold(0.0, f64::max);
-        let mut backends = Vec::new();
-        for (p, count) in groups {
-            let weight = (slowest / step(p)).round().max(1.0) as u32;
-            for _ in 0..*count {
-                backends.push(BackendSpec {
-                    name: format!("{}-{}", p.name, backends.len()),
-                    weight,
-                    engine: p.engine_config(),
-                    max_in_flight: None,
-                    max_waiting: None,
-                });
-            }
-        }
-        Self {
-            backends,
-            policy,
-            metrics_interval_s: 0.5,
-            seed,
-            model: groups
-                .first()
-                .map_or_else(String::new, |(p, _)| p.model.name.to_owned()),
-        }
-    }
-}
-
-/// A fleet that cannot run.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum FleetError {
-    /// No backend.
-    #[error("the fleet has no backend")]
-    NoBackends,
-    /// A backend's engine configuration is invalid.
-    #[error("backend '{name}': {source}")]
-    Engine {
-        /// The backend.
-        name: String,
-        /// What is wrong.
-        source: ConfigError,
-    },
-    /// A backend's `max_in_flight` or `max_waiting` is 0, so it could never take a request.
-    #[error("backend '{0}': max_in_flight and max_waiting must be at least 1")]
-    ZeroCap(String),
-    /// The policy's parameters are invalid.
-    #[error("policy: {0}")]
-    Policy(#[from] PolicySpecError),
-    /// The scrape interval is not a positive number.
-    #[error("metrics_interval_s must be a positive number of seconds")]
-    BadInterval,
-    /// A workload request's arrival is not a finite, non-negative time, or arrivals are out
-    /// of order (build workloads with [`Workload::new`], which sorts them).
-    #[error("workload request {0}: arrival times must be finite, >= 0 and in order")]
-    BadArrival(usize),
-}
 
 /// A request that arrived and is not yet on a backend.
 struct Pending {
@@ -193,12 +74,33 @@ struct Driver<'a> {
     views: Vec<BackendView>,
     queue: VecDeque<Pending>,
     records: Vec<RequestRecord>,
+    /// Arrivals still to come.
+    schedule: Schedule,
     imbalance: InFlightImbalance,
+    /// The same per unit of each backend's weight (its fair share on a mixed fleet).
+    weighted_imbalance: InFlightImbalance,
 }
 
 /// Plays `workload` against the fleet with the policy `config.policy` names, and reports
-/// what happened.
+/// what happened. Arrivals are open loop (every request at its workload time).
 pub fn run(config: &FleetConfig, workload: &Workload) -> Result<RunReport, FleetError> {
+    run_with(config, workload, build_policy(config)?)
+}
+
+/// Like [`run`], with arrivals timed as `arrivals` says: [`Arrivals::ClosedLoop`] sends a
+/// chat session's later turns a think time after the previous answer ends, and
+/// [`Arrivals::Users`] adds a fixed number of users, so a faster fleet serves more turns per
+/// second (its output throughput is then a measure of capacity).
+pub fn run_arrivals(
+    config: &FleetConfig,
+    workload: &Workload,
+    arrivals: Arrivals,
+) -> Result<RunReport, FleetError> {
+    run_with_arrivals(config, workload, build_policy(config)?, arrivals)
+}
+
+/// The policy `config.policy` names, built for the fleet's backends.
+fn build_policy(config: &FleetConfig) -> Result<Box<dyn Policy>, FleetError> {
     config.policy.validate()?;
     let members: Vec<PoolMember> = config
         .backends
@@ -209,15 +111,27 @@ pub fn run(config: &FleetConfig, workload: &Workload) -> Result<RunReport, Fleet
             ..Default::default()
         })
         .collect();
-    run_with(config, workload, config.policy.build(&members, config.seed))
+    Ok(config.policy.build(&members, config.seed))
 }
 
 /// Plays `workload` against the fleet with an already built policy (one not nameable in a
-/// [`PolicySpec`], such as a baseline or a probe in a test). `config.policy` is not used.
+/// [`PolicySpec`](switchyard_core::PolicySpec), such as a baseline or a probe in a test). `config.policy` is not used.
+/// Arrivals are open loop.
 pub fn run_with(
     config: &FleetConfig,
     workload: &Workload,
     policy: Box<dyn Policy>,
+) -> Result<RunReport, FleetError> {
+    run_with_arrivals(config, workload, policy, Arrivals::OpenLoop)
+}
+
+/// Plays `workload` against the fleet with an already built policy, its arrivals timed as
+/// `arrivals` says.
+pub fn run_with_arrivals(
+    config: &FleetConfig,
+    workload: &Workload,
+    policy: Box<dyn Policy>,
+    arrivals: Arrivals,
 ) -> Result<RunReport, FleetError> {
     if config.backends.is_empty() {
         return Err(FleetError::NoBackends);
@@ -277,7 +191,9 @@ pub fn run_with(
                 outcome: Outcome::Unfinished,
             })
             .collect(),
+        schedule: Schedule::new(workload, arrivals),
         imbalance: InFlightImbalance::default(),
+        weighted_imbalance: InFlightImbalance::weighted(config.backends.iter().map(|b| b.weight)),
     };
     d.run();
     Ok(d.report())
@@ -286,16 +202,11 @@ pub fn run_with(
 impl Driver<'_> {
     fn run(&mut self) {
         let interval = self.config.metrics_interval_s;
-        let mut next_arrival = 0;
         let mut scrapes = 1u64;
         let mut next_scrape = interval;
         let mut idle_scrapes = 0;
         loop {
-            let ta = self
-                .workload
-                .requests
-                .get(next_arrival)
-                .map_or(f64::INFINITY, |r| r.arrival);
+            let ta = self.schedule.peek();
             let (engine, te) = self.step_end.iter().copied().enumerate().fold(
                 (0, f64::INFINITY),
                 |best, (i, t)| if t < best.1 { (i, t) } else { best },
@@ -319,14 +230,17 @@ impl Driver<'_> {
                 self.drain_queue(next_scrape);
                 scrapes += 1;
                 next_scrape = scrapes as f64 * interval;
-            } else {
-                self.arrive(next_arrival, ta);
-                next_arrival += 1;
+            } else if let Some(index) = self.schedule.pop() {
+                self.arrive(index, ta);
             }
         }
-        // Nothing in flight can free a backend any more: whatever still queues is refused.
+        // Nothing in flight can free a backend any more: whatever still queues is refused,
+        // and so are the later turns of its session (closed loop), which wait for it.
         while let Some(p) = self.queue.pop_front() {
             self.records[p.index].outcome = Outcome::Rejected;
+            for i in self.schedule.orphans(p.index) {
+                self.records[i].outcome = Outcome::Rejected;
+            }
         }
     }
 
@@ -385,6 +299,9 @@ impl Driver<'_> {
                         live.tpot
                             .observe(decode / f64::from(output_tokens - 1), now);
                     }
+                    if let Some((next, at)) = self.schedule.ended(id.0 as usize, t) {
+                        self.records[next].arrival = at;
+                    }
                     completed = true;
                 }
                 EngineEvent::Preempted { id } => self.records[id.0 as usize].preemptions += 1,
@@ -392,6 +309,7 @@ impl Driver<'_> {
         }
         if completed {
             self.imbalance.update(t, &self.in_flight);
+            self.weighted_imbalance.update(t, &self.in_flight);
         }
         self.start_step(i, t);
         if completed {
@@ -471,7 +389,7 @@ impl Driver<'_> {
                 .is_ok()
         });
         let Some(i) = target else {
-            self.records[p.index].outcome = Outcome::Rejected;
+            self.reject(p.index, t);
             return None;
         };
         let submitted = self.engines[i].submit(SimRequest {
@@ -481,7 +399,7 @@ impl Driver<'_> {
             output_seed: req.output_seed,
         });
         if submitted.is_err() {
-            self.records[p.index].outcome = Outcome::Rejected;
+            self.reject(p.index, t);
             return None;
         }
         let r = &mut self.records[p.index];
@@ -492,10 +410,20 @@ impl Driver<'_> {
         self.live[i].prefill_tokens += u64::from(prompt_len);
         self.dispatched[i] += 1;
         self.imbalance.update(t, &self.in_flight);
+        self.weighted_imbalance.update(t, &self.in_flight);
         if self.step_end[i].is_infinite() {
             self.start_step(i, t);
         }
         None
+    }
+
+    /// No backend takes request `index`: it is refused at `t`, and its session's next turn
+    /// (closed loop) is sent a think time later.
+    fn reject(&mut self, index: usize, t: f64) {
+        self.records[index].outcome = Outcome::Rejected;
+        if let Some((next, at)) = self.schedule.ended(index, t) {
+            self.records[next].arrival = at;
+        }
     }
 
     fn report(self) -> RunReport {
@@ -528,8 +456,8 @@ impl Driver<'_> {
         let summary = summarize(
             &self.records,
             &backends,
-            self.imbalance.mean(),
-            self.imbalance.max(),
+            &self.imbalance,
+            &self.weighted_imbalance,
         );
         RunReport {
             policy: self.config.policy.name().to_owned(),
@@ -541,8 +469,13 @@ impl Driver<'_> {
     }
 }
 
+mod arrivals;
+mod spec;
 mod view;
 
+pub use arrivals::Arrivals;
+use arrivals::Schedule;
+pub use spec::{BackendSpec, FleetConfig, FleetError};
 use view::{backend_view, Live};
 
 #[cfg(test)]

@@ -93,6 +93,19 @@ pub struct Summary {
     pub in_flight_imbalance_mean: f64,
     /// The largest `max / mean` in-flight ratio seen.
     pub in_flight_imbalance_max: f64,
+    /// The capacity-weighted version of `in_flight_imbalance_mean`: the time-weighted mean,
+    /// over the time anything was in flight, of `max_b in_flight_b / fair_b`, where a
+    /// backend's fair share `fair_b` is the in-flight total split by weight
+    /// (`total x weight_b / sum of weights`), but at least one request: a backend holding a
+    /// single request is never over its share (without the floor, any request on a slow
+    /// backend of weight 1 next to weights of 5 while little else runs reads as 12x, and
+    /// weighted round robin, which gives every backend exactly its share of requests, scores
+    /// about 8 on the mixed fleet of `tests/routing_quality.rs`). 2.0 means the busiest
+    /// backend holds twice its fair share. On equal weights it equals the unweighted ratio
+    /// whenever at least as many requests as backends are in flight.
+    pub weighted_in_flight_imbalance_mean: f64,
+    /// The largest capacity-weighted ratio seen.
+    pub weighted_in_flight_imbalance_max: f64,
     /// Preemptions over all engines.
     pub preemptions: u64,
     /// Evicted cache blocks over all engines.
@@ -116,9 +129,13 @@ pub struct RunReport {
     pub summary: Summary,
 }
 
-/// Time-weighted `max / mean` of in-flight counts across backends.
+/// Time-weighted `max / mean` of in-flight counts across backends, or, built with
+/// [`InFlightImbalance::weighted`], of each backend's count over its capacity-weighted fair
+/// share (at least one request).
 #[derive(Debug, Default)]
 pub(crate) struct InFlightImbalance {
+    /// Each backend's share of the total weight (`None`: the plain `max / mean`).
+    shares: Option<Vec<f64>>,
     /// The ratio since `since` (`None` while nothing is in flight).
     current: Option<f64>,
     since: f64,
@@ -128,6 +145,37 @@ pub(crate) struct InFlightImbalance {
 }
 
 impl InFlightImbalance {
+    /// A tracker of in-flight counts against fair shares in proportion to `weights` (a
+    /// weight below 1 counts as 1).
+    pub(crate) fn weighted(weights: impl IntoIterator<Item = u32>) -> Self {
+        let weights: Vec<f64> = weights.into_iter().map(|w| f64::from(w.max(1))).collect();
+        let total: f64 = weights.iter().sum();
+        Self {
+            shares: Some(weights.iter().map(|w| w / total).collect()),
+            ..Self::default()
+        }
+    }
+
+    /// The ratio for these counts, `None` when nothing is in flight.
+    fn ratio(&self, in_flight: &[u32]) -> Option<f64> {
+        let total: u64 = in_flight.iter().map(|&n| u64::from(n)).sum();
+        if total == 0 {
+            return None;
+        }
+        let total = total as f64;
+        Some(match &self.shares {
+            None => {
+                let max = in_flight.iter().copied().max().unwrap_or(0);
+                f64::from(max) * in_flight.len() as f64 / total
+            }
+            Some(shares) => in_flight
+                .iter()
+                .zip(shares)
+                .map(|(&n, share)| f64::from(n) / (total * share).max(1.0))
+                .fold(0.0, f64::max),
+        })
+    }
+
     /// Accounts the current ratio up to `t`, then takes the new counts.
     pub(crate) fn update(&mut self, t: f64, in_flight: &[u32]) {
         if let Some(r) = self.current {
@@ -136,11 +184,7 @@ impl InFlightImbalance {
             self.loaded_time += dt;
         }
         self.since = t;
-        let total: u64 = in_flight.iter().map(|&n| u64::from(n)).sum();
-        self.current = (total > 0).then(|| {
-            let max = in_flight.iter().copied().max().unwrap_or(0);
-            f64::from(max) * in_flight.len() as f64 / total as f64
-        });
+        self.current = self.ratio(in_flight);
         if let Some(r) = self.current {
             self.max = self.max.max(r);
         }
@@ -174,8 +218,8 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 pub(crate) fn summarize(
     requests: &[RequestRecord],
     backends: &[BackendReport],
-    imbalance_mean: f64,
-    imbalance_max: f64,
+    imbalance: &InFlightImbalance,
+    weighted_imbalance: &InFlightImbalance,
 ) -> Summary {
     let done: Vec<&RequestRecord> = requests
         .iter()
@@ -230,8 +274,10 @@ pub(crate) fn summarize(
         } else {
             hits as f64 / queries as f64
         },
-        in_flight_imbalance_mean: imbalance_mean,
-        in_flight_imbalance_max: imbalance_max,
+        in_flight_imbalance_mean: imbalance.mean(),
+        in_flight_imbalance_max: imbalance.max(),
+        weighted_in_flight_imbalance_mean: weighted_imbalance.mean(),
+        weighted_in_flight_imbalance_max: weighted_imbalance.max(),
         preemptions: backends
             .iter()
             .map(|b| b.final_metrics.preemptions_total)
@@ -258,6 +304,32 @@ mod tests {
         m.update(10.0, &[0, 0]);
         assert!((m.mean() - 1.75).abs() < 1e-12);
         assert_eq!(m.max(), 2.0);
+    }
+
+    #[test]
+    fn weighted_imbalance_measures_in_flight_against_capacity_share() {
+        // Weights 3 and 1: a 3:1 split is each one's fair share, even though unweighted it
+        // looks lopsided; a 1:1 split overloads the small one; a lone request on the small
+        // one is within its share (one request), though unweighted it reads 2.0.
+        let mut w = InFlightImbalance::weighted([3, 1]);
+        let mut u = InFlightImbalance::default();
+        for m in [&mut w, &mut u] {
+            m.update(0.0, &[3, 1]); // 1 s
+            m.update(1.0, &[2, 2]); // 1 s
+            m.update(2.0, &[0, 1]); // 2 s
+            m.update(4.0, &[0, 0]);
+        }
+        // Weighted: 1.0, then 2 / max(1, 4 x 1/4) = 2.0, then 1 / max(1, 1/4) = 1.0.
+        assert!((w.mean() - 1.25).abs() < 1e-12, "{}", w.mean());
+        assert_eq!(w.max(), 2.0);
+        // Unweighted: 1.5, then 1.0, then 2.0.
+        assert!((u.mean() - 1.625).abs() < 1e-12, "{}", u.mean());
+        assert_eq!(u.max(), 2.0);
+        // Equal weights and at least one request per backend: the two agree.
+        let mut e = InFlightImbalance::weighted([1, 1]);
+        e.update(0.0, &[3, 1]);
+        e.update(1.0, &[0, 0]);
+        assert_eq!(e.mean(), 1.5);
     }
 
     #[test]

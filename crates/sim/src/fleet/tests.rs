@@ -3,6 +3,7 @@ use crate::profile;
 use crate::workload::{
     multi_turn, shared_prefix, sharegpt_like, MultiTurnSpec, Prompt, ShareGptSpec, SharedPrefixSpec,
 };
+use switchyard_core::PolicySpec;
 
 #[test]
 fn ten_thousand_requests_through_round_robin_quickly_and_reproducibly() {

@@ -192,3 +192,41 @@ fn large_pools_empty_prompts_and_empty_pools_do_not_break_it() {
         Err(NoCandidate)
     );
 }
+
+/// Regression: without a KV term, cold prefixes piled onto a replica whose cache was already
+/// full of other prefixes in use, which then stalled admissions and preempted requests.
+#[test]
+fn a_cold_prefix_goes_where_the_kv_cache_has_room_but_a_hit_stays_home() {
+    let p = policy();
+    let mut pool = idle(2);
+    let engine = |kv_usage| {
+        Some(EngineLoad {
+            running: 4,
+            waiting: 0,
+            kv_usage,
+            kv_capacity_tokens: Some(32_000),
+            age: Duration::from_millis(200),
+        })
+    };
+    // Backend 0 is slightly less loaded in tokens but its cache is nearly full.
+    pool[0].in_flight = 4;
+    pool[0].in_flight_tokens = 4_000;
+    pool[0].engine = engine(0.95);
+    pool[1].in_flight = 4;
+    pool[1].in_flight_tokens = 6_000;
+    pool[1].engine = engine(0.2);
+    let doc = text(40, 2000);
+    let d = decide(&p, &pool, &format!("{doc}{}", text(41, 30)));
+    assert_eq!(d.primary, BackendId(1), "{d:?}");
+    // With equal KV use, the lighter backend 0 would have taken it.
+    let q = policy();
+    pool[0].engine = engine(0.2);
+    let d = decide(&q, &pool, &format!("{doc}{}", text(41, 30)));
+    assert_eq!(d.primary, BackendId(0), "{d:?}");
+    // Once backend 1 holds the prefix, a full cache elsewhere does not pull it away, and a
+    // full cache at home does not push it away either: a hit prefills almost nothing.
+    pool[0].engine = engine(0.2);
+    pool[1].engine = engine(0.95);
+    let home = decide(&p, &pool, &format!("{doc}{}", text(42, 30)));
+    assert_eq!(home.primary, BackendId(1), "{home:?}");
+}
