@@ -173,18 +173,23 @@ impl DecisionsRun {
         }
     }
 
-    /// Writes `decisions-<date>[-quick].{md,json}` and one SVG per workload into `dir`;
-    /// returns the paths written.
-    pub fn write(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-        let stem = format!(
+    /// `decisions-<date>[-quick]`: the name every file of this run starts with.
+    fn stem(&self) -> String {
+        format!(
             "decisions-{}{}",
             self.meta.date,
             if self.quick { "-quick" } else { "" }
-        );
+        )
+    }
+
+    /// Writes `<stem>.{md,json}` and one `<stem>-ttft-<workload>.svg` per workload into
+    /// `dir`; returns the paths written.
+    pub fn write(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let stem = self.stem();
         let (md, js) = write_results(dir, &stem, &self.markdown(), self)?;
         let mut paths = vec![md, js];
         for w in self.workloads() {
-            let p = dir.join(format!("decisions-{}-ttft-{w}.svg", self.meta.date));
+            let p = dir.join(format!("{stem}-ttft-{w}.svg"));
             std::fs::write(&p, self.plot(w).render())?;
             paths.push(p);
         }

@@ -258,6 +258,60 @@ pub fn summarize(target: &str, samples: &[Sample], slo: f64, wall_s: f64) -> Rep
     }
 }
 
+/// One replay command: the same trace against one or more targets, one after another.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayRun {
+    /// Date, machine, command.
+    pub meta: crate::output::RunMeta,
+    /// The trace file.
+    pub trace: String,
+    /// Requests in it.
+    pub requests: usize,
+    /// Trace seconds per wall second.
+    pub time_scale: f64,
+    /// (label, summary) per target, in the order they ran.
+    pub targets: Vec<(String, ReplaySummary)>,
+}
+
+impl ReplayRun {
+    /// The Markdown report: one row per target.
+    pub fn markdown(&self) -> String {
+        use std::fmt::Write;
+        let ms = |p: Option<Percentiles>, f: fn(&Percentiles) -> f64| {
+            p.map_or("-".into(), |p| format!("{:.1}", f(&p) * 1000.0))
+        };
+        let mut s = String::from("# Trace replay (real time, open loop, streaming)\n\n");
+        s.push_str(&self.meta.markdown());
+        let _ = writeln!(
+            s,
+            "- trace: `{}` ({} requests), time scale {}\n",
+            self.trace, self.requests, self.time_scale
+        );
+        s.push_str("| target | url | ok | errors | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | goodput | send lag p99 ms |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for (label, r) in &self.targets {
+            let errors: Vec<String> = r.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            let _ =
+                writeln!(
+                s,
+                "| {label} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {:.1}% (TTFT<={}s) | {} |",
+                r.target,
+                r.ok,
+                r.requests,
+                if errors.is_empty() { "0".into() } else { errors.join(", ") },
+                ms(r.ttft, |p| p.p50),
+                ms(r.ttft, |p| p.p90),
+                ms(r.ttft, |p| p.p99),
+                ms(r.e2e, |p| p.p50),
+                ms(r.e2e, |p| p.p99),
+                r.goodput.share * 100.0,
+                r.goodput.slo_s,
+                ms(r.send_lag, |p| p.p99),
+            );
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! `switchyard`: the one binary. `serve` runs the gateway, `check` validates a config, `sim`
 //! runs simulated vLLM replicas ([`sim_cmd`]), `demo` runs a simulated fleet behind the gateway
-//! ([`demo`]).
+//! ([`demo`]), `bench` runs the benchmarks ([`bench_cmd`]).
 #![forbid(unsafe_code)]
 
+mod bench_cmd;
 mod demo;
 mod sim_cmd;
 
@@ -44,13 +45,18 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// A simulated GPU fleet behind the gateway, with live numbers: no config needed.
     Demo(demo::DemoArgs),
+    /// Benchmarks: overhead against peer proxies, routing decisions, trace replay.
+    Bench {
+        #[command(subcommand)]
+        command: bench_cmd::BenchCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws a table on stdout: keep the log quiet unless asked otherwise.
     let log = match cli.command {
-        Command::Demo(_) if cli.log == "info" => "warn".to_owned(),
+        Command::Demo(_) | Command::Bench { .. } if cli.log == "info" => "warn".to_owned(),
         _ => cli.log.clone(),
     };
     let filter = std::env::var("RUST_LOG").unwrap_or(log);
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => finish(sim_cmd::run(args)),
         Command::Demo(args) => finish(demo::run(args)),
+        Command::Bench { command } => finish(bench_cmd::run(command)),
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 let backends: usize = cfg.models.iter().map(|m| m.backends.len()).sum();

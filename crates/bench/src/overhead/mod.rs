@@ -57,6 +57,8 @@ pub struct OverheadConfig {
     pub install_script: Option<PathBuf>,
     /// No progress line.
     pub quiet: bool,
+    /// A note for the result file (e.g. a busy machine).
+    pub note: Option<String>,
 }
 
 /// An overhead run that could not start at all (a peer failing is reported, not an error).
@@ -199,7 +201,8 @@ async fn measure(
     }
     let rss_idle_kib = proc.as_ref().map(Proc::rss_kib);
     // Warm-up: connections, caches, JIT-free but lazy allocations.
-    loadgen::closed_loop(&plain, cfg.connections, Duration::from_secs(1)).await;
+    let warm = cfg.duration.min(Duration::from_secs(1));
+    loadgen::closed_loop(&plain, cfg.connections, warm).await;
 
     progress.show(&format!(
         "{name}: max throughput, {} connections",

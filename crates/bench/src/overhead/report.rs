@@ -299,8 +299,8 @@ impl OverheadRun {
         s.push_str(&self.targets());
         let _ = writeln!(
             s,
-            "\n![latency against offered load](overhead-{}-latency.svg)",
-            self.meta.date
+            "\n![latency against offered load]({}-latency.svg)",
+            self.stem()
         );
         s
     }
@@ -376,13 +376,18 @@ impl OverheadRun {
         }
     }
 
-    /// Writes `overhead-<date>[-smoke].{md,json}` and the plot into `dir`.
-    pub fn write(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-        let stem = format!(
+    /// `overhead-<date>[-smoke]`: the name every file of this run starts with.
+    fn stem(&self) -> String {
+        format!(
             "overhead-{}{}",
             self.meta.date,
             if self.smoke { "-smoke" } else { "" }
-        );
+        )
+    }
+
+    /// Writes `<stem>.{md,json}` and `<stem>-latency.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let stem = self.stem();
         let (md, js) = write_results(dir, &stem, &self.markdown(), self)?;
         let svg = dir.join(format!("{stem}-latency.svg"));
         std::fs::write(&svg, self.plot().render())?;
