@@ -385,12 +385,13 @@ pub fn run_all(
     names: &[&str],
     size: Size,
     seed: u64,
+    load: f64,
     contenders: &[Contender],
     mut on_step: impl FnMut(&str),
 ) -> Result<Vec<Outcome>, DecisionsError> {
     let mut out = Vec::new();
     for name in names {
-        let sc = scenarios::build(name, size, seed)?;
+        let sc = scenarios::build(name, size, seed)?.at_load(load);
         for c in contenders {
             on_step(&format!("{name} / {}", c.name));
             out.push(evaluate(&sc, c, seed)?);
@@ -433,8 +434,8 @@ mod tests {
             .into_iter()
             .filter(|c| c.name == "round_robin" || c.name == "consistent_hash")
             .collect();
-        let a = run_all(&["tenants", "priority"], Size::Quick, 5, &c, |_| {}).unwrap();
-        let b = run_all(&["tenants", "priority"], Size::Quick, 5, &c, |_| {}).unwrap();
+        let a = run_all(&["tenants", "priority"], Size::Quick, 5, 1.0, &c, |_| {}).unwrap();
+        let b = run_all(&["tenants", "priority"], Size::Quick, 5, 1.0, &c, |_| {}).unwrap();
         assert_eq!(a.len(), 4);
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.deterministic_part(), y.deterministic_part());

@@ -18,6 +18,8 @@ pub struct DecisionsRun {
     pub meta: RunMeta,
     /// Whether scenarios were the small `--quick` size.
     pub quick: bool,
+    /// Offered load relative to each workload's own rate.
+    pub load: f64,
     /// `Some(true)` when the run was repeated and everything but decision times was equal.
     pub determinism_checked: Option<bool>,
     /// Wall time of the whole run, s.
@@ -87,8 +89,9 @@ impl DecisionsRun {
         s.push_str(&self.meta.markdown());
         let _ = writeln!(
             s,
-            "- size: {}; wall time {:.0} s; determinism: {}",
+            "- size: {}; load {}x; wall time {:.0} s; determinism: {}",
             if self.quick { "quick" } else { "full" },
+            self.load,
             self.wall_s,
             match self.determinism_checked {
                 Some(true) => "run twice, identical except decision time",

@@ -4,11 +4,11 @@
 //!
 //! | name | fleet | what it asks of a policy |
 //! |---|---|---|
-//! | `shared_prefix` | 4 x L4 | many users behind 24 long prefixes whose KV (72k tokens) exceeds one replica's cache: locality decides hit rate |
+//! | `shared_prefix` | 4 x L4 | many users behind 16 prefixes of 2,000 tokens whose KV (32k tokens) exceeds one L4's cache (~31k): locality decides hit rate |
 //! | `multi_turn` | 4 x L4 | chat sessions resending their growing history: session affinity |
 //! | `low_sharing` | 4 x L4 | ShareGPT-like independent prompts: the control no policy may regress on |
 //! | `heterogeneous` | 2 x H100 (weight 3) + 2 x L4 (weight 1) | fast and slow replicas: load balance by capacity |
-//! | `tenants` | 4 x L4 | five steady tenants and one abusive tenant sending bursts: per-tenant service gap |
+//! | `tenants` | 4 x L4 | five steady tenants and one abusive tenant sending bursts of long prompts: per-tenant service gap |
 //! | `priority` | 2 x L4 | a critical / standard / batch mix offered above capacity: per-priority TTFT |
 //!
 //! The shapes come from the sim crate's generators (`switchyard_sim::workload`); the tenant
@@ -60,6 +60,19 @@ pub struct Scenario {
     pub tags: Vec<Tag>,
     /// Goodput counts requests whose TTFT is at most this, seconds.
     pub slo_ttft_s: f64,
+}
+
+impl Scenario {
+    /// The same scenario offered `load` times as fast (arrival times divided by `load`): 2.0
+    /// doubles the request rate. Non-positive or non-finite values leave it unchanged.
+    pub fn at_load(mut self, load: f64) -> Scenario {
+        if load.is_finite() && load > 0.0 && load != 1.0 {
+            for r in &mut self.workload.requests {
+                r.arrival /= load;
+            }
+        }
+        self
+    }
 }
 
 /// How big to make a scenario.
@@ -117,10 +130,10 @@ pub fn build(name: &str, size: Size, seed: u64) -> Result<Scenario, UnknownScena
             backends(&[(l4, 1, 4)]),
             untagged(shared_prefix(
                 &SharedPrefixSpec {
-                    requests: scale(3000),
-                    rate: 12.0,
-                    groups: 24,
-                    prefix_tokens: 3000,
+                    requests: scale(4000),
+                    rate: 5.0,
+                    groups: 16,
+                    prefix_tokens: 2000,
                     users_per_group: 8,
                     ..SharedPrefixSpec::default()
                 },
@@ -133,8 +146,8 @@ pub fn build(name: &str, size: Size, seed: u64) -> Result<Scenario, UnknownScena
             backends(&[(l4, 1, 4)]),
             untagged(multi_turn(
                 &MultiTurnSpec {
-                    sessions: scale(600),
-                    session_rate: 3.0,
+                    sessions: scale(1000),
+                    session_rate: 1.1,
                     think_time_s: 6.0,
                     system_tokens: 500,
                     ..MultiTurnSpec::default()
@@ -148,8 +161,8 @@ pub fn build(name: &str, size: Size, seed: u64) -> Result<Scenario, UnknownScena
             backends(&[(l4, 1, 4)]),
             untagged(sharegpt_like(
                 &ShareGptSpec {
-                    requests: scale(3000),
-                    rate: 12.0,
+                    requests: scale(4000),
+                    rate: 8.0,
                     ..ShareGptSpec::default()
                 },
                 seed,
@@ -161,8 +174,8 @@ pub fn build(name: &str, size: Size, seed: u64) -> Result<Scenario, UnknownScena
             backends(&[(profile::h100_llama3_8b(), 3, 2), (l4, 1, 2)]),
             untagged(sharegpt_like(
                 &ShareGptSpec {
-                    requests: scale(4000),
-                    rate: 30.0,
+                    requests: scale(8000),
+                    rate: 20.0,
                     ..ShareGptSpec::default()
                 },
                 seed,
@@ -172,7 +185,7 @@ pub fn build(name: &str, size: Size, seed: u64) -> Result<Scenario, UnknownScena
         "tenants" => (
             "tenants",
             backends(&[(l4, 1, 4)]),
-            tenants(scale(2500), seed, true),
+            tenants(scale(3000), seed, true),
             2.0,
         ),
         "priority" => (
@@ -192,8 +205,14 @@ pub fn build(name: &str, size: Size, seed: u64) -> Result<Scenario, UnknownScena
     })
 }
 
-/// Five steady tenants (ShareGPT-like, 1.6 requests/s each) and, with `abusive`, a sixth that
-/// sends bursts: every 20 s, 60 requests within 2 s, with long prompts.
+/// Requests in one burst of the abusive tenant.
+const BURST: usize = 40;
+/// Seconds between the abusive tenant's bursts.
+const BURST_EVERY_S: f64 = 30.0;
+
+/// Five steady tenants (ShareGPT-like, 0.6 requests/s each: 3/4 of `requests`) and, with
+/// `abusive`, a sixth (1/6 of `requests`) that sends bursts: every 30 s, 40 requests within
+/// 2 s, with prompts of 500-1500 tokens.
 pub fn tenants(requests: usize, seed: u64, abusive: bool) -> (Workload, Vec<Tag>) {
     let steady = 5;
     let per = requests * 3 / 4 / steady;
@@ -202,7 +221,7 @@ pub fn tenants(requests: usize, seed: u64, abusive: bool) -> (Workload, Vec<Tag>
         let w = sharegpt_like(
             &ShareGptSpec {
                 requests: per.max(1),
-                rate: 1.6,
+                rate: 0.6,
                 ..ShareGptSpec::default()
             },
             seed.wrapping_add(1 + t as u64),
@@ -218,11 +237,11 @@ pub fn tenants(requests: usize, seed: u64, abusive: bool) -> (Workload, Vec<Tag>
         let rng = SplitMix::new(seed ^ 0xab05);
         let burst = sharegpt_like(
             &ShareGptSpec {
-                requests: (requests / 4).max(1),
+                requests: (requests / 6).max(1),
                 rate: 30.0,
                 prompt_tokens: Length::Uniform {
-                    min: 1000,
-                    max: 3000,
+                    min: 500,
+                    max: 1500,
                 },
                 ..ShareGptSpec::default()
             },
@@ -232,24 +251,24 @@ pub fn tenants(requests: usize, seed: u64, abusive: bool) -> (Workload, Vec<Tag>
             tenant: Some(ABUSIVE_TENANT.into()),
             priority: None,
         };
-        let bursts = (span / 20.0).floor().max(1.0) as usize;
+        let bursts = (span / BURST_EVERY_S).floor().max(1.0) as usize;
         for (i, mut r) in burst.requests.into_iter().enumerate() {
-            let b = (i / 60) % bursts;
+            let b = (i / BURST) % bursts;
             let jitter = (rng.below(2000) as f64) / 1000.0;
-            r.arrival = 5.0 + b as f64 * 20.0 + jitter;
+            r.arrival = 5.0 + b as f64 * BURST_EVERY_S + jitter;
             all.push((r, tag.clone()));
         }
     }
     sorted(all)
 }
 
-/// A mix offered above two L4s' capacity: 20 % critical, 30 % standard, 50 % batch (long
-/// answers), arriving at 14 requests/s.
+/// A mix offered above two L4s' capacity: 20 % critical, 30 % standard, 50 % batch,
+/// arriving at 6.5 requests/s.
 pub fn priorities(requests: usize, seed: u64) -> (Workload, Vec<Tag>) {
     let w = sharegpt_like(
         &ShareGptSpec {
             requests,
-            rate: 14.0,
+            rate: 6.5,
             ..ShareGptSpec::default()
         },
         seed,
@@ -303,13 +322,23 @@ mod tests {
     }
 
     #[test]
+    fn load_scales_arrival_rates() {
+        let a = build("low_sharing", Size::Quick, 1).unwrap();
+        let last = a.workload.requests.last().unwrap().arrival;
+        let b = a.clone().at_load(2.0);
+        assert!((b.workload.requests.last().unwrap().arrival - last / 2.0).abs() < 1e-9);
+        let c = a.clone().at_load(-1.0);
+        assert_eq!(c.workload, a.workload);
+    }
+
+    #[test]
     fn tenants_scenario_has_an_abusive_tenant_only_when_asked() {
         let (w, tags) = tenants(200, 1, true);
         let abusive = tags
             .iter()
             .filter(|t| t.tenant.as_deref() == Some(ABUSIVE_TENANT))
             .count();
-        assert_eq!(abusive, 50);
+        assert_eq!(abusive, 33);
         let (w2, tags2) = tenants(200, 1, false);
         assert!(tags2
             .iter()

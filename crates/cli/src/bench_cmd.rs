@@ -91,6 +91,9 @@ pub struct DecisionsArgs {
     /// Only these policies (default all).
     #[arg(long, value_delimiter = ',')]
     policies: Vec<String>,
+    /// Offered load relative to each workload's own rate (2 = twice the requests/s).
+    #[arg(long, default_value_t = 1.0)]
+    load: f64,
     /// Run everything twice and check the numbers (all but decision time) are identical.
     #[arg(long)]
     check_determinism: bool,
@@ -147,6 +150,9 @@ pub struct TraceArgs {
     /// The small size of `decisions --quick`.
     #[arg(long)]
     quick: bool,
+    /// Offered load relative to the workload's own rate.
+    #[arg(long, default_value_t = 1.0)]
+    load: f64,
     /// Keep only the first N requests.
     #[arg(long)]
     limit: Option<usize>,
@@ -155,9 +161,21 @@ pub struct TraceArgs {
     out: PathBuf,
 }
 
-/// The command line as typed, for result files.
+/// The command line as typed (shell-quoted where needed), for result files.
 fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_./,=:-+@".contains(c));
+            if plain {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect();
     format!("switchyard {}", args.join(" "))
 }
 
@@ -169,7 +187,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             .with_context(|| format!("mock upstream on {listen}")),
         BenchCommand::Trace(a) => {
             let size = if a.quick { Size::Quick } else { Size::Full };
-            let sc = scenarios::build(&a.workload, size, a.seed)?;
+            let sc = scenarios::build(&a.workload, size, a.seed)?.at_load(a.load);
             let mut recs = trace::from_workload(&sc.workload, &sc.tags);
             if let Some(n) = a.limit {
                 recs.truncate(n);
@@ -218,12 +236,12 @@ fn run_decisions(a: DecisionsArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let runs = if a.check_determinism { 2 } else { 1 };
     let mut progress = Progress::new(runs * names.len() * contenders.len(), false);
-    let first = decisions::run_all(&names, size, a.seed, &contenders, |l| {
+    let first = decisions::run_all(&names, size, a.seed, a.load, &contenders, |l| {
         progress.show(l);
         progress.step();
     })?;
     let determinism_checked = if a.check_determinism {
-        let second = decisions::run_all(&names, size, a.seed, &contenders, |l| {
+        let second = decisions::run_all(&names, size, a.seed, a.load, &contenders, |l| {
             progress.show(&format!("again: {l}"));
             progress.step();
         })?;
@@ -240,6 +258,7 @@ fn run_decisions(a: DecisionsArgs) -> anyhow::Result<()> {
     let run = DecisionsRun {
         meta: RunMeta::now(command_line(), vec![a.seed], a.note),
         quick: a.quick,
+        load: a.load,
         determinism_checked,
         wall_s: started.elapsed().as_secs_f64(),
         outcomes: first,
