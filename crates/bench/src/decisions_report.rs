@@ -164,6 +164,7 @@ impl DecisionsRun {
             x_label: "time to first token (simulated s, log scale)".into(),
             y_label: "share of requests".into(),
             log_x: true,
+            log_y: false,
             series: self
                 .outcomes
                 .iter()

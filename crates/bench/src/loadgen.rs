@@ -62,6 +62,9 @@ pub struct LoadResult {
     pub non_2xx: u64,
     /// Requests that failed at the connection (refused, reset, cut body).
     pub errors: u64,
+    /// Open loop only: scheduled requests never sent because the path fell so far behind
+    /// that the run's deadline (the duration plus a grace period) passed first.
+    pub unsent: u64,
     /// Wall time of the run, s.
     pub elapsed_s: f64,
     /// Latency of each ok request, µs (from send, or from the scheduled time in open loop).
@@ -84,6 +87,7 @@ impl LoadResult {
         self.ok += o.ok;
         self.non_2xx += o.non_2xx;
         self.errors += o.errors;
+        self.unsent += o.unsent;
         self.latency_us.extend(o.latency_us);
         self.ttfb_us.extend(o.ttfb_us);
     }
@@ -181,7 +185,9 @@ pub async fn closed_loop(target: &Target, connections: usize, duration: Duration
 }
 
 /// Requests at `rate` per second for `duration`, over at most `connections` connections;
-/// latencies from each request's scheduled time.
+/// latencies from each request's scheduled time. A path that falls behind is not waited for
+/// forever: requests not sent by `duration` plus a grace period (the duration, at most 5 s)
+/// are counted as `unsent`.
 pub async fn open_loop(
     target: &Target,
     rate: f64,
@@ -191,6 +197,7 @@ pub async fn open_loop(
     let total = (rate.max(0.0) * duration.as_secs_f64()).floor() as u64;
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now() + Duration::from_millis(20);
+    let deadline = start + duration + duration.min(Duration::from_secs(5));
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
         let t = target.clone();
@@ -203,16 +210,26 @@ pub async fn open_loop(
                 if i >= total {
                     break;
                 }
+                if Instant::now() >= deadline {
+                    // This one, plus (once, by whoever swaps first) those never handed out.
+                    r.unsent += 1 + total.saturating_sub(next.swap(total, Ordering::Relaxed));
+                    break;
+                }
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due).await;
-                match one(&t, &mut conn).await {
-                    Some((true, first, done)) => {
+                // A request still unanswered at the deadline is an error, not a hang.
+                match tokio::time::timeout_at(deadline, one(&t, &mut conn)).await {
+                    Ok(Some((true, first, done))) => {
                         r.ok += 1;
                         r.latency_us.push((done - due).as_secs_f64() * 1e6);
                         r.ttfb_us.push((first - due).as_secs_f64() * 1e6);
                     }
-                    Some((false, _, _)) => r.non_2xx += 1,
-                    None => r.errors += 1,
+                    Ok(Some((false, _, _))) => r.non_2xx += 1,
+                    Ok(None) => r.errors += 1,
+                    Err(_) => {
+                        r.errors += 1;
+                        conn = None;
+                    }
                 }
             }
             r
@@ -307,6 +324,28 @@ mod tests {
         assert_eq!((r.errors, r.non_2xx), (0, 0));
         assert_eq!(r.latency_us.len(), 50);
         assert!(r.latency_us.iter().all(|&l| l > 0.0));
+    }
+
+    #[tokio::test]
+    async fn a_path_that_falls_behind_is_cut_at_the_deadline_and_counted_unsent() {
+        // A listener that accepts and never answers: every request waits forever.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                open.push(s);
+            }
+        });
+        let t = Target {
+            addr,
+            path: "/".into(),
+            body: Bytes::new(),
+            headers: vec![],
+        };
+        // 10 scheduled over 100 ms; two get stuck, the deadline (200 ms) ends both.
+        let r = open_loop(&t, 100.0, Duration::from_millis(100), 2).await;
+        assert_eq!((r.ok, r.errors, r.unsent), (0, 2, 8));
     }
 
     #[tokio::test]

@@ -23,6 +23,8 @@ pub struct Plot {
     pub y_label: String,
     /// Plot the horizontal axis on a log10 scale (latencies spanning decades).
     pub log_x: bool,
+    /// Plot the vertical axis on a log10 scale (paths whose latencies differ by decades).
+    pub log_y: bool,
     /// The lines.
     pub series: Vec<Series>,
 }
@@ -79,21 +81,27 @@ impl Plot {
     /// Renders the plot as a standalone SVG document.
     pub fn render(&self) -> String {
         let tx = |x: f64| if self.log_x { x.max(1e-9).log10() } else { x };
+        let ty = |y: f64| if self.log_y { y.max(1e-9).log10() } else { y };
         let pts = || {
             self.series
                 .iter()
                 .flat_map(|s| s.points.iter())
                 .filter(|p| p.0.is_finite() && p.1.is_finite())
         };
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, 0.0f64, f64::MIN);
+        let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, f64::MIN);
+        let mut y0 = if self.log_y { f64::MAX } else { 0.0f64 };
         for &(x, y) in pts() {
             x0 = x0.min(tx(x));
             x1 = x1.max(tx(x));
-            y0 = y0.min(y);
-            y1 = y1.max(y);
+            y0 = y0.min(ty(y));
+            y1 = y1.max(ty(y));
+        }
+        if self.log_y && y0 <= y1 {
+            // Whole decades, so the ticks land on the edges.
+            (y0, y1) = (y0.floor(), y1.ceil());
         }
         if x0 > x1 {
-            (x0, x1, y1) = (0.0, 1.0, 1.0);
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
         }
         if x1 - x0 < 1e-12 {
             x1 = x0 + 1.0;
@@ -103,7 +111,7 @@ impl Plot {
         }
         let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
         let sx = |x: f64| LEFT + (tx(x) - x0) / (x1 - x0) * pw;
-        let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
+        let sy = |y: f64| TOP + ph - (ty(y) - y0) / (y1 - y0) * ph;
         let mut s = String::new();
         let _ = write!(
             s,
@@ -133,15 +141,22 @@ impl Plot {
                 TOP + ph + 16.0
             );
         }
-        for t in ticks(y0, y1) {
-            let py = sy(t);
+        let yt: Vec<(f64, f64)> = if self.log_y {
+            (y0 as i32..=y1 as i32)
+                .map(|e| (f64::from(e), 10f64.powi(e)))
+                .collect()
+        } else {
+            ticks(y0, y1).into_iter().map(|t| (t, t)).collect()
+        };
+        for (t, label) in yt {
+            let py = TOP + ph - (t - y0) / (y1 - y0) * ph;
             let _ = write!(
                 s,
                 r##"<line x1="{LEFT}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
                 LEFT + pw,
                 LEFT - 6.0,
                 py + 4.0,
-                fmt_tick(t)
+                fmt_tick(label)
             );
         }
         let _ = write!(
@@ -195,6 +210,7 @@ mod tests {
             x_label: "s".into(),
             y_label: "share".into(),
             log_x: true,
+            log_y: false,
             series: vec![
                 Series {
                     label: "a&b".into(),
@@ -211,6 +227,25 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(svg.contains("a&amp;b") && svg.contains("TTFT &lt;cdf&gt;"));
         assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn log_y_axes_label_whole_decades() {
+        let p = Plot {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            log_x: false,
+            log_y: true,
+            series: vec![Series {
+                label: "s".into(),
+                points: vec![(1.0, 0.5), (2.0, 5000.0)],
+            }],
+        };
+        let svg = p.render();
+        for label in [">0.1<", ">1<", ">10<", ">100<", ">1000<", ">10000<"] {
+            assert!(svg.contains(label), "{label} missing");
+        }
     }
 
     #[test]

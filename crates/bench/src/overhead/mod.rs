@@ -155,6 +155,7 @@ fn rate_point(offered: f64, r: &LoadResult) -> RatePoint {
         ok: r.ok,
         non_2xx: r.non_2xx,
         errors: r.errors,
+        unsent: r.unsent,
         latency_ms: ms(Percentiles::of(&r.latency_us)),
     }
 }

@@ -24,8 +24,10 @@ pub struct RatePoint {
     pub ok: u64,
     /// Non-2xx answers.
     pub non_2xx: u64,
-    /// Connection errors.
+    /// Connection errors and requests unanswered at the deadline.
     pub errors: u64,
+    /// Scheduled requests never sent: the path fell behind the offered rate.
+    pub unsent: u64,
     /// Latency from the scheduled send time, ms.
     pub latency_ms: Option<Percentiles>,
 }
@@ -238,7 +240,7 @@ impl OverheadRun {
         );
         let _ = writeln!(
             s,
-            "\n## Latency at {:.0} requests/s offered (open loop, from the scheduled send time)\n\n| path | achieved/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | non-2xx + errors |\n|---|---:|---:|---:|---:|---:|---:|---:|",
+            "\n## Latency at {:.0} requests/s offered (open loop, from the scheduled send time)\n\n| path | achieved/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | non-2xx + errors | unsent |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             self.rate
         );
         for p in self.paths.iter().filter(|p| p.error.is_none()) {
@@ -246,7 +248,7 @@ impl OverheadRun {
             let add = d.added_at_rate_ms.iter().find(|a| a.0 == p.path);
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                 p.path,
                 h.achieved,
                 f(h.latency_ms.map(|l| l.p50), 3),
@@ -254,7 +256,8 @@ impl OverheadRun {
                 f(h.latency_ms.map(|l| l.p999), 3),
                 f(add.map(|a| a.1), 3),
                 f(add.map(|a| a.2), 3),
-                h.non_2xx + h.errors
+                h.non_2xx + h.errors,
+                h.unsent
             );
         }
         let _ = writeln!(
@@ -358,8 +361,9 @@ impl OverheadRun {
         Plot {
             title: "p99 latency against offered load (open loop)".into(),
             x_label: "offered requests/s".into(),
-            y_label: "p99 latency, ms".into(),
+            y_label: "p99 latency, ms (log scale)".into(),
             log_x: false,
+            log_y: true,
             series: self
                 .paths
                 .iter()
@@ -424,6 +428,7 @@ mod tests {
                 ok: 1,
                 non_2xx: 0,
                 errors: 0,
+                unsent: 0,
                 latency_ms: Some(lat),
             }],
             stream_ttfb_ms: Some(lat),
