@@ -2,9 +2,10 @@
 //! OpenAI-compatible endpoint, open loop: request `i` is sent at its arrival time divided by
 //! the time scale, whether or not earlier requests have finished. Every request is a streaming
 //! `POST /v1/chat/completions` with the trace's session, tenant and priority as `x-session-id`,
-//! `x-tenant` and `x-priority` headers; the replay measures time to first token (first SSE
-//! `data:` frame), end-to-end time and errors (connection failures, non-2xx answers, SSE error
-//! events, timeouts).
+//! `x-tenant` and `x-priority` headers; the replay measures time to first token (the first
+//! body frame carrying non-empty `content` or `text`: engines send a role-only chunk first,
+//! which is not a token), end-to-end time and errors (connection failures, non-2xx answers,
+//! SSE error events, timeouts).
 
 use std::time::Duration;
 
@@ -112,6 +113,22 @@ fn body(rec: &TraceRecord, model: &str) -> Bytes {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// Whether an SSE frame carries generated text: a `"content"` or `"text"` string that is not
+/// empty (a chunk may be split across frames; then the token is seen one frame later).
+fn has_token(d: &[u8]) -> bool {
+    const KEYS: [&[u8]; 4] = [
+        b"\"content\":\"",
+        b"\"content\": \"",
+        b"\"text\":\"",
+        b"\"text\": \"",
+    ];
+    KEYS.iter().any(|k| {
+        d.windows(k.len())
+            .enumerate()
+            .any(|(i, w)| w == *k && d.get(i + k.len()).is_some_and(|&c| c != b'"'))
+    })
+}
+
 async fn send(
     client: HttpClient,
     uri: Uri,
@@ -151,7 +168,7 @@ async fn send(
             match body.frame().await {
                 Some(Ok(f)) => {
                     if let Some(d) = f.data_ref() {
-                        if ttft.is_none() && d.windows(5).any(|w| w == b"data:") {
+                        if ttft.is_none() && has_token(d) {
                             ttft = Some(start.elapsed().as_secs_f64());
                         }
                         if d.windows(9).any(|w| w == b"\"error\":{") {
@@ -315,6 +332,21 @@ impl ReplayRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_role_only_first_chunk_is_not_a_token() {
+        assert!(!has_token(
+            br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        ));
+        assert!(!has_token(
+            br#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#
+        ));
+        assert!(has_token(
+            br#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#
+        ));
+        assert!(has_token(br#"data: {"choices":[{"text": "Hi"}]}"#));
+        assert!(!has_token(br#"data: {"choices":[{"delta":{"content":"#));
+    }
 
     #[test]
     fn targets_accept_a_base_url_with_or_without_v1() {

@@ -147,7 +147,7 @@ pub fn command(
             let conf = format!(
                 "worker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
                  events {{ worker_connections 8192; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+                 http {{\n  access_log off;\n  client_body_buffer_size 1m;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
                  fastcgi_temp_path {p}/fcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
                  keepalive_requests 1000000;\n\
                  upstream mock {{ server {upstream}; keepalive 128; keepalive_requests 1000000; }}\n\
