@@ -165,9 +165,11 @@ pub fn command(
             Ok(c)
         }
         Peer::Haproxy => {
+            // maxconn: HAProxy reserves two descriptors per connection and refuses to start
+            // above the process's limit (20,000 here); 8,000 connections fit.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let conf = format!(
-                "global\n  nbthread {cores}\n  maxconn 20000\n\ndefaults\n  mode http\n  timeout connect 5s\n\
+                "global\n  nbthread {cores}\n  maxconn 8000\n\ndefaults\n  mode http\n  timeout connect 5s\n\
                  timeout client 120s\n  timeout server 120s\n  option http-keep-alive\n  http-reuse always\n\n\
                  frontend f\n  bind {listen}\n  default_backend b\n\nbackend b\n  server mock {upstream}\n"
             );
