@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Superseded by `switchyard bench overhead` (crates/bench); kept to reproduce bench/results/overhead-2026-11-22.*.
 # Overhead of putting Switchyard in the path, measured side by side in one run:
 #   direct:     load generator -> fast mock upstream
 #   switchyard: load generator -> switchyard -> the same mock

@@ -1,8 +1,10 @@
 //! `switchyard`: the one binary. `serve` runs the gateway, `check` validates a config, `sim`
 //! runs simulated vLLM replicas ([`sim_cmd`]), `demo` runs a simulated fleet behind the gateway
-//! ([`demo`]); the hidden `chaos` runs the chaos benchmark ([`chaos`]).
+//! ([`demo`]), `bench` runs the benchmarks ([`bench_cmd`]); the hidden `chaos` runs the
+//! chaos benchmark ([`chaos`]).
 #![forbid(unsafe_code)]
 
+mod bench_cmd;
 mod chaos;
 mod chaos_judge;
 mod demo;
@@ -50,13 +52,20 @@ enum Command {
     /// `switchyard serve`, bounded, loopback only; writes bench/results/chaos-<date>.md/.json.
     #[command(hide = true)]
     Chaos(chaos::ChaosArgs),
+    /// Benchmarks: overhead against peer proxies, routing decisions, trace replay.
+    Bench {
+        #[command(subcommand)]
+        command: bench_cmd::BenchCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws a table on stdout: keep the log quiet unless asked otherwise.
     let log = match cli.command {
-        Command::Demo(_) | Command::Chaos(_) if cli.log == "info" => "warn".to_owned(),
+        Command::Demo(_) | Command::Chaos(_) | Command::Bench { .. } if cli.log == "info" => {
+            "warn".to_owned()
+        }
         _ => cli.log.clone(),
     };
     let filter = std::env::var("RUST_LOG").unwrap_or(log);
@@ -70,6 +79,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => finish(sim_cmd::run(args)),
         Command::Demo(args) => finish(demo::run(args)),
         Command::Chaos(args) => finish(chaos::run(args)),
+        Command::Bench { command } => finish(bench_cmd::run(command)),
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 let backends: usize = cfg.models.iter().map(|m| m.backends.len()).sum();
