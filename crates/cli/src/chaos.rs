@@ -354,7 +354,7 @@ impl Report {
     fn new(args: &ChaosArgs, baseline: RunStats, faulted: RunStats) -> Self {
         Self {
             date: crate::chaos_judge::utc_date(),
-            machine: crate::chaos_judge::machine_line(),
+            machine: switchyard_bench::output::machine_line(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             seed: args.seed,
             baseline,

@@ -214,15 +214,12 @@ impl RunStats {
     }
 }
 
-/// The `q` quantile (0..1) of `samples`; 0 with none.
+/// The `q` quantile (0..1) of `samples` (nearest rank, as every benchmark reports it); 0 with
+/// none.
 fn quantile(samples: &[f64], q: f64) -> f64 {
     let mut v = samples.to_vec();
-    if v.is_empty() {
-        return 0.0;
-    }
     v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i]
+    switchyard_bench::stats::percentile(&v, q).unwrap_or(0.0)
 }
 
 /// Today's date in UTC, `YYYY-MM-DD`.
@@ -230,37 +227,7 @@ pub fn utc_date() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// CPU model, core count and kernel, for the report.
-pub fn machine_line() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
-        |_| std::env::consts::OS.to_owned(),
-        |k| format!("Linux {}", k.trim()),
-    );
-    format!("{cpu}, {cores} cores available, {kernel}")
+    switchyard_bench::output::utc_date_time(secs).0
 }
 
 #[cfg(test)]
