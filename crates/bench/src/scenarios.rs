@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `shared_prefix` | 4 x L4 | many users behind 16 prefixes of 2,000 tokens whose KV (32k tokens) exceeds one L4's cache (~31k): locality decides hit rate |
 //! | `multi_turn` | 4 x L4 | chat sessions resending their growing history: session affinity |
+//! | `agent` | 4 x H100 | tool-using agent sessions: a long shared system prompt, the history of tool results resent every turn, short answers |
 //! | `low_sharing` | 4 x L4 | ShareGPT-like independent prompts: the control no policy may regress on |
 //! | `heterogeneous` | 2 x H100 (weight 3) + 2 x L4 (weight 1) | fast and slow replicas: load balance by capacity |
 //! | `tenants` | 4 x L4 | five steady tenants and one abusive tenant sending bursts of long prompts: per-tenant service gap |
@@ -17,8 +18,8 @@
 
 use switchyard_core::rng::SplitMix;
 use switchyard_sim::workload::{
-    multi_turn, shared_prefix, sharegpt_like, Length, MultiTurnSpec, ShareGptSpec,
-    SharedPrefixSpec, Workload, WorkloadRequest,
+    agent_sessions, multi_turn, shared_prefix, sharegpt_like, AgentSpec, Length, MultiTurnSpec,
+    ShareGptSpec, SharedPrefixSpec, Workload, WorkloadRequest,
 };
 use switchyard_sim::{profile, BackendSpec, Profile};
 
@@ -26,6 +27,7 @@ use switchyard_sim::{profile, BackendSpec, Profile};
 pub const NAMES: &[&str] = &[
     "shared_prefix",
     "multi_turn",
+    "agent",
     "low_sharing",
     "heterogeneous",
     "tenants",
@@ -86,7 +88,7 @@ pub enum Size {
 
 /// A scenario error: an unknown name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown workload '{0}'; known: shared_prefix, multi_turn, low_sharing, heterogeneous, tenants, priority")]
+#[error("unknown workload '{0}'; known: shared_prefix, multi_turn, agent, low_sharing, heterogeneous, tenants, priority")]
 pub struct UnknownScenario(pub String);
 
 fn backends(list: &[(Profile, u32, usize)]) -> Vec<BackendSpec> {
@@ -151,6 +153,20 @@ pub fn build(name: &str, size: Size, seed: u64) -> Result<Scenario, UnknownScena
                     think_time_s: 6.0,
                     system_tokens: 500,
                     ..MultiTurnSpec::default()
+                },
+                seed,
+            )),
+            2.0,
+        ),
+        "agent" => (
+            "agent",
+            backends(&[(profile::h100_llama3_8b(), 1, 4)]),
+            untagged(agent_sessions(
+                &AgentSpec {
+                    sessions: scale(1000),
+                    session_rate: 1.5,
+                    tool_time_s: 0.5,
+                    ..AgentSpec::default()
                 },
                 seed,
             )),
@@ -317,7 +333,7 @@ mod tests {
         }
         assert_eq!(
             build("nope", Size::Quick, 1).unwrap_err().to_string(),
-            "unknown workload 'nope'; known: shared_prefix, multi_turn, low_sharing, heterogeneous, tenants, priority"
+            "unknown workload 'nope'; known: shared_prefix, multi_turn, agent, low_sharing, heterogeneous, tenants, priority"
         );
     }
 

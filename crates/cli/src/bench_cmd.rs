@@ -84,7 +84,7 @@ pub struct DecisionsArgs {
     /// Seed of workloads and policies.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Workloads to run (default all): shared_prefix, multi_turn, low_sharing, heterogeneous,
+    /// Workloads to run (default all): shared_prefix, multi_turn, agent, low_sharing, heterogeneous,
     /// tenants, priority.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
@@ -141,7 +141,7 @@ pub struct ReplayArgs {
 /// `switchyard bench trace` flags.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// The workload: shared_prefix, multi_turn, low_sharing, heterogeneous, tenants, priority.
+    /// The workload: shared_prefix, multi_turn, agent, low_sharing, heterogeneous, tenants, priority.
     #[arg(long)]
     workload: String,
     /// Seed.

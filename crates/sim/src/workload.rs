@@ -7,6 +7,8 @@
 //!   turns' questions *and* the model's answers) — where session affinity pays.
 //! - [`sharegpt_like`]: independent prompts with heavy-tailed (log-normal) lengths, like the
 //!   ShareGPT set vLLM's benchmarks use — where plain load balancing is all there is to do.
+//! - [`agent_sessions`] (in [`agent`]): tool-using agent sessions, a long system prompt with
+//!   tool definitions and a history of tool results resent every turn, short answers.
 //!
 //! Arrivals are Poisson (exponential gaps) at a given rate; [`Workload::merge`] mixes shapes.
 //! A prompt is a list of [`Segment`]s of synthetic text (see [`crate::tokenizer`]) or literal
@@ -18,6 +20,9 @@ use serde::Serialize;
 use switchyard_core::rng::SplitMix;
 
 use crate::tokenizer::{mix64, push_synthetic, push_synthetic_text, token_count, tokenize_into};
+
+pub mod agent;
+pub use agent::{agent_sessions, AgentSpec};
 
 /// A span of synthetic text: `tokens` tokens named by `seed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -15,7 +15,8 @@ use switchyard_core::PolicySpec;
 use switchyard_sim::baselines::{SglangCacheAware, SglangConfig};
 use switchyard_sim::fleet::{run, run_arrivals, run_with, run_with_arrivals, Arrivals};
 use switchyard_sim::workload::{
-    multi_turn, shared_prefix, sharegpt_like, Length, MultiTurnSpec, ShareGptSpec, SharedPrefixSpec,
+    agent_sessions, multi_turn, shared_prefix, sharegpt_like, AgentSpec, Length, MultiTurnSpec,
+    ShareGptSpec, SharedPrefixSpec,
 };
 use switchyard_sim::{profile, FleetConfig, RunReport, Summary, Workload};
 
@@ -361,5 +362,41 @@ fn prefix_aware_does_not_lose_throughput_on_decode_bound_chat() {
     );
     assert!(t_pa >= t_rr, "{t_pa} vs {t_rr}");
     assert!(pa.summary.prefix_cache_hit_rate > rr.summary.prefix_cache_hit_rate + 0.2);
+    assert_no_hotspot(&pa);
+}
+
+/// Agent sessions (`agent_sessions`: a 2,000-token system prompt with tools shared by four
+/// agents, 10-30 turns of tool results resent as history, 50-200 token answers, tools running
+/// 0.5 s) on four H100s, whose 440k-token caches hold the live sessions once they are split
+/// between replicas but not when every replica sees every session, at 192 users: round robin
+/// queues (p90 TTFT 0.23 s) and re-prefills histories (hit rate 0.70 against 0.90).
+/// Measured: prefix_aware 1.28x round robin's output throughput and 2.6x better p90 TTFT;
+/// SGLang-style cache_aware is 2% ahead on throughput and 20% on p90 (0.070 s against 0.087 s)
+/// here. The 1.5x is reached only at a longer saturated run (1,000 sessions, 256 users:
+/// 1.72x, see the README's Policies section), too slow for this suite in debug.
+#[test]
+fn prefix_aware_serves_more_agent_turns_per_second_on_h100s() {
+    let fleet = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::RoundRobin, 1);
+    let w = agent_sessions(
+        &AgentSpec {
+            sessions: 400,
+            tool_time_s: 0.5,
+            ..AgentSpec::default()
+        },
+        1,
+    );
+    let rr = with_users(&fleet, "round_robin", &w, 192);
+    let sg = sglang_with_users(&fleet, &w, 192);
+    let pa = with_users(&fleet, "prefix_aware", &w, 192);
+    let (t_rr, t_sg, t_pa) = (
+        rr.summary.output_tokens_per_s,
+        sg.summary.output_tokens_per_s,
+        pa.summary.output_tokens_per_s,
+    );
+    assert!(t_pa >= 1.2 * t_rr, "{t_pa} vs {t_rr}");
+    assert!(t_pa >= 0.95 * t_sg, "{t_pa} vs {t_sg}");
+    assert!(p90(&rr) >= 2.5 * p90(&pa), "{} vs {}", p90(&rr), p90(&pa));
+    assert!(p90(&pa) <= 1.3 * p90(&sg), "{} vs {}", p90(&pa), p90(&sg));
+    assert!(pa.summary.prefix_cache_hit_rate > rr.summary.prefix_cache_hit_rate + 0.15);
     assert_no_hotspot(&pa);
 }
