@@ -107,14 +107,19 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Removes hop-by-hop headers from an upstream response before it is relayed. Runs per
-/// response: a scan of the (few) names present comes first, so the usual response that has
-/// none pays no lookups.
+/// response: a scan of the (few) names present finds which ones are there, and only those
+/// are looked up and removed (usually none, or just `connection`).
 pub fn clean_response_headers(headers: &mut HeaderMap) {
-    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
-        return;
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
