@@ -77,7 +77,7 @@ pub fn upstream_request(
     };
     let mut req = Request::builder()
         .method(Method::POST)
-        .uri(backend.uri(profile.kind.path())?)
+        .uri(backend.endpoint_uri(profile.kind)?)
         .body(Full::new(body.clone()))?;
     let headers = req.headers_mut();
     headers.reserve(client_headers.len() + 2);
