@@ -61,12 +61,7 @@ enum Failed {
 struct Progress<'a> {
     attempts: u32,
     failure: Option<ApiError>,
-    held: Option<(
-        hyper::Response<Incoming>,
-        &'a Backend,
-        &'a str,
-        InFlightGuard,
-    )>,
+    held: Option<(hyper::Response<Incoming>, &'a Backend, InFlightGuard)>,
     /// The last retryable answer's `Retry-After`, and which backend sent it.
     retry_after: Option<(&'a Backend, Duration)>,
     dispatched: Option<Instant>,
@@ -102,10 +97,10 @@ pub async fn run(
             break;
         }
     }
-    if let Some((resp, backend, model, guard)) = p.held {
+    if let Some((resp, backend, guard)) = p.held {
         let limits = limits(backend, req.started);
         return Ok(relay(
-            gw, model, resp, None, backend, guard, p.attempts, req, limits,
+            gw, resp, None, backend, guard, p.attempts, req, limits,
         ));
     }
     Err((
@@ -187,17 +182,7 @@ async fn serve_from<'a>(
                 Ok((resp, first, guard)) => {
                     let headers_at = Instant::now();
                     let limits = limits(backend, req.started);
-                    let mut r = relay(
-                        gw,
-                        &target.name,
-                        resp,
-                        first,
-                        backend,
-                        guard,
-                        p.attempts,
-                        req,
-                        limits,
-                    );
+                    let mut r = relay(gw, resp, first, backend, guard, p.attempts, req, limits);
                     if gw.config.debug_headers {
                         r.headers_mut().insert(
                             "x-switchyard-route",
@@ -214,7 +199,7 @@ async fn serve_from<'a>(
                 Err(Failed::Error(e)) => p.failure = Some(e),
                 Err(Failed::Answer(resp, guard, retry_after)) => {
                     p.retry_after = retry_after.map(|d| (backend, d));
-                    p.held = Some((resp, backend, &target.name, guard));
+                    p.held = Some((resp, backend, guard));
                 }
             }
         }
@@ -380,7 +365,6 @@ fn unreachable(backend: &Backend, detail: String) -> ApiError {
 #[allow(clippy::too_many_arguments)]
 fn relay(
     gw: &Snapshot,
-    model: &str,
     resp: hyper::Response<Incoming>,
     first: Option<Frame<Bytes>>,
     backend: &Backend,
@@ -395,7 +379,8 @@ fn relay(
         .insert("x-switchyard-backend", backend.name_header.clone());
     head.headers
         .insert("x-switchyard-attempts", HeaderValue::from(attempts));
-    gw.metrics.count(model, backend.name(), head.status);
+    gw.metrics
+        .count_answer(backend.state.metrics(), head.status);
     let sse = head
         .headers
         .get(header::CONTENT_TYPE)

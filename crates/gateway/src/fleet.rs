@@ -17,7 +17,8 @@ use std::time::Duration;
 use switchyard_core::rng::SplitMix;
 use switchyard_core::routing::SlowStart;
 use switchyard_core::{
-    BackendId, BackendView, FleetView, OutlierDetector, Policy, PoolMember, RetryBudget,
+    BackendId, BackendView, EndpointKind, FleetView, OutlierDetector, Policy, PoolMember,
+    RetryBudget,
 };
 
 use crate::backend_health::{BackendHealth, SharedOutlier};
@@ -105,6 +106,13 @@ impl BackendState {
     }
 }
 
+/// The inference endpoints whose upstream URIs each backend builds once.
+const ENDPOINTS: [EndpointKind; 3] = [
+    EndpointKind::ChatCompletions,
+    EndpointKind::Completions,
+    EndpointKind::Embeddings,
+];
+
 /// One upstream endpoint, ready to receive requests.
 #[derive(Debug)]
 pub struct Backend {
@@ -122,6 +130,9 @@ pub struct Backend {
     /// Its own upstream client when its connect timeout differs from the gateway's (the
     /// connect timeout belongs to a client's connector); `None` uses the shared one.
     pub client: Option<UpstreamClient>,
+    /// Upstream URIs of the three inference endpoints, built once (cloning one is a few
+    /// reference counts; building one per request parsed and copied it).
+    endpoint_uris: [Option<http::Uri>; 3],
 }
 
 impl Backend {
@@ -145,7 +156,7 @@ impl Backend {
             v.set_sensitive(true);
             Some(v)
         });
-        Self {
+        let mut backend = Self {
             id,
             name_header: HeaderValue::try_from(cfg.name.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
@@ -154,6 +165,19 @@ impl Backend {
             state,
             client: (cfg.timeouts.connect != ctx.default_connect)
                 .then(|| forward::client(&cfg.timeouts)),
+            endpoint_uris: [None, None, None],
+        };
+        backend.endpoint_uris = ENDPOINTS.map(|kind| backend.uri(kind.path()).ok());
+        backend
+    }
+
+    /// The upstream URI of an inference endpoint: the one built with the backend, or (if that
+    /// failed) built again so the caller sees the same error as before.
+    pub fn endpoint_uri(&self, kind: EndpointKind) -> Result<http::Uri, http::Error> {
+        let i = ENDPOINTS.iter().position(|k| *k == kind).unwrap_or(0);
+        match &self.endpoint_uris[i] {
+            Some(uri) if ENDPOINTS[i] == kind => Ok(uri.clone()),
+            _ => self.uri(kind.path()),
         }
     }
 

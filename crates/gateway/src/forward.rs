@@ -77,7 +77,7 @@ pub fn upstream_request(
     };
     let mut req = Request::builder()
         .method(Method::POST)
-        .uri(backend.uri(profile.kind.path())?)
+        .uri(backend.endpoint_uri(profile.kind)?)
         .body(Full::new(body.clone()))?;
     let headers = req.headers_mut();
     headers.reserve(client_headers.len() + 2);
@@ -95,17 +95,67 @@ pub fn upstream_request(
     Ok(req)
 }
 
-/// Removes hop-by-hop headers from an upstream response before it is relayed.
+/// Hop-by-hop headers never relayed from an upstream response (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers from an upstream response before it is relayed. Runs per
+/// response: a scan of the (few) names present finds which ones are there, and only those
+/// are looked up and removed (usually none, or just `connection`).
 pub fn clean_response_headers(headers: &mut HeaderMap) {
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_response_headers;
+    use http::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn response_cleaning_drops_every_hop_by_hop_header_and_keeps_the_rest() {
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        for dropped in hop {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            h.insert(dropped, HeaderValue::from_static("x"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            clean_response_headers(&mut h);
+            assert!(h.get(dropped).is_none(), "{dropped} was relayed");
+            assert_eq!(h.len(), 2, "after dropping {dropped}");
+        }
+        let mut all = HeaderMap::new();
+        for name in hop {
+            all.append(name, HeaderValue::from_static("x"));
+            all.append(name, HeaderValue::from_static("y"));
+        }
+        all.insert("x-keep", HeaderValue::from_static("1"));
+        clean_response_headers(&mut all);
+        assert_eq!(all.len(), 1);
+        assert!(all.get("x-keep").is_some());
     }
 }

@@ -218,12 +218,48 @@ impl Gateway {
             .wrapping_add(self.id_salt)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         z ^= z >> 29;
-        HeaderValue::try_from(format!("sy-{z:016x}{n:x}"))
-            .unwrap_or_else(|_| HeaderValue::from_static("sy-0"))
+        request_id_value(z, n)
     }
 
     /// Whether some backend of some model can take a request.
     pub fn ready(&self) -> bool {
         self.snapshot().ready()
+    }
+}
+
+/// `sy-` + `z` as 16 hex digits + `n` in hex (no leading zeros): the request id, written
+/// without going through `format!` (this runs once per request).
+fn request_id_value(z: u64, n: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 3 + 16 + 16];
+    buf[..3].copy_from_slice(b"sy-");
+    for (i, slot) in buf[3..19].iter_mut().enumerate() {
+        *slot = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        buf[19 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf[..19 + digits])
+        .unwrap_or_else(|_| HeaderValue::from_static("sy-0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_id_value;
+
+    #[test]
+    fn request_id_is_written_as_the_format_string_would() {
+        for (z, n) in [
+            (0u64, 0u64),
+            (1, 1),
+            (0xdead_beef, 0x10),
+            (u64::MAX, u64::MAX),
+            (0x0123_4567_89ab_cdef, 0xf),
+            (42, 0x1_0000_0000),
+        ] {
+            let v = request_id_value(z, n);
+            assert_eq!(v.to_str().ok(), Some(format!("sy-{z:016x}{n:x}").as_str()));
+        }
     }
 }

@@ -53,6 +53,9 @@ pub struct BackendMetrics {
     pub healthy: IntGauge,
     /// `switchyard_backend_ejected{model,backend}`: 1 while outlier detection ejects it.
     pub ejected: IntGauge,
+    /// `switchyard_requests_total{model,backend,status="200"}`, resolved once because almost
+    /// every answer counts there (other statuses are resolved per response).
+    answered_ok: IntCounter,
     /// `switchyard_backend_transitions_total{model,backend,to}`, resolved per event (rare).
     transitions: IntCounterVec,
     labels: [String; 2],
@@ -206,6 +209,7 @@ impl Metrics {
             breaker_state: self.breaker_state.with_label_values(&[model, backend]),
             healthy: self.healthy.with_label_values(&[model, backend]),
             ejected: self.ejected.with_label_values(&[model, backend]),
+            answered_ok: self.requests.with_label_values(&[model, backend, "200"]),
             transitions: self.transitions.clone(),
             labels: [model.to_owned(), backend.to_owned()],
         }
@@ -224,6 +228,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one answer relayed from the backend `b` reports for (its model and backend
+    /// labels): a 200 through the handle resolved when the pool was built, others by label.
+    pub fn count_answer(&self, b: &BackendMetrics, status: http::StatusCode) {
+        if status == http::StatusCode::OK {
+            b.answered_ok.inc();
+        } else {
+            let [model, backend] = &b.labels;
+            self.count(model, backend, status);
+        }
+    }
+
     /// Counts one failover attempt asked of the retry budget.
     pub fn count_retry(&self, model: &str, granted: bool) {
         let label = if granted { "true" } else { "false" };
@@ -235,5 +250,31 @@ impl Metrics {
         let mut out = Vec::with_capacity(8192);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+    use http::StatusCode;
+
+    fn line(m: &Metrics, status: &str) -> Option<String> {
+        let text = String::from_utf8(m.render()).unwrap_or_default();
+        let prefix =
+            format!("switchyard_requests_total{{backend=\"b\",model=\"m\",status=\"{status}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_owned))
+    }
+
+    #[test]
+    fn answers_count_under_their_backend_and_status_whether_cached_or_not() {
+        let m = Metrics::new();
+        let b = m.backend("m", "b");
+        m.count_answer(&b, StatusCode::OK);
+        m.count_answer(&b, StatusCode::OK);
+        m.count("m", "b", StatusCode::OK);
+        m.count_answer(&b, StatusCode::NOT_FOUND);
+        assert_eq!(line(&m, "200").as_deref(), Some("3"));
+        assert_eq!(line(&m, "404").as_deref(), Some("1"));
     }
 }

@@ -357,3 +357,24 @@ async fn upstream_connections_are_pooled_and_kept_alive() {
         "20 sequential requests should share one upstream connection"
     );
 }
+
+#[tokio::test]
+async fn each_endpoint_reaches_its_own_path_under_the_backend_base_path() {
+    let up = Mock::start(ok()).await;
+    let yaml = format!(
+        "models:\n  m:\n    backends:\n      - url: {}/prefix\n",
+        up.url()
+    );
+    let gw = Gw::start(&yaml).await;
+    let c = client();
+    for (path, body) in [
+        ("/v1/chat/completions", CHAT),
+        ("/v1/completions", r#"{"model":"m","prompt":"hi"}"#),
+        ("/v1/embeddings", r#"{"model":"m","input":"hi"}"#),
+        ("/v1/chat/completions", CHAT),
+    ] {
+        let a = post(&c, &gw.url(path), body, &[]).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(up.last().path, format!("/prefix{path}"));
+    }
+}
