@@ -3,8 +3,9 @@
 //!
 //! Writers: dispatch and the response relay ([`crate::body`]) for tokens and latencies, the
 //! scraper ([`crate::scrape`]) for reports. Reader: [`crate::fleet::Pool::view`], once per
-//! decision and backend, so reads are lock-free atomics except the latency averages, whose
-//! mutex is held for a few arithmetic operations and never across an `.await`.
+//! decision and backend, so reads are lock-free atomics. The latency averages are updated
+//! under a mutex held for a few arithmetic operations (never across an `.await`) and then
+//! published to atomics, which is what decisions read.
 //!
 //! Times are gateway time ([`crate::clock::now`]). Fields of one report are stored in separate
 //! atomics; a reader racing a writer may mix two consecutive reports of the same engine, which
@@ -68,6 +69,33 @@ pub struct LiveSignals {
     gpu_temp_bits: AtomicU32,
     gpu_at_ms: AtomicU64,
     latency: Mutex<Averages>,
+    /// The averages as last published, for lock-free reads.
+    published: Published,
+}
+
+/// Lock-free copies of the latency averages (`f32` bits; [`NONE_BITS`] before the first
+/// sample), in the order latency, TTFT, time per output token.
+#[derive(Debug)]
+struct Published([AtomicU32; 3]);
+
+impl Default for Published {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU32::new(NONE_BITS)))
+    }
+}
+
+impl Published {
+    fn store(&self, a: &Averages) {
+        for (slot, avg) in self.0.iter().zip([&a.latency, &a.ttft, &a.tpot]) {
+            let bits = avg.get().map_or(NONE_BITS, |v| (v as f32).to_bits());
+            slot.store(bits, Ordering::Relaxed);
+        }
+    }
+
+    fn load(&self, i: usize) -> Option<f32> {
+        let bits = self.0[i].load(Ordering::Relaxed);
+        (bits != NONE_BITS).then(|| f32::from_bits(bits))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -190,7 +218,9 @@ impl LiveSignals {
 
     /// A response's first byte arrived `ttft` after its request.
     pub fn observe_ttft(&self, ttft: Duration, now: Duration) {
-        self.averages().ttft.observe(ttft.as_secs_f64(), now);
+        let mut a = self.averages();
+        a.ttft.observe(ttft.as_secs_f64(), now);
+        self.published.store(&a);
     }
 
     /// A response finished `latency` after its request; `tpot` when it was a stream of
@@ -201,15 +231,15 @@ impl LiveSignals {
         if let Some(t) = tpot {
             a.tpot.observe(t.as_secs_f64(), now);
         }
+        self.published.store(&a);
     }
 
-    /// The latency averages.
+    /// The latency averages, read without a lock.
     pub fn latency(&self) -> LatencySignals {
-        let a = self.averages();
         LatencySignals {
-            latency_s: a.latency.get().map(|v| v as f32),
-            ttft_s: a.ttft.get().map(|v| v as f32),
-            tpot_s: a.tpot.get().map(|v| v as f32),
+            latency_s: self.published.load(0),
+            ttft_s: self.published.load(1),
+            tpot_s: self.published.load(2),
         }
     }
 }
