@@ -358,19 +358,15 @@ pub fn multi_turn(spec: &MultiTurnSpec, seed: u64) -> Workload {
             if context + question.tokens + output > spec.max_context_tokens {
                 break;
             }
-            history.push(question);
-            requests.push(WorkloadRequest {
-                arrival: t,
-                session: Some(session),
-                prompt: Prompt::Segments(history.clone()),
-                max_output_tokens: output,
+            context += push_turn(
+                &mut requests,
+                &mut history,
+                session,
+                t,
+                question,
+                output,
                 output_seed,
-            });
-            history.push(Segment {
-                seed: output_seed,
-                tokens: output,
-            });
-            context += question.tokens + output;
+            );
             t += rng.exp(spec.think_time_s);
         }
     }
@@ -433,6 +429,33 @@ pub fn sharegpt_like(spec: &ShareGptSpec, seed: u64) -> Workload {
         })
         .collect();
     Workload::new(requests)
+}
+
+/// One turn of a session that resends its history: `added` joins the history, a request with
+/// the whole history is sent at `t`, and its answer (`output` tokens drawn from `output_seed`)
+/// joins the history for the next turn. Returns the tokens the turn added to the context.
+pub(crate) fn push_turn(
+    requests: &mut Vec<WorkloadRequest>,
+    history: &mut Vec<Segment>,
+    session: u64,
+    t: f64,
+    added: Segment,
+    output: u32,
+    output_seed: u64,
+) -> u32 {
+    history.push(added);
+    requests.push(WorkloadRequest {
+        arrival: t,
+        session: Some(session),
+        prompt: Prompt::Segments(history.clone()),
+        max_output_tokens: output,
+        output_seed,
+    });
+    history.push(Segment {
+        seed: output_seed,
+        tokens: output,
+    });
+    added.tokens + output
 }
 
 #[cfg(test)]

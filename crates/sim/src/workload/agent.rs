@@ -12,7 +12,7 @@
 
 use serde::Serialize;
 
-use super::{Length, Prompt, Rng, Segment, Workload, WorkloadRequest};
+use super::{Length, Rng, Segment, Workload};
 use crate::tokenizer::mix64;
 
 /// Parameters of [`agent_sessions`].
@@ -112,19 +112,15 @@ pub fn agent_sessions(spec: &AgentSpec, seed: u64) -> Workload {
             {
                 break;
             }
-            history.push(added);
-            requests.push(WorkloadRequest {
-                arrival: t,
-                session: Some(session),
-                prompt: Prompt::Segments(history.clone()),
-                max_output_tokens: output,
+            context += super::push_turn(
+                &mut requests,
+                &mut history,
+                session,
+                t,
+                added,
+                output,
                 output_seed,
-            });
-            history.push(Segment {
-                seed: output_seed,
-                tokens: output,
-            });
-            context += added.tokens + output;
+            );
             t += rng.exp(spec.tool_time_s);
         }
     }
@@ -134,6 +130,7 @@ pub fn agent_sessions(spec: &AgentSpec, seed: u64) -> Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::{Prompt, WorkloadRequest};
 
     #[test]
     fn agent_turns_resend_history_with_answers_and_share_system_prompts() {
