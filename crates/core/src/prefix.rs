@@ -86,6 +86,8 @@ struct Node {
     backend: u32,
     prev: u32,
     next: u32,
+    /// How many times this block was sent to this backend while the index held it.
+    uses: u32,
 }
 
 /// A backend's recency list: most recent at `head`.
@@ -146,10 +148,15 @@ impl PrefixIndex {
     /// Fills `matched[b]` with how many leading blocks of `blocks` backend `b` holds (0 for a
     /// backend the index has never seen; `matched` is indexed by backend and may be longer or
     /// shorter than the pool).
-    pub fn matches(&self, blocks: &[u64], matched: &mut [u32]) {
+    ///
+    /// Returns the reuse count of the deepest block any backend holds: how many times it was
+    /// sent, summed over the backends holding it (0 when no backend holds the first block).
+    /// A system prompt or document many requests share counts high; a chat history, whose
+    /// deepest block only its own earlier turn sent, counts 1.
+    pub fn matches(&self, blocks: &[u64], matched: &mut [u32]) -> u32 {
         matched.fill(0);
         let inner = self.lock();
-        inner.matches(blocks, matched);
+        inner.matches(blocks, matched)
     }
 
     /// Records that `blocks` were sent to `backend`, whose cache holds about `capacity_blocks`
@@ -165,20 +172,21 @@ impl PrefixIndex {
         &self,
         blocks: &[u64],
         matched: &mut [u32],
-        send_to: impl FnOnce(&[u32]) -> Option<(u32, u32)>,
+        send_to: impl FnOnce(&[u32], u32) -> Option<(u32, u32)>,
     ) {
         matched.fill(0);
         let mut inner = self.lock();
-        inner.matches(blocks, matched);
-        if let Some((backend, capacity)) = send_to(matched) {
+        let reuse = inner.matches(blocks, matched);
+        if let Some((backend, capacity)) = send_to(matched, reuse) {
             inner.record(blocks, backend, capacity);
         }
     }
 }
 
 impl Inner {
-    fn matches(&self, blocks: &[u64], matched: &mut [u32]) {
+    fn matches(&self, blocks: &[u64], matched: &mut [u32]) -> u32 {
         let mut alive: SmallVec<[u32; 16]> = SmallVec::new();
+        let mut reuse = 0;
         for (k, hash) in blocks.iter().enumerate() {
             let Some(holders) = self.map.get(hash) else {
                 break;
@@ -192,12 +200,20 @@ impl Inner {
             if alive.is_empty() {
                 break;
             }
+            reuse = 0u32;
+            for &n in holders {
+                let node = &self.nodes[n as usize];
+                if alive.contains(&node.backend) {
+                    reuse = reuse.saturating_add(node.uses);
+                }
+            }
             for &b in &alive {
                 if let Some(m) = matched.get_mut(b as usize) {
                     *m = k as u32 + 1;
                 }
             }
         }
+        reuse
     }
 
     fn record(&mut self, blocks: &[u64], backend: u32, capacity_blocks: u32) {
@@ -226,6 +242,8 @@ impl Inner {
                 Some(n) => {
                     self.unlink(n);
                     self.push_front(n);
+                    let uses = &mut self.nodes[n as usize].uses;
+                    *uses = uses.saturating_add(1);
                 }
                 None => {
                     let node = Node {
@@ -233,6 +251,7 @@ impl Inner {
                         backend,
                         prev: NIL,
                         next: NIL,
+                        uses: 1,
                     };
                     let n = match self.free.pop() {
                         Some(n) => {
@@ -380,6 +399,27 @@ mod tests {
         let mut m = [0u32; 2];
         idx.matches(&a, &mut m);
         assert_eq!(m, [0, 3]);
+    }
+
+    #[test]
+    fn reuse_counts_sends_of_the_deepest_held_block_over_its_holders() {
+        let idx = PrefixIndex::new();
+        let sys = text(1, 2);
+        let a = block_hashes(&format!("{sys}{}", text(2, 2)));
+        let mut m = [0u32; 2];
+        assert_eq!(idx.matches(&a, &mut m), 0, "nothing held");
+        for _ in 0..3 {
+            idx.record(&a[..2], 0, 100);
+        }
+        idx.record(&a[..2], 1, 100);
+        idx.record(&a, 1, 100);
+        // The deepest block held anywhere is a's last, sent once (to backend 1).
+        assert_eq!(idx.matches(&a, &mut m), 1);
+        assert_eq!(m, [2, 4]);
+        // A prompt sharing only the system part: its last shared block went 3 + 2 times.
+        let b = block_hashes(&format!("{sys}{}", text(3, 2)));
+        assert_eq!(idx.matches(&b, &mut m), 5);
+        assert_eq!(m, [2, 2]);
     }
 
     #[test]

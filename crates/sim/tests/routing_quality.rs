@@ -340,6 +340,46 @@ fn prefix_aware_serves_more_chat_turns_per_second_at_fixed_concurrency() {
     assert_no_hotspot(&pa);
 }
 
+/// Multi-turn chat in the shape of SGLang's multi-turn cache benchmark (`bench_multiturn`:
+/// 512-token user turns, 64-token answers, 5 rounds, no system prompt, each client sending
+/// its next turn as soon as the answer ends) with 256 concurrent clients on four H100s,
+/// starting 20 a second. Prefill is most of the work, so throughput is capacity: round robin
+/// recomputes histories (hit rate 0.30 against an ideal of 0.69) and queues.
+/// Measured: prefix_aware 1.72x round robin's output throughput and 6x better p90 TTFT; the
+/// SGLang-style baseline, which never moves a session, is 3% ahead on throughput and level
+/// on p90 (0.110 s against 0.111 s) here.
+#[test]
+fn prefix_aware_serves_1_5x_round_robin_throughput_on_saturated_chat() {
+    let fleet = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::RoundRobin, 1);
+    let w = multi_turn(
+        &MultiTurnSpec {
+            sessions: 600,
+            session_rate: 20.0,
+            turns: (5, 5),
+            system_tokens: 0,
+            user_tokens: Length::Fixed(512),
+            output_tokens: Length::Fixed(64),
+            think_time_s: 0.0,
+            max_context_tokens: 32_000,
+        },
+        1,
+    );
+    let rr = with_users(&fleet, "round_robin", &w, 256);
+    let sg = sglang_with_users(&fleet, &w, 256);
+    let pa = with_users(&fleet, "prefix_aware", &w, 256);
+    let (t_rr, t_sg, t_pa) = (
+        rr.summary.output_tokens_per_s,
+        sg.summary.output_tokens_per_s,
+        pa.summary.output_tokens_per_s,
+    );
+    assert!(t_pa >= 1.5 * t_rr, "{t_pa} vs {t_rr}");
+    assert!(t_pa >= 0.95 * t_sg, "{t_pa} vs {t_sg}");
+    assert!(p90(&rr) >= 5.0 * p90(&pa), "{} vs {}", p90(&rr), p90(&pa));
+    assert!(p90(&pa) <= 1.1 * p90(&sg), "{} vs {}", p90(&pa), p90(&sg));
+    assert!(pa.summary.prefix_cache_hit_rate >= 0.65);
+    assert_no_hotspot(&pa);
+}
+
 /// The default chat shape (150-token answers, 10 s think time) at the same fixed
 /// concurrency: decode dominates every turn, so the prefill prefix_aware saves buys only a
 /// few percent of throughput; it must not cost any.
@@ -370,10 +410,10 @@ fn prefix_aware_does_not_lose_throughput_on_decode_bound_chat() {
 /// 0.5 s) on four H100s, whose 440k-token caches hold the live sessions once they are split
 /// between replicas but not when every replica sees every session, at 192 users: round robin
 /// queues (p90 TTFT 0.23 s) and re-prefills histories (hit rate 0.70 against 0.90).
-/// Measured: prefix_aware 1.28x round robin's output throughput and 2.6x better p90 TTFT;
-/// SGLang-style cache_aware is 2% ahead on throughput and 20% on p90 (0.070 s against 0.087 s)
-/// here. The 1.5x is reached only at a longer saturated run (1,000 sessions, 256 users:
-/// 1.72x, see the README's Policies section), too slow for this suite in debug.
+/// Measured: prefix_aware 1.32x round robin's output throughput and 3.1x better p90 TTFT;
+/// level with the SGLang-style baseline (p90 0.072 s against 0.070 s, throughput within 1%).
+/// Before `copy_weight` charged moving a session's history, 9% of later turns left their
+/// cache and p90 was 0.087 s.
 #[test]
 fn prefix_aware_serves_more_agent_turns_per_second_on_h100s() {
     let fleet = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::RoundRobin, 1);
@@ -396,7 +436,7 @@ fn prefix_aware_serves_more_agent_turns_per_second_on_h100s() {
     assert!(t_pa >= 1.2 * t_rr, "{t_pa} vs {t_rr}");
     assert!(t_pa >= 0.95 * t_sg, "{t_pa} vs {t_sg}");
     assert!(p90(&rr) >= 2.5 * p90(&pa), "{} vs {}", p90(&rr), p90(&pa));
-    assert!(p90(&pa) <= 1.3 * p90(&sg), "{} vs {}", p90(&pa), p90(&sg));
+    assert!(p90(&pa) <= 1.1 * p90(&sg), "{} vs {}", p90(&pa), p90(&sg));
     assert!(pa.summary.prefix_cache_hit_rate > rr.summary.prefix_cache_hit_rate + 0.15);
     assert_no_hotspot(&pa);
 }

@@ -141,7 +141,7 @@ impl Policy for Composite {
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
         let mut outcome = None;
         self.index
-            .match_and_record(&blocks, &mut matched, |matched| {
+            .match_and_record(&blocks, &mut matched, |matched, _| {
                 let raw: SmallVec<[Raw; 64]> = fleet
                     .backends
                     .iter()

@@ -47,7 +47,9 @@ pub use least_connections::LeastConnections;
 pub use least_loaded::{LeastLoaded, DEFAULT_KV_WEIGHT, DEFAULT_QUEUE_WEIGHT};
 pub use peak_ewma::PeakEwmaP2c;
 pub use power_of_two::PowerOfTwo;
-pub use prefix_aware::{PrefixAware, DEFAULT_DECODE_WEIGHT, DEFAULT_PREFILL_WEIGHT};
+pub use prefix_aware::{
+    PrefixAware, DEFAULT_COPY_WEIGHT, DEFAULT_DECODE_WEIGHT, DEFAULT_PREFILL_WEIGHT,
+};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use signals::DEFAULT_MAX_REPORT_AGE;
@@ -121,6 +123,9 @@ pub enum PolicySpec {
         prefill_weight: f64,
         /// Weight of a token in flight against a token to prefill (>= 0).
         decode_weight: f64,
+        /// Weight, per request running at the target, of copying a prefix another backend
+        /// holds, divided by how often that prefix was reused (>= 0).
+        copy_weight: f64,
         /// Engine reports older than this stop counting.
         max_report_age: Duration,
     },
@@ -192,6 +197,7 @@ impl PolicySpec {
             "prefix_aware" => PolicySpec::PrefixAware {
                 prefill_weight: DEFAULT_PREFILL_WEIGHT,
                 decode_weight: DEFAULT_DECODE_WEIGHT,
+                copy_weight: DEFAULT_COPY_WEIGHT,
                 max_report_age: DEFAULT_MAX_REPORT_AGE,
             },
             "gpu_aware" => PolicySpec::GpuAware {
@@ -256,6 +262,7 @@ impl PolicySpec {
             PolicySpec::PrefixAware {
                 prefill_weight,
                 decode_weight,
+                copy_weight,
                 max_report_age,
             } => {
                 if !(prefill_weight.is_finite() && *prefill_weight > 0.0) {
@@ -264,6 +271,7 @@ impl PolicySpec {
                     )));
                 }
                 non_negative("decode_weight", *decode_weight, DEFAULT_DECODE_WEIGHT)?;
+                non_negative("copy_weight", *copy_weight, DEFAULT_COPY_WEIGHT)?;
                 positive_age(*max_report_age)?;
             }
             PolicySpec::GpuAware { limits } => {
@@ -349,12 +357,12 @@ impl PolicySpec {
             PolicySpec::PrefixAware {
                 prefill_weight,
                 decode_weight,
+                copy_weight,
                 max_report_age,
-            } => Box::new(PrefixAware::new(
-                *prefill_weight,
-                *decode_weight,
-                *max_report_age,
-            )),
+            } => Box::new(
+                PrefixAware::new(*prefill_weight, *decode_weight, *max_report_age)
+                    .with_copy_weight(*copy_weight),
+            ),
             PolicySpec::GpuAware { limits } => Box::new(GpuAware::new(*limits)),
             PolicySpec::Cost { quality_floor } => Box::new(CostAware::new(members, *quality_floor)),
             PolicySpec::Composite {

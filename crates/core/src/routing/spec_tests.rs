@@ -51,16 +51,25 @@ fn bad_parameters_are_refused_with_the_default_named() {
         PolicySpec::PrefixAware {
             prefill_weight: 0.0,
             decode_weight: 0.1,
+            copy_weight: 0.25,
             max_report_age: DEFAULT_MAX_REPORT_AGE,
         },
         PolicySpec::PrefixAware {
             prefill_weight: 2.0,
             decode_weight: f64::NAN,
+            copy_weight: 0.25,
             max_report_age: DEFAULT_MAX_REPORT_AGE,
         },
         PolicySpec::PrefixAware {
             prefill_weight: 2.0,
             decode_weight: 0.1,
+            copy_weight: -1.0,
+            max_report_age: DEFAULT_MAX_REPORT_AGE,
+        },
+        PolicySpec::PrefixAware {
+            prefill_weight: 2.0,
+            decode_weight: 0.1,
+            copy_weight: 0.25,
             max_report_age: Duration::ZERO,
         },
         PolicySpec::GpuAware {

@@ -24,7 +24,12 @@ pub fn keys_of(spec: &PolicySpec) -> &'static [&'static str] {
     match spec {
         PolicySpec::ConsistentHash { .. } => &["load_factor", "virtual_nodes"],
         PolicySpec::LeastLoaded { .. } => &["queue_weight", "kv_weight", "max_report_age"],
-        PolicySpec::PrefixAware { .. } => &["prefill_weight", "decode_weight", "max_report_age"],
+        PolicySpec::PrefixAware { .. } => &[
+            "prefill_weight",
+            "decode_weight",
+            "copy_weight",
+            "max_report_age",
+        ],
         PolicySpec::GpuAware { .. } => &[
             "max_utilization",
             "max_memory",
@@ -89,6 +94,9 @@ pub fn apply(spec: &mut PolicySpec, key: &str, v: &ParamValue) -> Result<(), Str
         }
         (PolicySpec::PrefixAware { decode_weight, .. }, "decode_weight") => {
             *decode_weight = number(key, v)?
+        }
+        (PolicySpec::PrefixAware { copy_weight, .. }, "copy_weight") => {
+            *copy_weight = number(key, v)?
         }
         (PolicySpec::GpuAware { limits }, "max_utilization") => {
             limits.max_utilization = number(key, v)?
@@ -162,13 +170,14 @@ mod tests {
             "prefix_aware",
             &[
                 ("decode_weight", Number(0.2)),
+                ("copy_weight", Number(0.5)),
                 ("max_report_age", Text("3s".into())),
             ],
         )
         .unwrap();
         assert!(
-            matches!(s, PolicySpec::PrefixAware { decode_weight, max_report_age, .. }
-            if decode_weight == 0.2 && max_report_age == Duration::from_secs(3))
+            matches!(s, PolicySpec::PrefixAware { decode_weight, copy_weight, max_report_age, .. }
+            if decode_weight == 0.2 && copy_weight == 0.5 && max_report_age == Duration::from_secs(3))
         );
         let w: BTreeMap<String, f64> = [("prefix".to_string(), 2.0), ("cost".to_string(), 1.0)]
             .into_iter()

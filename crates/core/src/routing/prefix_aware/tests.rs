@@ -87,6 +87,54 @@ fn a_hot_prefix_spills_when_its_home_queue_costs_more_than_a_prefill() {
     assert_eq!(d.fallbacks.as_slice(), &[home]);
 }
 
+/// Loads under which a 1000-token prefix cached at `home` is worth copying to the other
+/// backend only if it is reused: `home` has a 3000-token queue, the other none, and both run
+/// ten requests. Returns the backend the next request goes to after the prefix was sent
+/// `sends` times.
+fn next_after_sends(sends: u32) -> (BackendId, BackendId) {
+    let p = policy();
+    let mut pool = idle(2);
+    let prefix = text(1, 1000);
+    let home = decide(&p, &pool, &format!("{prefix}{}", text(2, 20))).primary;
+    let blocks = block_hashes(&prefix);
+    for _ in 1..sends {
+        p.index().record(&blocks, home.0, 10_000);
+    }
+    for b in &mut pool {
+        b.in_flight = 10;
+        b.in_flight_tokens = 12_000;
+    }
+    pool[home.index()].prefill_tokens = 3000;
+    let d = decide(&p, &pool, &format!("{prefix}{}", text(3, 20)));
+    (home, d.primary)
+}
+
+/// A chat session's history (its deepest block sent once, by its previous turn) stays home
+/// when another replica's queue is shorter but busy with running requests; a system prompt
+/// sent 20 times is copied under the same loads, since its copy will be reused.
+#[test]
+fn a_session_history_stays_home_where_a_popular_prefix_is_copied() {
+    let (home, next) = next_after_sends(1);
+    assert_eq!(
+        next, home,
+        "copying a history used once is not worth a 3000-token queue"
+    );
+    let (home, next) = next_after_sends(20);
+    assert_ne!(next, home, "a prefix sent 20 times is copied");
+    // Without the charge (copy_weight 0), the history moves too.
+    let p = policy().with_copy_weight(0.0);
+    let mut pool = idle(2);
+    let history = text(1, 1000);
+    let home = decide(&p, &pool, &format!("{history}{}", text(2, 20))).primary;
+    for b in &mut pool {
+        b.in_flight = 10;
+        b.in_flight_tokens = 12_000;
+    }
+    pool[home.index()].prefill_tokens = 3000;
+    let d = decide(&p, &pool, &format!("{history}{}", text(3, 20)));
+    assert_ne!(d.primary, home);
+}
+
 #[test]
 fn a_fresh_engine_queue_counts_a_stale_one_does_not() {
     let p = policy();
