@@ -186,7 +186,7 @@ impl PrefixIndex {
 impl Inner {
     fn matches(&self, blocks: &[u64], matched: &mut [u32]) -> u32 {
         let mut alive: SmallVec<[u32; 16]> = SmallVec::new();
-        let mut reuse = 0;
+        let mut deepest = None;
         for (k, hash) in blocks.iter().enumerate() {
             let Some(holders) = self.map.get(hash) else {
                 break;
@@ -200,20 +200,19 @@ impl Inner {
             if alive.is_empty() {
                 break;
             }
-            reuse = 0u32;
-            for &n in holders {
-                let node = &self.nodes[n as usize];
-                if alive.contains(&node.backend) {
-                    reuse = reuse.saturating_add(node.uses);
-                }
-            }
+            deepest = Some(holders);
             for &b in &alive {
                 if let Some(m) = matched.get_mut(b as usize) {
                     *m = k as u32 + 1;
                 }
             }
         }
-        reuse
+        // Hashes are chained, so every holder of the deepest block was sent the whole prefix.
+        deepest.map_or(0, |holders| {
+            holders.iter().fold(0u32, |sum, &n| {
+                sum.saturating_add(self.nodes[n as usize].uses)
+            })
+        })
     }
 
     fn record(&mut self, blocks: &[u64], backend: u32, capacity_blocks: u32) {

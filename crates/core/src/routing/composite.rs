@@ -19,7 +19,7 @@
 //! Reports older than `max_report_age` (2 s) stop counting. Source: the filter-and-weighted-
 //! scorer design of llm-d's inference scheduler and the Gateway API inference extension.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use smallvec::SmallVec;
@@ -28,7 +28,7 @@ use super::cost::request_price;
 use super::least_loaded::load_score;
 use super::prefix_aware::{cached_tokens, capacity_blocks, prompt_tokens};
 use super::signals::{expected_latency, fresh_engine, fresh_gpu, mean_expected_latency, rank};
-use super::{NoCandidate, Policy};
+use super::{rotation_start, NoCandidate, Policy};
 use crate::fleet::{PoolMember, Price};
 use crate::prefix::{block_hashes, PrefixIndex};
 use crate::{Decision, FleetView, Reason, RequestProfile};
@@ -130,7 +130,7 @@ impl Policy for Composite {
             return Err(NoCandidate);
         }
         let w = self.weights;
-        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n as u64) as usize;
+        let start = rotation_start(&self.tie_break, n);
         let blocks = if w.prefix > 0.0 {
             block_hashes(&request.prompt)
         } else {

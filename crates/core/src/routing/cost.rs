@@ -12,10 +12,10 @@
 //! `quality_floor` (default none). Source: the cost-based routing of LiteLLM's router and
 //! OpenRouter's price sort, with context-window and quality filters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use super::signals::{own_tokens, rank, share, DEFAULT_OUTPUT_TOKENS};
-use super::{NoCandidate, Policy};
+use super::{rotation_start, NoCandidate, Policy};
 use crate::fleet::{PoolMember, Price};
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
@@ -62,8 +62,7 @@ impl Policy for CostAware {
         request: &RequestProfile,
         fleet: &FleetView<'_>,
     ) -> Result<Decision, NoCandidate> {
-        let n = fleet.backends.len().max(1) as u64;
-        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n) as usize;
+        let start = rotation_start(&self.tie_break, fleet.backends.len());
         let need = u64::from(request.estimated_input_tokens)
             + u64::from(request.max_output_tokens.unwrap_or(0));
         let ranked = rank(fleet, start, |b, terms| {

@@ -17,12 +17,12 @@
 //! filters of NVIDIA Dynamo's and llm-d's schedulers, and the KV-fit filter of the Gateway
 //! API inference extension.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use super::least_loaded::{load_score, DEFAULT_KV_WEIGHT, DEFAULT_QUEUE_WEIGHT};
 use super::signals::{fresh_engine, fresh_gpu, rank, Terms, DEFAULT_OUTPUT_TOKENS};
-use super::{NoCandidate, Policy};
+use super::{rotation_start, NoCandidate, Policy};
 use crate::fleet::BackendView;
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
@@ -126,8 +126,7 @@ impl Policy for GpuAware {
         request: &RequestProfile,
         fleet: &FleetView<'_>,
     ) -> Result<Decision, NoCandidate> {
-        let n = fleet.backends.len().max(1) as u64;
-        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n) as usize;
+        let start = rotation_start(&self.tie_break, fleet.backends.len());
         let need = f64::from(request.estimated_input_tokens)
             + f64::from(request.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS));
         let mut excluded = 0u32;

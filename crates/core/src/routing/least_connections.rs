@@ -5,9 +5,9 @@
 //! to the backends. Ties are broken by a rotating start so that idle backends share load
 //! instead of the first one taking every request. Parameter: each backend's `weight`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use super::{by_load, NoCandidate, Policy};
+use super::{by_load, rotation_start, NoCandidate, Policy};
 use crate::fleet::lighter;
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
@@ -34,7 +34,7 @@ impl Policy for LeastConnections {
         if n == 0 {
             return Err(NoCandidate);
         }
-        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n as u64) as usize;
+        let start = rotation_start(&self.tie_break, n);
         let mut best: Option<&crate::BackendView> = None;
         for k in 0..n {
             let b = &fleet.backends[(start + k) % n];

@@ -19,11 +19,11 @@
 //! metrics Kubernetes' Gateway API inference extension and llm-d's scorers read (queue depth,
 //! KV use), counted in tokens as the issue asks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use super::signals::{fresh_engine, own_tokens, rank, share, total_tokens, Terms};
-use super::{NoCandidate, Policy};
+use super::{rotation_start, NoCandidate, Policy};
 use crate::fleet::{BackendView, EngineLoad};
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
@@ -95,8 +95,7 @@ impl Policy for LeastLoaded {
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {
-        let n = fleet.backends.len().max(1) as u64;
-        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n) as usize;
+        let start = rotation_start(&self.tie_break, fleet.backends.len());
         let ranked = rank(fleet, start, |b, terms| {
             let engine = fresh_engine(b, self.max_report_age);
             Some((

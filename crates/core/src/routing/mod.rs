@@ -407,9 +407,34 @@ pub(crate) fn by_load(fleet: &FleetView<'_>) -> smallvec::SmallVec<[crate::Backe
 #[cfg(test)]
 mod spec_tests;
 
+/// Where a policy's scan of `n` backends starts this time: a shared counter taken modulo `n`,
+/// so equal scores rotate instead of favouring the first backend.
+pub(crate) fn rotation_start(counter: &std::sync::atomic::AtomicU64, n: usize) -> usize {
+    let n = n.max(1) as u64;
+    (counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n) as usize
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
-    use crate::{BackendId, BackendView, EndpointKind, RequestMeta, RequestProfile};
+    use std::time::Duration;
+
+    use super::Policy;
+    use crate::{BackendId, BackendView, EndpointKind, FleetView, RequestMeta, RequestProfile};
+
+    /// How many of `n` decisions for `request` over `pool` chose each backend as primary.
+    pub fn primary_counts(
+        policy: &dyn Policy,
+        pool: &[BackendView],
+        request: &RequestProfile,
+        n: usize,
+    ) -> Vec<u32> {
+        let mut counts = vec![0u32; pool.len()];
+        for _ in 0..n {
+            let d = policy.decide(request, &FleetView::new(pool, Duration::ZERO));
+            counts[d.unwrap().primary.index()] += 1;
+        }
+        counts
+    }
 
     /// A pool of `n` usable, idle backends with weight 1.
     pub fn idle(n: usize) -> Vec<BackendView> {

@@ -124,7 +124,7 @@ impl Policy for PeakEwmaP2c {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::test_support::{idle, request};
+    use crate::routing::test_support::{idle, primary_counts, request};
     use std::time::Duration;
 
     #[test]
@@ -138,15 +138,7 @@ mod tests {
         pool[0].latency.tpot_s = Some(0.2);
         pool[0].in_flight = 0;
         let p = PeakEwmaP2c::new(3);
-        let r = request(None);
-        let mut counts = [0u32; 3];
-        for _ in 0..600 {
-            counts[p
-                .decide(&r, &FleetView::new(&pool, Duration::ZERO))
-                .unwrap()
-                .primary
-                .index()] += 1;
-        }
+        let counts = primary_counts(&p, &pool, &request(None), 600);
         assert_eq!(counts[0], 0, "{counts:?}");
         assert!(counts[1] > 200 && counts[2] > 200, "{counts:?}");
     }

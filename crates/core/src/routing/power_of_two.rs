@@ -62,7 +62,7 @@ impl Policy for PowerOfTwo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::test_support::{idle, request};
+    use crate::routing::test_support::{idle, primary_counts, request};
     use std::time::Duration;
 
     #[test]
@@ -70,15 +70,7 @@ mod tests {
         let mut pool = idle(3);
         pool[0].in_flight = 50;
         let p = PowerOfTwo::new(9);
-        let r = request(None);
-        let mut counts = [0u32; 3];
-        for _ in 0..3000 {
-            counts[p
-                .decide(&r, &FleetView::new(&pool, Duration::ZERO))
-                .unwrap()
-                .primary
-                .index()] += 1;
-        }
+        let counts = primary_counts(&p, &pool, &request(None), 3000);
         // Backend 0 only wins when both draws... never: two distinct candidates, 0 always loses.
         assert_eq!(counts[0], 0, "{counts:?}");
         assert!(counts[1] > 1200 && counts[2] > 1200, "{counts:?}");

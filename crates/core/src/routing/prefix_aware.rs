@@ -70,14 +70,14 @@
 //! scorer, rebuilt as a single cost in tokens instead of their match-ratio and imbalance
 //! thresholds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use smallvec::SmallVec;
 
 use super::prefill_ledger::{Pending, PrefillLedger};
 use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
-use super::{NoCandidate, Policy};
+use super::{rotation_start, NoCandidate, Policy};
 use crate::fleet::BackendView;
 use crate::prefix::{
     block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS,
@@ -164,7 +164,7 @@ impl Policy for PrefixAware {
         if n == 0 {
             return Err(NoCandidate);
         }
-        let start = (self.tie_break.fetch_add(1, Ordering::Relaxed) % n as u64) as usize;
+        let start = rotation_start(&self.tie_break, n);
         let blocks = block_hashes(&request.prompt);
         let prompt = prompt_tokens(request, blocks.len());
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);

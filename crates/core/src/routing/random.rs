@@ -50,23 +50,14 @@ impl Policy for Random {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::test_support::{idle, request};
-    use std::time::Duration;
+    use crate::routing::test_support::{idle, primary_counts, request};
 
     #[test]
     fn draws_in_proportion_to_weight() {
         let mut pool = idle(2);
         pool[0].weight = 3;
         let p = Random::new(42);
-        let r = request(None);
-        let mut counts = [0u32; 2];
-        for _ in 0..4000 {
-            counts[p
-                .decide(&r, &FleetView::new(&pool, Duration::ZERO))
-                .unwrap()
-                .primary
-                .index()] += 1;
-        }
+        let counts = primary_counts(&p, &pool, &request(None), 4000);
         let share = f64::from(counts[0]) / 4000.0;
         assert!((0.71..0.79).contains(&share), "{counts:?}");
     }
