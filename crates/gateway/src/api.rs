@@ -19,6 +19,7 @@ use switchyard_core::{EndpointKind, RequestMeta, RequestProfile};
 use crate::attempts;
 use crate::body::GatewayBody;
 use crate::error::ApiError;
+use crate::forward;
 use crate::gateway::{Gateway, Snapshot};
 
 /// Longest client-sent `x-request-id` kept as is; longer ones are replaced.
@@ -31,7 +32,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let started = Instant::now();
-    let request_id = match req.headers().get("x-request-id") {
+    let request_id = match req.headers().get(forward::X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.to_str().is_ok() => {
             v.clone()
         }
@@ -58,7 +59,7 @@ pub async fn handle(
         }
         None => local(&snap, &req),
     };
-    resp.headers_mut().insert("x-request-id", request_id);
+    resp.headers_mut().insert(forward::X_REQUEST_ID, request_id);
     resp
 }
 
@@ -166,7 +167,7 @@ async fn proxy(
     let meta = RequestMeta {
         session_header: parts
             .headers
-            .get("x-session-id")
+            .get(forward::X_SESSION_ID)
             .and_then(|v| v.to_str().ok()),
         client_addr: Some(peer.ip()),
     };

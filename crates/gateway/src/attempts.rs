@@ -376,9 +376,9 @@ fn relay(
     let (mut head, incoming) = resp.into_parts();
     forward::clean_response_headers(&mut head.headers);
     head.headers
-        .insert("x-switchyard-backend", backend.name_header.clone());
+        .insert(forward::X_SWITCHYARD_BACKEND, backend.name_header.clone());
     head.headers
-        .insert("x-switchyard-attempts", HeaderValue::from(attempts));
+        .insert(forward::X_SWITCHYARD_ATTEMPTS, HeaderValue::from(attempts));
     gw.metrics
         .count_answer(backend.state.metrics(), head.status);
     let sse = head

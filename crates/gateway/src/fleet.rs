@@ -133,6 +133,24 @@ pub struct Backend {
     /// Upstream URIs of the three inference endpoints, built once (cloning one is a few
     /// reference counts; building one per request parsed and copied it).
     endpoint_uris: [Option<http::Uri>; 3],
+    /// `Host` header for its requests (host, and port unless the scheme's default), built
+    /// once: left to the HTTP client it is formatted per request.
+    pub host: Option<HeaderValue>,
+}
+
+/// The `Host` header for requests to `uri`: its host, with the port when it is not the
+/// scheme's default (what HTTP clients send when left to set it themselves).
+fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    match uri.port_u16() {
+        Some(port) if port != default_port => HeaderValue::try_from(format!("{host}:{port}")).ok(),
+        _ => HeaderValue::try_from(host).ok(),
+    }
 }
 
 impl Backend {
@@ -166,8 +184,10 @@ impl Backend {
             client: (cfg.timeouts.connect != ctx.default_connect)
                 .then(|| forward::client(&cfg.timeouts)),
             endpoint_uris: [None, None, None],
+            host: None,
         };
         backend.endpoint_uris = ENDPOINTS.map(|kind| backend.uri(kind.path()).ok());
+        backend.host = backend.endpoint_uris[0].as_ref().and_then(host_header);
         backend
     }
 
@@ -450,5 +470,24 @@ impl Pool {
     /// The member with this id.
     pub fn backend(&self, id: BackendId) -> Option<&Backend> {
         self.backends.get(id.index())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_header;
+
+    #[test]
+    fn host_header_omits_only_the_schemes_default_port() {
+        let host = |u: &str| host_header(&u.parse().unwrap()).unwrap();
+        assert_eq!(host("http://127.0.0.1:8000/v1"), "127.0.0.1:8000");
+        assert_eq!(host("http://engine.internal/v1"), "engine.internal");
+        assert_eq!(host("http://engine.internal:80/v1"), "engine.internal");
+        assert_eq!(host("https://api.example.com:443/v1"), "api.example.com");
+        assert_eq!(
+            host("https://api.example.com:8443/v1"),
+            "api.example.com:8443"
+        );
+        assert_eq!(host("http://[::1]:9000/"), "[::1]:9000");
     }
 }

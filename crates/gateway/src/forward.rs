@@ -80,7 +80,7 @@ pub fn upstream_request(
         .uri(backend.endpoint_uri(profile.kind)?)
         .body(Full::new(body.clone()))?;
     let headers = req.headers_mut();
-    headers.reserve(client_headers.len() + 2);
+    headers.reserve(client_headers.len() + 3);
     for (name, value) in client_headers {
         if skip_header(name) || (backend.authorization.is_some() && name == header::AUTHORIZATION) {
             continue;
@@ -90,10 +90,23 @@ pub fn upstream_request(
     if let Some(auth) = &backend.authorization {
         headers.insert(header::AUTHORIZATION, auth.clone());
     }
+    if let Some(host) = &backend.host {
+        headers.insert(header::HOST, host.clone());
+    }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    headers.insert("x-request-id", request_id.clone());
+    headers.insert(X_REQUEST_ID, request_id.clone());
     Ok(req)
 }
+
+/// Header names the gateway reads or sets on every request, built at compile time (a
+/// `&str` name is parsed and hashed again on each insert or lookup).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// See [`X_REQUEST_ID`].
+pub const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+/// See [`X_REQUEST_ID`].
+pub const X_SWITCHYARD_BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
+/// See [`X_REQUEST_ID`].
+pub const X_SWITCHYARD_ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 
 /// Hop-by-hop headers never relayed from an upstream response (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [

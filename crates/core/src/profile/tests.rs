@@ -178,3 +178,16 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn client_address_session_key_is_the_address_as_display_writes_it(
+        octets in any::<[u8; 4]>(),
+        segments in any::<[u16; 8]>(),
+    ) {
+        let v4 = IpAddr::from(octets);
+        prop_assert_eq!(ip_key(v4), v4.to_string());
+        let v6 = IpAddr::from(segments);
+        prop_assert_eq!(ip_key(v6), v6.to_string());
+    }
+}
