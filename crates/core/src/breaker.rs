@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The gateway keeps one [`Breaker`] per backend behind a short lock, asks [`Breaker::admits`]
-//! before sending, calls [`Breaker::on_dispatch`] when it sends, and reports the outcome with
+//! before sending, calls [`Breaker::try_dispatch`] when it sends, and reports the outcome with
 //! [`Breaker::on_success`], [`Breaker::on_failure`] or, for a probe whose client left before
 //! any outcome, [`Breaker::on_cancel`]. Failures are connect errors, timeouts and 5xx answers;
 //! 429 is not a failure (the backend is healthy and said when to come back).
@@ -134,18 +134,24 @@ impl Breaker {
         }
     }
 
-    /// A request is being sent; returns true when it is a half-open probe (whose outcome, or
-    /// cancellation, must be reported).
-    pub fn on_dispatch(&mut self, now: Duration) -> bool {
-        if self.state(now) == BreakerState::HalfOpen {
-            self.probes_in_flight += 1;
-            true
-        } else {
-            false
+    /// A request is about to be sent: admits it and counts it in one step, so concurrent
+    /// requests that all saw a free probe slot when they were routed cannot together exceed
+    /// `probes`. `None`: refused (open, or half-open with every probe slot taken);
+    /// `Some(true)`: a half-open probe, whose outcome or cancellation must be reported;
+    /// `Some(false)`: closed.
+    pub fn try_dispatch(&mut self, now: Duration) -> Option<bool> {
+        match self.state(now) {
+            BreakerState::Closed => Some(false),
+            BreakerState::Open => None,
+            BreakerState::HalfOpen if self.probes_in_flight < self.cfg.probes => {
+                self.probes_in_flight += 1;
+                Some(true)
+            }
+            BreakerState::HalfOpen => None,
         }
     }
 
-    /// A request succeeded. `probe` is what [`Breaker::on_dispatch`] returned for it.
+    /// A request succeeded. `probe` is what [`Breaker::try_dispatch`] returned for it.
     pub fn on_success(&mut self, now: Duration, probe: bool) -> Option<Transition> {
         if probe && self.state(now) == BreakerState::HalfOpen {
             self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
@@ -248,15 +254,16 @@ mod tests {
         assert_eq!(b.state(s(6)), BreakerState::Open);
         assert_eq!(b.state(s(7)), BreakerState::HalfOpen);
         assert!(b.admits(s(7)));
-        let p1 = b.on_dispatch(s(7));
-        let p2 = b.on_dispatch(s(7));
+        let p1 = b.try_dispatch(s(7)).unwrap();
+        let p2 = b.try_dispatch(s(7)).unwrap();
         assert!(p1 && p2);
         assert!(!b.admits(s(7)), "only two probes at once");
+        assert_eq!(b.try_dispatch(s(7)), None, "a third is refused at dispatch");
         assert_eq!(b.on_success(s(8), p1), None);
         let t = b.on_success(s(8), p2).expect("second success closes");
         assert_eq!(t.to, BreakerState::Closed);
         assert!(b.admits(s(8)));
-        assert!(!b.on_dispatch(s(8)), "closed: not a probe");
+        assert_eq!(b.try_dispatch(s(8)), Some(false), "closed: not a probe");
     }
 
     #[test]
@@ -265,11 +272,13 @@ mod tests {
         for t in 0..3 {
             b.on_failure(s(t), false);
         }
-        let p = b.on_dispatch(s(8));
+        assert_eq!(b.try_dispatch(s(6)), None, "open: refused");
+        let p = b.try_dispatch(s(8)).unwrap();
         b.on_cancel(s(8), p);
-        let p = b.on_dispatch(s(8));
-        let q = b.on_dispatch(s(8));
+        let p = b.try_dispatch(s(8)).unwrap();
+        let q = b.try_dispatch(s(8)).unwrap();
         assert!(!b.admits(s(8)));
+        assert_eq!(b.try_dispatch(s(8)), None);
         // A stale failure of a request sent before the breaker opened changes nothing.
         assert_eq!(b.on_failure(s(9), false), None);
         assert_eq!(b.state(s(9)), BreakerState::HalfOpen);
@@ -289,7 +298,7 @@ mod tests {
             ..BreakerConfig::default()
         });
         assert!(b.on_failure(s(0), false).is_some());
-        let p = b.on_dispatch(s(60));
+        let p = b.try_dispatch(s(60)).unwrap();
         assert!(p);
         assert!(b.on_success(s(60), p).is_some());
     }

@@ -121,7 +121,12 @@ async fn serve_from<'a>(
     p: &mut Progress<'a>,
 ) -> Option<Response<GatewayBody>> {
     let max = gw.config.retry.max_attempts;
-    let wait_until = gw.now() + gw.config.retry.cooldown_wait;
+    // Waiting for a backend to come back never runs past the request's total timeout: an
+    // attempt sent after it would have no time left.
+    let mut wait_until = gw.now() + gw.config.retry.cooldown_wait;
+    if let Some(left) = time_left(target, req) {
+        wait_until = wait_until.min(gw.now() + left);
+    }
     let mut tried_here = 0u32;
     loop {
         let decision = {
@@ -173,12 +178,22 @@ async fn serve_from<'a>(
                     target.rng.next_u64(),
                 );
                 if !wait.is_zero() {
+                    if time_left(target, req).is_some_and(|left| wait >= left) {
+                        // The backoff would outlast the total timeout: the client gets what
+                        // the attempts so far gave.
+                        return None;
+                    }
                     tokio::time::sleep(wait).await;
                 }
             }
+            // The breaker admits and counts in one step: a half-open backend whose probe
+            // slots filled since this request was routed is skipped, not sent to.
+            let Some(guard) = backend.try_begin(signals::expected_tokens(req.profile)) else {
+                continue;
+            };
             p.attempts += 1;
             tried_here += 1;
-            match attempt(gw, target, backend, req, p).await {
+            match attempt(gw, target, backend, req, p, guard).await {
                 Ok((resp, first, guard)) => {
                     let headers_at = Instant::now();
                     let limits = limits(backend, req.started);
@@ -217,6 +232,20 @@ async fn serve_from<'a>(
     }
 }
 
+/// What is left of `req`'s total timeout on `target`: the longest `total` among its
+/// backends (each attempt is then cut at its own) less the time since arrival; `None` when
+/// some backend has no total timeout.
+fn time_left(target: &Pool, req: &Request<'_>) -> Option<Duration> {
+    if target.backends.is_empty() {
+        return None;
+    }
+    let mut longest = Duration::ZERO;
+    for b in &target.backends {
+        longest = longest.max(b.config.timeouts.total?);
+    }
+    Some(longest.saturating_sub(req.started.elapsed()))
+}
+
 /// One attempt at `backend`: the response head and its first body frame, or why not.
 async fn attempt(
     gw: &Snapshot,
@@ -224,6 +253,7 @@ async fn attempt(
     backend: &Backend,
     req: &Request<'_>,
     p: &mut Progress<'_>,
+    mut guard: InFlightGuard,
 ) -> Result<
     (
         hyper::Response<Incoming>,
@@ -241,7 +271,6 @@ async fn attempt(
         req.request_id,
     )
     .map_err(|e| Failed::Error(unreachable(backend, e.to_string())))?;
-    let mut guard = backend.begin(signals::expected_tokens(req.profile));
     p.dispatched.get_or_insert_with(Instant::now);
     let timeouts = &backend.config.timeouts;
     // The first byte must come within `first_byte`, and within what is left of `total`.

@@ -194,13 +194,17 @@ impl BackendHealth {
         }
     }
 
-    /// A request is being sent now; true when it is a half-open breaker's probe.
-    pub fn on_dispatch(&self) -> bool {
+    /// A request is about to be sent now: `Some(true)` when it is a half-open breaker's
+    /// probe, `Some(false)` when the breaker is closed (or off), `None` when the breaker
+    /// refuses it (open, or every probe slot taken since the request was routed).
+    pub fn try_dispatch(&self) -> Option<bool> {
         if self.breaker_state.load(Ordering::Relaxed) == BreakerState::Closed as u8 {
-            return false;
+            return Some(false);
         }
-        self.breaker()
-            .is_some_and(|mut b| b.on_dispatch(self.now()))
+        match self.breaker() {
+            Some(mut b) => b.try_dispatch(self.now()),
+            None => Some(false),
+        }
     }
 
     /// [`Self::record`] now, reading the clock only when there is something to update.
@@ -212,7 +216,7 @@ impl BackendHealth {
     }
 
     /// The outcome of one attempt: `success` false for connect errors, timeouts, 5xx answers
-    /// and broken streams. `probe` is what [`Self::on_dispatch`] returned for it.
+    /// and broken streams. `probe` is what [`Self::try_dispatch`] returned for it.
     pub fn record(&self, now: Duration, success: bool, probe: bool) {
         // A success outside a half-open probe, after a success: nothing to update.
         if success && !probe && !self.failing.load(Ordering::Relaxed) {

@@ -257,19 +257,21 @@ impl Backend {
     /// Counts a request, and the `tokens` it will occupy (see
     /// [`crate::signals::expected_tokens`]), as in flight until the guard is released or
     /// dropped; the guard also carries the attempt's outcome to the backend's breaker and
-    /// outlier detector.
-    pub fn begin(&self, tokens: TokenLoad) -> InFlightGuard {
+    /// outlier detector. `None` when the breaker refuses it now (see
+    /// [`crate::backend_health::BackendHealth::try_dispatch`]): nothing is counted.
+    pub fn try_begin(&self, tokens: TokenLoad) -> Option<InFlightGuard> {
+        let probe = self.state.health.try_dispatch()?;
         self.state.metrics.in_flight.inc();
         self.state.signals.add_tokens(tokens.total);
         self.state.signals.add_prefill(tokens.prompt);
-        InFlightGuard {
+        Some(InFlightGuard {
             state: self.state.clone(),
             held: true,
             tokens,
             prefilling: true,
-            probe: self.state.health.on_dispatch(),
+            probe,
             settled: false,
-        }
+        })
     }
 
     /// The upstream URI for an API path such as `/v1/chat/completions`.

@@ -84,4 +84,33 @@ async fn when_every_replica_cools_down_a_request_waits_for_one_instead_of_failin
     assert_eq!((a.status.as_u16(), attempts(&a)), (429, 1));
 }
 
+/// The wait for a cooled-down replica is cut at the request's total timeout: a replica back
+/// in 2 s is not waited for by a request with 300 ms in all, which gets the 429 at once
+/// (before the cap it waited the 2 s, then had no time left for the attempt).
+#[tokio::test]
+async fn a_request_does_not_wait_for_a_cooldown_past_its_total_timeout() {
+    let only = replica(200.0, 34).await;
+    faults(&only, r#"{"rate_limit": 1.0, "retry_after_s": 2}"#).await;
+    let gw = Gw::start(&config(
+        &[only.url()],
+        "timeouts: {total: 300ms}",
+        "retry: {cooldown_wait: 5s}",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let a = post(
+        &client(),
+        &gw.url("/v1/chat/completions"),
+        &chat(2, false),
+        &[],
+    )
+    .await;
+    assert_eq!((a.status.as_u16(), attempts(&a)), (429, 1));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
 use http::StatusCode;
