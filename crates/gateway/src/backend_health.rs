@@ -22,8 +22,6 @@ pub type SharedOutlier = Arc<Mutex<OutlierDetector>>;
 /// One backend's health, breaker, ejection and ramp.
 #[derive(Debug)]
 pub struct BackendHealth {
-    /// The backend's position in its pool, for the pool's outlier detector.
-    id: BackendId,
     /// False while active health checks have marked the backend down.
     up: AtomicBool,
     /// Its circuit breaker; `None` when the pool turned breakers off.
@@ -31,8 +29,12 @@ pub struct BackendHealth {
     /// Mirror of the breaker's state (`BreakerState as u8`) so a closed breaker costs one
     /// atomic load per decision.
     breaker_state: AtomicU8,
-    /// The pool's outlier detector; `None` when turned off.
-    outlier: Option<SharedOutlier>,
+    /// The backend's position in its pool and the pool's outlier detector; `None` when
+    /// turned off. Rebound when a reload keeps the backend
+    /// ([`BackendHealth::bind_outlier`]), so a kept backend is judged with its new pool's
+    /// settings and counted against its new pool's ejection cap. Read only when an outcome
+    /// needs the detector (a failure, or the first success after one).
+    outlier: Mutex<Option<(BackendId, SharedOutlier)>>,
     /// The last outcome recorded was a failure: a success must reset the failure run. While
     /// false, a success (the common case) changes nothing and takes no lock.
     failing: AtomicBool,
@@ -66,11 +68,10 @@ impl BackendHealth {
         metrics.breaker_state.set(0);
         metrics.ejected.set(0);
         Self {
-            id,
             up: AtomicBool::new(true),
             breaker: breaker.map(|c| Mutex::new(Breaker::new(c))),
             breaker_state: AtomicU8::new(BreakerState::Closed as u8),
-            outlier,
+            outlier: Mutex::new(outlier.map(|o| (id, o))),
             failing: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             ramp_from_ms: AtomicU64::new(0),
@@ -234,11 +235,16 @@ impl BackendHealth {
         if let Some(t) = transition {
             self.on_breaker_transition(t, now);
         }
-        let ejection = self.outlier.as_ref().and_then(|o| {
+        let bound = self
+            .outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let ejection = bound.and_then(|(id, o)| {
             let mut detector = o.lock().unwrap_or_else(|e| e.into_inner());
             // Set under the lock, so the flag and the detector's failure run agree.
             self.failing.store(!success, Ordering::Relaxed);
-            detector.record(self.id, now, success)
+            detector.record(id, now, success)
         });
         if let Some(e) = ejection {
             self.ejected_until_ms.store(ms(e.until), Ordering::Relaxed);
@@ -249,6 +255,13 @@ impl BackendHealth {
             let [model, backend] = self.metrics.labels();
             tracing::warn!(%model, %backend, ejected_for_s = (e.until - now).as_secs_f64(), ejections = e.count, "backend ejected after consecutive failures");
         }
+    }
+
+    /// Moves the backend to the outlier detector of the pool a reload kept it in, at its
+    /// position `id` there (`None`: that pool turned detection off). An ejection under way
+    /// runs its course; the new detector starts the backend's failure run afresh.
+    pub fn bind_outlier(&self, id: BackendId, outlier: Option<SharedOutlier>) {
+        *self.outlier.lock().unwrap_or_else(|e| e.into_inner()) = outlier.map(|o| (id, o));
     }
 
     /// A probe ended with no outcome (its client left before an answer).

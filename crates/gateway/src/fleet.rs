@@ -163,6 +163,9 @@ impl Backend {
         outlier: Option<SharedOutlier>,
         state: Option<Arc<BackendState>>,
     ) -> Self {
+        if let Some(kept) = &state {
+            kept.health.bind_outlier(id, outlier.clone());
+        }
         let state = state.unwrap_or_else(|| {
             let metrics = ctx.metrics.backend(&pool.name, &cfg.name);
             let health =
@@ -390,7 +393,7 @@ impl Pool {
     /// Builds a pool; a backend that `previous` also has (same name and url) keeps its live
     /// state (the same `Arc`: in-flight count, cooldown, drain, health and breaker, signals),
     /// and so does the retry budget when its settings are unchanged. The policy starts afresh.
-    /// A kept backend stays with the outlier detector of the pool version it started in.
+    /// A kept backend moves to the new pool's outlier detector, at its new position.
     pub fn build(cfg: &PoolConfig, ctx: &PoolContext<'_>, previous: Option<&Pool>) -> Self {
         let outlier: Option<SharedOutlier> = cfg
             .outlier

@@ -311,9 +311,14 @@ async fn a_reload_keeps_warm_upstream_connections() {
 
 /// `switchyard_backend_healthy{model="m",backend=NAME}` from `/metrics`, if exported.
 async fn healthy_gauge(c: &Client, gw: &FileGw, name: &str) -> Option<String> {
+    backend_gauge(c, gw, "healthy", name).await
+}
+
+/// `switchyard_backend_WHAT{model="m",backend=NAME}` from `/metrics`, if exported.
+async fn backend_gauge(c: &Client, gw: &FileGw, what: &str, name: &str) -> Option<String> {
     let page = get(c, &gw.url("/metrics")).await;
     let text = String::from_utf8_lossy(&page.body).into_owned();
-    let needle = format!("switchyard_backend_healthy{{backend=\"{name}\",model=\"m\"}} ");
+    let needle = format!("switchyard_backend_{what}{{backend=\"{name}\",model=\"m\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&needle).map(str::to_owned))
 }
@@ -343,4 +348,45 @@ async fn health_checks_follow_a_reload_to_the_backends_it_adds() {
         let r = post(&c, &gw.url("/v1/chat/completions"), CHAT, &[]).await;
         assert_eq!(r.backend(), "b0", "the backend marked down gets no traffic");
     }
+}
+
+/// A backend a reload keeps is judged by the new pool's outlier detector: ejection after 50
+/// failures in a row before the reload, after 2 once it is done, and the failing backend is
+/// ejected after the reload (it stayed with the old detector, and in, before the fix).
+#[tokio::test]
+async fn a_kept_backend_follows_the_reloaded_pools_outlier_detection() {
+    let bad = Mock::start(Reply::Json(StatusCode::INTERNAL_SERVER_ERROR, "{}")).await;
+    let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let urls = [bad.url(), good.url()];
+    let pool = |n: u32| {
+        format!(
+            "policy: round_robin\n    breaker: {{enabled: false}}\n    outlier_detection: {{consecutive_failures: {n}}}"
+        )
+    };
+    let file = TempConfig::new(&admin_config(&urls, &pool(50)));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    let send = || post(&c, &url, CHAT, &[]);
+    for _ in 0..4 {
+        assert_eq!(send().await.status, StatusCode::OK);
+    }
+    assert!(bad.count() >= 2);
+    assert_eq!(
+        backend_gauge(&c, &gw, "ejected", "b0").await.as_deref(),
+        Some("0")
+    );
+
+    file.write(&admin_config(&urls, &pool(2)));
+    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(a.json()["kept"], 2);
+    let before = bad.count();
+    for _ in 0..8 {
+        assert_eq!(send().await.status, StatusCode::OK);
+    }
+    assert!(bad.count() >= before + 2, "b0 was tried after the reload");
+    assert_eq!(
+        backend_gauge(&c, &gw, "ejected", "b0").await.as_deref(),
+        Some("1")
+    );
 }
