@@ -91,15 +91,20 @@ pub struct Breaker {
     successes: u32,
 }
 
+/// `cfg` with its counts raised to at least 1.
+fn normalized(cfg: BreakerConfig) -> BreakerConfig {
+    BreakerConfig {
+        failure_threshold: cfg.failure_threshold.max(1),
+        probes: cfg.probes.max(1),
+        success_threshold: cfg.success_threshold.max(1),
+        ..cfg
+    }
+}
+
 impl Breaker {
     /// A closed breaker.
     pub fn new(cfg: BreakerConfig) -> Self {
-        let cfg = BreakerConfig {
-            failure_threshold: cfg.failure_threshold.max(1),
-            probes: cfg.probes.max(1),
-            success_threshold: cfg.success_threshold.max(1),
-            ..cfg
-        };
+        let cfg = normalized(cfg);
         Self {
             cfg,
             state: BreakerState::Closed,
@@ -107,6 +112,16 @@ impl Breaker {
             opened_at: Duration::ZERO,
             probes_in_flight: 0,
             successes: 0,
+        }
+    }
+
+    /// New settings (a config reload) for a breaker in use: its state, the failures still in
+    /// the window (the newest `failure_threshold` of them) and its probes carry over. An open
+    /// breaker then half-opens at its opening time plus the new `open_for`.
+    pub fn reconfigure(&mut self, cfg: BreakerConfig) {
+        self.cfg = normalized(cfg);
+        while self.failures.len() > self.cfg.failure_threshold as usize {
+            self.failures.pop_front();
         }
     }
 
@@ -287,6 +302,31 @@ mod tests {
         b.on_success(s(9), q);
         assert_eq!(b.state(s(13)), BreakerState::Open);
         assert_eq!(b.state(s(14)), BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn reconfigure_keeps_the_state_and_applies_the_new_thresholds() {
+        let mut b = breaker();
+        b.on_failure(s(0), false);
+        b.on_failure(s(1), false);
+        // Two failures in the window: a threshold of 2 opens on the next.
+        b.reconfigure(BreakerConfig {
+            failure_threshold: 2,
+            ..BreakerConfig::default()
+        });
+        assert_eq!(b.state(s(2)), BreakerState::Closed);
+        let t = b
+            .on_failure(s(2), false)
+            .expect("opens under the new threshold");
+        assert_eq!(t.to, BreakerState::Open);
+        // Open: a longer open_for moves the half-open time.
+        b.reconfigure(BreakerConfig {
+            failure_threshold: 2,
+            open_for: Duration::from_secs(60),
+            ..BreakerConfig::default()
+        });
+        assert_eq!(b.reopens_at(), Some(s(62)));
+        assert_eq!(b.state(s(30)), BreakerState::Open);
     }
 
     #[test]

@@ -24,14 +24,15 @@ pub type SharedOutlier = Arc<Mutex<OutlierDetector>>;
 pub struct BackendHealth {
     /// False while active health checks have marked the backend down.
     up: AtomicBool,
-    /// Its circuit breaker; `None` when the pool turned breakers off.
-    breaker: Option<Mutex<Breaker>>,
+    /// Its circuit breaker; `None` when the pool turned breakers off. Settings change with
+    /// a reload that keeps the backend ([`BackendHealth::reconfigure`]).
+    breaker: Mutex<Option<Breaker>>,
     /// Mirror of the breaker's state (`BreakerState as u8`) so a closed breaker costs one
     /// atomic load per decision.
     breaker_state: AtomicU8,
     /// The backend's position in its pool and the pool's outlier detector; `None` when
     /// turned off. Rebound when a reload keeps the backend
-    /// ([`BackendHealth::bind_outlier`]), so a kept backend is judged with its new pool's
+    /// ([`BackendHealth::reconfigure`]), so a kept backend is judged with its new pool's
     /// settings and counted against its new pool's ejection cap. Read only when an outcome
     /// needs the detector (a failure, or the first success after one).
     outlier: Mutex<Option<(BackendId, SharedOutlier)>>,
@@ -44,8 +45,28 @@ pub struct BackendHealth {
     /// growing share from then on for `slow_start_ms`.
     ramp_from_ms: AtomicU64,
     /// The ramp's length; 0 turns slow start off.
-    slow_start_ms: u64,
+    slow_start_ms: AtomicU64,
     metrics: BackendMetrics,
+}
+
+/// The lock on a backend's breaker, held only while it has one.
+struct BreakerGuard<'a>(MutexGuard<'a, Option<Breaker>>);
+
+impl std::ops::Deref for BreakerGuard<'_> {
+    type Target = Breaker;
+    fn deref(&self) -> &Breaker {
+        self.0
+            .as_ref()
+            .expect("a guard is made only over a breaker")
+    }
+}
+
+impl std::ops::DerefMut for BreakerGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Breaker {
+        self.0
+            .as_mut()
+            .expect("a guard is made only over a breaker")
+    }
 }
 
 /// Share of a full traffic share a backend takes at the very start of its ramp.
@@ -69,13 +90,13 @@ impl BackendHealth {
         metrics.ejected.set(0);
         Self {
             up: AtomicBool::new(true),
-            breaker: breaker.map(|c| Mutex::new(Breaker::new(c))),
+            breaker: Mutex::new(breaker.map(Breaker::new)),
             breaker_state: AtomicU8::new(BreakerState::Closed as u8),
             outlier: Mutex::new(outlier.map(|o| (id, o))),
             failing: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             ramp_from_ms: AtomicU64::new(0),
-            slow_start_ms: ms(slow_start),
+            slow_start_ms: AtomicU64::new(ms(slow_start)),
             metrics,
         }
     }
@@ -86,10 +107,9 @@ impl BackendHealth {
         crate::clock::now()
     }
 
-    fn breaker(&self) -> Option<MutexGuard<'_, Breaker>> {
-        self.breaker
-            .as_ref()
-            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()))
+    fn breaker(&self) -> Option<BreakerGuard<'_>> {
+        let guard = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        guard.is_some().then_some(BreakerGuard(guard))
     }
 
     /// Whether active checks pass (always true without checks).
@@ -164,22 +184,23 @@ impl BackendHealth {
     /// [`MIN_RAMP`]..=1.
     pub fn ramp(&self, now: Duration) -> f32 {
         let from = self.ramp_from_ms.load(Ordering::Relaxed);
-        if self.slow_start_ms == 0 || from == 0 {
+        let slow_start_ms = self.slow_start_ms.load(Ordering::Relaxed);
+        if slow_start_ms == 0 || from == 0 {
             return 1.0;
         }
         let elapsed = ms(now).saturating_sub(from);
         if ms(now) < from {
             return MIN_RAMP;
         }
-        if elapsed >= self.slow_start_ms {
+        if elapsed >= slow_start_ms {
             return 1.0;
         }
-        (elapsed as f32 / self.slow_start_ms as f32).max(MIN_RAMP)
+        (elapsed as f32 / slow_start_ms as f32).max(MIN_RAMP)
     }
 
     /// Starts a ramp at `at` (the backend came back, or was added at run time).
     pub fn start_ramp(&self, at: Duration) {
-        if self.slow_start_ms > 0 {
+        if self.slow_start_ms.load(Ordering::Relaxed) > 0 {
             self.ramp_from_ms.store(ms(at).max(1), Ordering::Relaxed);
         }
     }
@@ -257,10 +278,30 @@ impl BackendHealth {
         }
     }
 
-    /// Moves the backend to the outlier detector of the pool a reload kept it in, at its
-    /// position `id` there (`None`: that pool turned detection off). An ejection under way
-    /// runs its course; the new detector starts the backend's failure run afresh.
-    pub fn bind_outlier(&self, id: BackendId, outlier: Option<SharedOutlier>) {
+    /// Applies the settings of the pool a reload kept the backend in: its breaker's (state
+    /// carried over; a breaker turned on starts closed, one turned off lets everything
+    /// through), slow start's length, and the pool's outlier detector at the backend's
+    /// position `id` there (`None`: detection off). An ejection under way runs its course;
+    /// the new detector starts the backend's failure run afresh.
+    pub fn reconfigure(
+        &self,
+        id: BackendId,
+        breaker: Option<BreakerConfig>,
+        outlier: Option<SharedOutlier>,
+        slow_start: Duration,
+    ) {
+        {
+            let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+            match (b.as_mut(), breaker) {
+                (Some(current), Some(cfg)) => current.reconfigure(cfg),
+                (None, Some(cfg)) => *b = Some(Breaker::new(cfg)),
+                (_, None) => *b = None,
+            }
+        }
+        if breaker.is_none() {
+            self.publish_breaker(BreakerState::Closed);
+        }
+        self.slow_start_ms.store(ms(slow_start), Ordering::Relaxed);
         *self.outlier.lock().unwrap_or_else(|e| e.into_inner()) = outlier.map(|o| (id, o));
     }
 

@@ -164,7 +164,8 @@ impl Backend {
         state: Option<Arc<BackendState>>,
     ) -> Self {
         if let Some(kept) = &state {
-            kept.health.bind_outlier(id, outlier.clone());
+            kept.health
+                .reconfigure(id, pool.breaker, outlier.clone(), pool.slow_start);
         }
         let state = state.unwrap_or_else(|| {
             let metrics = ctx.metrics.backend(&pool.name, &cfg.name);
@@ -393,7 +394,8 @@ impl Pool {
     /// Builds a pool; a backend that `previous` also has (same name and url) keeps its live
     /// state (the same `Arc`: in-flight count, cooldown, drain, health and breaker, signals),
     /// and so does the retry budget when its settings are unchanged. The policy starts afresh.
-    /// A kept backend moves to the new pool's outlier detector, at its new position.
+    /// A kept backend takes the new pool's breaker and slow-start settings and moves to its
+    /// outlier detector, at its new position.
     pub fn build(cfg: &PoolConfig, ctx: &PoolContext<'_>, previous: Option<&Pool>) -> Self {
         let outlier: Option<SharedOutlier> = cfg
             .outlier

@@ -390,3 +390,51 @@ async fn a_kept_backend_follows_the_reloaded_pools_outlier_detection() {
         Some("1")
     );
 }
+
+/// A reload that turns a kept backend's breaker on, or changes it, applies to that backend:
+/// with the breaker off a failing backend stays closed; after the reload turns it on
+/// (3 failures), it opens.
+#[tokio::test]
+async fn a_kept_backend_follows_the_reloaded_pools_breaker_settings() {
+    let bad = Mock::start(Reply::Json(StatusCode::INTERNAL_SERVER_ERROR, "{}")).await;
+    let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let urls = [bad.url(), good.url()];
+    let no_outlier = "outlier_detection: {enabled: false}";
+    let file = TempConfig::new(&admin_config(
+        &urls,
+        &format!("policy: round_robin\n    breaker: {{enabled: false}}\n    {no_outlier}"),
+    ));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    let send = || post(&c, &url, CHAT, &[]);
+    for _ in 0..8 {
+        assert_eq!(send().await.status, StatusCode::OK);
+    }
+    assert!(bad.count() >= 4);
+    assert_eq!(
+        backend_gauge(&c, &gw, "breaker_state", "b0")
+            .await
+            .as_deref(),
+        Some("0")
+    );
+
+    file.write(&admin_config(
+        &urls,
+        &format!(
+            "policy: round_robin\n    breaker: {{failures: 3, window: 60s, open_for: 60s}}\n    {no_outlier}"
+        ),
+    ));
+    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(a.json()["kept"], 2);
+    for _ in 0..8 {
+        assert_eq!(send().await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        backend_gauge(&c, &gw, "breaker_state", "b0")
+            .await
+            .as_deref(),
+        Some("1"),
+        "open"
+    );
+}
