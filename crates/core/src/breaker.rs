@@ -306,14 +306,20 @@ mod tests {
 
     #[test]
     fn reconfigure_keeps_the_state_and_applies_the_new_thresholds() {
-        let mut b = breaker();
-        b.on_failure(s(0), false);
-        b.on_failure(s(1), false);
-        // Two failures in the window: a threshold of 2 opens on the next.
+        let mut b = Breaker::new(BreakerConfig {
+            failure_threshold: 5,
+            ..BreakerConfig::default()
+        });
+        for t in 0..4 {
+            b.on_failure(s(t), false);
+        }
+        // Four failures in the window, a new threshold of 2: the newest two are kept and the
+        // next failure opens (a third in the window).
         b.reconfigure(BreakerConfig {
             failure_threshold: 2,
             ..BreakerConfig::default()
         });
+        assert_eq!(b.failures.len(), 2);
         assert_eq!(b.state(s(2)), BreakerState::Closed);
         let t = b
             .on_failure(s(2), false)
@@ -327,6 +333,17 @@ mod tests {
         });
         assert_eq!(b.reopens_at(), Some(s(62)));
         assert_eq!(b.state(s(30)), BreakerState::Open);
+        // Half-open with a probe out: the probe carries over and still counts.
+        let p = b.try_dispatch(s(62)).unwrap();
+        assert!(p);
+        b.reconfigure(BreakerConfig {
+            failure_threshold: 2,
+            probes: 1,
+            ..BreakerConfig::default()
+        });
+        assert_eq!(b.try_dispatch(s(62)), None, "the one probe slot is taken");
+        b.on_cancel(s(63), p);
+        assert_eq!(b.try_dispatch(s(63)), Some(true));
     }
 
     #[test]

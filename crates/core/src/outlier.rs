@@ -102,6 +102,18 @@ impl OutlierDetector {
         }
     }
 
+    /// Carries member `from_id` of `previous` (the same backend in the pool version a reload
+    /// replaced) over to `id` here: its failure run, ejection count and any ejection under
+    /// way, so the new detector's cap counts ejections that started before the reload.
+    pub fn carry_over(&mut self, id: BackendId, previous: &OutlierDetector, from_id: BackendId) {
+        if let (Some(to), Some(from)) = (
+            self.members.get_mut(id.index()),
+            previous.members.get(from_id.index()),
+        ) {
+            *to = *from;
+        }
+    }
+
     /// Records one outcome of a request sent to `id`; returns the ejection it caused, if any.
     /// A failure that would eject past the pool's limit leaves the backend in (its count of
     /// failures keeps growing, so it is ejected as soon as room frees up).
@@ -166,6 +178,23 @@ mod tests {
             last = d.record(BackendId(id), now, false).or(last);
         }
         last
+    }
+
+    #[test]
+    fn a_carried_over_ejection_counts_against_the_new_detectors_cap() {
+        let mut old = OutlierDetector::new(cfg(None), 2);
+        assert!(fail(&mut old, 0, s(0), 3).is_some());
+        // The reload keeps both backends, in swapped order.
+        let mut new = OutlierDetector::new(cfg(None), 2);
+        new.carry_over(BackendId(1), &old, BackendId(0));
+        new.carry_over(BackendId(0), &old, BackendId(1));
+        assert!(new.ejected(BackendId(1), s(5)));
+        // One backend always stays in: the other cannot be ejected while it is out.
+        assert_eq!(fail(&mut new, 0, s(5), 5), None);
+        assert!(fail(&mut new, 0, s(11), 3).is_some(), "room again at 10 s");
+        // Without the carry-over, the new detector would have ejected both.
+        let mut fresh = OutlierDetector::new(cfg(None), 2);
+        assert!(fail(&mut fresh, 0, s(5), 3).is_some());
     }
 
     #[test]

@@ -65,6 +65,13 @@ impl RetryBudget {
         self.with_bucket(now, |b, _, _| b.requests += 1);
     }
 
+    /// Gives back a retry taken at about `now` that was not made after all (its backend
+    /// refused it at dispatch). Taken from the current second's count; a retry taken in an
+    /// earlier second stays counted.
+    pub fn refund(&self, now: Duration) {
+        self.with_bucket(now, |b, _, _| b.retries = b.retries.saturating_sub(1));
+    }
+
     /// Takes one retry from the budget if it has room; false means do not retry.
     pub fn try_withdraw(&self, now: Duration) -> bool {
         let (ratio, floor) = (self.ratio, self.min_per_second * WINDOW_SECONDS as f64);
@@ -96,6 +103,16 @@ mod tests {
         }
         let granted = (0..100).filter(|_| b.try_withdraw(at(600))).count();
         assert_eq!(granted, 20);
+    }
+
+    #[test]
+    fn a_refunded_retry_can_be_taken_again() {
+        let b = RetryBudget::new(0.0, 0.1);
+        assert!(b.try_withdraw(at(100)), "the floor allows one in 10 s");
+        assert!(!b.try_withdraw(at(200)));
+        b.refund(at(300));
+        assert!(b.try_withdraw(at(400)));
+        assert!(!b.try_withdraw(at(500)));
     }
 
     #[test]

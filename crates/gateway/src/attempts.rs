@@ -128,6 +128,7 @@ async fn serve_from<'a>(
         wait_until = wait_until.min(gw.now() + left);
     }
     let mut tried_here = 0u32;
+    let mut refused_rounds = 0u32;
     loop {
         let decision = {
             let mut buf = ViewBuf::new();
@@ -147,6 +148,7 @@ async fn serve_from<'a>(
             }
         };
         let before = tried_here;
+        let mut refused = false;
         for id in decision.attempts() {
             if tried_here == max {
                 return None;
@@ -155,19 +157,17 @@ async fn serve_from<'a>(
             if p.attempts > 0 && !backend.usable(gw.now()) {
                 continue;
             }
+            // An attempt needs some of the backend's own total timeout left: one sent without
+            // would time out at once and count as the backend's failure.
+            if backend_time_left(backend, req).is_some_and(|left| left < MIN_ATTEMPT_TIME) {
+                continue;
+            }
+            let mut withdrew = false;
             if p.attempts > 0 {
-                let granted = home.retry_budget.try_withdraw(gw.now());
-                gw.metrics.count_retry(&home.name, granted);
-                if !granted {
-                    tracing::warn!(request_id = ?req.request_id, model = %home.name, "retry budget exhausted; not failing over");
-                    p.out_of_budget = true;
-                    return None;
-                }
                 // A Retry-After speaks for the backend that sent it (now cooling down): it
                 // lengthens the wait only before asking that same backend again.
                 let retry_after = p
                     .retry_after
-                    .take()
                     .filter(|(b, _)| std::ptr::eq(*b, backend))
                     .map(|(_, d)| d);
                 let wait = backoff::delay(
@@ -177,18 +177,36 @@ async fn serve_from<'a>(
                     retry_after,
                     target.rng.next_u64(),
                 );
+                // Checked before anything is spent: a backoff that would leave this backend
+                // no time is not slept (another candidate may have a longer total timeout).
+                if backend_time_left(backend, req)
+                    .is_some_and(|left| wait + MIN_ATTEMPT_TIME > left)
+                {
+                    continue;
+                }
+                let granted = home.retry_budget.try_withdraw(gw.now());
+                gw.metrics.count_retry(&home.name, granted);
+                if !granted {
+                    tracing::warn!(request_id = ?req.request_id, model = %home.name, "retry budget exhausted; not failing over");
+                    p.out_of_budget = true;
+                    return None;
+                }
+                withdrew = true;
+                if retry_after.is_some() {
+                    p.retry_after = None;
+                }
                 if !wait.is_zero() {
-                    if time_left(target, req).is_some_and(|left| wait >= left) {
-                        // The backoff would outlast the total timeout: the client gets what
-                        // the attempts so far gave.
-                        return None;
-                    }
                     tokio::time::sleep(wait).await;
                 }
             }
             // The breaker admits and counts in one step: a half-open backend whose probe
-            // slots filled since this request was routed is skipped, not sent to.
+            // slots filled since this request was routed is skipped, not sent to, and the
+            // retry it would have been is given back.
             let Some(guard) = backend.try_begin(signals::expected_tokens(req.profile)) else {
+                if withdrew {
+                    home.retry_budget.refund(gw.now());
+                }
+                refused = true;
                 continue;
             };
             p.attempts += 1;
@@ -218,6 +236,13 @@ async fn serve_from<'a>(
                 }
             }
         }
+        // A round whose every candidate was refused at dispatch decides again (the refused
+        // ones now show as unusable, so it picks another or waits for one); a few times at
+        // most.
+        if tried_here == before && refused && refused_rounds < MAX_REFUSED_ROUNDS {
+            refused_rounds += 1;
+            continue;
+        }
         // Another round only if this one tried something, every backend is now cooling down,
         // and one comes back in time (each round spends an attempt, so this ends).
         if tried_here == before || tried_here == max {
@@ -232,6 +257,23 @@ async fn serve_from<'a>(
     }
 }
 
+/// Least time an attempt is sent with: below it the backend's total timeout would cut it
+/// before any answer.
+const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(1);
+
+/// Rounds of decisions a request makes again because every candidate was refused at
+/// dispatch (a half-open breaker's probe slots filled in between).
+const MAX_REFUSED_ROUNDS: u32 = 3;
+
+/// What is left of `req`'s total timeout at `backend`; `None` when it has none.
+fn backend_time_left(backend: &Backend, req: &Request<'_>) -> Option<Duration> {
+    backend
+        .config
+        .timeouts
+        .total
+        .map(|t| t.saturating_sub(req.started.elapsed()))
+}
+
 /// What is left of `req`'s total timeout on `target`: the longest `total` among its
 /// backends (each attempt is then cut at its own) less the time since arrival; `None` when
 /// some backend has no total timeout.
@@ -241,9 +283,9 @@ fn time_left(target: &Pool, req: &Request<'_>) -> Option<Duration> {
     }
     let mut longest = Duration::ZERO;
     for b in &target.backends {
-        longest = longest.max(b.config.timeouts.total?);
+        longest = longest.max(backend_time_left(b, req)?);
     }
-    Some(longest.saturating_sub(req.started.elapsed()))
+    Some(longest)
 }
 
 /// One attempt at `backend`: the response head and its first body frame, or why not.

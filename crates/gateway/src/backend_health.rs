@@ -69,6 +69,10 @@ impl std::ops::DerefMut for BreakerGuard<'_> {
     }
 }
 
+/// How soon a request waiting for a half-open backend whose probe slots are all taken looks
+/// again.
+pub const PROBE_RECHECK: Duration = Duration::from_millis(20);
+
 /// Share of a full traffic share a backend takes at the very start of its ramp.
 pub const MIN_RAMP: f32 = 0.1;
 
@@ -164,7 +168,9 @@ impl BackendHealth {
     }
 
     /// When the timed reasons that keep the backend out (ejection, open breaker) have all
-    /// passed; `None` when one is open-ended (health checks down).
+    /// passed; `None` when one is open-ended (health checks down). A half-open breaker whose
+    /// probe slots are all taken frees one when a probe ends, at no known time: it is looked
+    /// at again after [`PROBE_RECHECK`].
     pub fn returns_at(&self, now: Duration) -> Option<Duration> {
         if !self.is_up() {
             return None;
@@ -172,9 +178,9 @@ impl BackendHealth {
         let ejected = Duration::from_millis(self.ejected_until_ms.load(Ordering::Relaxed));
         let reopens = self
             .breaker()
-            .and_then(|mut b| {
-                b.state(now);
-                b.reopens_at()
+            .and_then(|mut b| match b.state(now) {
+                BreakerState::HalfOpen if !b.admits(now) => Some(now + PROBE_RECHECK),
+                _ => b.reopens_at(),
             })
             .unwrap_or_default();
         Some(now.max(ejected).max(reopens))
@@ -281,8 +287,8 @@ impl BackendHealth {
     /// Applies the settings of the pool a reload kept the backend in: its breaker's (state
     /// carried over; a breaker turned on starts closed, one turned off lets everything
     /// through), slow start's length, and the pool's outlier detector at the backend's
-    /// position `id` there (`None`: detection off). An ejection under way runs its course;
-    /// the new detector starts the backend's failure run afresh.
+    /// position `id` there (`None`: detection off), carrying its outlier state over (failure
+    /// run, ejection count, an ejection under way) so the new detector's cap counts it.
     pub fn reconfigure(
         &self,
         id: BackendId,
@@ -302,7 +308,20 @@ impl BackendHealth {
             self.publish_breaker(BreakerState::Closed);
         }
         self.slow_start_ms.store(ms(slow_start), Ordering::Relaxed);
-        *self.outlier.lock().unwrap_or_else(|e| e.into_inner()) = outlier.map(|o| (id, o));
+        let mut binding = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some((old_id, old)), Some(new)) = (binding.as_ref(), outlier.as_ref()) {
+            if !Arc::ptr_eq(old, new) {
+                let old = old.lock().unwrap_or_else(|e| e.into_inner());
+                new.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .carry_over(id, &old, *old_id);
+            }
+        }
+        if outlier.is_none() {
+            // Nothing will reset the failure run: successes need not take locks for it.
+            self.failing.store(false, Ordering::Relaxed);
+        }
+        *binding = outlier.map(|o| (id, o));
     }
 
     /// A probe ended with no outcome (its client left before an answer).

@@ -238,9 +238,9 @@ impl Backend {
 
     /// When this backend, unusable now for timed reasons (429 cooldown, ejection, open
     /// breaker), will be back; `None` when it is out for an open-ended reason (health checks
-    /// down) or full.
+    /// down, drained) or full.
     pub fn returns_at(&self, now: Duration) -> Option<Duration> {
-        if !self.usable_by_capacity() {
+        if !self.usable_by_capacity() || self.state.draining() {
             return None;
         }
         let back = self.state.health.returns_at(now)?;

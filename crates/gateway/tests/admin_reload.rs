@@ -384,7 +384,9 @@ async fn a_kept_backend_follows_the_reloaded_pools_outlier_detection() {
     for _ in 0..8 {
         assert_eq!(send().await.status, StatusCode::OK);
     }
-    assert!(bad.count() >= before + 2, "b0 was tried after the reload");
+    // Its failure run carries over (at least 2 before the reload), so the first failure
+    // under the new threshold ejects it.
+    assert!(bad.count() > before, "b0 was tried after the reload");
     assert_eq!(
         backend_gauge(&c, &gw, "ejected", "b0").await.as_deref(),
         Some("1")

@@ -251,3 +251,33 @@ async fn the_retry_budget_caps_failover_during_an_outage() {
         "{metrics}"
     );
 }
+
+/// A backoff that would outlast what is left of the total timeout is not slept: with both
+/// backends answering 503, a 300 ms request whose backoff before a retry is drawn up to an
+/// hour (a draw under 300 ms has odds of 1 in 12,000) gets the 503 at once, after one
+/// attempt, instead of waiting to send a retry that has no time left.
+#[tokio::test]
+async fn a_retry_whose_backoff_outlasts_the_total_timeout_is_not_made() {
+    let a = Mock::start(Reply::Json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        r#"{"error":"busy"}"#,
+    ))
+    .await;
+    let b = Mock::start(Reply::Json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        r#"{"error":"busy"}"#,
+    ))
+    .await;
+    let gw = Gw::start(&config(
+        &[a.url(), b.url()],
+        "timeouts: {total: 300ms}",
+        "retry: {backoff_base: 3600s, backoff_max: 3600s}",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let r = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["x-switchyard-attempts"], "1");
+    assert_eq!(a.count() + b.count(), 1);
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+}
