@@ -184,31 +184,76 @@ impl PrefixIndex {
 }
 
 impl Inner {
+    /// Whether `backend` holds block `hash`.
+    fn holds(&self, hash: u64, backend: u32) -> bool {
+        self.map.get(&hash).is_some_and(|holders| {
+            holders
+                .iter()
+                .any(|&n| self.nodes[n as usize].backend == backend)
+        })
+    }
+
+    /// Each backend's blocks of one chain are a prefix of it: recording touches a prompt's
+    /// blocks last first, so a block is always at least as recent as every block after it
+    /// in its chain, and eviction takes the least recent. So while several backends hold
+    /// the leading blocks they are walked block by block, and once few enough are left each
+    /// one's depth is found by binary search: a long history behind a shared system prompt
+    /// costs a few lookups past the shared part instead of one per block.
     fn matches(&self, blocks: &[u64], matched: &mut [u32]) -> u32 {
         let mut alive: SmallVec<[u32; 16]> = SmallVec::new();
-        let mut deepest = None;
+        let mut depth = 0usize;
         for (k, hash) in blocks.iter().enumerate() {
             let Some(holders) = self.map.get(hash) else {
                 break;
             };
-            let holds = |b: u32| holders.iter().any(|&n| self.nodes[n as usize].backend == b);
             if k == 0 {
                 alive.extend(holders.iter().map(|&n| self.nodes[n as usize].backend));
             } else {
-                alive.retain(|b| holds(*b));
+                alive.retain(|b| {
+                    holders
+                        .iter()
+                        .any(|&n| self.nodes[n as usize].backend == *b)
+                });
             }
             if alive.is_empty() {
                 break;
             }
-            deepest = Some(holders);
+            depth = k + 1;
             for &b in &alive {
                 if let Some(m) = matched.get_mut(b as usize) {
-                    *m = k as u32 + 1;
+                    *m = depth as u32;
                 }
             }
+            // Binary searches (about log2 of the blocks left, per backend still matching)
+            // once they cost fewer lookups than walking on.
+            let left = blocks.len() - depth;
+            let steps = (usize::BITS - left.leading_zeros()) as usize;
+            if alive.len() * steps < left {
+                let shared = depth;
+                for &b in &alive {
+                    // Deepest block `b` holds, in shared..=len (it holds block shared - 1).
+                    let (mut lo, mut hi) = (shared, blocks.len());
+                    while lo < hi {
+                        let mid = lo + (hi - lo).div_ceil(2);
+                        if self.holds(blocks[mid - 1], b) {
+                            lo = mid;
+                        } else {
+                            hi = mid - 1;
+                        }
+                    }
+                    depth = depth.max(lo);
+                    if let Some(m) = matched.get_mut(b as usize) {
+                        *m = lo as u32;
+                    }
+                }
+                break;
+            }
+        }
+        if depth == 0 {
+            return 0;
         }
         // Hashes are chained, so every holder of the deepest block was sent the whole prefix.
-        deepest.map_or(0, |holders| {
+        self.map.get(&blocks[depth - 1]).map_or(0, |holders| {
             holders.iter().fold(0u32, |sum, &n| {
                 sum.saturating_add(self.nodes[n as usize].uses)
             })
@@ -330,6 +375,80 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The block-by-block walk `Inner::matches` replaced, as the reference it must agree with.
+    fn matches_by_walking(inner: &Inner, blocks: &[u64], matched: &mut [u32]) -> u32 {
+        matched.fill(0);
+        let mut alive: Vec<u32> = Vec::new();
+        let mut deepest = None;
+        for (k, hash) in blocks.iter().enumerate() {
+            let Some(holders) = inner.map.get(hash) else {
+                break;
+            };
+            let holds = |b: u32| {
+                holders
+                    .iter()
+                    .any(|&n| inner.nodes[n as usize].backend == b)
+            };
+            if k == 0 {
+                alive.extend(holders.iter().map(|&n| inner.nodes[n as usize].backend));
+            } else {
+                alive.retain(|b| holds(*b));
+            }
+            if alive.is_empty() {
+                break;
+            }
+            deepest = Some(holders);
+            for &b in &alive {
+                if let Some(m) = matched.get_mut(b as usize) {
+                    *m = k as u32 + 1;
+                }
+            }
+        }
+        deepest.map_or(0, |holders| {
+            holders.iter().fold(0u32, |sum, &n| {
+                sum.saturating_add(inner.nodes[n as usize].uses)
+            })
+        })
+    }
+
+    /// A chain of `len` block hashes, chained as `block_hashes` chains them, whose first
+    /// `shared` blocks are those of chain `root`.
+    fn chain(root: u64, shared: usize, own: u64, len: usize) -> Vec<u64> {
+        let mut parent = ROOT;
+        (0..len)
+            .map(|k| {
+                let content = if k < shared { root } else { own };
+                parent = xxhash_rust::xxh3::xxh3_64_with_seed(&content.to_le_bytes(), parent);
+                parent
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn matches_agrees_with_the_block_by_block_walk(
+            records in proptest::collection::vec(
+                (0u64..3, 0usize..40, 0u64..6, 1usize..80, 0u32..8, 2u32..60),
+                1..60,
+            ),
+            queries in proptest::collection::vec((0u64..3, 0usize..40, 0u64..6, 1usize..80), 1..8),
+        ) {
+            let idx = PrefixIndex::new();
+            for (root, shared, own, len, backend, cap) in records {
+                idx.record(&chain(root, shared, own + 10, len), backend, cap);
+            }
+            for (root, shared, own, len) in queries {
+                let q = chain(root, shared, own + 10, len);
+                let (mut fast, mut slow) = ([0u32; 10], [0u32; 10]);
+                let reuse = idx.matches(&q, &mut fast);
+                let expected = matches_by_walking(&idx.lock(), &q, &mut slow);
+                prop_assert_eq!(fast, slow);
+                prop_assert_eq!(reuse, expected);
+            }
+        }
+    }
 
     fn text(seed: u8, blocks: usize) -> String {
         (0..blocks * BLOCK_BYTES)
