@@ -98,10 +98,7 @@ pub async fn run(
         }
     }
     if let Some((resp, backend, guard)) = p.held {
-        let limits = limits(backend, req.started);
-        return Ok(relay(
-            gw, resp, None, backend, guard, p.attempts, req, limits,
-        ));
+        return Ok(relay(gw, resp, None, backend, guard, p.attempts, req));
     }
     Err((
         pool.name.clone(),
@@ -214,8 +211,7 @@ async fn serve_from<'a>(
             match attempt(gw, target, backend, req, p, guard).await {
                 Ok((resp, first, guard)) => {
                     let headers_at = Instant::now();
-                    let limits = limits(backend, req.started);
-                    let mut r = relay(gw, resp, first, backend, guard, p.attempts, req, limits);
+                    let mut r = relay(gw, resp, first, backend, guard, p.attempts, req);
                     if gw.config.debug_headers {
                         r.headers_mut().insert(
                             "x-switchyard-route",
@@ -314,12 +310,9 @@ async fn attempt(
     )
     .map_err(|e| Failed::Error(unreachable(backend, e.to_string())))?;
     p.dispatched.get_or_insert_with(Instant::now);
-    let timeouts = &backend.config.timeouts;
     // The first byte must come within `first_byte`, and within what is left of `total`.
-    let mut budget = timeouts.first_byte;
-    if let Some(total) = timeouts.total {
-        budget = budget.min(total.saturating_sub(req.started.elapsed()));
-    }
+    let first_byte = backend.config.timeouts.first_byte;
+    let budget = backend_time_left(backend, req).map_or(first_byte, |left| first_byte.min(left));
     let deadline = tokio::time::Instant::now() + budget;
     let log = |what: &str, detail: &dyn std::fmt::Display| {
         tracing::warn!(request_id = ?req.request_id, backend = %backend.name(), attempt = p.attempts, %detail, "{what}");
@@ -432,8 +425,8 @@ fn unreachable(backend: &Backend, detail: String) -> ApiError {
 }
 
 /// The client's response: upstream status and headers (hop-by-hop removed) plus ours, and the
-/// upstream body relayed as it arrives, its first frame (already read) first.
-#[allow(clippy::too_many_arguments)]
+/// upstream body relayed as it arrives, its first frame (already read) first, within the
+/// backend's idle and total timeouts.
 fn relay(
     gw: &Snapshot,
     resp: hyper::Response<Incoming>,
@@ -442,7 +435,6 @@ fn relay(
     guard: InFlightGuard,
     attempts: u32,
     req: &Request<'_>,
-    limits: Limits,
 ) -> Response<GatewayBody> {
     let (mut head, incoming) = resp.into_parts();
     forward::clean_response_headers(&mut head.headers);
@@ -456,6 +448,7 @@ fn relay(
         .headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let limits = limits(backend, req.started);
     let relay = Relay::new(incoming, first, req.started, sse, limits, guard);
     Response::from_parts(head, GatewayBody::Relay(relay))
 }

@@ -296,17 +296,16 @@ impl BackendHealth {
         outlier: Option<SharedOutlier>,
         slow_start: Duration,
     ) {
-        {
-            let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-            match (b.as_mut(), breaker) {
-                (Some(current), Some(cfg)) => current.reconfigure(cfg),
-                (None, Some(cfg)) => *b = Some(Breaker::new(cfg)),
-                (_, None) => *b = None,
+        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        match (b.as_mut(), breaker) {
+            (Some(current), Some(cfg)) => current.reconfigure(cfg),
+            (None, Some(cfg)) => *b = Some(Breaker::new(cfg)),
+            (_, None) => {
+                *b = None;
+                self.publish_breaker(BreakerState::Closed);
             }
         }
-        if breaker.is_none() {
-            self.publish_breaker(BreakerState::Closed);
-        }
+        drop(b);
         self.slow_start_ms.store(ms(slow_start), Ordering::Relaxed);
         let mut binding = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
         if let (Some((old_id, old)), Some(new)) = (binding.as_ref(), outlier.as_ref()) {

@@ -198,10 +198,10 @@ impl Backend {
     /// The upstream URI of an inference endpoint: the one built with the backend, or (if that
     /// failed) built again so the caller sees the same error as before.
     pub fn endpoint_uri(&self, kind: EndpointKind) -> Result<http::Uri, http::Error> {
-        let i = ENDPOINTS.iter().position(|k| *k == kind).unwrap_or(0);
-        match &self.endpoint_uris[i] {
-            Some(uri) if ENDPOINTS[i] == kind => Ok(uri.clone()),
-            _ => self.uri(kind.path()),
+        let built = ENDPOINTS.iter().position(|k| *k == kind);
+        match built.and_then(|i| self.endpoint_uris[i].as_ref()) {
+            Some(uri) => Ok(uri.clone()),
+            None => self.uri(kind.path()),
         }
     }
 
