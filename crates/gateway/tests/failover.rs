@@ -131,28 +131,10 @@ async fn max_attempts_1_turns_failover_off() {
 /// An upstream that starts an SSE response, sends one event, then drops the connection with
 /// the chunked body unfinished, as a replica that dies mid-generation does.
 async fn dying_stream_upstream() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Read the whole request (its JSON body ends with '}') so closing sends FIN, not RST.
-            while !buf.ends_with(b"}") {
-                match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let event = "data: {\"n\":1}\n\n";
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-            let msg = format!("{head}{:x}\r\n{event}\r\n", event.len());
-            let _ = sock.write_all(msg.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        }
-    });
-    format!("http://{addr}")
+    let event = "data: {\"n\":1}\n\n";
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    raw_upstream(format!("{head}{:x}\r\n{event}\r\n", event.len())).await
 }
 
 #[tokio::test]

@@ -87,25 +87,11 @@ async fn failures_before_the_first_byte_succeed_on_another_replica() {
 /// A mock upstream that sends SSE response headers, then closes the connection before any
 /// event: the response had started upstream, but no byte of it had reached the client.
 async fn headers_then_gone_mock() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.ends_with(b"}") {
-                match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        }
-    });
-    format!("http://{addr}")
+    raw_upstream(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_owned(),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -329,3 +329,28 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) {
 }
 
 pub mod sim;
+
+/// An upstream at the socket level: for each connection it reads the request (until its JSON
+/// body's closing `}`, so closing sends FIN, not RST), writes `reply` as given, raw HTTP
+/// bytes, and closes. For answers a well-behaved server cannot give: cut streams, bodies that
+/// end early. Returns its base url.
+pub async fn raw_upstream(reply: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.ends_with(b"}") {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = sock.write_all(reply.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    format!("http://{addr}")
+}
