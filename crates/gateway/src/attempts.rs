@@ -51,6 +51,8 @@ pub struct Request<'a> {
 
 /// How one attempt ended when it did not produce the client's response.
 enum Failed {
+    /// The gateway itself is short of a resource: no attempt can succeed now; stop.
+    Local(ApiError),
     /// No usable answer (connect error, timeout, broken before the first byte).
     Error(ApiError),
     /// A retryable answer, kept to pass through if every attempt fails.
@@ -226,6 +228,11 @@ async fn serve_from<'a>(
                     return Some(r);
                 }
                 Err(Failed::Error(e)) => p.failure = Some(e),
+                Err(Failed::Local(e)) => {
+                    p.failure = Some(e);
+                    p.out_of_budget = true;
+                    return None;
+                }
                 Err(Failed::Answer(resp, guard, retry_after)) => {
                     p.retry_after = retry_after.map(|d| (backend, d));
                     p.held = Some((resp, backend, guard));
@@ -332,6 +339,16 @@ async fn attempt(
         }
         Ok(Err(e)) => {
             let detail = error_chain(&e);
+            if let Some(what) = local_exhaustion(&e) {
+                // The gateway's own shortage: the backend did nothing wrong, so its breaker
+                // and outlier state hear nothing, and no other backend would fare better.
+                tracing::error!(request_id = ?req.request_id, backend = %backend.name(), %detail, "cannot open an upstream connection: {what}");
+                gw.metrics.local_errors.inc();
+                guard.neutral();
+                return Err(Failed::Local(ApiError::GatewayOverloaded {
+                    detail: what.to_owned(),
+                }));
+            }
             log("upstream request failed", &detail);
             guard.outcome(false);
             return Err(Failed::Error(unreachable(backend, detail)));
@@ -451,6 +468,29 @@ fn relay(
     let limits = limits(backend, req.started);
     let relay = Relay::new(incoming, first, req.started, sse, limits, guard);
     Response::from_parts(head, GatewayBody::Relay(relay))
+}
+
+/// What ran out, when `e` failed for want of a local resource (the process's file
+/// descriptors, the system's, ephemeral ports, buffer memory) rather than anything the
+/// backend did.
+fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // Linux errno values; other systems report these through the same numbers
+            // rarely enough that the fallback (the backend's failure) is acceptable.
+            return match io.raw_os_error() {
+                Some(24) => Some("the process is out of file descriptors (EMFILE)"),
+                Some(23) => Some("the system is out of file descriptors (ENFILE)"),
+                Some(99) => Some("no local address or ephemeral port is free (EADDRNOTAVAIL)"),
+                Some(105) => Some("no socket buffer space (ENOBUFS)"),
+                Some(12) => Some("out of memory (ENOMEM)"),
+                _ => None,
+            };
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// An error and its sources on one line ("client error (Connect): tcp connect error: ...").

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 
 use crate::fleet::InFlightGuard;
+use crate::sse::EventFramer;
 
 /// A response body.
 // The relay is the common case; boxing it would cost an allocation per proxied request to
@@ -121,6 +122,9 @@ pub struct Relay {
     events: u32,
     /// The body is an SSE stream, so a failure midway can be reported in-band.
     sse: bool,
+    /// For an SSE stream: lets through whole events only, so an error event can always
+    /// follow on a fresh boundary (see [`crate::sse`]).
+    framer: EventFramer,
     /// The stream failed and its closing error event was sent: the next poll ends the body.
     ended: bool,
     limits: Limits,
@@ -152,6 +156,7 @@ impl Relay {
             first: None,
             started,
             sse,
+            framer: EventFramer::new(),
             ended: false,
             limits,
             timers: None,
@@ -160,8 +165,38 @@ impl Relay {
         if let Some(d) = first.as_ref().and_then(Frame::data_ref) {
             relay.count_events(d);
         }
-        relay.first = first;
+        relay.first = match first {
+            Some(f) if sse && f.is_data() => f
+                .into_data()
+                .ok()
+                .and_then(|d| relay.frame_out(d))
+                .map(Frame::data),
+            other => other,
+        };
         relay
+    }
+
+    /// What of an upstream data chunk goes to the client now: an SSE stream's whole events
+    /// (a trailing partial one waits for its end, or for the end of the body), any other
+    /// body's bytes as they are.
+    fn frame_out(&mut self, data: Bytes) -> Option<Bytes> {
+        if !self.sse {
+            return Some(data);
+        }
+        let out = self.framer.push(data);
+        if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+            // The body ends with this chunk: what is held goes out with it.
+            return match (out, self.framer.finish()) {
+                (Some(a), Some(b)) => {
+                    let mut all = bytes::BytesMut::with_capacity(a.len() + b.len());
+                    all.extend_from_slice(&a);
+                    all.extend_from_slice(&b);
+                    Some(all.freeze())
+                }
+                (a, b) => a.or(b),
+            };
+        }
+        out
     }
 
     /// Releases the slot and records the duration; `complete` when the whole body passed, so
@@ -200,6 +235,8 @@ impl Relay {
     /// Ends the body early: counted, logged, reported; an SSE stream gets its closing event.
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.inner = None;
+        // A partial event is dropped: the error event must start on a boundary.
+        self.framer.abandon();
         self.guard.state().metrics().stream_errors.inc();
         self.guard.outcome(false);
         let [model, backend] = self.guard.state().metrics().labels();
@@ -228,72 +265,87 @@ impl Relay {
             }
             return Poll::Ready(Some(Ok(f)));
         }
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(&mut *inner).poll_frame(cx);
-        match polled {
-            Poll::Pending => {
-                let limits = self.limits;
-                if limits.idle.is_none() && limits.total.is_none() {
-                    return Poll::Pending;
-                }
-                // The idle timer counts from the first wait after a frame: at least `idle`
-                // of silence before it fires.
-                let timers = self.timers.get_or_insert_with(|| {
-                    let now = tokio::time::Instant::now();
-                    Box::new(Timers {
-                        idle: limits
-                            .idle
-                            .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
-                        total: limits
-                            .total
-                            .map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
-                    })
-                });
-                if let (Some(t), Some((_, d))) = (&mut timers.total, limits.total) {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return self.fail(BodyError::Total(d));
-                    }
-                }
-                if let (Some(t), Some(d)) = (&mut timers.idle, limits.idle) {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return self.fail(BodyError::Idle(d));
-                    }
-                }
-                Poll::Pending
-            }
-            Poll::Ready(Some(Err(e))) => self.fail(BodyError::Upstream(e)),
-            Poll::Ready(None) => {
-                self.finish(true);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(f))) => {
-                if !self.seen_first && f.is_data() {
-                    self.seen_first = true;
-                    let ttfb = self.started.elapsed();
-                    self.first_at = Some(Instant::now());
-                    self.guard.first_byte();
-                    let state = self.guard.state();
-                    state.metrics().ttfb.observe(ttfb.as_secs_f64());
-                    state.signals.observe_ttft(ttfb, crate::clock::now());
-                }
-                if let Some(d) = f.data_ref() {
-                    self.count_events(d);
-                }
-                if let (Some(Timers { idle: Some(t), .. }), Some(d)) =
-                    (self.timers.as_deref_mut(), self.limits.idle)
-                {
-                    t.as_mut().reset(tokio::time::Instant::now() + d);
-                }
-                // A body of known length ends with its last frame; hyper may not poll
-                // again before the client has it, so release the slot now.
-                if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+        loop {
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let polled = Pin::new(&mut *inner).poll_frame(cx);
+            match polled {
+                Poll::Pending => return self.wait(cx),
+                Poll::Ready(Some(Err(e))) => return self.fail(BodyError::Upstream(e)),
+                Poll::Ready(None) => {
                     self.finish(true);
+                    self.inner = None;
+                    // A clean end: a trailing partial event goes out as the upstream sent it.
+                    return Poll::Ready(self.framer.finish().map(|b| Ok(Frame::data(b))));
                 }
-                Poll::Ready(Some(Ok(f)))
+                Poll::Ready(Some(Ok(f))) => {
+                    if !self.seen_first && f.is_data() {
+                        self.seen_first = true;
+                        let ttfb = self.started.elapsed();
+                        self.first_at = Some(Instant::now());
+                        self.guard.first_byte();
+                        let state = self.guard.state();
+                        state.metrics().ttfb.observe(ttfb.as_secs_f64());
+                        state.signals.observe_ttft(ttfb, crate::clock::now());
+                    }
+                    if let Some(d) = f.data_ref() {
+                        self.count_events(d);
+                    }
+                    if let (Some(Timers { idle: Some(t), .. }), Some(d)) =
+                        (self.timers.as_deref_mut(), self.limits.idle)
+                    {
+                        t.as_mut().reset(tokio::time::Instant::now() + d);
+                    }
+                    let out = match f.into_data() {
+                        Ok(d) => match self.frame_out(d) {
+                            Some(d) => Frame::data(d),
+                            // Held back whole: read on.
+                            None => continue,
+                        },
+                        Err(f) => f,
+                    };
+                    // A body of known length ends with its last frame; hyper may not poll
+                    // again before the client has it, so release the slot now.
+                    if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+                        self.finish(true);
+                    }
+                    return Poll::Ready(Some(Ok(out)));
+                }
             }
         }
+    }
+
+    /// The upstream has nothing yet: arm or check the idle and total timers.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let limits = self.limits;
+        if limits.idle.is_none() && limits.total.is_none() {
+            return Poll::Pending;
+        }
+        // The idle timer counts from the first wait after a frame: at least `idle` of
+        // silence before it fires.
+        let timers = self.timers.get_or_insert_with(|| {
+            let now = tokio::time::Instant::now();
+            Box::new(Timers {
+                idle: limits
+                    .idle
+                    .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+                total: limits
+                    .total
+                    .map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+            })
+        });
+        if let (Some(t), Some((_, d))) = (&mut timers.total, limits.total) {
+            if t.as_mut().poll(cx).is_ready() {
+                return self.fail(BodyError::Total(d));
+            }
+        }
+        if let (Some(t), Some(d)) = (&mut timers.idle, limits.idle) {
+            if t.as_mut().poll(cx).is_ready() {
+                return self.fail(BodyError::Idle(d));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -321,7 +373,10 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(b) => b.is_none(),
             GatewayBody::Relay(r) => {
-                r.ended || (r.first.is_none() && r.inner.as_ref().is_none_or(Body::is_end_stream))
+                r.ended
+                    || (r.first.is_none()
+                        && r.framer.is_empty()
+                        && r.inner.as_ref().is_none_or(Body::is_end_stream))
             }
         }
     }

@@ -320,6 +320,16 @@ impl InFlightGuard {
         self.state.health.record_now(success, probe);
     }
 
+    /// Settles the attempt without an outcome: it failed for a reason that says nothing of
+    /// the backend (the gateway's own shortage). A probe's slot is given back.
+    pub fn neutral(&mut self) {
+        if self.probe && !self.settled {
+            let h = &self.state.health;
+            h.on_cancel(h.now(), true);
+        }
+        self.settled = true;
+    }
+
     /// The response's first byte arrived: the prompt is past prefill.
     pub fn first_byte(&mut self) {
         if std::mem::replace(&mut self.prefilling, false) {

@@ -22,7 +22,7 @@ async fn boot(yaml: &str) -> (Arc<Gateway>, String) {
     tokio::spawn(switchyard_gateway::serve(
         gw.clone(),
         listener,
-        std::future::pending(),
+        std::future::pending::<()>(),
     ));
     (gw, base)
 }

@@ -30,6 +30,12 @@ pub struct ConfigFile {
     /// Grace period for in-flight requests on shutdown.
     #[serde(default)]
     pub drain_timeout: Option<Seconds>,
+    /// Not-ready period between SIGTERM and closing the listener.
+    #[serde(default)]
+    pub drain_delay: Option<Seconds>,
+    /// Client connection limits.
+    #[serde(default)]
+    pub limits: Option<super::limits::LimitsFile>,
     /// Failover settings.
     #[serde(default)]
     pub retry: Option<RetryFile>,
@@ -310,6 +316,8 @@ impl ConfigFile {
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),
+            drain_delay: self.drain_delay.map_or(super::DEFAULT_DRAIN_DELAY, |s| s.0),
+            limits: self.limits.unwrap_or_default().resolve(),
             retry: {
                 let r = self.retry.unwrap_or_default();
                 super::Retry {
