@@ -86,7 +86,7 @@ def gateway(tmp_path_factory):
     port = free_port()
     cfg = tmp_path_factory.mktemp("cfg") / "switchyard.yaml"
     cfg.write_text(
-        f"listen: 127.0.0.1:{port}\nmodels:\n  llama:\n    policy: least_connections\n    backends:\n"
+        f"listen: 127.0.0.1:{port}\ndrain_delay: 1s\nmodels:\n  llama:\n    policy: least_connections\n    backends:\n"
         + "".join(f"      - url: http://127.0.0.1:{s.server_address[1]}\n        model: upstream-llama\n" for s in servers)
     )
     proc = subprocess.Popen([str(BINARY), "serve", "--config", str(cfg)], stderr=subprocess.PIPE)
