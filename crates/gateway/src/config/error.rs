@@ -60,6 +60,51 @@ impl ConfigError {
         }
     }
 
+    /// An error found after parsing, about `key` of the top-level `section`: located at that
+    /// key (in block or flow style), else at the section, else not located.
+    pub(crate) fn at_key(
+        origin: &str,
+        text: &str,
+        section: &str,
+        key: &str,
+        message: String,
+    ) -> Self {
+        let mut at = None;
+        let mut inside = false;
+        for (i, line) in text.lines().enumerate() {
+            let top_level = !line.starts_with([' ', '\t', '#']) && !line.trim().is_empty();
+            if top_level {
+                if inside {
+                    break;
+                }
+                let Some(rest) = line.strip_prefix(section) else {
+                    continue;
+                };
+                if !rest.trim_start().starts_with(':') {
+                    continue;
+                }
+                inside = true;
+                at = Some((i + 1, 1));
+            }
+            if inside {
+                let found = line.match_indices(key).find(|(col, _)| {
+                    line[col + key.len()..].trim_start().starts_with(':')
+                        && !line[..*col].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                });
+                if let Some((col, _)) = found {
+                    at = Some((i + 1, col + 1));
+                    break;
+                }
+            }
+        }
+        Self {
+            origin: origin.to_owned(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            message,
+        }
+    }
+
     pub(crate) fn from_yaml(origin: &str, text: &str, e: &serde_norway::Error) -> Self {
         let full = e.to_string();
         // serde_norway appends " at line L column C"; the location goes in front instead.

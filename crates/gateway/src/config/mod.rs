@@ -22,7 +22,7 @@ pub mod resilience;
 pub mod routing;
 mod values;
 
-pub use admin::{Admin, Secret};
+pub use admin::{Access, Admin, Secret};
 pub use error::ConfigError;
 pub use resilience::HealthCheck;
 pub use routing::Scrape;

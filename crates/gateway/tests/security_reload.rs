@@ -1,0 +1,73 @@
+//! Reloads and admin changes that must not open a hole or take the gateway down: a kept admin
+//! listener keeps its authentication, an `api_key` that cannot be sent is refused instead of
+//! letting the client's own `Authorization` through, and values that would panic, overflow
+//! or exhaust memory are refused with their line and the fix while the old config serves.
+
+mod admin_support;
+mod support;
+
+use admin_support::*;
+use http::{Request, StatusCode};
+use support::*;
+
+async fn get_unauthenticated(c: &Client, url: &str) -> Answer {
+    send(c, Request::get(url).body(Default::default()).unwrap()).await
+}
+
+/// Before the fix, a reload that moved `admin.listen` to loopback and dropped the token kept
+/// the running listener on 0.0.0.0 (its address changes only with a restart) and took the
+/// file's "no token": the admin API was open to every machine that reached the host.
+#[tokio::test]
+async fn a_reload_cannot_strip_the_token_from_a_kept_open_admin_listener() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let models = format!(
+        "models:\n  m:\n    backends:\n      - {{url: \"{}\", name: b0}}\n",
+        up.url()
+    );
+    let file = TempConfig::new(&format!(
+        "admin:\n  listen: 0.0.0.0:0\n  token: {TOKEN}\n{models}"
+    ));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    let backends = gw.admin_url("/admin/backends");
+    assert_eq!(
+        get_unauthenticated(&c, &backends).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Valid on its own (a loopback listener may go without a token), but the running
+    // listener would stay on 0.0.0.0 with no token.
+    file.write(&format!("admin:\n  listen: 127.0.0.1:0\n{models}"));
+    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);
+    assert_eq!(a.error_code(), "invalid_config");
+    let msg = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains(&format!("{}:2:3: admin:", file.file_name())),
+        "{msg}"
+    );
+    assert!(msg.contains("reachable from other machines"), "{msg}");
+    assert!(msg.contains("add token:"), "{msg}");
+
+    let a = get_unauthenticated(&c, &backends).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let list = admin(&c, "GET", &backends, "").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.json()["generation"], 1);
+
+    // A file that keeps a token (a new one) reloads, and the new token is the one asked for.
+    file.write(&format!(
+        "admin:\n  listen: 127.0.0.1:0\n  token: rotated-token\n{models}"
+    ));
+    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.json()["restart_needed"][0], "admin.listen");
+    assert_eq!(
+        admin(&c, "GET", &backends, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get_unauthenticated(&c, &backends).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
