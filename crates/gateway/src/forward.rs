@@ -82,7 +82,10 @@ pub fn upstream_request(
     let headers = req.headers_mut();
     headers.reserve(client_headers.len() + 3);
     for (name, value) in client_headers {
-        if skip_header(name) || (backend.authorization.is_some() && name == header::AUTHORIZATION) {
+        // A backend with a key of its own never sees the client's (config refuses a key that
+        // cannot be sent, so `authorization` is then set).
+        if skip_header(name) || (backend.config.api_key.is_some() && name == header::AUTHORIZATION)
+        {
             continue;
         }
         headers.append(name.clone(), value.clone());

@@ -71,3 +71,62 @@ async fn a_reload_cannot_strip_the_token_from_a_kept_open_admin_listener() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Before the fix, an `api_key` with a trailing `\r` (a `.env` file written on Windows) was
+/// accepted; the `Authorization` header could not be built from it, so none was set and the
+/// client's own `Authorization` went to the backend instead.
+#[tokio::test]
+async fn an_api_key_that_cannot_be_a_header_is_refused_and_never_lets_the_clients_through() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let with_key = |key: &str| {
+        format!(
+            "admin: {{token: {TOKEN}}}\nmodels:\n  m:\n    backends:\n      - url: \"{}\"\n        name: b0\n        api_key: \"{key}\"\n",
+            up.url()
+        )
+    };
+    let file = TempConfig::new(&with_key("sk-good"));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    let chat = gw.url("/v1/chat/completions");
+    let client_auth = [("authorization", "Bearer client-secret")];
+    let sent_auth = |up: &Mock| up.last().headers["authorization"].clone();
+
+    assert_eq!(post(&c, &chat, CHAT, &client_auth).await.status, 200);
+    assert_eq!(sent_auth(&up), "Bearer sk-good");
+
+    // The same file with a key that ends in `\r` (YAML's "\r" escape): refused, located,
+    // with the fix, and without showing the key.
+    file.write(&with_key("sk-bad\\r"));
+    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);
+    assert_eq!(a.error_code(), "invalid_config");
+    let msg = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains(&format!(
+            "{}:5:9: models.m.backends[0]: api_key ends with a carriage return",
+            file.file_name()
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("remove it"), "{msg}");
+    assert!(!msg.contains("sk-bad"), "{msg}");
+    assert_eq!(post(&c, &chat, CHAT, &client_auth).await.status, 200);
+    assert_eq!(sent_auth(&up), "Bearer sk-good");
+
+    // A backend added through the admin API is held to the same rule.
+    let other = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let body = format!(
+        r#"{{"url": "{}", "name": "b1", "api_key": "sk-added\n"}}"#,
+        other.url()
+    );
+    let a = admin(&c, "POST", &gw.admin_url("/admin/backends?model=m"), &body).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);
+    assert_eq!(a.error_code(), "invalid_backend");
+    let msg = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("api_key ends with a line feed"), "{msg}");
+    for _ in 0..4 {
+        assert_eq!(post(&c, &chat, CHAT, &client_auth).await.status, 200);
+    }
+    assert_eq!(other.count(), 0);
+    assert_eq!(sent_auth(&up), "Bearer sk-good");
+}

@@ -136,6 +136,46 @@ impl<'de> Deserialize<'de> for EnvString {
     }
 }
 
+/// `api_key:`, an [`EnvString`] that must fit in an `Authorization` header. A key that cannot
+/// (a line break left by a `.env` file, say) is refused here: the header could not be built,
+/// and the backend would get the client's own `Authorization` instead.
+pub fn api_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EnvString>, D::Error> {
+    let key = EnvString::deserialize(d)?;
+    match api_key_problem(&key.0) {
+        None => Ok(Some(key)),
+        Some(problem) => Err(de::Error::custom(problem)),
+    }
+}
+
+/// Why `key` cannot be sent as `Authorization: Bearer <key>`, if it cannot. Never quotes the
+/// key.
+pub(crate) fn api_key_problem(key: &str) -> Option<String> {
+    // What an HTTP header value may not hold (RFC 9110 section 5.5): control characters
+    // other than tab.
+    let bad = |c: char| (c.is_ascii_control() && c != '\t') || c == '\u{7f}';
+    let (at, c) = key.char_indices().find(|(_, c)| bad(*c))?;
+    let what = match c {
+        '\r' => "a carriage return (\\r)".to_owned(),
+        '\n' => "a line feed (\\n)".to_owned(),
+        '\0' => "a NUL byte".to_owned(),
+        c => format!("the control character U+{:04X}", u32::from(c)),
+    };
+    let trailing = key[at..].chars().all(|c| bad(c) || c.is_whitespace());
+    let place = if trailing {
+        "ends with".to_owned()
+    } else {
+        format!("has, at character {},", key[..at].chars().count() + 1)
+    };
+    let hint = if matches!(c, '\r' | '\n') {
+        " (a `.env` file or `echo` output often leaves one)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "api_key {place} {what}, which cannot be sent in an HTTP header{hint}; remove it from the value or the environment variable it comes from (the key itself is not shown)"
+    ))
+}
+
 /// Expands `${NAME}` references with `lookup`.
 pub(crate) fn expand_env(
     raw: &str,
@@ -299,6 +339,25 @@ mod tests {
             .unwrap_err()
             .contains("NOPE is not set"));
         assert!(expand_env("${KEY", look).is_err());
+    }
+
+    #[test]
+    fn api_keys_that_cannot_be_a_header_are_refused_without_being_shown() {
+        assert_eq!(api_key_problem("sk-abc123"), None);
+        assert_eq!(api_key_problem("sk-with\ttab"), None);
+        let e = api_key_problem("sk-secret\r").unwrap();
+        assert!(
+            e.starts_with("api_key ends with a carriage return (\\r)"),
+            "{e}"
+        );
+        assert!(e.contains(".env"), "{e}");
+        assert!(!e.contains("sk-secret"), "{e}");
+        let e = api_key_problem("sk-secret\r\n").unwrap();
+        assert!(e.contains("ends with a carriage return"), "{e}");
+        let e = api_key_problem("sk-\nsecret").unwrap();
+        assert!(e.contains("has, at character 4, a line feed"), "{e}");
+        let e = api_key_problem("sk\u{1b}x").unwrap();
+        assert!(e.contains("U+001B"), "{e}");
     }
 
     #[test]
