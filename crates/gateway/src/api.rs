@@ -190,6 +190,7 @@ async fn proxy(
         request_id,
         started,
         body_read,
+        peer: peer.ip(),
     };
     attempts::run(gw, pool, &request).await
 }

@@ -1,0 +1,104 @@
+//! What a client or a backend can make the gateway pass on or do, over real sockets: headers
+//! a message declares hop-by-hop stay on their hop, `X-Forwarded-For` carries the real peer,
+//! the debug route header survives any backend name, `max_concurrency` holds under a burst,
+//! and a health endpoint cannot make the gateway read without end.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+
+fn chat_request(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap()
+}
+
+/// Before the fix, only the fixed list of hop-by-hop headers was dropped: a header the
+/// client or the backend named in `Connection` (RFC 9110 section 7.6.1) went on to the
+/// next hop.
+#[tokio::test]
+async fn headers_a_client_names_in_connection_are_not_sent_upstream() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let c = client();
+    let a = send(
+        &c,
+        chat_request(
+            &gw.url("/v1/chat/completions"),
+            &[
+                ("connection", "keep-alive, X-Hop-Secret"),
+                ("x-hop-secret", "for the gateway only"),
+                ("x-end-to-end", "kept"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen = up.last().headers;
+    assert!(seen.get("x-hop-secret").is_none(), "{seen:?}");
+    assert_eq!(seen["x-end-to-end"], "kept");
+}
+
+#[tokio::test]
+async fn headers_a_backend_names_in_connection_are_not_relayed() {
+    let body = OK_BODY;
+    let raw = raw_upstream(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: x-hop-reply, close\r\nx-hop-reply: for the gateway only\r\nx-end-to-end-reply: kept\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    let gw = Gw::start(&config(&[raw], "", "scrape: {enabled: false}")).await;
+    let a = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.headers.get("x-hop-reply").is_none(), "{:?}", a.headers);
+    assert_eq!(a.headers["x-end-to-end-reply"], "kept");
+}
+
+/// Before the fix, the client's `X-Forwarded-For` and `X-Forwarded-Proto` went upstream as
+/// the client wrote them: any client could pose as any address, and the real one was lost.
+#[tokio::test]
+async fn forwarded_headers_carry_the_real_peer_not_the_clients_claim() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    let forwarded = |up: &Mock| {
+        let h = up.last().headers;
+        let all = |n: &str| {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        (all("x-forwarded-for"), all("x-forwarded-proto"))
+    };
+
+    assert_eq!(post(&c, &url, CHAT, &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        forwarded(&up),
+        (vec!["127.0.0.1".into()], vec!["http".into()])
+    );
+
+    let claims = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-for", "198.51.100.1"),
+        ("x-forwarded-proto", "https"),
+    ];
+    assert_eq!(
+        send(&c, chat_request(&url, &claims)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        forwarded(&up),
+        (
+            vec!["203.0.113.7, 198.51.100.1, 127.0.0.1".into()],
+            vec!["http".into()]
+        )
+    );
+}
