@@ -102,3 +102,32 @@ async fn forwarded_headers_carry_the_real_peer_not_the_clients_claim() {
         )
     );
 }
+
+/// Before the fix, `x-switchyard-route` was cut at 4096 bytes with `String::truncate`, which
+/// panics when the cut falls inside a multi-byte character of a backend name: the request's
+/// task died and the client saw its connection closed. Names of 3-byte characters shifted by
+/// 0, 1 and 2 bytes put the cut inside a character for at least two of the three models.
+#[tokio::test]
+async fn the_route_header_is_cut_on_a_character_boundary() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let mut yaml = String::from("debug_headers: true\nscrape: {enabled: false}\nmodels:\n");
+    for shift in 0..3 {
+        let name = format!("{}{}", "x".repeat(shift), "€".repeat(1700));
+        yaml.push_str(&format!(
+            "  m{shift}:\n    policy: least_loaded\n    backends:\n      - {{url: \"{u}\", name: \"{name}-a\"}}\n      - {{url: \"{u}\", name: \"{name}-b\"}}\n",
+            u = up.url()
+        ));
+    }
+    let gw = Gw::start(&yaml).await;
+    let c = client();
+    for shift in 0..3 {
+        let body =
+            format!(r#"{{"model":"m{shift}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let a = post(&c, &gw.url("/v1/chat/completions"), &body, &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "m{shift}");
+        let route = a.headers["x-switchyard-route"].to_str().unwrap();
+        assert!(route.starts_with("least_loaded; "), "{route}");
+        assert!(route.ends_with("..."), "m{shift}: {}", route.len());
+        assert!(route.len() <= 4096 + 3, "m{shift}: {}", route.len());
+    }
+}
