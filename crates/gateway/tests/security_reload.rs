@@ -130,3 +130,65 @@ async fn an_api_key_that_cannot_be_a_header_is_refused_and_never_lets_the_client
     assert_eq!(other.count(), 0);
     assert_eq!(sent_auth(&up), "Bearer sk-good");
 }
+
+/// Before the fix, each of these files was accepted by a reload: `first_byte: 1e19` made the
+/// next request's deadline overflow (a panic, the client's connection closed), a zero health
+/// check interval panicked the check loop (checks silently stopped), and a hash ring of
+/// weight x virtual nodes points was built however large (4e9 x 160 exhausts memory; a
+/// smaller weight past the new bound stands in for it here).
+#[tokio::test]
+async fn values_that_would_panic_or_exhaust_memory_are_refused_by_reload_and_admin() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let file_with = |top: &str, pool: &str, backend: &str| {
+        format!(
+            "admin: {{token: {TOKEN}}}\n{top}models:\n  m:\n    policy: consistent_hash\n{pool}    backends:\n      - url: \"{u}\"\n        name: b0\n{backend}",
+            u = up.url()
+        )
+    };
+    let file = TempConfig::new(&file_with("", "", ""));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    let chat = gw.url("/v1/chat/completions");
+    assert_eq!(post(&c, &chat, CHAT, &[]).await.status, StatusCode::OK);
+
+    for (text, at, says) in [
+        (
+            file_with("timeouts: {first_byte: 1e19}\n", "", ""),
+            "2:24",
+            "timeouts.first_byte: '1e19' is longer than the longest duration the config takes, 365 days",
+        ),
+        (
+            file_with("", "    health_check: {interval: 0}\n", ""),
+            "5:19",
+            "health_check.interval must be at least 10ms",
+        ),
+        (
+            file_with("", "", "        weight: 12500\n"),
+            "8:9",
+            "consistent_hash would put 2000000 points",
+        ),
+    ] {
+        file.write(&text);
+        let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{text}: {:?}", a.body);
+        let msg = a.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            msg.contains(&format!("{}:{at}: ", file.file_name())),
+            "{msg}"
+        );
+        assert!(msg.contains(says), "{msg}");
+        assert_eq!(post(&c, &chat, CHAT, &[]).await.status, StatusCode::OK);
+    }
+
+    // A backend added at run time is held to the same bound.
+    let body = format!(
+        r#"{{"url": "{}", "name": "b1", "weight": 12500}}"#,
+        up.url()
+    );
+    let a = admin(&c, "POST", &gw.admin_url("/admin/backends?model=m"), &body).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);
+    assert_eq!(a.error_code(), "invalid_backend");
+    let list = admin(&c, "GET", &gw.admin_url("/admin/backends"), "").await;
+    assert_eq!(list.json()["generation"], 1);
+    assert_eq!(post(&c, &chat, CHAT, &[]).await.status, StatusCode::OK);
+}

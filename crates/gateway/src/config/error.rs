@@ -105,6 +105,68 @@ impl ConfigError {
         }
     }
 
+    /// An error found after parsing, about `key` in model `model`'s pool: located at the first
+    /// line of that pool whose `key` has the value `value`, else at the model, else not
+    /// located.
+    pub(crate) fn at_model_key(
+        origin: &str,
+        text: &str,
+        model: &str,
+        key: &str,
+        value: &str,
+        message: String,
+    ) -> Self {
+        let mut at = None;
+        let mut in_models = false;
+        let mut model_indent = None;
+        for (i, line) in text.lines().enumerate() {
+            let indent = line.len() - line.trim_start().len();
+            let content = line.trim_start();
+            if content.is_empty() || content.starts_with('#') {
+                continue;
+            }
+            if indent == 0 {
+                if model_indent.is_some() {
+                    break;
+                }
+                in_models = content.starts_with("models:");
+                continue;
+            }
+            match model_indent {
+                None if in_models => {
+                    let name = content.trim_start_matches(['"', '\'']);
+                    if name.strip_prefix(model).is_some_and(|rest| {
+                        rest.trim_start_matches(['"', '\''])
+                            .trim_start()
+                            .starts_with(':')
+                    }) {
+                        model_indent = Some(indent);
+                        at = Some((i + 1, indent + 1));
+                    }
+                }
+                Some(m) if indent <= m => break,
+                Some(_) => {
+                    let found = line.match_indices(key).find(|(col, _)| {
+                        let rest = line[col + key.len()..].trim_start();
+                        rest.strip_prefix(':')
+                            .is_some_and(|v| v.trim_start().starts_with(value))
+                    });
+                    if let Some((col, _)) = found {
+                        at = Some((i + 1, col + 1));
+                        break;
+                    }
+                }
+                None => {}
+            }
+        }
+        Self {
+            origin: origin.to_owned(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            message,
+        }
+    }
+
     pub(crate) fn from_yaml(origin: &str, text: &str, e: &serde_norway::Error) -> Self {
         let full = e.to_string();
         // serde_norway appends " at line L column C"; the location goes in front instead.

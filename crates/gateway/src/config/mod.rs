@@ -179,6 +179,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         serde_norway::from_str(text).map_err(|e| ConfigError::from_yaml(origin, text, &e))?;
     let config = file.into_config();
     check_fallbacks(&config, origin, text)?;
+    policy::check_rings(&config, origin, text)?;
     Ok(config)
 }
 
