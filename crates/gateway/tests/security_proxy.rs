@@ -8,7 +8,10 @@ mod support;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use support::*;
+use tokio::sync::Notify;
 
 fn chat_request(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     let mut b = Request::post(url).header("content-type", "application/json");
@@ -130,4 +133,55 @@ async fn the_route_header_is_cut_on_a_character_boundary() {
         assert!(route.ends_with("..."), "m{shift}: {}", route.len());
         assert!(route.len() <= 4096 + 3, "m{shift}: {}", route.len());
     }
+}
+
+/// Before the fix, a backend's cap was checked when a request chose it and its in-flight
+/// count raised later, at dispatch. A failover checks its next backend, then sleeps its
+/// backoff, then sends: a burst failing over together (the heavy backend answers 500 to all)
+/// all saw the slow backend's free slot and all went to it. Admission is now one step under the backend's own lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_concurrency_is_never_exceeded_by_a_burst_failing_over() {
+    const CAP: usize = 2;
+    const BURST: usize = 60;
+    let failing = Mock::start(Reply::Json(StatusCode::INTERNAL_SERVER_ERROR, "{}")).await;
+    let release = Arc::new(Notify::new());
+    let slow = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let yaml = format!(
+        "scrape: {{enabled: false}}\nretry: {{budget_ratio: 1.0, min_per_second: 1000, backoff_base: 300ms, backoff_max: 300ms}}\nmodels:\n  m:\n    policy: weighted\n    breaker: {{enabled: false}}\n    outlier_detection: {{enabled: false}}\n    backends:\n      - {{url: \"{}\", name: failing, weight: 1000}}\n      - {{url: \"{}\", name: slow, max_concurrency: {CAP}}}\n",
+        failing.url(),
+        slow.url()
+    );
+    let gw = Gw::start(&yaml).await;
+    let url = gw.url("/v1/chat/completions");
+    let finished = Arc::new(AtomicUsize::new(0));
+    let burst: Vec<_> = (0..BURST)
+        .map(|_| {
+            let (url, finished) = (url.clone(), finished.clone());
+            tokio::spawn(async move {
+                let a = post(&client(), &url, CHAT, &[]).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                a.status
+            })
+        })
+        .collect();
+    // Every request of the burst is either held at the slow backend or answered (the failing
+    // backend's 500 passed through, or 503 when nothing was left to try).
+    eventually(|| slow.count() + finished.load(Ordering::SeqCst) == BURST).await;
+    assert!(failing.count() > 0);
+    assert!(
+        slow.count() <= CAP,
+        "{} requests in flight at a backend capped at {CAP}",
+        slow.count()
+    );
+    while !burst.iter().all(|t| t.is_finished()) {
+        release.notify_waiters();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut ok = 0;
+    for t in burst {
+        let status = t.await.unwrap();
+        assert!([200, 500, 503].contains(&status.as_u16()), "{status}");
+        ok += usize::from(status == StatusCode::OK);
+    }
+    assert_eq!(ok, slow.count());
 }
