@@ -1,7 +1,7 @@
 //! Active health checks: a background task per gateway GETs each checked backend's health
 //! path at its interval and marks the backend down after `unhealthy_threshold` failed checks
 //! in a row, up again after `healthy_threshold` passed ones (a pass is any 2xx within the
-//! check's timeout). A backend that is down gets no traffic and does not count for `/ready`;
+//! check's timeout; at most [`MAX_HEALTH_BODY`] of its body is read). A backend that is down gets no traffic and does not count for `/ready`;
 //! one that comes back ramps up over the pool's slow-start window.
 //!
 //! [`HealthChecker::start`] spawns a supervisor that runs one check loop per checked backend of
@@ -131,6 +131,10 @@ async fn run(t: Target) {
     }
 }
 
+/// Most of a health check's response body read: `/health` answers are empty or a few bytes,
+/// `/v1/models` a few KiB. A backend streaming more cannot make a check hold memory.
+pub const MAX_HEALTH_BODY: usize = 64 * 1024;
+
 /// One check: a GET of the health path, passed by any 2xx within the timeout.
 async fn probe(t: &Target) -> bool {
     let Ok(mut req) = Request::get(t.uri.clone())
@@ -146,8 +150,17 @@ async fn probe(t: &Target) -> bool {
     let exchange = async {
         let resp = t.client.request(req).await.ok()?;
         let ok = resp.status().is_success();
-        // Read the (small) body so the connection can be reused.
-        resp.into_body().collect().await.ok()?;
+        // Read the (small) body so the connection can be reused, but no more than
+        // MAX_HEALTH_BODY of it: past that the rest is dropped with the connection, and the
+        // status alone decides.
+        let mut body = resp.into_body();
+        let mut read = 0usize;
+        while read <= MAX_HEALTH_BODY {
+            match body.frame().await {
+                None => break,
+                Some(frame) => read += frame.ok()?.data_ref().map_or(0, Bytes::len),
+            }
+        }
         Some(ok)
     };
     matches!(

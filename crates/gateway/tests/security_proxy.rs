@@ -9,8 +9,11 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use support::sim::sample;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 fn chat_request(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
@@ -184,4 +187,71 @@ async fn max_concurrency_is_never_exceeded_by_a_burst_failing_over() {
         ok += usize::from(status == StatusCode::OK);
     }
     assert_eq!(ok, slow.count());
+}
+
+/// An upstream that answers every request 200 with a chunked body that never ends. Returns its
+/// url and, for each connection once it ends, the bytes of body written to it.
+async fn endless_body_upstream() -> (String, Arc<Mutex<Vec<usize>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let record = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let mut chunk = b"10000\r\n".to_vec();
+                chunk.extend(std::iter::repeat_n(b'x', 0x10000));
+                chunk.extend_from_slice(b"\r\n");
+                let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                let mut sent = 0;
+                if sock.write_all(start).await.is_ok() {
+                    while sock.write_all(&chunk).await.is_ok() {
+                        sent += 0x10000;
+                    }
+                }
+                record.lock().unwrap().push(sent);
+            });
+        }
+    });
+    (url, written)
+}
+
+/// Before the fix, a health check read the whole response body: a backend whose health path
+/// streams without end had the gateway reading (and holding) all of it until the check's
+/// timeout, and the check then failed, marking a backend that answered 200 down.
+#[tokio::test]
+async fn a_health_check_reads_a_bounded_body_and_the_status_decides() {
+    let (url, written) = endless_body_upstream().await;
+    let pool = "health_check: {interval: 100ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1}";
+    let gw = Gw::start(&config(&[url], pool, "scrape: {enabled: false}")).await;
+    eventually(|| written.lock().unwrap().len() >= 3).await;
+    let metrics = get(&client(), &gw.url("/metrics")).await.body;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"switchyard_backend_healthy{backend="b0",model="m"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"switchyard_backend_transitions_total{backend="b0",model="m",to="down"}"#
+        ),
+        0.0
+    );
+    for sent in written.lock().unwrap().iter() {
+        // What the gateway read plus what the sockets' buffers took before it closed.
+        assert!(*sent < 64 << 20, "{sent} bytes written to one health check");
+    }
 }
