@@ -107,3 +107,39 @@ async fn a_sighup_that_changes_nothing_changes_no_health_check() {
     eventually(|| marker.count() == 1).await;
     assert_eq!(steady.count(), 1, "checks of a backend nothing changed");
 }
+
+/// Before the fix, the scraper's backoff was kept per URL for ever: a removed backend's
+/// entry stayed (a map that grows with every backend that ever came and went), and a backend
+/// added at that URL again waited out the old one's backoff before its first scrape.
+#[tokio::test]
+async fn a_backend_removed_and_added_again_is_scraped_afresh() {
+    let keep = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    // Its /metrics answers 404: every scrape fails and backs off, doubling from 10ms.
+    let flaky = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let fresh = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let text = format!(
+        "admin: {{token: {TOKEN}}}\nscrape: {{interval: 10ms}}\nmodels:\n  m:\n    backends:\n      - {{url: \"{}\", name: keep, metrics_url: none}}\n{}",
+        keep.url(),
+        backend_line("flaky", &flaky.url())
+    );
+    let file = TempConfig::new(&text);
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    // Five failures: the next scrape of this URL is 320 ms away, then 640 ms.
+    eventually(|| flaky.scrapes() >= 5).await;
+    let a = admin(&c, "DELETE", &gw.admin_url("/admin/backends/flaky"), "").await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let before = flaky.scrapes();
+    for (name, url) in [("flaky", flaky.url()), ("fresh", fresh.url())] {
+        let add = format!(r#"{{"url": "{url}", "name": "{name}"}}"#);
+        let a = admin(&c, "POST", &gw.admin_url("/admin/backends?model=m"), &add).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    }
+    // `fresh`'s second scrape comes a round after its first, and every round that scrapes
+    // `fresh` also has the new `flaky`, so by then the new `flaky` was scraped.
+    eventually(|| fresh.scrapes() >= 2).await;
+    assert!(
+        flaky.scrapes() > before,
+        "the backend added again was not scraped in the rounds since"
+    );
+}
