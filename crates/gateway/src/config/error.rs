@@ -38,6 +38,16 @@ impl ConfigError {
         }
     }
 
+    /// An error found after parsing, at `at` (line, column; `None`: not located).
+    fn located(origin: &str, at: Option<(usize, usize)>, message: String) -> Self {
+        Self {
+            origin: origin.to_owned(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            message,
+        }
+    }
+
     /// An error found after parsing: located at the first line that mentions `needle` after
     /// a `fallbacks` key (or not located, if none does).
     pub(crate) fn at_text(origin: &str, text: &str, needle: &str, message: String) -> Self {
@@ -52,12 +62,7 @@ impl ConfigError {
                 }
             }
         }
-        Self {
-            origin: origin.to_owned(),
-            line: at.map(|a| a.0),
-            column: at.map(|a| a.1),
-            message,
-        }
+        Self::located(origin, at, message)
     }
 
     /// An error found after parsing, about `key` of the top-level `section`: located at that
@@ -86,23 +91,12 @@ impl ConfigError {
                 inside = true;
                 at = Some((i + 1, 1));
             }
-            if inside {
-                let found = line.match_indices(key).find(|(col, _)| {
-                    line[col + key.len()..].trim_start().starts_with(':')
-                        && !line[..*col].ends_with(|c: char| c.is_alphanumeric() || c == '_')
-                });
-                if let Some((col, _)) = found {
-                    at = Some((i + 1, col + 1));
-                    break;
-                }
+            if let Some(col) = key_column(line, key, "").filter(|_| inside) {
+                at = Some((i + 1, col));
+                break;
             }
         }
-        Self {
-            origin: origin.to_owned(),
-            line: at.map(|a| a.0),
-            column: at.map(|a| a.1),
-            message,
-        }
+        Self::located(origin, at, message)
     }
 
     /// An error found after parsing, about `key` in model `model`'s pool: located at the first
@@ -120,8 +114,8 @@ impl ConfigError {
         let mut in_models = false;
         let mut model_indent = None;
         for (i, line) in text.lines().enumerate() {
-            let indent = line.len() - line.trim_start().len();
             let content = line.trim_start();
+            let indent = line.len() - content.len();
             if content.is_empty() || content.starts_with('#') {
                 continue;
             }
@@ -146,25 +140,15 @@ impl ConfigError {
                 }
                 Some(m) if indent <= m => break,
                 Some(_) => {
-                    let found = line.match_indices(key).find(|(col, _)| {
-                        let rest = line[col + key.len()..].trim_start();
-                        rest.strip_prefix(':')
-                            .is_some_and(|v| v.trim_start().starts_with(value))
-                    });
-                    if let Some((col, _)) = found {
-                        at = Some((i + 1, col + 1));
+                    if let Some(col) = key_column(line, key, value) {
+                        at = Some((i + 1, col));
                         break;
                     }
                 }
                 None => {}
             }
         }
-        Self {
-            origin: origin.to_owned(),
-            line: at.map(|a| a.0),
-            column: at.map(|a| a.1),
-            message,
-        }
+        Self::located(origin, at, message)
     }
 
     pub(crate) fn from_yaml(origin: &str, text: &str, e: &serde_norway::Error) -> Self {
@@ -187,6 +171,21 @@ impl ConfigError {
             message,
         }
     }
+}
+
+/// The 1-based column of `key` written as a YAML key in `line` (a whole word followed by
+/// `:`, in block or flow style), with a value starting with `value` (`""`: any value).
+fn key_column(line: &str, key: &str, value: &str) -> Option<usize> {
+    line.match_indices(key)
+        .find(|(col, _)| {
+            let whole_word = !line[..*col].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+            let rest = line[col + key.len()..].trim_start();
+            whole_word
+                && rest
+                    .strip_prefix(':')
+                    .is_some_and(|v| v.trim_start().starts_with(value))
+        })
+        .map(|(col, _)| col + 1)
 }
 
 /// Adds "did you mean" to serde's unknown-field and unknown-variant messages, and a how-to for
