@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod decision;
 pub mod ewma;
 pub mod fleet;
+pub mod ip_text;
 pub mod outlier;
 pub mod prefix;
 pub mod profile;

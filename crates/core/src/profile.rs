@@ -232,29 +232,12 @@ impl RequestProfile {
     }
 }
 
-/// `addr` as text, the session key of a client without one: an IPv4 address written digit
-/// by digit (its `Display` goes through the padding machinery, about 1,300 instructions on
-/// every request), IPv6 as `Display` writes it.
+/// `addr` as text, the session key of a client without one (written without `format!`,
+/// see [`crate::ip_text`]).
 fn ip_key(addr: IpAddr) -> String {
-    match addr {
-        IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                if octet >= 100 {
-                    s.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    s.push(char::from(b'0' + octet / 10 % 10));
-                }
-                s.push(char::from(b'0' + octet % 10));
-            }
-            s
-        }
-        IpAddr::V6(v6) => v6.to_string(),
-    }
+    let mut s = String::with_capacity(15);
+    crate::ip_text::push_ip(&mut s, addr);
+    s
 }
 
 /// The byte range that `inner`, a sub-slice borrowed from `outer`, occupies in `outer`.

@@ -227,6 +227,7 @@ async fn proxy(
         request_id,
         started,
         body_read,
+        peer: peer.ip(),
     };
     attempts::run(gw, pool, &request).await
 }

@@ -47,6 +47,8 @@ pub struct Request<'a> {
     pub started: Instant,
     /// When its body had been read (for the overhead metric).
     pub body_read: Instant,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub peer: std::net::IpAddr,
 }
 
 /// How one attempt ended when it did not produce the client's response.
@@ -314,6 +316,7 @@ async fn attempt(
         req.body,
         req.headers,
         req.request_id,
+        req.peer,
     )
     .map_err(|e| Failed::Error(unreachable(backend, e.to_string())))?;
     p.dispatched.get_or_insert_with(Instant::now);

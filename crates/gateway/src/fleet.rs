@@ -44,6 +44,11 @@ pub struct BackendState {
     /// Set by the admin API's drain: the backend takes no new request while its in-flight
     /// ones finish. Kept across reloads, since the state itself is.
     draining: AtomicBool,
+    /// Held by [`Backend::try_begin`] of a backend with a `max_concurrency`, so that checking
+    /// the in-flight count against the cap and counting the new request are one step: two
+    /// requests routed at once cannot both take the last slot. Releases do not take it (they
+    /// only make room), nor do backends without a cap.
+    admission: Mutex<()>,
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -60,6 +65,7 @@ impl BackendState {
             health,
             signals: LiveSignals::default(),
             draining: AtomicBool::new(false),
+            admission: Mutex::new(()),
         }
     }
 
@@ -261,11 +267,27 @@ impl Backend {
     /// Counts a request, and the `tokens` it will occupy (see
     /// [`crate::signals::expected_tokens`]), as in flight until the guard is released or
     /// dropped; the guard also carries the attempt's outcome to the backend's breaker and
-    /// outlier detector. `None` when the breaker refuses it now (see
+    /// outlier detector. `None` when the backend is at its `max_concurrency` now (routing saw
+    /// a free slot, but a concurrent request took it) or its breaker refuses it (see
     /// [`crate::backend_health::BackendHealth::try_dispatch`]): nothing is counted.
     pub fn try_begin(&self, tokens: TokenLoad) -> Option<InFlightGuard> {
+        let admission = self.config.max_concurrency.map(|cap| {
+            let held = self
+                .state
+                .admission
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (cap, held)
+        });
+        if admission
+            .as_ref()
+            .is_some_and(|(cap, _)| self.state.in_flight() >= *cap)
+        {
+            return None;
+        }
         let probe = self.state.health.try_dispatch()?;
         self.state.metrics.in_flight.inc();
+        drop(admission);
         self.state.signals.add_tokens(tokens.total);
         self.state.signals.add_prefill(tokens.prompt);
         Some(InFlightGuard {

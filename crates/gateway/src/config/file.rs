@@ -153,8 +153,8 @@ pub struct BackendFile {
     /// Model name the backend expects, when not the pool's.
     #[serde(default)]
     pub model: Option<String>,
-    /// API key, usually `${ENV_VAR}`.
-    #[serde(default)]
+    /// API key, usually `${ENV_VAR}`; must fit in a header.
+    #[serde(default, deserialize_with = "super::values::api_key")]
     pub api_key: Option<EnvString>,
     /// Engine metrics URL, or `none`.
     #[serde(default)]

@@ -23,7 +23,7 @@ pub mod resilience;
 pub mod routing;
 mod values;
 
-pub use admin::{Admin, Secret};
+pub use admin::{Access, Admin, Secret};
 pub use error::ConfigError;
 pub use limits::Limits;
 pub use resilience::HealthCheck;
@@ -189,6 +189,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         serde_norway::from_str(text).map_err(|e| ConfigError::from_yaml(origin, text, &e))?;
     let config = file.into_config();
     check_fallbacks(&config, origin, text)?;
+    policy::check_rings(&config, origin, text)?;
     Ok(config)
 }
 
