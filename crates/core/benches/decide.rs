@@ -13,6 +13,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
+use switchyard_core::prefix::block_hashes;
 use switchyard_core::{
     BackendId, BackendView, EndpointKind, EngineLoad, FleetView, GpuLoad, LatencySignals, Policy,
     PolicySpec, PoolMember, Price, RequestProfile,
@@ -60,6 +61,7 @@ fn requests() -> Vec<RequestProfile> {
                 session_key: None,
                 session_source: None,
                 estimated_input_tokens: (prompt.len() / 4) as u32,
+                prompt_blocks: block_hashes(&prompt),
                 prompt,
                 max_output_tokens: Some(200),
             }
