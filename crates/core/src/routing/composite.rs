@@ -28,7 +28,7 @@ use super::cost::request_price;
 use super::least_loaded::load_score;
 use super::prefix_aware::{cached_tokens, capacity_blocks, prompt_tokens};
 use super::signals::{expected_latency, fresh_engine, fresh_gpu, mean_expected_latency, rank};
-use super::{rotation_start, NoCandidate, Policy};
+use super::{rotation_start, Learned, Moved, NoCandidate, Policy};
 use crate::fleet::{PoolMember, Price};
 use crate::prefix::PrefixIndex;
 use crate::{Decision, FleetView, Reason, RequestProfile};
@@ -118,6 +118,21 @@ struct Raw {
 impl Policy for Composite {
     fn name(&self) -> &'static str {
         "composite"
+    }
+
+    fn learned(&self) -> Learned<'_> {
+        Learned {
+            prefix_index: (self.weights.prefix > 0.0).then_some(&self.index),
+            ..Learned::default()
+        }
+    }
+
+    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
+        if self.weights.prefix > 0.0 {
+            if let Some(index) = previous.prefix_index(moved) {
+                self.index = index;
+            }
+        }
     }
 
     fn decide(

@@ -77,7 +77,7 @@ use smallvec::SmallVec;
 
 use super::prefill_ledger::{Pending, PrefillLedger};
 use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
-use super::{rotation_start, NoCandidate, Policy};
+use super::{rotation_start, Learned, Moved, NoCandidate, Policy};
 use crate::fleet::BackendView;
 use crate::prefix::{PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS};
 use crate::{Decision, FleetView, Reason, RequestProfile};
@@ -151,6 +151,23 @@ pub(crate) fn cached_tokens(prompt: u64, matched: u32) -> u64 {
 impl Policy for PrefixAware {
     fn name(&self) -> &'static str {
         "prefix_aware"
+    }
+
+    fn learned(&self) -> Learned<'_> {
+        Learned {
+            prefix_index: Some(&self.index),
+            prefill_ledger: Some(&self.ledger),
+            ..Learned::default()
+        }
+    }
+
+    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
+        if let Some(index) = previous.prefix_index(moved) {
+            self.index = index;
+        }
+        if let Some(ledger) = previous.prefill_ledger {
+            self.ledger = ledger.remapped(moved);
+        }
     }
 
     fn decide(
