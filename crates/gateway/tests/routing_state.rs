@@ -56,71 +56,85 @@ async fn again(gw: &FileGw, prompts: &[String]) -> Vec<String> {
     out
 }
 
-async fn mocks(n: usize) -> Vec<Mock> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await);
-    }
-    out
+/// Four mock upstreams, a gateway over the first three (`prefix_aware`) started from a file,
+/// and where each of the [`prefixes`] went when first sent.
+struct Setup {
+    mocks: Vec<Mock>,
+    file: TempConfig,
+    gw: FileGw,
+    prompts: Vec<String>,
+    homes: Vec<String>,
 }
 
-fn urls(mocks: &[Mock]) -> Vec<String> {
-    mocks.iter().map(Mock::url).collect()
+async fn setup() -> Setup {
+    let mut mocks = Vec::new();
+    for _ in 0..4 {
+        mocks.push(Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await);
+    }
+    let file = TempConfig::new(&pool_of(&mocks, &[0, 1, 2]));
+    let gw = FileGw::start(&file).await;
+    let prompts = prefixes();
+    let homes = homes(&gw, &prompts).await;
+    Setup {
+        mocks,
+        file,
+        gw,
+        prompts,
+        homes,
+    }
+}
+
+/// The pool of these mocks, in this order, named `b0`, `b1`, ...
+fn pool_of(mocks: &[Mock], order: &[usize]) -> String {
+    let urls: Vec<String> = order.iter().map(|&i| mocks[i].url()).collect();
+    admin_config(&urls, "policy: prefix_aware")
+}
+
+async fn reload(s: &Setup) {
+    let a = admin(&client(), "POST", &s.gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
 }
 
 #[tokio::test]
 async fn a_reload_that_changes_nothing_keeps_every_prefix_at_its_home() {
-    let m = mocks(3).await;
-    let text = admin_config(&urls(&m), "policy: prefix_aware");
-    let file = TempConfig::new(&text);
-    let gw = FileGw::start(&file).await;
-    let c = client();
-    let prompts = prefixes();
-    let before = homes(&gw, &prompts).await;
-    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    assert_eq!(again(&gw, &prompts).await, before);
+    let s = setup().await;
+    reload(&s).await;
+    assert_eq!(again(&s.gw, &s.prompts).await, s.homes);
 }
 
 #[tokio::test]
 async fn a_reload_that_adds_a_backend_keeps_every_prefix_at_its_home() {
-    let m = mocks(4).await;
-    let file = TempConfig::new(&admin_config(&urls(&m[..3]), "policy: prefix_aware"));
-    let gw = FileGw::start(&file).await;
-    let c = client();
-    let prompts = prefixes();
-    let before = homes(&gw, &prompts).await;
+    let s = setup().await;
     // The new backend goes first, so every kept one moves to another position.
-    let mut reordered = vec![m[3].url()];
-    reordered.extend(urls(&m[..3]));
-    let text = admin_config(&reordered, "policy: prefix_aware")
+    let text = pool_of(&s.mocks, &[3, 0, 1, 2])
         .replace("name: b0", "name: new")
         .replace("name: b1", "name: b0")
         .replace("name: b2", "name: b1")
         .replace("name: b3", "name: b2");
-    file.write(&text);
-    let a = admin(&c, "POST", &gw.admin_url("/admin/reload"), "").await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    assert_eq!(again(&gw, &prompts).await, before);
+    s.file.write(&text);
+    reload(&s).await;
+    assert_eq!(again(&s.gw, &s.prompts).await, s.homes);
 }
 
 #[tokio::test]
 async fn admin_add_and_remove_keep_the_prefixes_of_the_backends_that_stay() {
-    let m = mocks(4).await;
-    let file = TempConfig::new(&admin_config(&urls(&m[..3]), "policy: prefix_aware"));
-    let gw = FileGw::start(&file).await;
+    let s = setup().await;
     let c = client();
-    let prompts = prefixes();
-    let before = homes(&gw, &prompts).await;
-
-    let body = format!(r#"{{"url": "{}", "name": "new"}}"#, m[3].url());
-    let a = admin(&c, "POST", &gw.admin_url("/admin/backends?model=m"), &body).await;
+    let body = format!(r#"{{"url": "{}", "name": "new"}}"#, s.mocks[3].url());
+    let a = admin(
+        &c,
+        "POST",
+        &s.gw.admin_url("/admin/backends?model=m"),
+        &body,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
-    assert_eq!(again(&gw, &prompts).await, before);
+    assert_eq!(again(&s.gw, &s.prompts).await, s.homes);
 
-    let a = admin(&c, "DELETE", &gw.admin_url("/admin/backends/b0"), "").await;
+    let a = admin(&c, "DELETE", &s.gw.admin_url("/admin/backends/b0"), "").await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    let after = again(&gw, &prompts).await;
+    let after = again(&s.gw, &s.prompts).await;
+    let before = &s.homes;
     for (i, (was, now)) in before.iter().zip(&after).enumerate() {
         if was != "b0" {
             assert_eq!(now, was, "prefix {i} left its home");

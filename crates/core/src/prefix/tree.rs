@@ -120,6 +120,20 @@ fn common(segment: &[u64], blocks: &[u64]) -> usize {
     lo
 }
 
+/// Puts `item` in a free slot of `slab`, or a new one; returns its index.
+fn slot<T>(slab: &mut Vec<T>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            slab[i as usize] = item;
+            i
+        }
+        None => {
+            slab.push(item);
+            (slab.len() - 1) as u32
+        }
+    }
+}
+
 impl Tree {
     /// (block, backend) pairs held.
     pub(super) fn len(&self) -> u64 {
@@ -300,16 +314,7 @@ impl Tree {
             children: 0,
             holders: SmallVec::new(),
         };
-        let s = match self.free_segments.pop() {
-            Some(s) => {
-                self.segments[s as usize] = segment;
-                s
-            }
-            None => {
-                self.segments.push(segment);
-                (self.segments.len() - 1) as u32
-            }
-        };
+        let s = slot(&mut self.segments, &mut self.free_segments, segment);
         if parent != NIL {
             self.segments[parent as usize].children += 1;
         }
@@ -327,16 +332,7 @@ impl Tree {
             prev: NIL,
             next: NIL,
         };
-        let h = match self.free_holdings.pop() {
-            Some(h) => {
-                self.holdings[h as usize] = holding;
-                h
-            }
-            None => {
-                self.holdings.push(holding);
-                (self.holdings.len() - 1) as u32
-            }
-        };
+        let h = slot(&mut self.holdings, &mut self.free_holdings, holding);
         self.segments[segment as usize].holders.push(h);
         self.lists[backend as usize].blocks += u64::from(count);
         self.blocks += u64::from(count);
@@ -361,16 +357,7 @@ impl Tree {
             children: 1,
             holders: SmallVec::new(),
         };
-        let head = match self.free_segments.pop() {
-            Some(h) => {
-                self.segments[h as usize] = head;
-                h
-            }
-            None => {
-                self.segments.push(head);
-                (self.segments.len() - 1) as u32
-            }
-        };
+        let head = slot(&mut self.segments, &mut self.free_segments, head);
         let seg = &mut self.segments[s as usize];
         seg.hashes.drain(..k);
         seg.start += k as u32;
@@ -392,16 +379,7 @@ impl Tree {
                     count: k as u32,
                     ..holding
                 };
-                let f = match self.free_holdings.pop() {
-                    Some(f) => {
-                        self.holdings[f as usize] = first;
-                        f
-                    }
-                    None => {
-                        self.holdings.push(first);
-                        (self.holdings.len() - 1) as u32
-                    }
-                };
+                let f = slot(&mut self.holdings, &mut self.free_holdings, first);
                 self.segments[head as usize].holders.push(f);
                 self.holdings[h as usize].count -= k as u32;
                 self.link_before(f, h);

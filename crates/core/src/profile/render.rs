@@ -185,35 +185,22 @@ struct PartSeed<'r>(&'r mut Renderer);
 /// One item of a prompt array.
 struct ItemSeed<'r>(&'r mut Renderer);
 
-impl<'de, 'r> Reseed<'de> for MessageSeed<'r> {
-    type Seed<'s>
-        = MessageSeed<'s>
-    where
-        Self: 's;
-    fn reseed(&mut self) -> MessageSeed<'_> {
-        MessageSeed(self.0)
-    }
+/// Each seed holds only the renderer, and reseeds by reborrowing it.
+macro_rules! reseed {
+    ($($seed:ident),*) => {$(
+        impl<'de> Reseed<'de> for $seed<'_> {
+            type Seed<'s>
+                = $seed<'s>
+            where
+                Self: 's;
+            fn reseed(&mut self) -> $seed<'_> {
+                $seed(&mut *self.0)
+            }
+        }
+    )*};
 }
 
-impl<'de, 'r> Reseed<'de> for PartSeed<'r> {
-    type Seed<'s>
-        = PartSeed<'s>
-    where
-        Self: 's;
-    fn reseed(&mut self) -> PartSeed<'_> {
-        PartSeed(self.0)
-    }
-}
-
-impl<'de, 'r> Reseed<'de> for ItemSeed<'r> {
-    type Seed<'s>
-        = ItemSeed<'s>
-    where
-        Self: 's;
-    fn reseed(&mut self) -> ItemSeed<'_> {
-        ItemSeed(self.0)
-    }
-}
+reseed!(MessageSeed, PartSeed, ItemSeed);
 
 /// The keys of a message or content part the renderer reads; any other is skipped.
 enum Key {

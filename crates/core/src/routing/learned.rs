@@ -60,19 +60,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::routing::test_support::{idle, prompt_request};
-    use crate::{FleetView, Policy, PolicySpec, PoolMember};
-
-    fn members(names: &[&str]) -> Vec<PoolMember> {
-        names
-            .iter()
-            .map(|n| PoolMember {
-                name: n.to_string(),
-                weight: 1,
-                ..PoolMember::default()
-            })
-            .collect()
-    }
+    use crate::routing::test_support::{idle, members, prompt_request};
+    use crate::{FleetView, Policy, PolicySpec};
 
     fn primary(p: &dyn Policy, pool_size: usize, prompt: &str) -> usize {
         let pool = idle(pool_size);

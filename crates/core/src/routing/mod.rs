@@ -432,7 +432,9 @@ pub(crate) mod test_support {
     use std::time::Duration;
 
     use super::Policy;
-    use crate::{BackendId, BackendView, EndpointKind, FleetView, RequestMeta, RequestProfile};
+    use crate::{
+        BackendId, BackendView, EndpointKind, FleetView, PoolMember, RequestMeta, RequestProfile,
+    };
 
     /// How many of `n` decisions for `request` over `pool` chose each backend as primary.
     pub fn primary_counts(
@@ -447,6 +449,18 @@ pub(crate) mod test_support {
             counts[d.unwrap().primary.index()] += 1;
         }
         counts
+    }
+
+    /// Pool members of weight 1 with these names.
+    pub fn members(names: &[&str]) -> Vec<PoolMember> {
+        names
+            .iter()
+            .map(|n| PoolMember {
+                name: n.to_string(),
+                weight: 1,
+                ..PoolMember::default()
+            })
+            .collect()
     }
 
     /// A pool of `n` usable, idle backends with weight 1.
