@@ -14,8 +14,7 @@ use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_core::profile::ParseLimits;
-use switchyard_core::{EndpointKind, RequestMeta, RequestProfile};
+use switchyard_core::{EndpointKind, ParseLimits, RequestMeta, RequestProfile};
 
 use crate::attempts;
 use crate::body::GatewayBody;
