@@ -29,6 +29,8 @@ pub use fleet::{
 };
 pub use outlier::{OutlierConfig, OutlierDetector};
 pub use prefix::PrefixIndex;
-pub use profile::{EndpointKind, ProfileError, RequestMeta, RequestProfile, SessionSource};
+pub use profile::{
+    EndpointKind, ParseLimits, ProfileError, RequestMeta, RequestProfile, SessionSource,
+};
 pub use retry_budget::RetryBudget;
 pub use routing::{NoCandidate, Policy, PolicySpec, PolicySpecError};

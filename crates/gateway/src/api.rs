@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_core::{EndpointKind, RequestMeta, RequestProfile};
+use switchyard_core::{EndpointKind, ParseLimits, RequestMeta, RequestProfile};
 
 use crate::attempts;
 use crate::body::GatewayBody;
@@ -208,7 +208,11 @@ async fn proxy(
             .and_then(|v| v.to_str().ok()),
         client_addr: Some(peer.ip()),
     };
-    let profile = RequestProfile::parse(kind, &body, meta).map_err(|e| (unknown(), e.into()))?;
+    let limits = ParseLimits {
+        max_prompt_bytes: usize::try_from(gw.config.limits.max_prompt_bytes).unwrap_or(usize::MAX),
+    };
+    let profile =
+        RequestProfile::parse_with(kind, &body, meta, limits).map_err(|e| (unknown(), e.into()))?;
     let Some(pool) = gw.pools.get(&profile.model) else {
         let available = gw.model_names.join(", ");
         return Err((

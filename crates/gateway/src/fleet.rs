@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::rng::SplitMix;
-use switchyard_core::routing::SlowStart;
+use switchyard_core::routing::{Moved, SlowStart};
 use switchyard_core::{
     BackendId, BackendView, EndpointKind, FleetView, OutlierDetector, Policy, PoolMember,
     RetryBudget,
@@ -425,8 +425,9 @@ impl Pool {
 
     /// Builds a pool; a backend that `previous` also has (same name and url) keeps its live
     /// state (the same `Arc`: in-flight count, cooldown, drain, health and breaker, signals),
-    /// and so does the retry budget when its settings are unchanged. The policy starts afresh.
-    /// A kept backend takes the new pool's breaker and slow-start settings and moves to its
+    /// and so does the retry budget when its settings are unchanged. The new policy takes over
+    /// what the previous one learned (prefix index, rotation) for kept backends, at their new
+    /// positions ([`Policy::inherit`]), so a reload leaves routing warm. A kept backend takes the new pool's breaker and slow-start settings and moves to its
     /// outlier detector, at its new position.
     pub fn build(cfg: &PoolConfig, ctx: &PoolContext<'_>, previous: Option<&Pool>) -> Self {
         let outlier: Option<SharedOutlier> = cfg
@@ -456,6 +457,13 @@ impl Pool {
         let mut policy = cfg.policy.build(&members, ctx.seed);
         if !cfg.slow_start.is_zero() {
             policy = Box::new(SlowStart::new(policy, ctx.seed));
+        }
+        if let Some(p) = previous {
+            let moved = Moved::new(p.backends.iter().map(|old| {
+                let at = cfg.backends.iter().position(|b| old.same_endpoint(b));
+                at.map(|i| BackendId(i as u32))
+            }));
+            policy.inherit(p.policy.learned(), &moved);
         }
         let retry = ctx.retry;
         Self {

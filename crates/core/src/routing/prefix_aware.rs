@@ -77,11 +77,9 @@ use smallvec::SmallVec;
 
 use super::prefill_ledger::{Pending, PrefillLedger};
 use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
-use super::{rotation_start, NoCandidate, Policy};
+use super::{rotation_start, Learned, Moved, NoCandidate, Policy};
 use crate::fleet::BackendView;
-use crate::prefix::{
-    block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS,
-};
+use crate::prefix::{PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS};
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
 /// Default weight of this request's own uncached prefill against queued prefill.
@@ -155,6 +153,23 @@ impl Policy for PrefixAware {
         "prefix_aware"
     }
 
+    fn learned(&self) -> Learned<'_> {
+        Learned {
+            prefix_index: Some(&self.index),
+            prefill_ledger: Some(&self.ledger),
+            ..Learned::default()
+        }
+    }
+
+    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
+        if let Some(index) = previous.prefix_index(moved) {
+            self.index = index;
+        }
+        if let Some(ledger) = previous.prefill_ledger {
+            self.ledger = ledger.remapped(moved);
+        }
+    }
+
     fn decide(
         &self,
         request: &RequestProfile,
@@ -165,7 +180,7 @@ impl Policy for PrefixAware {
             return Err(NoCandidate);
         }
         let start = rotation_start(&self.tie_break, n);
-        let blocks = block_hashes(&request.prompt);
+        let blocks = &request.prompt_blocks;
         let prompt = prompt_tokens(request, blocks.len());
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
         let mut pending: SmallVec<[Pending; 64]> = SmallVec::from_elem(Pending::default(), n);
@@ -176,7 +191,7 @@ impl Policy for PrefixAware {
         );
         let mut outcome = None;
         self.index
-            .match_and_record(&blocks, &mut matched, |matched, reuse| {
+            .match_and_record(blocks, &mut matched, |matched, reuse| {
                 let best = matched.iter().copied().max().unwrap_or(0);
                 let best_cached = cached_tokens(prompt, best);
                 let ranked = rank(fleet, start, |b, terms| {

@@ -1,6 +1,7 @@
 //! `limits:`: what one client connection may cost the gateway. Timeouts on the client side of
 //! the gateway (reading a request's headers and body, an idle kept-alive connection), the
-//! largest request head, and how many client connections may be open at once.
+//! largest request head, how many client connections may be open at once, and how much of a
+//! request's prompt is kept for prefix routing.
 //!
 //! Every limit has a default, so a file without the section is protected too. The server
 //! ([`crate::server`]) enforces the connection-level ones, [`crate::api`] the body read.
@@ -20,6 +21,10 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 /// Default [`Limits::max_connections`] when the file-descriptor limit cannot be read.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Default [`Limits::max_prompt_bytes`]: core's, 512 KiB (about 131k tokens).
+pub const DEFAULT_MAX_PROMPT_BYTES: u64 = switchyard_core::profile::DEFAULT_MAX_PROMPT_BYTES as u64;
+/// The largest prompt cap accepted: hashing more costs milliseconds per request.
+const MAX_PROMPT_BYTES: u64 = 64 * 1024 * 1024;
 /// Longest any of these timeouts may be: a day (a longer one is a typo, and would overflow
 /// deadline arithmetic long before it mattered).
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -45,6 +50,11 @@ pub struct Limits {
     /// Most client connections open at once. A connection accepted beyond it is answered
     /// `503` with code `too_many_connections` and closed.
     pub max_connections: u32,
+    /// Rendered prompt bytes kept per request for prefix routing (hashed into blocks once);
+    /// the rest of the prompt is counted for the token estimate and forwarded untouched, but
+    /// routed on as if it were not there. 0 keeps none: prefix-aware policies see every
+    /// request as cold.
+    pub max_prompt_bytes: u64,
 }
 
 impl Default for Limits {
@@ -72,6 +82,9 @@ pub struct LimitsFile {
     /// See [`Limits::max_connections`].
     #[serde(default, deserialize_with = "connections")]
     pub max_connections: Option<u32>,
+    /// See [`Limits::max_prompt_bytes`].
+    #[serde(default, deserialize_with = "prompt_bytes")]
+    pub max_prompt_bytes: Option<ByteSize>,
 }
 
 impl LimitsFile {
@@ -91,6 +104,9 @@ impl LimitsFile {
                 .max_header_bytes
                 .map_or(DEFAULT_MAX_HEADER_BYTES, |b| b.0),
             max_connections: self.max_connections.unwrap_or_else(default_max_connections),
+            max_prompt_bytes: self
+                .max_prompt_bytes
+                .map_or(DEFAULT_MAX_PROMPT_BYTES, |b| b.0),
         }
     }
 }
@@ -111,6 +127,17 @@ fn header_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ByteSiz
     if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&b.0) {
         return Err(serde::de::Error::custom(format!(
             "max_header_bytes must be between 8KiB and 16MiB (default 64KiB), got {} bytes",
+            b.0
+        )));
+    }
+    Ok(Some(b))
+}
+
+fn prompt_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    let b = ByteSize::deserialize(d)?;
+    if b.0 > MAX_PROMPT_BYTES {
+        return Err(serde::de::Error::custom(format!(
+            "max_prompt_bytes must be at most 64MiB (default 512KiB), got {} bytes",
             b.0
         )));
     }
@@ -177,5 +204,6 @@ mod tests {
         assert!(l.keepalive_timeout > Duration::ZERO);
         assert!(l.body_read_timeout > Duration::ZERO);
         assert!((1..=DEFAULT_MAX_CONNECTIONS).contains(&l.max_connections));
+        assert_eq!(l.max_prompt_bytes, 512 * 1024);
     }
 }
