@@ -7,6 +7,7 @@
 mod bench_cmd;
 mod chaos;
 mod chaos_judge;
+mod chaos_report;
 mod demo;
 mod sim_cmd;
 
