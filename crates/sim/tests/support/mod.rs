@@ -78,31 +78,18 @@ pub async fn stream(
     url: String,
     body: &str,
 ) -> (Vec<(Instant, String)>, Result<(), String>) {
-    let req = Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let mut body = resp.into_body();
+    let mut body = open_stream(c, url, body).await;
     let (mut events, mut buf) = (Vec::new(), String::new());
     let end = loop {
-        match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
-            Err(_) => panic!("stream stalled"),
-            Ok(None) => break Ok(()),
-            Ok(Some(Err(e))) => break Err(e.to_string()),
-            Ok(Some(Ok(f))) => {
+        match next_data(&mut body).await {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(d)) => {
                 let now = Instant::now();
-                if let Ok(d) = f.into_data() {
-                    buf.push_str(std::str::from_utf8(&d).unwrap());
-                    while let Some(i) = buf.find("\n\n") {
-                        let ev: String = buf.drain(..i + 2).collect();
-                        events.push((now, ev.trim().trim_start_matches("data: ").to_owned()));
-                    }
+                buf.push_str(std::str::from_utf8(&d).unwrap());
+                while let Some(i) = buf.find("\n\n") {
+                    let ev: String = buf.drain(..i + 2).collect();
+                    events.push((now, ev.trim().trim_start_matches("data: ").to_owned()));
                 }
             }
         }
@@ -130,6 +117,10 @@ pub async fn open_stream(c: &C, url: String, body: &str) -> Incoming {
         .unwrap();
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     resp.into_body()
 }
 
