@@ -200,11 +200,9 @@ impl<'a> FailoverPlan<'a> {
         }
     }
 
-    /// What of `id`'s total timeout is left at `now`; `None` when it has none.
-    fn time_left(&self, target: &impl Target, id: BackendId, now: Duration) -> Option<Duration> {
-        target
-            .total_timeout(id)
-            .map(|t| (self.arrived + t).saturating_sub(now))
+    /// What is left at `now` of a backend's total timeout `total` (`None` when it has none).
+    pub fn time_left(&self, total: Option<Duration>, now: Duration) -> Option<Duration> {
+        total.map(|t| (self.arrived + t).saturating_sub(now))
     }
 
     /// Until when the model just entered may wait for a backend to come back: `cooldown_wait`
@@ -217,7 +215,7 @@ impl<'a> FailoverPlan<'a> {
         }
         let mut longest = Duration::ZERO;
         for i in 0..target.len() {
-            match self.time_left(target, BackendId(i as u32), now) {
+            match self.time_left(target.total_timeout(BackendId(i as u32)), now) {
                 Some(left) => longest = longest.max(left),
                 None => return until,
             }
@@ -298,7 +296,7 @@ impl<'a> FailoverPlan<'a> {
         }
         // An attempt needs some of the backend's own total timeout left: one sent without
         // would time out at once and count as the backend's failure.
-        let left = self.time_left(target, id, now);
+        let left = self.time_left(target.total_timeout(id), now);
         if left.is_some_and(|left| left < MIN_ATTEMPT_TIME) {
             return None;
         }

@@ -147,11 +147,10 @@ impl Relay {
         limits: Limits,
         guard: InFlightGuard,
     ) -> Self {
-        let seen_first = first.as_ref().is_some_and(Frame::is_data);
         let mut relay = Self {
             inner: Some(inner),
-            seen_first,
-            first_at: seen_first.then(Instant::now),
+            seen_first: false,
+            first_at: None,
             events: 0,
             first: None,
             started,
@@ -163,6 +162,7 @@ impl Relay {
             guard,
         };
         if let Some(d) = first.as_ref().and_then(Frame::data_ref) {
+            relay.first_byte();
             relay.count_events(d);
         }
         relay.first = match first {
@@ -218,6 +218,21 @@ impl Relay {
                     .observe_done(latency, tpot, crate::clock::now());
             }
         }
+    }
+
+    /// A data frame passed: the first one is the time to first byte (first token when
+    /// streaming), recorded here only, whether it was read before the response was committed
+    /// to (see [`crate::attempts`]) or relayed later.
+    fn first_byte(&mut self) {
+        if std::mem::replace(&mut self.seen_first, true) {
+            return;
+        }
+        let ttfb = self.started.elapsed();
+        self.first_at = Some(Instant::now());
+        self.guard.first_byte();
+        let state = self.guard.state();
+        state.metrics().ttfb.observe(ttfb.as_secs_f64());
+        state.signals.observe_ttft(ttfb, crate::clock::now());
     }
 
     /// Counts SSE events in a relayed chunk (an event split across chunks may be missed; the
@@ -280,16 +295,8 @@ impl Relay {
                     return Poll::Ready(self.framer.finish().map(|b| Ok(Frame::data(b))));
                 }
                 Poll::Ready(Some(Ok(f))) => {
-                    if !self.seen_first && f.is_data() {
-                        self.seen_first = true;
-                        let ttfb = self.started.elapsed();
-                        self.first_at = Some(Instant::now());
-                        self.guard.first_byte();
-                        let state = self.guard.state();
-                        state.metrics().ttfb.observe(ttfb.as_secs_f64());
-                        state.signals.observe_ttft(ttfb, crate::clock::now());
-                    }
                     if let Some(d) = f.data_ref() {
+                        self.first_byte();
                         self.count_events(d);
                     }
                     if let (Some(Timers { idle: Some(t), .. }), Some(d)) =
