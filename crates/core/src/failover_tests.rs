@@ -88,6 +88,15 @@ fn send(backend: u32, after: Duration, retry: bool) -> Step {
     }
 }
 
+/// A request begun at 0 whose first attempt went to `d`'s primary.
+fn first_sent(plan: &FailoverPlan<'_>, pool: &MockPool, d: &Decision) -> Progress {
+    let mut p = plan.begin(ms(0));
+    assert_eq!(plan.next(&mut p, pool, None, ms(0)), Step::Decide);
+    let first = plan.next(&mut p, pool, Some(d), ms(0));
+    assert_eq!(first, send(d.primary.0, ms(0), false));
+    p
+}
+
 /// A budget that always has room.
 fn roomy() -> RetryBudget {
     RetryBudget::new(1.0, 1000.0)
@@ -146,10 +155,8 @@ fn an_exhausted_budget_stops_the_request_and_a_refused_retry_is_given_back() {
     let budget = RetryBudget::new(0.0, 0.1);
     let plan = plan(&budget);
     let pool = MockPool::new(3);
-    let mut p = plan.begin(ms(0));
     let d = decision(&[0, 1, 2]);
-    plan.next(&mut p, &pool, None, ms(0));
-    plan.next(&mut p, &pool, Some(&d), ms(0));
+    let mut p = first_sent(&plan, &pool, &d);
     plan.report(&mut p, Outcome::Failed, ms(1));
     assert_eq!(
         plan.next(&mut p, &pool, Some(&d), ms(1)),
@@ -182,10 +189,8 @@ fn retry_after_lengthens_the_wait_only_for_the_backend_that_sent_it() {
     let budget = roomy();
     let plan = plan(&budget);
     let mut pool = MockPool::new(2);
-    let mut p = plan.begin(ms(0));
     let d = decision(&[0, 1]);
-    plan.next(&mut p, &pool, None, ms(0));
-    plan.next(&mut p, &pool, Some(&d), ms(0));
+    let mut p = first_sent(&plan, &pool, &d);
     // 429 with Retry-After: 0.1; the gateway cools the backend down for as long.
     plan.report(
         &mut p,
@@ -222,10 +227,8 @@ fn retry_after_never_raises_the_wait_past_backoff_max() {
     let budget = roomy();
     let plan = plan(&budget);
     let pool = MockPool::new(1);
-    let mut p = plan.begin(ms(0));
     let d = decision(&[0]);
-    plan.next(&mut p, &pool, None, ms(0));
-    plan.next(&mut p, &pool, Some(&d), ms(0));
+    let mut p = first_sent(&plan, &pool, &d);
     plan.report(
         &mut p,
         Outcome::Answered {
@@ -236,9 +239,7 @@ fn retry_after_never_raises_the_wait_past_backoff_max() {
     // Same decision again (the backend stayed usable): one round, then the next model.
     assert_eq!(plan.next(&mut p, &pool, Some(&d), ms(1)), Step::NextModel);
     // A retryable answer without Retry-After clears the one before.
-    let mut p = plan.begin(ms(0));
-    plan.next(&mut p, &pool, None, ms(0));
-    plan.next(&mut p, &pool, Some(&d), ms(0));
+    let mut p = first_sent(&plan, &pool, &d);
     let ra = Outcome::Answered {
         retry_after: Some(Duration::from_secs(30)),
     };
@@ -317,10 +318,8 @@ fn candidates_without_time_left_are_skipped_and_cost_no_budget() {
     pool.random = u64::MAX;
     pool.members[0].total = Some(ms(100));
     pool.members[1].total = Some(ms(110));
-    let mut p = plan.begin(ms(0));
     let d = decision(&[0, 1, 2]);
-    plan.next(&mut p, &pool, None, ms(0));
-    plan.next(&mut p, &pool, Some(&d), ms(0));
+    let mut p = first_sent(&plan, &pool, &d);
     plan.report(&mut p, Outcome::Failed, ms(90));
     // Backend 1 has 20 ms left, less than its ~25 ms backoff plus the minimum: skipped.
     let Step::Send { backend, retry, .. } = plan.next(&mut p, &pool, Some(&d), ms(90)) else {
@@ -436,9 +435,7 @@ fn a_local_shortage_stops_at_once() {
     let plan = plan(&budget);
     let pool = MockPool::new(2);
     let d = decision(&[0, 1]);
-    let mut p = plan.begin(ms(0));
-    plan.next(&mut p, &pool, None, ms(0));
-    plan.next(&mut p, &pool, Some(&d), ms(0));
+    let mut p = first_sent(&plan, &pool, &d);
     plan.report(&mut p, Outcome::Local, ms(1));
     assert_eq!(
         plan.next(&mut p, &pool, Some(&d), ms(1)),
