@@ -111,9 +111,11 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
         budget: &home.retry_budget,
         arrived: crate::clock::at(req.started),
     };
+    // One clock read per step: the step and the decision it asks for share it.
+    let mut now = gw.now();
     let mut d = Driver {
         req,
-        progress: plan.begin(gw.now()),
+        progress: plan.begin(now),
         plan,
         failure: None,
         held: None,
@@ -123,11 +125,8 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
     let mut target = home;
     let mut decision: Option<Decision> = None;
     loop {
-        match d
-            .plan
-            .next(&mut d.progress, target, decision.as_ref(), gw.now())
-        {
-            Step::Decide => decision = decide(gw, target, req.profile),
+        match d.plan.next(&mut d.progress, target, decision.as_ref(), now) {
+            Step::Decide => decision = decide(gw, target, req.profile, now),
             Step::Wait { until } => {
                 let wait = until.saturating_sub(gw.now());
                 tracing::debug!(request_id = ?req.request_id, model = %target.name, wait_s = wait.as_secs_f64(), "every backend is cooling down; waiting for one");
@@ -146,6 +145,7 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
                 }
                 let Some(backend) = target.backend(backend) else {
                     d.plan.report(&mut d.progress, Outcome::Failed, gw.now());
+                    now = gw.now();
                     continue;
                 };
                 if let Some(resp) = d.send(target, backend).await {
@@ -178,6 +178,7 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
             }
             Step::GiveUp(GiveUp::Local) => break,
         }
+        now = gw.now();
     }
     if let Some((resp, backend, guard)) = d.held {
         return Ok(relay(
@@ -194,11 +195,16 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
     }))
 }
 
-/// `target`'s policy's decision for `profile` now; `None` when no backend is usable.
-fn decide(gw: &Snapshot, target: &Pool, profile: &RequestProfile) -> Option<Decision> {
+/// `target`'s policy's decision for `profile` at `now`; `None` when no backend is usable.
+fn decide(
+    gw: &Snapshot,
+    target: &Pool,
+    profile: &RequestProfile,
+    now: Duration,
+) -> Option<Decision> {
     let mut buf = ViewBuf::new();
     let view = target
-        .view(&mut buf, gw.now(), gw.config.scrape.max_age)
+        .view(&mut buf, now, gw.config.scrape.max_age)
         .explaining(gw.config.debug_headers);
     target.policy.decide(profile, &view).ok()
 }
@@ -272,7 +278,12 @@ impl<'a> Driver<'a> {
         self.dispatched.get_or_insert_with(Instant::now);
         // The first byte must come within `first_byte`, and within what is left of `total`.
         let first_byte = backend.config.timeouts.first_byte;
-        let left = self.plan.time_left(backend.config.timeouts.total, gw.now());
+        // (The clock is read only when there is a total timeout to count down.)
+        let left = backend
+            .config
+            .timeouts
+            .total
+            .and_then(|total| self.plan.time_left(Some(total), gw.now()));
         let budget = left.map_or(first_byte, |left| first_byte.min(left));
         let deadline = tokio::time::Instant::now() + budget;
         let log = |what: &str, detail: &dyn std::fmt::Display| {
