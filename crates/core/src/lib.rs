@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod decision;
 pub mod ewma;
+pub mod failover;
 pub mod fleet;
 pub mod ip_text;
 pub mod outlier;
@@ -24,6 +25,7 @@ pub mod routing;
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use decision::{CandidateScore, Decision, Explanation, Reason};
 pub use ewma::PeakEwma;
+pub use failover::{FailoverPlan, FailoverSettings, GiveUp, Outcome, Progress, Step};
 pub use fleet::{
     BackendId, BackendView, EngineLoad, FleetView, GpuLoad, LatencySignals, PoolMember, Price,
 };

@@ -46,14 +46,7 @@ pub async fn handle(
     };
     let snap = gw.snapshot();
     let mut resp = match kind {
-        Some(kind) => match proxy(&snap, kind, peer, req, &request_id, started).await {
-            Ok(resp) => resp,
-            Err((model, e)) => {
-                gw.metrics.count(&model, "", e.status());
-                tracing::debug!(request_id = ?request_id, code = e.code(), "{e}");
-                e.into_response()
-            }
-        },
+        Some(kind) => proxy(&snap, kind, peer, req, &request_id, started).await,
         None if crate::admin::on_main_listener(&snap, req.uri().path()) => {
             crate::admin::handle(&gw, req).await
         }
@@ -176,7 +169,8 @@ async fn read_body(
     })
 }
 
-/// The proxy path. On error, returns the model name (for the metric label) with the error.
+/// The proxy path. Every error is answered here, counted under the model it was for (none
+/// until the model is known).
 async fn proxy(
     gw: &Snapshot,
     kind: EndpointKind,
@@ -184,8 +178,12 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     started: Instant,
-) -> Result<Response<GatewayBody>, (String, ApiError)> {
-    let unknown = || String::new();
+) -> Response<GatewayBody> {
+    let refuse = |model: &str, e: ApiError| {
+        gw.metrics.count(model, "", e.status());
+        tracing::debug!(request_id = ?request_id, code = e.code(), "{e}");
+        e.into_response()
+    };
     let limit = gw.config.max_body_bytes;
     let declared = req
         .headers()
@@ -193,12 +191,13 @@ async fn proxy(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err((unknown(), ApiError::BodyTooLarge { limit }));
+        return refuse("", ApiError::BodyTooLarge { limit });
     }
     let (parts, body) = req.into_parts();
-    let body = read_body(body, limit, declared, gw.config.limits.body_read_timeout)
-        .await
-        .map_err(|e| (unknown(), e))?;
+    let body = match read_body(body, limit, declared, gw.config.limits.body_read_timeout).await {
+        Ok(body) => body,
+        Err(e) => return refuse("", e),
+    };
     let body_read = Instant::now();
 
     let meta = RequestMeta {
@@ -211,20 +210,24 @@ async fn proxy(
     let limits = ParseLimits {
         max_prompt_bytes: usize::try_from(gw.config.limits.max_prompt_bytes).unwrap_or(usize::MAX),
     };
-    let profile =
-        RequestProfile::parse_with(kind, &body, meta, limits).map_err(|e| (unknown(), e.into()))?;
+    let profile = match RequestProfile::parse_with(kind, &body, meta, limits) {
+        Ok(profile) => profile,
+        Err(e) => return refuse("", e.into()),
+    };
     let Some(pool) = gw.pools.get(&profile.model) else {
         let available = gw.model_names.join(", ");
-        return Err((
-            unknown(),
+        return refuse(
+            "",
             ApiError::ModelNotFound {
                 model: profile.model,
                 available,
             },
-        ));
+        );
     };
 
     let request = attempts::Request {
+        gw,
+        pool,
         profile: &profile,
         body: &body,
         headers: &parts.headers,
@@ -233,5 +236,8 @@ async fn proxy(
         body_read,
         peer: peer.ip(),
     };
-    attempts::run(gw, pool, &request).await
+    match attempts::run(&request).await {
+        Ok(resp) => resp,
+        Err(e) => refuse(&pool.name, e),
+    }
 }

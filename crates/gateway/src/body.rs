@@ -122,6 +122,10 @@ pub struct Relay {
     events: u32,
     /// The body is an SSE stream, so a failure midway can be reported in-band.
     sse: bool,
+    /// Events of the stream that are not a gap between two tokens: the first token's,
+    /// `[DONE]`, a chat stream's role chunk (vLLM sends it with the first token) and the usage
+    /// chunk when asked for. The rest, over the time from the first token, is time per token.
+    non_gap_events: u32,
     /// For an SSE stream: lets through whole events only, so an error event can always
     /// follow on a fresh boundary (see [`crate::sse`]).
     framer: EventFramer,
@@ -138,24 +142,25 @@ pub struct Relay {
 
 impl Relay {
     /// Relays `inner` after `first` (its first frame, already read); `started` is when the
-    /// client's request arrived; `sse` when the response is `text/event-stream`.
+    /// client's request arrived; `sse` when the response is `text/event-stream`, with
+    /// `non_gap_events` events that are not a gap between two tokens (see the field).
     pub fn new(
         inner: Incoming,
         first: Option<Frame<Bytes>>,
         started: Instant,
-        sse: bool,
+        (sse, non_gap_events): (bool, u32),
         limits: Limits,
         guard: InFlightGuard,
     ) -> Self {
-        let seen_first = first.as_ref().is_some_and(Frame::is_data);
         let mut relay = Self {
             inner: Some(inner),
-            seen_first,
-            first_at: seen_first.then(Instant::now),
+            seen_first: false,
+            first_at: None,
             events: 0,
             first: None,
             started,
             sse,
+            non_gap_events,
             framer: EventFramer::new(),
             ended: false,
             limits,
@@ -163,6 +168,7 @@ impl Relay {
             guard,
         };
         if let Some(d) = first.as_ref().and_then(Frame::data_ref) {
+            relay.first_byte();
             relay.count_events(d);
         }
         relay.first = match first {
@@ -206,10 +212,10 @@ impl Relay {
             let latency = self.started.elapsed();
             let state = self.guard.state();
             state.metrics().duration.observe(latency.as_secs_f64());
-            // The first event of an OpenAI stream carries the role, the last `[DONE]`; the
-            // ones between are tokens (or a few, when an engine batches them).
-            let tpot = match (self.first_at, self.events) {
-                (Some(first), n) if self.sse && n >= 3 => Some(first.elapsed() / (n - 2)),
+            // The events past the non-gap ones are token gaps (or a few tokens each, when an
+            // engine batches them).
+            let tpot = match (self.first_at, self.events.checked_sub(self.non_gap_events)) {
+                (Some(first), Some(gaps)) if self.sse && gaps > 0 => Some(first.elapsed() / gaps),
                 _ => None,
             };
             if complete {
@@ -218,6 +224,21 @@ impl Relay {
                     .observe_done(latency, tpot, crate::clock::now());
             }
         }
+    }
+
+    /// A data frame passed: the first one is the time to first byte (first token when
+    /// streaming), recorded here only, whether it was read before the response was committed
+    /// to (see [`crate::attempts`]) or relayed later.
+    fn first_byte(&mut self) {
+        if std::mem::replace(&mut self.seen_first, true) {
+            return;
+        }
+        let ttfb = self.started.elapsed();
+        self.first_at = Some(Instant::now());
+        self.guard.first_byte();
+        let state = self.guard.state();
+        state.metrics().ttfb.observe(ttfb.as_secs_f64());
+        state.signals.observe_ttft(ttfb, crate::clock::now());
     }
 
     /// Counts SSE events in a relayed chunk (an event split across chunks may be missed; the
@@ -280,16 +301,8 @@ impl Relay {
                     return Poll::Ready(self.framer.finish().map(|b| Ok(Frame::data(b))));
                 }
                 Poll::Ready(Some(Ok(f))) => {
-                    if !self.seen_first && f.is_data() {
-                        self.seen_first = true;
-                        let ttfb = self.started.elapsed();
-                        self.first_at = Some(Instant::now());
-                        self.guard.first_byte();
-                        let state = self.guard.state();
-                        state.metrics().ttfb.observe(ttfb.as_secs_f64());
-                        state.signals.observe_ttft(ttfb, crate::clock::now());
-                    }
                     if let Some(d) = f.data_ref() {
+                        self.first_byte();
                         self.count_events(d);
                     }
                     if let (Some(Timers { idle: Some(t), .. }), Some(d)) =
