@@ -17,6 +17,7 @@ pub mod backend_health;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod engine_kind;
 pub mod error;
 pub mod explain;
 pub mod fleet;

@@ -78,6 +78,7 @@ use smallvec::SmallVec;
 use super::prefill_ledger::{Pending, PrefillLedger};
 use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
 use super::{rotation_start, NoCandidate, Policy};
+use crate::cache_model::SlotCaches;
 use crate::fleet::BackendView;
 use crate::prefix::{
     block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS,
@@ -95,6 +96,8 @@ pub const DEFAULT_COPY_WEIGHT: f64 = 0.25;
 #[derive(Debug)]
 pub struct PrefixAware {
     index: PrefixIndex,
+    /// What slot backends' (llama.cpp's) slots hold; paged backends use `index`.
+    slots: SlotCaches,
     /// Per backend: recent decisions' prompt and expected uncached tokens.
     ledger: PrefillLedger,
     prefill_weight: f64,
@@ -109,6 +112,7 @@ impl PrefixAware {
     pub fn new(prefill_weight: f64, decode_weight: f64, max_report_age: Duration) -> Self {
         Self {
             index: PrefixIndex::new(),
+            slots: SlotCaches::new(),
             ledger: PrefillLedger::default(),
             prefill_weight,
             decode_weight,
@@ -175,8 +179,12 @@ impl Policy for PrefixAware {
             &mut pending,
         );
         let mut outcome = None;
+        // Each backend's matched blocks by its engine's cache model, when not all are paged.
+        let mut modelled = None;
         self.index
             .match_and_record(&blocks, &mut matched, |matched, reuse| {
+                modelled = self.slots.matched(fleet, &blocks, matched);
+                let matched = modelled.as_deref().unwrap_or(matched);
                 let best = matched.iter().copied().max().unwrap_or(0);
                 let best_cached = cached_tokens(prompt, best);
                 let ranked = rank(fleet, start, |b, terms| {
@@ -216,7 +224,11 @@ impl Policy for PrefixAware {
                 Some((b.id.0, capacity_blocks(b, n)))
             });
         let ranked: super::signals::Ranked = outcome.ok_or(NoCandidate)?;
+        if let Some(m) = modelled {
+            matched = m;
+        }
         if let Some(&(_, id)) = ranked.top.first() {
+            self.slots.record_decision(fleet, id, &blocks);
             let cached = cached_tokens(prompt, matched[id.index()]);
             self.ledger.record(id.index(), prompt, prompt - cached);
         }

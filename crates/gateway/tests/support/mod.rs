@@ -80,7 +80,14 @@ impl Mock {
                         let seen = seen.clone();
                         let scrapes = scrapes.clone();
                         async move {
-                            if req.uri().path() == "/metrics" {
+                            // Engine detection's probes and scrapes: answered as a server
+                            // that has none of those endpoints does, kept out of `seen`.
+                            let path = req.uri().path();
+                            if matches!(path, "/props" | "/get_server_info" | "/info" | "/version")
+                            {
+                                return Ok(json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#));
+                            }
+                            if path == "/metrics" {
                                 scrapes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 return Ok::<_, Infallible>(json(
                                     StatusCode::NOT_FOUND,

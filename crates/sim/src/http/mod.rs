@@ -8,6 +8,8 @@
 //!   pace, `stream_options.include_usage`), `/v1/embeddings`, `/tokenize`, `/detokenize`;
 //!   vLLM's error shape for bad input; [`extras`]: the endpoints that need no engine.
 //! - [`metrics`]: `GET /metrics` with vLLM's metric names and the DCGM GPU gauges.
+//! - [`llamacpp`]: in slot mode ([`crate::slots`]), `GET /props` and `llamacpp:` metrics, as
+//!   llama.cpp's `llama-server` answers them.
 //! - [`faults`]: errors, rate limits, latency, hangs, cut streams, crashes and slow starts, set
 //!   at start or at run time through `POST /admin/faults`.
 //! - [`server`]: the listener, the router, `/health`, `/v1/models`, `/version`.
@@ -24,6 +26,7 @@
 pub mod driver;
 pub mod extras;
 pub mod faults;
+pub mod llamacpp;
 pub mod metrics;
 pub mod openai;
 pub mod server;
