@@ -17,12 +17,21 @@
 //! - [`CacheModel::Opaque`] (hosted APIs): nothing is predicted; their caching is not ours to
 //!   know, so routing counts no prompt token as cached there.
 //!
+//! For a slot backend `prefix_aware` also counts what a request would make the pool forget:
+//! the prompt held by the slot it would overwrite, unless another slot of the pool holds it
+//! too (at one token of cost per forgotten token, [`SlotOutcome::evicted_blocks`]). Two slots
+//! holding the same document are then the first to be reused, and documents keep a home.
+//!
 //! The slot model is a guess from routing history, as the index is: which slots are idle is
-//! inferred from the gateway's own requests in flight (the most recently used slots are taken
-//! to be the busy ones), and a restarted server or another gateway's traffic makes it
-//! optimistic, which costs one cold prefill.
+//! inferred from the gateway's own requests in flight (taken to hold the slots expected to end
+//! last, from the backend's latency averages), and a restarted server or another gateway's
+//! traffic makes it optimistic, which costs one cold prefill. Not modelled: llama.cpp's
+//! host-memory prompt cache (`--cache-ram`), which saves a slot's prompt before reusing the
+//! slot and restores a saved prompt into it; with it a server remembers more than its slots
+//! (see the README's policy section).
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use smallvec::SmallVec;
 
@@ -61,6 +70,9 @@ struct Slot {
     blocks: Vec<u64>,
     /// Order of its last use (0: never used).
     last_used: u64,
+    /// When its last request is expected to end (decision time plus the backend's expected
+    /// latency for it; the decision time when unknown).
+    busy_until: Duration,
 }
 
 /// Where a prompt would land on a slot backend.
@@ -70,6 +82,16 @@ pub struct SlotPick {
     pub slot: usize,
     /// Leading blocks of the prompt that slot holds.
     pub matched_blocks: u32,
+}
+
+/// What the slot model predicts for one backend of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotOutcome {
+    /// Leading blocks of the prompt the chosen slot holds.
+    pub matched_blocks: u32,
+    /// Blocks the chosen slot holds that the prompt would overwrite and that no other slot
+    /// of the pool holds: a prompt the pool forgets, to be computed again when next asked for.
+    pub evicted_blocks: u32,
 }
 
 /// Per backend of one pool, the prompts its slots were last sent. See the module docs.
@@ -106,15 +128,51 @@ impl SlotCaches {
         pick_in(table, slots, in_flight, blocks)
     }
 
-    /// Records that `blocks` went to `backend`'s slot [`pick`](Self::pick) chose for them,
-    /// keeping at most `ctx_tokens` of them.
-    pub fn record(
+    /// [`pick`](Self::pick) and what it would evict (see [`SlotOutcome`]).
+    pub fn outcome(
         &self,
         backend: usize,
         slots: u32,
-        ctx_tokens: u32,
         in_flight: u32,
         blocks: &[u64],
+    ) -> SlotOutcome {
+        let inner = self.lock();
+        let empty = Vec::new();
+        let table = inner.get(backend).unwrap_or(&empty);
+        let pick = pick_in(table, slots, in_flight, blocks);
+        let Some(held) = table.get(pick.slot).map(|s| &s.blocks) else {
+            return SlotOutcome {
+                matched_blocks: pick.matched_blocks,
+                evicted_blocks: 0,
+            };
+        };
+        let lost = held.len().saturating_sub(pick.matched_blocks as usize);
+        // Held elsewhere: another slot shares at least half of it.
+        let need = held.len().div_ceil(2).max(1);
+        let elsewhere = inner.iter().enumerate().any(|(b, slots)| {
+            slots.iter().enumerate().any(|(i, s)| {
+                (b, i) != (backend, pick.slot) && common_prefix(&s.blocks, held) >= need
+            })
+        });
+        SlotOutcome {
+            matched_blocks: pick.matched_blocks,
+            evicted_blocks: if elsewhere {
+                0
+            } else {
+                u32::try_from(lost).unwrap_or(u32::MAX)
+            },
+        }
+    }
+
+    /// Records that `blocks` went to `backend`'s slot [`pick`](Self::pick) chose for them,
+    /// keeping at most `ctx_tokens` of them; the request is expected to end at `busy_until`.
+    pub fn record(
+        &self,
+        backend: usize,
+        (slots, ctx_tokens): (u32, u32),
+        in_flight: u32,
+        blocks: &[u64],
+        busy_until: Duration,
     ) {
         let tick = 1 + self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.lock();
@@ -133,6 +191,7 @@ impl SlotCaches {
         slot.blocks.clear();
         slot.blocks.extend_from_slice(&blocks[..keep]);
         slot.last_used = tick;
+        slot.busy_until = busy_until;
     }
 }
 
@@ -145,42 +204,60 @@ impl SlotCaches {
         fleet: &FleetView<'_>,
         blocks: &[u64],
         matched: &[u32],
-    ) -> Option<SmallVec<[u32; 64]>> {
+    ) -> Option<SmallVec<[SlotOutcome; 64]>> {
         if fleet.backends.iter().all(|b| b.cache == CacheModel::Paged) {
             return None;
         }
-        let mut out: SmallVec<[u32; 64]> = SmallVec::from_slice(matched);
+        let mut out: SmallVec<[SlotOutcome; 64]> = matched
+            .iter()
+            .map(|&m| SlotOutcome {
+                matched_blocks: m,
+                evicted_blocks: 0,
+            })
+            .collect();
         for b in fleet.backends {
             let Some(m) = out.get_mut(b.id.index()) else {
                 continue;
             };
             match b.cache {
                 CacheModel::Paged => {}
-                CacheModel::Opaque => *m = 0,
+                CacheModel::Opaque => m.matched_blocks = 0,
                 CacheModel::Slots { slots, .. } => {
-                    *m = self
-                        .pick(b.id.index(), slots, b.in_flight, blocks)
-                        .matched_blocks;
+                    *m = self.outcome(b.id.index(), slots, b.in_flight, blocks);
                 }
             }
         }
         Some(out)
     }
 
-    /// Records a decision for `chosen` when it is a slot backend.
-    pub fn record_decision(&self, fleet: &FleetView<'_>, chosen: BackendId, blocks: &[u64]) {
+    /// Records a decision for `chosen` when it is a slot backend; the request is expected to
+    /// take `latency` there.
+    pub fn record_decision(
+        &self,
+        fleet: &FleetView<'_>,
+        chosen: BackendId,
+        blocks: &[u64],
+        latency: Option<Duration>,
+    ) {
         let Some(b) = fleet.backends.get(chosen.index()) else {
             return;
         };
         if let CacheModel::Slots { slots, ctx_tokens } = b.cache {
-            self.record(chosen.index(), slots, ctx_tokens, b.in_flight, blocks);
+            let until = fleet.now + latency.unwrap_or_default();
+            self.record(
+                chosen.index(),
+                (slots, ctx_tokens),
+                b.in_flight,
+                blocks,
+                until,
+            );
         }
     }
 }
 
 /// llama.cpp's choice among `table`'s idle slots (see the module docs). The gateway's
-/// `in_flight` requests hold the most recently used slots; when every slot is busy the request
-/// waits for the one used longest ago, which is taken to finish first.
+/// `in_flight` requests hold the slots expected to end last (ties: the most recently used);
+/// when every slot is busy the request waits for the one expected to end first.
 fn pick_in(table: &[Slot], slots: u32, in_flight: u32, blocks: &[u64]) -> SlotPick {
     let n = slots.clamp(1, MAX_SLOTS) as usize;
     if table.len() != n {
@@ -191,8 +268,9 @@ fn pick_in(table: &[Slot], slots: u32, in_flight: u32, blocks: &[u64]) -> SlotPi
         };
     }
     let mut order: Vec<usize> = (0..n).collect();
-    // Most recently used first.
-    order.sort_by(|&a, &b| table[b].last_used.cmp(&table[a].last_used));
+    // Expected to end last first (ties: most recently used first).
+    let key = |i: usize| (table[i].busy_until, table[i].last_used);
+    order.sort_by(|&a, &b| key(b).cmp(&key(a)));
     let busy = (in_flight as usize).min(n);
     let idle: &[usize] = if busy < n {
         &order[busy..]
@@ -200,6 +278,12 @@ fn pick_in(table: &[Slot], slots: u32, in_flight: u32, blocks: &[u64]) -> SlotPi
         &order[n - 1..]
     };
     let mut best: Option<(f64, usize, usize)> = None;
+    // The least recently used of the idle slots, when none is similar enough.
+    let lru = idle
+        .iter()
+        .copied()
+        .min_by_key(|&i| table[i].last_used)
+        .unwrap_or(0);
     for &i in idle {
         let lcp = common_prefix(&table[i].blocks, blocks);
         if table[i].blocks.is_empty() || blocks.is_empty() {
@@ -212,11 +296,7 @@ fn pick_in(table: &[Slot], slots: u32, in_flight: u32, blocks: &[u64]) -> SlotPi
     }
     let (slot, lcp) = match best {
         Some((_, i, lcp)) => (i, lcp),
-        None => {
-            // Least recently used idle slot (the last of `idle`; never used slots count 0).
-            let i = *idle.last().unwrap_or(&0);
-            (i, common_prefix(&table[i].blocks, blocks))
-        }
+        None => (lru, common_prefix(&table[lru].blocks, blocks)),
     };
     SlotPick {
         slot,
