@@ -82,10 +82,6 @@ fn three(w: &Workload) -> [RunReport; 3] {
     [rr, paged, slots]
 }
 
-/// A cold request's TTFT on an idle replica (2,000-token document plus question): the
-/// reference for "round robin is not saturated" (its p50 under twice this).
-const UNLOADED_TTFT_S: f64 = 0.61;
-
 /// Seeds each load is run with; a placement's luck in the first seconds (which documents
 /// land together) decides a run, so the claim is on the mean over them.
 const SEEDS: u64 = 6;

@@ -82,12 +82,13 @@ impl Mock {
                         async move {
                             // Engine detection's probes and scrapes: answered as a server
                             // that has none of those endpoints does, kept out of `seen`.
+                            // (Under the backend's base path, if it has one.)
                             let path = req.uri().path();
-                            if matches!(path, "/props" | "/get_server_info" | "/info" | "/version")
-                            {
+                            let probes = ["/props", "/get_server_info", "/info", "/version"];
+                            if probes.iter().any(|p| path.ends_with(p)) {
                                 return Ok(json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#));
                             }
-                            if path == "/metrics" {
+                            if path.ends_with("/metrics") {
                                 scrapes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 return Ok::<_, Infallible>(json(
                                     StatusCode::NOT_FOUND,
