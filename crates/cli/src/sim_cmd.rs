@@ -14,6 +14,9 @@
 //!   - profile: l4-llama3-8b
 //!     port: 9010           # default: the next port after the previous replica
 //!     faults: { error_rate: 0.05, not_ready_for_s: 10 }
+//!   - profile: l4-llama3-8b
+//!     engine: llamacpp     # llama.cpp-like slots (default: --engine, vllm)
+//!     slots: 2             # default: --slots
 //! ```
 
 use anyhow::{bail, Context};
@@ -51,8 +54,26 @@ pub struct SimArgs {
     /// A YAML file listing replicas with their own profile, port and faults.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Which engine the replicas behave like: `vllm` (a paged prefix cache shared by all
+    /// requests) or `llamacpp` (llama.cpp's server: `--slots` slots, each keeping its last
+    /// prompt; `/props` and `llamacpp:` metrics).
+    #[arg(long, value_enum, default_value_t = EngineMode::Vllm)]
+    engine: EngineMode,
+    /// With `--engine llamacpp`: slots per replica (llama.cpp's `-np`).
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
     #[command(flatten)]
     faults: FaultArgs,
+}
+
+/// The engine a replica behaves like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineMode {
+    /// vLLM: a paged prefix cache shared by every request.
+    Vllm,
+    /// llama.cpp's server: one cached prompt per slot.
+    Llamacpp,
 }
 
 /// Faults applied to every replica started from flags (change them at run time with
@@ -137,6 +158,12 @@ struct ReplicaEntry {
     model: Option<String>,
     #[serde(default)]
     faults: Faults,
+    /// `vllm` or `llamacpp` (default: `--engine`).
+    #[serde(default)]
+    engine: Option<EngineMode>,
+    /// Slots of a `llamacpp` replica (default: `--slots`).
+    #[serde(default)]
+    slots: Option<u32>,
 }
 
 /// One replica to start.
@@ -197,6 +224,8 @@ impl SimArgs {
                 port: None,
                 model: None,
                 faults: self.faults.faults(),
+                engine: None,
+                slots: None,
             }],
         };
         let mut plans = Vec::new();
@@ -218,6 +247,13 @@ impl SimArgs {
                     .map_err(|err| anyhow::anyhow!("replica on port {p}: invalid faults: {err}"))?;
                 if let Some(m) = e.model.clone().or(model.clone()) {
                     config.model = m;
+                }
+                if e.engine.unwrap_or(self.engine) == EngineMode::Llamacpp {
+                    let slots = e.slots.unwrap_or(self.slots);
+                    if slots == 0 {
+                        bail!("replica on port {p}: slots must be at least 1");
+                    }
+                    config.engine = config.engine.in_slot_mode(slots);
                 }
                 plans.push(ReplicaPlan {
                     addr: loopback(p),
@@ -297,6 +333,7 @@ mod tests {
             "0.5",
         ]);
         let plans = t.a.plan().unwrap();
+        assert!(plans.iter().all(|p| p.config.engine.slots.is_none()));
         let ports: Vec<u16> = plans.iter().map(|p| p.addr.port()).collect();
         assert_eq!(ports, [9000, 9001, 9002]);
         assert_eq!(plans[2].config.faults.error_rate, 0.5);
@@ -317,6 +354,19 @@ mod tests {
         assert!(plans
             .iter()
             .all(|p| p.config.model == "llama" && p.config.time_scale == 5.0));
+
+        let t2 = T::parse_from(["t", "--engine", "llamacpp", "--slots", "3"]);
+        let plans = t2.a.plan().unwrap();
+        assert_eq!(plans[0].config.engine.slots.map(|m| m.slots), Some(3));
+        assert_eq!(plans[0].config.engine.max_num_seqs, 3);
+        std::fs::write(
+            &dir,
+            "replicas:\n  - {profile: l4-llama3-8b, engine: llamacpp, slots: 2}\n  - profile: l4-llama3-8b\n",
+        )
+        .unwrap();
+        let plans = t.a.plan().unwrap();
+        assert_eq!(plans[0].config.engine.slots.map(|m| m.slots), Some(2));
+        assert!(plans[1].config.engine.slots.is_none());
 
         std::fs::write(&dir, "replicas:\n  - profile: tpu\n").unwrap();
         let e = t.a.plan().unwrap_err().to_string();

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::cache_model::CacheModel;
+
 /// The index of a backend within its pool, as listed in the config. Stable for the life of a
 /// pool; a reload or a membership change builds a new pool (and a new policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,6 +114,9 @@ pub struct BackendView {
     /// Slow start: the share of a full traffic share the backend should take now, in (0, 1];
     /// 1.0 for a backend that is not ramping up after (re)joining.
     pub ramp: f32,
+    /// How its engine caches prompts (from the engine the gateway detected, or config), so
+    /// prefix-aware routing predicts what it really holds.
+    pub cache: CacheModel,
 }
 
 impl BackendView {
@@ -128,6 +133,7 @@ impl BackendView {
             latency: LatencySignals::default(),
             gpu: None,
             ramp: 1.0,
+            cache: CacheModel::Paged,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod cache_model;
 pub mod decision;
 pub mod ewma;
 pub mod failover;
@@ -23,6 +24,7 @@ pub mod rng;
 pub mod routing;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
+pub use cache_model::{CacheModel, SlotCaches};
 pub use decision::{CandidateScore, Decision, Explanation, Reason};
 pub use ewma::PeakEwma;
 pub use failover::{FailoverPlan, FailoverSettings, GiveUp, Outcome, Progress, Step};

@@ -201,6 +201,7 @@ fn backend_json(snap: &Snapshot, pool: &Pool, b: &Backend) -> Value {
         "mean_duration_s": mean(&m.duration),
         "mean_ttfb_s": mean(&m.ttfb),
         "stream_errors": m.stream_errors.get(),
+        "engine": b.state.engine.get().map(|e| e.to_json()),
     })
 }
 

@@ -23,6 +23,7 @@ use switchyard_core::{
 
 use crate::backend_health::{BackendHealth, SharedOutlier};
 use crate::config::{BackendConfig, PoolConfig, Retry};
+use crate::engine_kind::EngineCell;
 use crate::forward::{self, UpstreamClient};
 use crate::signals::{LiveSignals, TokenLoad};
 use crate::telemetry::{BackendMetrics, Metrics};
@@ -41,6 +42,8 @@ pub struct BackendState {
     pub health: BackendHealth,
     /// Tokens in flight, latency averages, and the engine's and GPUs' scraped reports.
     pub signals: LiveSignals,
+    /// Which engine serves it (configured or detected), for its cache model.
+    pub engine: EngineCell,
     /// Set by the admin API's drain: the backend takes no new request while its in-flight
     /// ones finish. Kept across reloads, since the state itself is.
     draining: AtomicBool,
@@ -64,6 +67,7 @@ impl BackendState {
             cool_until_ms: AtomicU64::new(0),
             health,
             signals: LiveSignals::default(),
+            engine: EngineCell::default(),
             draining: AtomicBool::new(false),
             admission: Mutex::new(()),
         }
@@ -502,6 +506,7 @@ impl Pool {
                 latency: s.latency(),
                 gpu: s.gpu(now, max_report_age),
                 ramp: b.state.health.ramp(now),
+                cache: b.state.engine.cache_model(),
                 ..BackendView::idle(b.id, b.config.weight)
             }
         }));

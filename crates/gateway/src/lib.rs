@@ -18,6 +18,7 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod engine_kind;
 pub mod error;
 pub mod explain;
 pub mod fleet;

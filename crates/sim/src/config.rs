@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::slots::SlotMode;
+
 /// How long one engine step takes: `base_s + per_token_s * tokens + per_context_token_s *
 /// context`, where `tokens` are the tokens computed in the step (prefill chunks plus one per
 /// decoding sequence) and `context` is the attention context of every sequence in the step
@@ -73,6 +75,10 @@ pub struct EngineConfig {
     /// `--enable-chunked-prefill`, on by default in V1). Without it a prompt's prefill happens
     /// in one step and must fit the token budget.
     pub enable_chunked_prefill: bool,
+    /// llama.cpp-like slot mode ([`crate::slots`]): `Some` caches one prompt per slot instead
+    /// of the paged prefix cache (`enable_prefix_caching` is then ignored) and runs at most
+    /// `slots` requests at once.
+    pub slots: Option<SlotMode>,
     /// How long a step takes.
     pub step_time: StepTime,
     /// The GPU gauge model.

@@ -29,6 +29,7 @@ use crate::config::{ConfigError, EngineConfig};
 use crate::kv::{hash_block, BlockId, BlockPool, ROOT_HASH};
 use crate::metrics::{EngineMetrics, GpuState};
 use crate::request::{EngineEvent, RequestId, SimRequest, StepOutcome, StepStats, SubmitError};
+use crate::slots::SlotTable;
 use crate::tokenizer::synthetic_token;
 
 /// One request inside the engine.
@@ -52,6 +53,8 @@ struct Seq {
     admitted_before: bool,
     /// Produced its last token this step.
     done: bool,
+    /// Its llama.cpp slot, in slot mode, from admission to its end.
+    llama_slot: Option<usize>,
 }
 
 /// Counters behind [`EngineMetrics`].
@@ -87,6 +90,8 @@ pub struct Engine {
     scratch: Vec<u8>,
     scheduled: Vec<(usize, u32)>,
     hits: Vec<BlockId>,
+    /// Slot mode's slots ([`crate::slots`]); `None`: the paged prefix cache.
+    slot_table: Option<SlotTable>,
 }
 
 /// Blocks needed to hold `tokens` tokens.
@@ -109,6 +114,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
+            slot_table: config.slots.map(SlotTable::new),
             pool: BlockPool::new(config.num_gpu_blocks),
             gpu: GpuState::new(config.gpu),
             config,
@@ -122,6 +128,11 @@ impl Engine {
             scheduled: Vec::new(),
             hits: Vec::new(),
         })
+    }
+
+    /// Whether blocks are cached by hash (vLLM's prefix caching), not per slot.
+    fn paged_caching(&self) -> bool {
+        self.config.enable_prefix_caching && self.slot_table.is_none()
     }
 
     /// The configuration the engine runs with.
@@ -169,6 +180,7 @@ impl Engine {
             output_seed: req.output_seed,
             admitted_before: false,
             done: false,
+            llama_slot: None,
         };
         let slot = match self.free_slots.pop() {
             Some(s) => {
@@ -296,12 +308,13 @@ impl Engine {
                 .seconds(u64::from(stats.tokens()), stats.context_tokens);
 
         let mut any_done = false;
+        let paged_caching = self.paged_caching();
         for &(slot, n) in &scheduled {
             let seq = self.slots[slot]
                 .as_mut()
                 .expect("scheduled slot holds a request");
             seq.num_computed += n;
-            if self.config.enable_prefix_caching {
+            if paged_caching {
                 let full = seq.num_computed as usize / bs;
                 extend_hashes(seq, full, bs, &mut self.scratch);
                 while seq.registered < full {
@@ -404,6 +417,7 @@ impl Engine {
         events: &mut Vec<EngineEvent>,
     ) {
         let bs = self.config.block_size as usize;
+        let paged_caching = self.paged_caching();
         while *budget > 0 && (self.running.len() as u32) < self.config.max_num_seqs {
             let Some(&slot) = self.waiting.front() else {
                 break;
@@ -415,7 +429,14 @@ impl Engine {
             // The longest cached prefix, leaving at least the last token to compute so the
             // step has something to sample from (as vLLM does).
             self.hits.clear();
-            if self.config.enable_prefix_caching {
+            let mut llama = None;
+            if let Some(table) = &self.slot_table {
+                // Slot mode: the slot llama.cpp would give it, and the prefix it holds.
+                let Some(pick) = table.choose(&seq.tokens) else {
+                    break;
+                };
+                llama = Some(pick);
+            } else if paged_caching {
                 let max_hit = (len - 1) / bs;
                 extend_hashes(seq, max_hit, bs, &mut self.scratch);
                 for &h in &seq.hashes[..max_hit] {
@@ -425,7 +446,7 @@ impl Engine {
                     }
                 }
             }
-            let cached = (self.hits.len() * bs) as u32;
+            let cached = llama.map_or((self.hits.len() * bs) as u32, |(_, kept)| kept);
             let remaining = len as u32 - cached;
             let want = if self.config.enable_chunked_prefill {
                 remaining.min(*budget)
@@ -451,7 +472,11 @@ impl Engine {
             }
             seq.num_computed = cached;
             seq.registered = self.hits.len();
-            if self.config.enable_prefix_caching {
+            if let (Some((at, kept)), Some(table)) = (llama, self.slot_table.as_mut()) {
+                table.take(at, kept);
+                seq.llama_slot = Some(at);
+            }
+            if self.config.enable_prefix_caching || llama.is_some() {
                 self.counters.prefix_queries += len as u64;
                 self.counters.prefix_hits += u64::from(cached);
             }
@@ -482,6 +507,9 @@ impl Engine {
         seq.blocks.clear();
         seq.num_computed = 0;
         seq.registered = 0;
+        if let (Some(at), Some(table)) = (seq.llama_slot.take(), self.slot_table.as_mut()) {
+            table.release(at, &[]);
+        }
         events.push(EngineEvent::Preempted { id: seq.id });
         self.counters.preemptions += 1;
         self.waiting.push_front(slot);
@@ -492,6 +520,9 @@ impl Engine {
         if let Some(seq) = self.slots[slot].take() {
             for &b in seq.blocks.iter().rev() {
                 self.pool.release(b);
+            }
+            if let (Some(at), Some(table)) = (seq.llama_slot, self.slot_table.as_mut()) {
+                table.release(at, &seq.tokens[..seq.num_computed as usize]);
             }
             self.free_slots.push(slot);
         }

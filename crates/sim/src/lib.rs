@@ -107,6 +107,7 @@ pub mod metrics;
 pub mod profile;
 pub mod report;
 pub mod request;
+pub mod slots;
 pub mod tokenizer;
 pub mod workload;
 
@@ -117,4 +118,5 @@ pub use metrics::{EngineMetrics, GpuGauges};
 pub use profile::Profile;
 pub use report::{BackendReport, Outcome, RequestRecord, RunReport, Summary};
 pub use request::{EngineEvent, RequestId, SimRequest, StepOutcome, StepStats, SubmitError};
+pub use slots::SlotMode;
 pub use workload::{Prompt, Segment, Workload, WorkloadRequest};

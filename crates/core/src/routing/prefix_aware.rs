@@ -52,6 +52,11 @@
 //! - *tokens in flight* (the gateway's own, or the engine's when it reports more): decoding
 //!   sequences slow every step a prefill runs in.
 //!
+//! What a backend holds comes from its engine's cache model ([`crate::cache_model`]): the
+//! index for paged caches (vLLM, SGLang), the slot model for llama.cpp (which also adds the
+//! tokens of a prompt only that slot held and the request would overwrite), nothing for
+//! hosted APIs.
+//!
 //! The cheapest usable backend wins; equal costs rotate, so a request no backend has cached
 //! (a cold one) goes to the least loaded and cold requests spread instead of piling onto one
 //! replica; a hot prefix is copied to a second replica as soon as its home's queue costs more
@@ -76,8 +81,11 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 use super::prefill_ledger::{Pending, PrefillLedger};
-use super::signals::{fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms};
+use super::signals::{
+    expected_latency, fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms,
+};
 use super::{rotation_start, Learned, Moved, NoCandidate, Policy};
+use crate::cache_model::SlotCaches;
 use crate::fleet::BackendView;
 use crate::prefix::{PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS};
 use crate::{Decision, FleetView, Reason, RequestProfile};
@@ -86,6 +94,8 @@ use crate::{Decision, FleetView, Reason, RequestProfile};
 pub const DEFAULT_PREFILL_WEIGHT: f64 = 2.0;
 /// Default weight of a token in flight against a token to prefill.
 pub const DEFAULT_DECODE_WEIGHT: f64 = 0.1;
+/// Weight of a prompt token a llama.cpp slot would forget (see [`crate::cache_model`]).
+const EVICT_WEIGHT: f64 = 1.0;
 /// Default weight, per request running at the target, of a copied prefix token.
 pub const DEFAULT_COPY_WEIGHT: f64 = 0.25;
 
@@ -93,6 +103,8 @@ pub const DEFAULT_COPY_WEIGHT: f64 = 0.25;
 #[derive(Debug)]
 pub struct PrefixAware {
     index: PrefixIndex,
+    /// What slot backends' (llama.cpp's) slots hold; paged backends use `index`.
+    slots: SlotCaches,
     /// Per backend: recent decisions' prompt and expected uncached tokens.
     ledger: PrefillLedger,
     prefill_weight: f64,
@@ -107,6 +119,7 @@ impl PrefixAware {
     pub fn new(prefill_weight: f64, decode_weight: f64, max_report_age: Duration) -> Self {
         Self {
             index: PrefixIndex::new(),
+            slots: SlotCaches::new(),
             ledger: PrefillLedger::default(),
             prefill_weight,
             decode_weight,
@@ -190,8 +203,22 @@ impl Policy for PrefixAware {
             &mut pending,
         );
         let mut outcome = None;
+        // Each backend's matched blocks by its engine's cache model, when not all are paged.
+        let mut modelled = None;
         self.index
             .match_and_record(blocks, &mut matched, |matched, reuse| {
+                modelled = self.slots.matched(fleet, blocks, matched);
+                let by_model: Option<SmallVec<[u32; 64]>> = modelled
+                    .as_ref()
+                    .map(|m| m.iter().map(|o| o.matched_blocks).collect());
+                let matched = by_model.as_deref().unwrap_or(matched);
+                let evicted = |b: &BackendView| {
+                    modelled.as_ref().map_or(0.0, |m| {
+                        m.get(b.id.index()).map_or(0.0, |o| {
+                            (u64::from(o.evicted_blocks) * BLOCK_TOKENS as u64) as f64
+                        })
+                    })
+                };
                 let best = matched.iter().copied().max().unwrap_or(0);
                 let best_cached = cached_tokens(prompt, best);
                 let ranked = rank(fleet, start, |b, terms| {
@@ -214,6 +241,7 @@ impl Policy for PrefixAware {
                     let detour = self.copy_weight * running * copied / f64::from(reuse.max(1));
                     let cost = ((self.prefill_weight + behind) * uncached * (1.0 + kv)
                         + detour
+                        + EVICT_WEIGHT * evicted(b)
                         + queued
                         + self.decode_weight * in_flight)
                         / share(b);
@@ -231,7 +259,16 @@ impl Policy for PrefixAware {
                 Some((b.id.0, capacity_blocks(b, n)))
             });
         let ranked: super::signals::Ranked = outcome.ok_or(NoCandidate)?;
+        if let Some(m) = modelled {
+            matched = m.iter().map(|o| o.matched_blocks).collect();
+        }
         if let Some(&(_, id)) = ranked.top.first() {
+            let latency = fleet
+                .backends
+                .get(id.index())
+                .and_then(|b| expected_latency(b, request))
+                .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
+            self.slots.record_decision(fleet, id, &blocks, latency);
             let cached = cached_tokens(prompt, matched[id.index()]);
             self.ledger.record(id.index(), prompt, prompt - cached);
         }

@@ -177,6 +177,10 @@ pub struct BackendFile {
     /// Health check settings over the pool's (`enabled: false` exempts this backend).
     #[serde(default)]
     pub health_check: Option<HealthCheckFile>,
+    /// The engine (`vllm`, `sglang`, `llamacpp`, `tgi`, `hosted`) when it should not be
+    /// detected.
+    #[serde(default)]
+    pub engine: Option<crate::engine_kind::EngineKind>,
 }
 
 impl BackendFile {
@@ -218,6 +222,8 @@ impl BackendFile {
             max_concurrency: self.max_concurrency,
             upstream_model: self.model,
             api_key: self.api_key.map(|k| k.0),
+            engine: self.engine,
+            probe: !matches!(self.metrics_url, Some(MetricsUrl::Off)),
         }
     }
 }

@@ -175,6 +175,11 @@ pub struct BackendConfig {
     pub timeouts: Timeouts,
     /// Its active health check; `None` when not checked.
     pub health_check: Option<HealthCheck>,
+    /// Its engine as config names it; `None`: detected.
+    pub engine: Option<crate::engine_kind::EngineKind>,
+    /// Whether the gateway may probe it to detect its engine: not when its `metrics_url` is
+    /// `none` (the operator asked that it not be polled).
+    pub probe: bool,
 }
 
 /// Reads, parses and validates a config file.

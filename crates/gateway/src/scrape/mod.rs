@@ -11,6 +11,7 @@
 //! round run concurrently, each bounded by `scrape.timeout`. The task stops when its
 //! [`Scraper`] handle is dropped.
 
+pub mod detect;
 mod parse;
 
 pub use parse::{parse, EngineSample, GpuSample, Scraped};
@@ -33,22 +34,71 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest metrics page read; engines with many histograms stay far below it.
 const MAX_PAGE_BYTES: usize = 4 << 20;
 
-/// The running scrape task; dropping it stops the task.
+/// The running scrape and engine detection tasks; dropping it stops them.
 #[derive(Debug)]
 pub struct Scraper {
     task: tokio::task::JoinHandle<()>,
+    detector: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Scraper {
     fn drop(&mut self) {
         self.task.abort();
+        self.detector.abort();
     }
 }
 
-/// Starts scraping the gateway's backends. Must be called inside a tokio runtime.
+/// Starts scraping the gateway's backends and detecting their engines ([`detect`]). Must be
+/// called inside a tokio runtime.
 pub fn spawn(gw: Arc<Gateway>) -> Scraper {
     Scraper {
-        task: tokio::spawn(run(gw)),
+        task: tokio::spawn(run(gw.clone())),
+        detector: tokio::spawn(detect::run(gw)),
+    }
+}
+
+/// What a `GET` of a backend's URL gave.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    /// `200 OK` and its body (at most [`MAX_PAGE_BYTES`]).
+    Ok(Bytes),
+    /// Another status.
+    Status(StatusCode),
+    /// No answer within the timeout, or no connection.
+    Unreachable,
+}
+
+/// `GET uri`, bounded by `timeout` and [`MAX_PAGE_BYTES`], with `authorization` if given.
+pub(crate) async fn fetch(
+    client: &UpstreamClient,
+    uri: &http::Uri,
+    authorization: Option<&http::HeaderValue>,
+    timeout: Duration,
+) -> Fetched {
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri(uri.clone())
+        .header(http::header::ACCEPT, "text/plain, application/json");
+    if let Some(a) = authorization {
+        req = req.header(http::header::AUTHORIZATION, a.clone());
+    }
+    let Ok(req) = req.body(Full::new(Bytes::new())) else {
+        return Fetched::Unreachable;
+    };
+    let get = async {
+        let resp = client.request(req).await.ok()?;
+        if resp.status() != StatusCode::OK {
+            return Some(Fetched::Status(resp.status()));
+        }
+        let body = Limited::new(resp.into_body(), MAX_PAGE_BYTES)
+            .collect()
+            .await
+            .ok()?;
+        Some(Fetched::Ok(body.to_bytes()))
+    };
+    match tokio::time::timeout(timeout, get).await {
+        Ok(Some(f)) => f,
+        _ => Fetched::Unreachable,
     }
 }
 
@@ -160,26 +210,7 @@ async fn scrape_one(
     state: &BackendState,
     timeout: Duration,
 ) -> bool {
-    let Ok(req) = Request::builder()
-        .method(Method::GET)
-        .uri(uri.clone())
-        .header(http::header::ACCEPT, "text/plain")
-        .body(Full::new(Bytes::new()))
-    else {
-        return false;
-    };
-    let fetch = async {
-        let resp = client.request(req).await.ok()?;
-        if resp.status() != StatusCode::OK {
-            return None;
-        }
-        let body = Limited::new(resp.into_body(), MAX_PAGE_BYTES)
-            .collect()
-            .await
-            .ok()?;
-        Some(body.to_bytes())
-    };
-    let Ok(Some(page)) = tokio::time::timeout(timeout, fetch).await else {
+    let Fetched::Ok(page) = fetch(client, uri, None, timeout).await else {
         tracing::trace!(%uri, "scrape failed");
         return false;
     };

@@ -80,7 +80,15 @@ impl Mock {
                         let seen = seen.clone();
                         let scrapes = scrapes.clone();
                         async move {
-                            if req.uri().path() == "/metrics" {
+                            // Engine detection's probes and scrapes: answered as a server
+                            // that has none of those endpoints does, kept out of `seen`.
+                            // (Under the backend's base path, if it has one.)
+                            let path = req.uri().path();
+                            let probes = ["/props", "/get_server_info", "/info", "/version"];
+                            if probes.iter().any(|p| path.ends_with(p)) {
+                                return Ok(json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#));
+                            }
+                            if path.ends_with("/metrics") {
                                 scrapes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 return Ok::<_, Infallible>(json(
                                     StatusCode::NOT_FOUND,

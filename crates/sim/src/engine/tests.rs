@@ -52,6 +52,7 @@ fn small_config() -> EngineConfig {
         max_model_len: 1024,
         enable_prefix_caching: true,
         enable_chunked_prefill: true,
+        slots: None,
         step_time: StepTime {
             base_s: 0.005,
             per_token_s: 50e-6,
@@ -277,4 +278,87 @@ fn gauges_follow_load() {
     assert!(idle.gpu.utilization_pct < 1.0, "{idle:?}");
     assert!(idle.gpu.temperature_c < 31.0, "{idle:?}");
     assert_eq!(idle.gpu.memory_used_mib, 900);
+}
+
+/// `small_config` in llama.cpp-like slot mode with `slots` slots.
+fn slot_config(slots: u32) -> EngineConfig {
+    EngineConfig {
+        slots: Some(crate::SlotMode::new(slots)),
+        max_num_seqs: slots,
+        ..small_config()
+    }
+}
+
+/// The cached tokens of request `id`'s admission.
+fn cached_at_admission(events: &[(f64, EngineEvent)], id: u64) -> u32 {
+    events
+        .iter()
+        .find_map(|&(_, e)| match e {
+            EngineEvent::Admitted {
+                id: i,
+                cached_tokens,
+            } if i == RequestId(id) => Some(cached_tokens),
+            _ => None,
+        })
+        .expect("the request was admitted")
+}
+
+/// Document `doc` (200 tokens) followed by question `q` (10 tokens).
+fn doc_prompt(doc: u64, q: u64) -> Vec<u32> {
+    let mut p = synthetic(doc, 200);
+    p.extend(synthetic(10_000 + q, 10));
+    p
+}
+
+#[test]
+fn slot_mode_keeps_one_prompt_per_slot() {
+    let mut e = Engine::new(slot_config(1)).unwrap();
+    let mut now = 0.0;
+    let mut run = |e: &mut Engine, id: u64, prompt: Vec<u32>| {
+        e.submit(req(id, prompt, 4)).unwrap();
+        let (ev, t) = drain(e, now);
+        now = t;
+        cached_at_admission(&ev, id)
+    };
+    assert_eq!(run(&mut e, 1, doc_prompt(1, 1)), 0);
+    // The same document: its 200 tokens (token-exact, not whole blocks) are reused.
+    let warm = run(&mut e, 2, doc_prompt(1, 2));
+    assert!((200..210).contains(&warm), "{warm}");
+    // Another document takes the only slot, so the first one is gone, although the KV pool
+    // (1024 tokens) could have held both: a paged cache would have kept it.
+    assert_eq!(run(&mut e, 3, doc_prompt(2, 3)), 0);
+    assert_eq!(run(&mut e, 4, doc_prompt(1, 4)), 0);
+    let m = e.metrics(now);
+    assert_eq!(m.prefix_cache_hits, u64::from(warm));
+
+    let mut paged = Engine::new(small_config()).unwrap();
+    for (id, d) in [(1, 1), (3, 2), (4, 1)] {
+        paged.submit(req(id, doc_prompt(d, id), 4)).unwrap();
+        let (ev, t) = drain(&mut paged, now);
+        now = t;
+        if id == 4 {
+            assert!(cached_at_admission(&ev, 4) >= 192);
+        }
+    }
+}
+
+#[test]
+fn slot_mode_runs_at_most_its_slots_and_a_waiting_request_takes_the_oldest() {
+    let mut e = Engine::new(EngineConfig {
+        max_num_seqs: 8,
+        ..slot_config(2)
+    })
+    .unwrap();
+    for id in 0..3 {
+        e.submit(req(id, doc_prompt(id, id), 4)).unwrap();
+    }
+    let step = e.step(0.0).unwrap();
+    assert_eq!(step.stats.num_seqs, 2, "two slots, two requests at once");
+    assert_eq!(e.num_waiting(), 1);
+    let (_, now) = drain(&mut e, step.stats.end);
+    // Request 2 waited, then took the least recently used slot (document 0's): document 1's
+    // slot still holds it.
+    e.submit(req(10, doc_prompt(1, 10), 4)).unwrap();
+    let (ev, _) = drain(&mut e, now);
+    assert!(cached_at_admission(&ev, 10) >= 200);
 }

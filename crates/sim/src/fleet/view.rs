@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
-use switchyard_core::{BackendId, BackendView, EngineLoad, GpuLoad, LatencySignals, PeakEwma};
+use switchyard_core::{
+    BackendId, BackendView, CacheModel, EngineLoad, GpuLoad, LatencySignals, PeakEwma,
+};
 
 use super::BackendSpec;
+use crate::config::EngineConfig;
 use crate::metrics::EngineMetrics;
 
 /// What a gateway measures of one backend from its own traffic.
@@ -62,7 +65,20 @@ pub(super) fn backend_view(
             age: Duration::from_secs_f64((now - scraped.at).max(0.0)),
         }),
         gpu: Some(gpu_load(scraped, now)),
+        cache: cache_model(&spec.engine),
         ..BackendView::idle(BackendId(i as u32), spec.weight)
+    }
+}
+
+/// What a gateway that detected the engine would assume it caches: a llama.cpp-like engine's
+/// slots (its `/props`), else a paged prefix cache.
+pub fn cache_model(engine: &EngineConfig) -> CacheModel {
+    match engine.slots {
+        Some(mode) => CacheModel::Slots {
+            slots: mode.slots,
+            ctx_tokens: engine.max_model_len,
+        },
+        None => CacheModel::Paged,
     }
 }
 

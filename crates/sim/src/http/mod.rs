@@ -11,6 +11,8 @@
 //! - [`output`]: the output text as a pure function of the request, for clients to recompute.
 //! - [`cancel`]: clients that leave early cancel the engine's request; the replica records it.
 //! - [`metrics`]: `GET /metrics` with vLLM's metric names and the DCGM GPU gauges.
+//! - [`llamacpp`]: in slot mode ([`crate::slots`]), `GET /props` and `llamacpp:` metrics, as
+//!   llama.cpp's `llama-server` answers them.
 //! - [`faults`]: errors, rate limits, latency, hangs, streams cut (after N tokens or N bytes)
 //!   or stalled, crashes and slow starts, set at start or at run time through
 //!   `POST /admin/faults`.
@@ -29,6 +31,7 @@ pub mod cancel;
 pub mod driver;
 pub mod extras;
 pub mod faults;
+pub mod llamacpp;
 pub mod metrics;
 pub mod openai;
 pub mod output;

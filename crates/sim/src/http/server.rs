@@ -27,6 +27,7 @@ use super::cancel::{CancelLog, Cancellations};
 use super::driver::{DriverHandle, Snapshot};
 use super::extras;
 use super::faults::{FaultState, Faults, FaultsError};
+use super::llamacpp;
 use super::metrics::{self, Labels};
 use super::openai::{self, error, json_response, Kind};
 use super::stream::StreamBody;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub model_json: String,
     /// The engine's limit on prompt plus output.
     pub max_model_len: u32,
+    /// Slot mode: the replica answers as llama.cpp's server (`/props`, `llamacpp:` metrics).
+    pub slots: Option<crate::SlotMode>,
     /// Output length when a request sets no `max_tokens`.
     pub default_max_tokens: u32,
     /// GPU name for the DCGM labels.
@@ -197,6 +200,7 @@ impl Replica {
             model_json: serde_json::to_string(&cfg.model).unwrap_or_else(|_| "\"\"".into()),
             model: cfg.model,
             max_model_len: cfg.engine.max_model_len,
+            slots: cfg.engine.slots,
             default_max_tokens: cfg.default_max_tokens.max(1),
             gpu_name: cfg.gpu_name,
             seed: cfg.seed,
@@ -400,6 +404,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody>
             ),
         ),
         "/metrics" if get => metrics_text(&shared).await,
+        "/props" if get => match shared.slots {
+            Some(mode) => llamacpp::props(&shared, mode),
+            None => error(StatusCode::NOT_FOUND, "NotFoundError", "Not Found"),
+        },
         "/v1/chat/completions"
         | "/v1/completions"
         | "/v1/embeddings"
@@ -442,6 +450,9 @@ async fn metrics_text(shared: &Shared) -> Response<SimBody> {
             "the engine is not running",
         );
     };
+    if shared.slots.is_some() {
+        return llamacpp::metrics_response(&snap);
+    }
     let host = shared.addr.to_string();
     let text = metrics::render(
         &snap,
