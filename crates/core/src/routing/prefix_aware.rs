@@ -268,7 +268,7 @@ impl Policy for PrefixAware {
                 .get(id.index())
                 .and_then(|b| expected_latency(b, request))
                 .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
-            self.slots.record_decision(fleet, id, &blocks, latency);
+            self.slots.record_decision(fleet, id, blocks, latency);
             let cached = cached_tokens(prompt, matched[id.index()]);
             self.ledger.record(id.index(), prompt, prompt - cached);
         }
