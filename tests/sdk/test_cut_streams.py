@@ -10,12 +10,11 @@ cut at any byte, with LF and CRLF line endings.
 import json
 import socket
 import socketserver
-import subprocess
 import threading
-import time
 
 import openai
 import pytest
+from streams import serve
 from test_openai_sdk import BINARY, free_port
 
 WORDS = ["Hel", "lo, ", "wor", "ld", "!"]
@@ -68,22 +67,10 @@ def gateway(tmp_path_factory):
         "models:\n  m:\n    breaker: {enabled: false}\n    outlier_detection: {enabled: false}\n"
         f"    backends:\n      - url: http://127.0.0.1:{up.server_address[1]}\n"
     )
-    # Every cut stream is logged: to a file, since a full pipe would block the gateway.
-    log = open(cfg.parent / "gateway.log", "wb")
-    proc = subprocess.Popen([str(BINARY), "serve", "--config", str(cfg)], stderr=log)
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("gateway did not start: " + (cfg.parent / "gateway.log").read_text())
+    proc = serve(BINARY, cfg, port)
     yield f"http://127.0.0.1:{port}/v1"
     proc.terminate()
     assert proc.wait(timeout=30) == 0
-    log.close()
     up.shutdown()
 
 
