@@ -228,9 +228,10 @@ async def timed_stream(ac: openai.AsyncOpenAI, doc: str, question: str, max_toke
 
 
 def unloaded(fleet: Fleet, args) -> dict:
-    """Sequential requests on idle servers: cold (a new document) and warm (the same again)."""
+    """Sequential requests on an idle server (straight to the first one, so the warm request
+    meets its document's slot): cold (a new document) and warm (the same again)."""
     async def run():
-        ac = openai.AsyncOpenAI(base_url=f"{fleet.gw_url}/v1", api_key="unused", timeout=300)
+        ac = openai.AsyncOpenAI(base_url=f"{fleet.urls[0]}/v1", api_key="unused", timeout=300)
         cold, warm = [], []
         for i in range(args.unloaded_samples):
             doc = document(100 + i, args.doc_words)
