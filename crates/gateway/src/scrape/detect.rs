@@ -148,18 +148,11 @@ async fn detect(
     }
 }
 
-/// Failures of one backend, for backoff.
-#[derive(Debug, Default, Clone, Copy)]
-struct Backoff {
-    failures: u32,
-    next_try: Duration,
-}
-
 /// Detects every backend of the current config that is not yet known, one pass a second,
 /// until the task is aborted (with its [`super::Scraper`]).
 pub(super) async fn run(gw: Arc<Gateway>) {
     // Keyed by the backend's live state, which a reload keeps for a kept backend.
-    let mut backoff: HashMap<usize, Backoff> = HashMap::new();
+    let mut backoff: HashMap<usize, super::Backoff> = HashMap::new();
     loop {
         let snap = gw.snapshot();
         let timeout = snap.config.scrape.timeout;
@@ -210,16 +203,7 @@ pub(super) async fn run(gw: Arc<Gateway>) {
         drop(snap);
         while let Some(joined) = pass.join_next().await {
             let Ok((key, done)) = joined else { continue };
-            if done {
-                backoff.remove(&key);
-            } else {
-                let b = backoff.entry(key).or_default();
-                b.failures = b.failures.saturating_add(1);
-                let wait = PASS_INTERVAL
-                    .saturating_mul(1 << b.failures.min(16))
-                    .min(super::MAX_BACKOFF);
-                b.next_try = clock::now() + wait;
-            }
+            super::settle(&mut backoff, key, done, PASS_INTERVAL);
         }
         tokio::time::sleep(PASS_INTERVAL).await;
     }

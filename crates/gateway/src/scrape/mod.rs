@@ -100,11 +100,31 @@ pub(crate) async fn fetch(
     }
 }
 
-/// Failures of one URL, for backoff.
+/// Failures of one URL (or backend), for backoff.
 #[derive(Debug, Default, Clone, Copy)]
 struct Backoff {
     failures: u32,
     next_try: Duration,
+}
+
+/// Records how an attempt on `key` went: success forgets its failures; a failure waits `base`
+/// doubled per failure in a row, at most [`MAX_BACKOFF`], before the next try.
+fn settle<K: std::hash::Hash + Eq>(
+    backoff: &mut HashMap<K, Backoff>,
+    key: K,
+    ok: bool,
+    base: Duration,
+) {
+    if ok {
+        backoff.remove(&key);
+    } else {
+        let b = backoff.entry(key).or_default();
+        b.failures = b.failures.saturating_add(1);
+        let wait = base
+            .saturating_mul(1 << b.failures.min(16))
+            .min(MAX_BACKOFF);
+        b.next_try = clock::now() + wait;
+    }
 }
 
 /// Which report a URL feeds.
@@ -148,17 +168,7 @@ async fn run(gw: Arc<Gateway>) {
         drop(snap);
         while let Some(joined) = round.join_next().await {
             let Ok((key, ok)) = joined else { continue };
-            if ok {
-                backoff.remove(&key);
-            } else {
-                let b = backoff.entry(key).or_default();
-                b.failures = b.failures.saturating_add(1);
-                let wait = settings
-                    .interval
-                    .saturating_mul(1 << b.failures.min(16))
-                    .min(MAX_BACKOFF);
-                b.next_try = clock::now() + wait;
-            }
+            settle(&mut backoff, key, ok, settings.interval);
         }
         tokio::time::sleep_until(next_round).await;
     }
