@@ -16,7 +16,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from streams import collect
+from streams import collect, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", ROOT / "target" / "debug" / "switchyard"))
@@ -86,21 +86,11 @@ def gateway(tmp_path_factory):
     port = free_port()
     cfg = tmp_path_factory.mktemp("cfg") / "switchyard.yaml"
     cfg.write_text(
-        f"listen: 127.0.0.1:{port}\nmodels:\n  llama:\n    policy: least_connections\n    backends:\n"
+        f"listen: 127.0.0.1:{port}\ndrain_delay: 1s\nmodels:\n  llama:\n    policy: least_connections\n    backends:\n"
         + "".join(f"      - url: http://127.0.0.1:{s.server_address[1]}\n        model: upstream-llama\n" for s in servers)
     )
-    proc = subprocess.Popen([str(BINARY), "serve", "--config", str(cfg)], stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("gateway did not start: " + proc.stderr.read().decode())
-    yield base
+    proc = serve(BINARY, cfg, port)
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     assert proc.wait(timeout=30) == 0, "gateway must exit 0 on SIGTERM"
     for s in servers:

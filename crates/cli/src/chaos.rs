@@ -2,12 +2,15 @@
 //!
 //! Starts `--replicas` simulated vLLM replicas in this process and `switchyard serve` (this
 //! binary, a child process) in front of them, then runs the same open-loop workload twice: once
-//! with no fault (the baseline), once while replicas are killed (`crash`), hung (`hang`) and
-//! made to answer 5xx (`error_rate`) on a fixed schedule. Each run sends exactly
-//! `rate x duration` requests, half of them streamed, and judges every answer
-//! ([`crate::chaos_judge`]): answered in full, answered with a clean error, or lost; streamed
-//! answers are also checked for duplicated tokens. Writes `bench/results/chaos-<date>.md` and
-//! `.json` with the command, seeds and machine.
+//! with no fault (the baseline), once while replicas are killed (`crash`), hung (`hang`), made
+//! to answer 5xx (`error_rate`), to cut their streams inside an event (`drop_after_bytes`) and
+//! to stall them midway (`stall_after_tokens`, with the gateway's idle timeout shorter than the
+//! client's) on a fixed schedule. Each run sends exactly `rate x duration` requests: about half
+//! streamed, a few of those from clients that leave mid-stream. Every answer is judged against
+//! the replica's output for that request ([`crate::chaos_judge`]), and every departure (a
+//! client's, or the gateway's at its idle timeout) must reach a replica as a cancel. Writes
+//! `bench/results/chaos-<date>.md` and `.json` ([`crate::chaos_report`]) with the command,
+//! seeds and machine.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -15,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,23 +26,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard_core::rng::SplitMix;
-use switchyard_sim::http::{Faults, Replica, ReplicaConfig};
+use switchyard_gateway::config::Seconds;
+use switchyard_sim::http::openai::Kind;
+use switchyard_sim::http::{expected, Expected, Faults, Replica, ReplicaConfig};
 use tokio::sync::Semaphore;
 
-use crate::chaos_judge::{judge, RunStats, Verdict};
+use crate::chaos_judge::{judge, judge_left, tokens_received, Verdict};
+use crate::chaos_report::{Report, RunStats};
 
 /// Served model name.
 const MODEL: &str = "llama";
 /// A request with no answer after this long counts as lost.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most requests the driver keeps open at once (arrivals wait beyond it).
 const MAX_OPEN: usize = 256;
+/// One request in this many comes from a client that leaves mid-stream.
+const LEAVING_ONE_IN: u64 = 20;
+/// Tokens a leaving client reads before it leaves.
+const LEAVE_AFTER_TOKENS: usize = 4;
+/// Tokens a leaving client asks for: many, so the replica is still generating when it leaves.
+const LEAVING_MAX_TOKENS: u32 = 1000;
+/// How long the replicas may take to see the last departures after a run.
+const CANCEL_SETTLE: Duration = Duration::from_secs(3);
 
 /// `switchyard chaos` flags.
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
-    /// Simulated replicas behind the gateway (at least 3: one each is killed, hung, 5xx).
-    #[arg(long, default_value_t = 4)]
+    /// Simulated replicas behind the gateway (at least 5: the schedule faults r0 to r4).
+    #[arg(long, default_value_t = 5)]
     replicas: usize,
     /// Seconds per run (the baseline and the chaos run each take this long), 5 to 120.
     #[arg(long, default_value_t = 20)]
@@ -48,21 +63,46 @@ pub struct ChaosArgs {
     rate: f64,
     /// Seed for the workload and the replicas.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub seed: u64,
     /// Simulated seconds per wall second on the replicas.
     #[arg(long, default_value_t = 5.0)]
     time_scale: f64,
     /// The gateway's time-to-first-byte timeout (what a hung replica costs).
     #[arg(long, default_value = "2s")]
     first_byte_timeout: String,
+    /// The gateway's idle timeout between two chunks (what a stalled stream costs); shorter
+    /// than the client's 30 s.
+    #[arg(long, default_value = "1s")]
+    idle_timeout: String,
     /// Where to write chaos-<date>.md and .json.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
 }
 
+impl ChaosArgs {
+    /// The gateway's `timeouts:` line.
+    pub fn gateway_timeouts(&self) -> String {
+        format!(
+            "{{connect: 1s, first_byte: {}, idle: {}}}",
+            self.first_byte_timeout, self.idle_timeout
+        )
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.replicas >= 3, "--replicas must be at least 3");
+    anyhow::ensure!(args.replicas >= 5, "--replicas must be at least 5");
+    for (flag, value) in [
+        ("--first-byte-timeout", &args.first_byte_timeout),
+        ("--idle-timeout", &args.idle_timeout),
+    ] {
+        let d = Seconds::parse(value).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        anyhow::ensure!(
+            !d.is_zero() && d < CLIENT_TIMEOUT,
+            "{flag} must be above 0 and shorter than the client's {} s",
+            CLIENT_TIMEOUT.as_secs()
+        );
+    }
     anyhow::ensure!(
         (5..=120).contains(&args.duration),
         "--duration must be 5 to 120 s"
@@ -91,14 +131,19 @@ impl Drop for Gateway {
     }
 }
 
+/// Replica `i`'s config.
+fn replica_config(args: &ChaosArgs, i: usize) -> ReplicaConfig {
+    let mut cfg = ReplicaConfig::from_profile(&switchyard_sim::profile::h100_llama3_8b());
+    cfg.model = MODEL.into();
+    cfg.time_scale = args.time_scale;
+    cfg.seed = args.seed.wrapping_add(i as u64);
+    cfg
+}
+
 async fn bench(args: ChaosArgs) -> anyhow::Result<()> {
     let mut replicas = Vec::with_capacity(args.replicas);
     for i in 0..args.replicas {
-        let mut cfg = ReplicaConfig::from_profile(&switchyard_sim::profile::h100_llama3_8b());
-        cfg.model = MODEL.into();
-        cfg.time_scale = args.time_scale;
-        cfg.seed = args.seed.wrapping_add(i as u64);
-        replicas.push(Replica::start(cfg, "127.0.0.1:0".parse()?).await?);
+        replicas.push(Replica::start(replica_config(&args, i), "127.0.0.1:0".parse()?).await?);
     }
     let gw = start_gateway(&replicas, &args).await?;
     eprintln!(
@@ -107,9 +152,9 @@ async fn bench(args: ChaosArgs) -> anyhow::Result<()> {
         gw.1,
         args.duration
     );
-    let baseline = drive(gw.1, &args, args.seed, None).await;
+    let baseline = drive(gw.1, &args, &replicas, false).await;
     eprintln!("chaos: faulted run ({} s)...", args.duration);
-    let faulted = drive(gw.1, &args, args.seed, Some(&replicas)).await;
+    let faulted = drive(gw.1, &args, &replicas, true).await;
     drop(gw);
     let report = Report::new(&args, baseline, faulted);
     let (md, json) = report.write(&args.out)?;
@@ -120,7 +165,7 @@ async fn bench(args: ChaosArgs) -> anyhow::Result<()> {
 
 /// The pool's settings: production-like for self-hosted engines, with active health checks on
 /// (they are opt-in), breaker and outlier ejection at their defaults, and slow start.
-const POOL_SETTINGS: &str = "policy: least_connections\nhealth_check: {interval: 250ms, timeout: 250ms, unhealthy_threshold: 2, healthy_threshold: 2}\nslow_start: 2s";
+pub const POOL_SETTINGS: &str = "policy: least_connections\nhealth_check: {interval: 250ms, timeout: 250ms, unhealthy_threshold: 2, healthy_threshold: 2}\nslow_start: 2s";
 
 /// Writes the gateway's config, starts `switchyard serve`, and waits for `/health`.
 async fn start_gateway(
@@ -132,8 +177,8 @@ async fn start_gateway(
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let mut yaml = format!(
-        "listen: {addr}\ntimeouts: {{connect: 1s, first_byte: {}}}\nmodels:\n  {MODEL}:\n    {}\n    backends:\n",
-        args.first_byte_timeout,
+        "listen: {addr}\ntimeouts: {}\nmodels:\n  {MODEL}:\n    {}\n    backends:\n",
+        args.gateway_timeouts(),
         POOL_SETTINGS.replace('\n', "\n    ")
     );
     for (i, r) in replicas.iter().enumerate() {
@@ -174,15 +219,20 @@ fn http_client() -> HttpClient {
 }
 
 /// One fault step: at `at` (share of the run), replica `replica` gets `change`.
-struct Step {
-    at: f64,
+pub struct Step {
+    /// When, as a share of the run.
+    pub at: f64,
     replica: usize,
-    what: &'static str,
+    /// What it does, for the report.
+    pub what: &'static str,
     change: fn(&mut Faults, f64),
 }
 
 /// The fault schedule of the faulted run; durations are shares of the run.
-fn schedule() -> Vec<Step> {
+pub fn schedule() -> Vec<Step> {
+    // r0 to r2 as in the first chaos runs; r3 cuts streams and r4 stalls them where at most
+    // one other replica is faulted. A replica whose streams fail is soon ejected (for 10 s)
+    // and its breaker opened, so each stream fault has a replica of its own.
     vec![
         Step {
             at: 0.10,
@@ -194,10 +244,34 @@ fn schedule() -> Vec<Step> {
             },
         },
         Step {
+            at: 0.15,
+            replica: 3,
+            what: "r3 cuts every stream after 601 bytes, inside its 3rd event",
+            change: |f, _| f.drop_after_bytes = Some(601),
+        },
+        Step {
+            at: 0.28,
+            replica: 3,
+            what: "r3 stops cutting",
+            change: |f, _| f.drop_after_bytes = None,
+        },
+        Step {
             at: 0.30,
             replica: 1,
             what: "r1 hangs",
             change: |f, _| f.hang = true,
+        },
+        Step {
+            at: 0.33,
+            replica: 4,
+            what: "r4 stalls every stream after 3 tokens, until the client leaves",
+            change: |f, _| f.stall_after_tokens = Some(3),
+        },
+        Step {
+            at: 0.45,
+            replica: 4,
+            what: "r4 stops stalling",
+            change: |f, _| f.stall_after_tokens = None,
         },
         Step {
             at: 0.45,
@@ -235,19 +309,45 @@ fn schedule() -> Vec<Step> {
             what: "r2 stops failing",
             change: |f, _| f.error_rate = 0.0,
         },
+        Step {
+            at: 0.88,
+            replica: 3,
+            what: "r3 cuts every stream after 1000 bytes, inside its 5th event",
+            change: |f, _| f.drop_after_bytes = Some(1000),
+        },
+        Step {
+            at: 0.97,
+            replica: 3,
+            what: "r3 stops cutting",
+            change: |f, _| f.drop_after_bytes = None,
+        },
     ]
 }
 
-/// Runs one workload; with `faults`, applies the schedule to those replicas meanwhile.
+/// How one request behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    /// Waits for the whole answer.
+    Whole,
+    /// Streams and reads to the end.
+    Stream,
+    /// Streams and leaves after [`LEAVE_AFTER_TOKENS`] tokens.
+    Leaving,
+}
+
+/// Runs one workload against `replicas` behind the gateway at `addr`; with `faulted`,
+/// applies the schedule to them meanwhile. Every departure is checked against the replicas'
+/// cancels at the end.
 async fn drive(
     addr: SocketAddr,
     args: &ChaosArgs,
-    seed: u64,
-    faults: Option<&[Replica]>,
+    replicas: &[Replica],
+    faulted: bool,
 ) -> RunStats {
     let client = http_client();
     let url = format!("http://{addr}/v1/chat/completions");
-    let rng = SplitMix::new(seed ^ 0xC4A0_5EED);
+    let rng = SplitMix::new(args.seed ^ 0xC4A0_5EED);
+    let answers = replica_config(args, 0);
     let total = (args.rate * args.duration as f64).round() as u64;
     let open = Arc::new(Semaphore::new(MAX_OPEN));
     let stats = Arc::new(Mutex::new(RunStats::default()));
@@ -261,157 +361,138 @@ async fn drive(
         next_at += -(1.0 - u).ln() / args.rate;
         let wait = Duration::from_secs_f64(next_at).saturating_sub(start.elapsed());
         tokio::time::sleep(wait).await;
-        if let Some(replicas) = faults {
-            while let Some(step) =
-                steps.next_if(|s| start.elapsed().as_secs_f64() >= s.at * run_len)
-            {
-                if let Some(r) = replicas.get(step.replica) {
-                    let mut f = r.faults();
-                    (step.change)(&mut f, run_len);
-                    let _ = r.set_faults(f);
-                    eprintln!(
-                        "chaos: t={:.1}s {}",
-                        start.elapsed().as_secs_f64(),
-                        step.what
-                    );
-                }
+        while let Some(step) =
+            steps.next_if(|s| faulted && start.elapsed().as_secs_f64() >= s.at * run_len)
+        {
+            if let Some(r) = replicas.get(step.replica) {
+                let mut f = r.faults();
+                (step.change)(&mut f, run_len);
+                let _ = r.set_faults(f);
+                eprintln!(
+                    "chaos: t={:.1}s {}",
+                    start.elapsed().as_secs_f64(),
+                    step.what
+                );
             }
         }
         let Ok(permit) = open.clone().acquire_owned().await else {
             break;
         };
-        let stream = rng.below(2) == 0;
-        let max_tokens = 8 + rng.below(25) as u32;
+        let kind = match (rng.below(LEAVING_ONE_IN) == 0, rng.below(2) == 0) {
+            (true, _) => Behaviour::Leaving,
+            (false, true) => Behaviour::Stream,
+            (false, false) => Behaviour::Whole,
+        };
+        let max_tokens = match kind {
+            Behaviour::Leaving => LEAVING_MAX_TOKENS,
+            _ => 8 + rng.below(25) as u32,
+        };
         let body = serde_json::json!({
             "model": MODEL,
             "messages": [{"role": "user", "content": format!("chaos request {n}")}],
             "max_tokens": max_tokens,
-            "stream": stream,
-        });
+            "stream": kind != Behaviour::Whole,
+        })
+        .to_string();
+        let want = match expected(&answers, Kind::Chat, body.as_bytes()) {
+            Ok(w) => w,
+            Err(e) => panic!("the chaos workload built a request the replicas refuse: {e}"),
+        };
         let (client, url, stats) = (client.clone(), url.clone(), stats.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let sent = Instant::now();
             let verdict = match tokio::time::timeout(
                 CLIENT_TIMEOUT,
-                exchange(&client, &url, body.to_string()),
+                exchange(&client, &url, body, kind == Behaviour::Leaving),
             )
             .await
             {
-                Ok(Ok((status, bytes))) => judge(status, &bytes, stream, max_tokens),
+                Ok(Ok(x)) => verdict_of(&x, kind, &want),
                 Ok(Err(e)) => Verdict::lost(format!("transport: {e}")),
                 Err(_) => Verdict::lost("no answer within 30 s".into()),
             };
-            stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(&verdict, sent.elapsed());
+            stats.lock().unwrap_or_else(|e| e.into_inner()).record(
+                &verdict,
+                sent.elapsed(),
+                want.output_seed,
+            );
         });
     }
     while tasks.join_next().await.is_some() {}
     // Leave every replica healthy for the next run.
-    if let Some(replicas) = faults {
+    if faulted {
         for r in replicas {
             let _ = r.set_faults(Faults::default());
         }
     }
     let mut s = std::mem::take(&mut *stats.lock().unwrap_or_else(|e| e.into_inner()));
     s.wall_s = start.elapsed().as_secs_f64();
+    // A departure reaches the replica a moment after the client's last byte: wait for it.
+    let settle = Instant::now() + CANCEL_SETTLE;
+    let mut cancelled = cancelled_keys(replicas);
+    while !s.all_cancels_seen(&cancelled) && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancelled = cancelled_keys(replicas);
+    }
+    s.check_cancels(&cancelled);
     s
 }
 
-/// Sends one request and reads the whole answer.
-async fn exchange(client: &HttpClient, url: &str, body: String) -> anyhow::Result<(u16, Bytes)> {
+/// The keys of the requests the replicas recorded as cancelled by their client.
+fn cancelled_keys(replicas: &[Replica]) -> HashSet<u64> {
+    replicas
+        .iter()
+        .flat_map(|r| r.cancellations().recent)
+        .collect()
+}
+
+/// What a client got.
+struct Exchange {
+    status: u16,
+    body: Vec<u8>,
+    /// The client left before the end, as it meant to.
+    left: bool,
+}
+
+fn verdict_of(x: &Exchange, kind: Behaviour, want: &Expected) -> Verdict {
+    if x.left {
+        judge_left(&x.body, want)
+    } else {
+        judge(x.status, &x.body, kind != Behaviour::Whole, want)
+    }
+}
+
+/// Sends one request and reads the answer to its end or, with `leave`, until
+/// [`LEAVE_AFTER_TOKENS`] tokens arrived (then drops the connection).
+async fn exchange(
+    client: &HttpClient,
+    url: &str,
+    body: String,
+    leave: bool,
+) -> anyhow::Result<Exchange> {
     let req = http::Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))?;
     let resp = client.request(req).await?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((status, bytes))
-}
-
-/// Which profile this binary was built with: latencies of a dev build are not release numbers.
-fn build() -> &'static str {
-    if cfg!(debug_assertions) {
-        "dev-profile"
-    } else {
-        "release"
-    }
-}
-
-/// Both runs, with what is needed to repeat them.
-struct Report {
-    date: String,
-    machine: String,
-    command: String,
-    seed: u64,
-    baseline: RunStats,
-    faulted: RunStats,
-}
-
-impl Report {
-    fn new(args: &ChaosArgs, baseline: RunStats, faulted: RunStats) -> Self {
-        Self {
-            date: crate::chaos_judge::utc_date(),
-            machine: switchyard_bench::output::machine_line(),
-            command: std::env::args().collect::<Vec<_>>().join(" "),
-            seed: args.seed,
-            baseline,
-            faulted,
+    let mut incoming = resp.into_body();
+    let mut body = Vec::new();
+    while let Some(frame) = incoming.frame().await {
+        if let Ok(d) = frame?.into_data() {
+            body.extend_from_slice(&d);
+        }
+        if leave && status == 200 && tokens_received(&body) >= LEAVE_AFTER_TOKENS {
+            return Ok(Exchange {
+                status,
+                body,
+                left: true,
+            });
         }
     }
-
-    fn markdown(&self) -> String {
-        let mut s = format!(
-            "# Chaos benchmark, {}\n\nMachine: {}\n\nCommand: `{}` (workload seed {}, replica i seed {}+i; {} build)\n\nGateway pool (breaker and outlier ejection at their defaults):\n\n```yaml\n{POOL_SETTINGS}\n```\n\nFault schedule of the faulted run (shares of its duration):\n\n",
-            self.date, self.machine, self.command, self.seed, self.seed, build()
-        );
-        for step in schedule() {
-            let _ = writeln!(s, "- at {:.0}%: {}", step.at * 100.0, step.what);
-        }
-        s.push_str("\n| run | sent | answered in full | clean error | lost | duplicated streamed tokens | p50 (full) | p99 (full) | p99 (every answer) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        for (name, r) in [("no faults", &self.baseline), ("faults", &self.faulted)] {
-            let _ = writeln!(
-                s,
-                "| {name} | {} | {} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms |",
-                r.sent,
-                r.full,
-                r.clean_error,
-                r.lost,
-                r.duplicated_tokens,
-                r.percentile(0.50) * 1e3,
-                r.percentile(0.99) * 1e3,
-                r.percentile_answered(0.99) * 1e3
-            );
-        }
-        for (name, r) in [("no faults", &self.baseline), ("faults", &self.faulted)] {
-            if !r.clean_kinds.is_empty() || !r.lost_kinds.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "\n{name}: clean errors by kind {:?}; lost by kind {:?}",
-                    r.clean_kinds, r.lost_kinds
-                );
-            }
-        }
-        s
-    }
-
-    fn write(&self, dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(dir)?;
-        let md = dir.join(format!("chaos-{}.md", self.date));
-        let json = dir.join(format!("chaos-{}.json", self.date));
-        std::fs::write(&md, self.markdown())?;
-        let value = serde_json::json!({
-            "date": self.date,
-            "machine": self.machine,
-            "command": self.command,
-            "seed": self.seed,
-            "build": build(),
-            "schedule": schedule().iter().map(|s| serde_json::json!({"at_share": s.at, "what": s.what})).collect::<Vec<_>>(),
-            "runs": {"no_faults": self.baseline.to_json(), "faults": self.faulted.to_json()},
-        });
-        std::fs::write(&json, serde_json::to_string_pretty(&value)?)?;
-        Ok((md, json))
-    }
+    Ok(Exchange {
+        status,
+        body,
+        left: false,
+    })
 }

@@ -1,21 +1,28 @@
-//! How the chaos benchmark ([`crate::chaos`]) judges one answer, and the run's tallies.
+//! How the chaos benchmark ([`crate::chaos`]) judges one answer against what the simulated
+//! replica says to that request.
 //!
-//! - **answered in full**: 200 with the whole output: a body of `4 x max_tokens` characters
-//!   (the simulator's tokens are 4 bytes), or a stream of exactly `max_tokens` content chunks
-//!   of one response id, a `finish_reason`, and `[DONE]`;
-//! - **clean error**: an error the client can act on: a non-2xx answer with an error JSON
-//!   body (OpenAI's shape or vLLM's), or a stream that ends with an SSE error event and
-//!   `[DONE]` after what it had sent;
+//! A replica's output is a function of the request ([`switchyard_sim::http::expected`]), so
+//! every token a client receives is checked against the expected token at its place:
+//!
+//! - **answered in full**: 200 with the whole expected text: the body's content, or a stream
+//!   whose content chunks (one response id) are the expected pieces in order, with a
+//!   `finish_reason` and `[DONE]`;
+//! - **clean error**: a non-2xx answer with an error JSON body (OpenAI's shape or vLLM's), or a
+//!   stream of whole events carrying a correct prefix of the text, then one SSE error event,
+//!   then `[DONE]`;
+//! - **left**: a client that left mid-stream on purpose after whole events carrying a correct
+//!   prefix;
+//! - **altered**: a client was handed something the replica never said: a token that differs
+//!   from the expected one at its place, or an event that is not one whole `data:` line of
+//!   JSON (a partial event with another glued on);
 //! - **lost**: anything else: no answer, a cut connection, a stream that stops without an
-//!   error event or `[DONE]`, or a malformed body.
+//!   error event or `[DONE]`, an answer cut short but presented as complete.
 //!
-//! Duplicated streamed tokens: a response repeats tokens if content chunks carry more than
-//! one response id (two upstream answers spliced together) or one id carries more than
-//! `max_tokens` content chunks; every such extra chunk counts.
+//! Duplicated tokens: content chunks of a second response id (two upstream answers spliced
+//! together) or beyond `max_tokens`; each such chunk counts.
 
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::time::Duration;
+use switchyard_sim::http::Expected;
 
 /// What became of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +31,10 @@ pub enum Outcome {
     Full,
     /// A clean error of this kind (the error code, or the HTTP status).
     CleanError(String),
+    /// The client left mid-stream, as it meant to, with nothing wrong in what it had.
+    Left,
+    /// Something the replica never said reached the client, for this reason.
+    Altered(String),
     /// No usable answer, for this reason.
     Lost(String),
 }
@@ -31,31 +42,31 @@ pub enum Outcome {
 /// The judgement of one answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// Full, clean error or lost.
+    /// What became of the request.
     pub outcome: Outcome,
     /// Content chunks beyond a single, complete response.
     pub duplicated_tokens: u64,
+    /// Tokens that differ from the expected token at their place.
+    pub altered_tokens: u64,
 }
 
 impl Verdict {
     /// A request with no usable answer.
     pub fn lost(why: String) -> Self {
-        Self {
-            outcome: Outcome::Lost(why),
-            duplicated_tokens: 0,
-        }
+        Self::of(Outcome::Lost(why))
     }
 
     fn of(outcome: Outcome) -> Self {
         Self {
             outcome,
             duplicated_tokens: 0,
+            altered_tokens: 0,
         }
     }
 }
 
-/// Judges one answer to a request for `max_tokens` tokens.
-pub fn judge(status: u16, body: &[u8], stream: bool, max_tokens: u32) -> Verdict {
+/// Judges a complete answer to a request whose output is `want`.
+pub fn judge(status: u16, body: &[u8], stream: bool, want: &Expected) -> Verdict {
     if status != 200 {
         return match serde_json::from_slice::<Value>(body) {
             Ok(v) if v["error"]["message"].is_string() => Verdict::of(Outcome::CleanError(
@@ -67,267 +78,202 @@ pub fn judge(status: u16, body: &[u8], stream: bool, max_tokens: u32) -> Verdict
             _ => Verdict::lost(format!("{status} without an error body")),
         };
     }
-    if !stream {
-        let len = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::len));
-        return match len {
-            Some(n) if n == 4 * max_tokens as usize => Verdict::of(Outcome::Full),
-            Some(n) => Verdict::lost(format!("{n} characters for {max_tokens} tokens")),
-            None => Verdict::lost("200 with a malformed body".into()),
-        };
-    }
-    judge_stream(body, max_tokens)
-}
-
-fn judge_stream(body: &[u8], max_tokens: u32) -> Verdict {
-    let text = String::from_utf8_lossy(body);
-    let (mut done, mut error_event, mut finished) = (false, false, false);
-    // Content chunks per response id, in order of first appearance.
-    let mut per_id: Vec<(String, u64)> = Vec::new();
-    for event in text.split("\n\n") {
-        let Some(data) = event.trim().strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            done = true;
-            continue;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            return Verdict::lost("an SSE event that is not JSON".into());
-        };
-        if v.get("error").is_some() {
-            error_event = true;
-            continue;
-        }
-        let id = v["id"].as_str().unwrap_or("").to_owned();
-        let choice = &v["choices"][0];
-        if !choice["finish_reason"].is_null() {
-            finished = true;
-        }
-        let content = choice["delta"]["content"].as_str().unwrap_or("");
-        if !content.is_empty() {
-            match per_id.iter_mut().find(|(i, _)| *i == id) {
-                Some((_, n)) => *n += 1,
-                None => per_id.push((id, 1)),
-            }
-        }
-    }
-    let first = per_id.first().map_or(0, |(_, n)| *n);
-    let duplicated = first.saturating_sub(u64::from(max_tokens))
-        + per_id.iter().skip(1).map(|(_, n)| n).sum::<u64>();
-    let outcome = if done && error_event {
-        Outcome::CleanError("stream_error_event".into())
-    } else if done && finished && first == u64::from(max_tokens) && per_id.len() == 1 {
-        Outcome::Full
-    } else if done {
-        Outcome::Lost(format!(
-            "stream ended with [DONE] after {first} of {max_tokens} tokens and no error event"
-        ))
+    if stream {
+        Stream::parse(body).verdict(want)
     } else {
-        Outcome::Lost(format!(
-            "stream stopped after {first} of {max_tokens} tokens without [DONE]"
-        ))
+        judge_whole(body, want)
+    }
+}
+
+/// Judges what a client that left mid-stream had received (a trailing partial event, cut by
+/// the client's own leaving, is not counted).
+pub fn judge_left(body: &[u8], want: &Expected) -> Verdict {
+    let s = Stream::parse(body);
+    let mut v = s.tally(want);
+    v.outcome = match s.altered(&v) {
+        Some(why) => Outcome::Altered(why),
+        None => Outcome::Left,
     };
+    v
+}
+
+/// Content chunks of the first response id among the whole events of a stream so far.
+pub fn tokens_received(body: &[u8]) -> usize {
+    Stream::parse(body).first().len()
+}
+
+fn judge_whole(body: &[u8], want: &Expected) -> Verdict {
+    let Some(text) = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::to_owned)
+    }) else {
+        return Verdict::lost("200 with a malformed body".into());
+    };
+    if text == want.text {
+        return Verdict::of(Outcome::Full);
+    }
+    if want.text.starts_with(&text) {
+        return Verdict::lost(format!(
+            "{} of {} characters, presented as whole",
+            text.len(),
+            want.text.len()
+        ));
+    }
+    let pieces: Vec<&str> = (0..text.len().div_ceil(4))
+        .map(|i| text.get(i * 4..(i * 4 + 4).min(text.len())).unwrap_or(""))
+        .collect();
     Verdict {
-        outcome,
-        duplicated_tokens: duplicated,
+        outcome: Outcome::Altered("the body's text is not the replica's".into()),
+        duplicated_tokens: 0,
+        altered_tokens: differing(&pieces, want),
     }
 }
 
-/// Tallies of one run.
+/// Pieces that differ from the expected piece at their place.
+fn differing<S: AsRef<str>>(pieces: &[S], want: &Expected) -> u64 {
+    pieces
+        .iter()
+        .enumerate()
+        .take(want.max_tokens as usize)
+        .filter(|(i, p)| want.piece(*i) != Some(p.as_ref()))
+        .count() as u64
+}
+
+/// What a streamed body held.
 #[derive(Debug, Default)]
-pub struct RunStats {
-    /// Requests sent.
-    pub sent: u64,
-    /// Answered in full.
-    pub full: u64,
-    /// Answered with a clean error.
-    pub clean_error: u64,
-    /// Lost.
-    pub lost: u64,
-    /// Duplicated streamed tokens, summed.
-    pub duplicated_tokens: u64,
-    /// Clean errors by kind.
-    pub clean_kinds: BTreeMap<String, u64>,
-    /// Lost requests by reason (the first 40 characters).
-    pub lost_kinds: BTreeMap<String, u64>,
-    /// Latencies of answers in full, seconds.
-    full_latency: Vec<f64>,
-    /// Latencies of every answer (full or clean error), seconds.
-    answered_latency: Vec<f64>,
-    /// Wall time of the run.
-    pub wall_s: f64,
+struct Stream {
+    /// Content chunks per response id, in order of first appearance.
+    per_id: Vec<(String, Vec<String>)>,
+    /// A chunk had a `finish_reason`.
+    finished: bool,
+    /// `[DONE]` arrived.
+    done: bool,
+    /// The code of the error event, if one arrived.
+    error: Option<String>,
+    /// Events after the error event other than `[DONE]`.
+    after_error: u32,
+    /// Events after `[DONE]`.
+    after_done: u32,
+    /// Events that are not one whole `data:` line of JSON.
+    garbled: u32,
 }
 
-impl RunStats {
-    /// Counts one request.
-    pub fn record(&mut self, v: &Verdict, latency: Duration) {
-        self.sent += 1;
-        self.duplicated_tokens += v.duplicated_tokens;
-        if !matches!(v.outcome, Outcome::Lost(_)) {
-            self.answered_latency.push(latency.as_secs_f64());
-        }
-        match &v.outcome {
-            Outcome::Full => {
-                self.full += 1;
-                self.full_latency.push(latency.as_secs_f64());
+impl Stream {
+    /// Reads the whole events of `body` (what follows its last blank line is ignored). Lines
+    /// may end with `\n` or `\r\n`.
+    fn parse(body: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(body).replace("\r\n", "\n");
+        let whole = text.rfind("\n\n").map_or(0, |i| i + 2);
+        let mut s = Stream::default();
+        for event in text[..whole].split("\n\n").filter(|e| !e.is_empty()) {
+            if event.lines().all(|l| l.starts_with(':')) {
+                continue; // an SSE comment
             }
-            Outcome::CleanError(kind) => {
-                self.clean_error += 1;
-                *self.clean_kinds.entry(kind.clone()).or_default() += 1;
+            if s.done {
+                s.after_done += 1;
+                continue;
             }
-            Outcome::Lost(why) => {
-                self.lost += 1;
-                let key: String = why.chars().take(40).collect();
-                *self.lost_kinds.entry(key).or_default() += 1;
+            let data = match event.strip_prefix("data: ") {
+                Some(d) if !d.contains('\n') => d,
+                _ => {
+                    s.garbled += 1;
+                    continue;
+                }
+            };
+            if data == "[DONE]" {
+                s.done = true;
+                continue;
             }
-        }
-    }
-
-    /// The `q` quantile (0..1) of full answers' latency in seconds; 0 with none.
-    pub fn percentile(&self, q: f64) -> f64 {
-        quantile(&self.full_latency, q)
-    }
-
-    /// The `q` quantile of every answer's latency (clean errors included: a hang's timeout
-    /// shows here).
-    pub fn percentile_answered(&self, q: f64) -> f64 {
-        quantile(&self.answered_latency, q)
-    }
-
-    /// The tallies as JSON.
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "sent": self.sent,
-            "answered_in_full": self.full,
-            "clean_error": self.clean_error,
-            "lost": self.lost,
-            "duplicated_streamed_tokens": self.duplicated_tokens,
-            "p50_full_s": self.percentile(0.5),
-            "p99_full_s": self.percentile(0.99),
-            "p99_answered_s": self.percentile_answered(0.99),
-            "clean_errors_by_kind": self.clean_kinds,
-            "lost_by_reason": self.lost_kinds,
-            "wall_s": self.wall_s,
-        })
-    }
-}
-
-/// The `q` quantile (0..1) of `samples` (nearest rank, as every benchmark reports it); 0 with
-/// none.
-fn quantile(samples: &[f64], q: f64) -> f64 {
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    switchyard_bench::stats::percentile(&v, q).unwrap_or(0.0)
-}
-
-/// Today's date in UTC, `YYYY-MM-DD`.
-pub fn utc_date() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    switchyard_bench::output::utc_date_time(secs).0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn chunk(id: &str, content: &str, finish: Option<&str>) -> String {
-        let finish = finish.map_or("null".to_owned(), |f| format!("\"{f}\""));
-        format!(
-            "data: {{\"id\":\"{id}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":{finish}}}]}}\n\n"
-        )
-    }
-
-    fn stream(id: &str, tokens: u32) -> String {
-        let mut s = String::new();
-        for _ in 0..tokens {
-            s.push_str(&chunk(id, "abcd", None));
+            if s.error.is_some() {
+                s.after_error += 1;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(data) else {
+                s.garbled += 1;
+                continue;
+            };
+            if v.get("error").is_some() {
+                let code = v["error"]["code"].as_str().unwrap_or("stream_error_event");
+                s.error = Some(code.to_owned());
+                continue;
+            }
+            let choice = &v["choices"][0];
+            s.finished |= !choice["finish_reason"].is_null();
+            let Some(content) = choice["delta"]["content"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+            else {
+                continue;
+            };
+            let id = v["id"].as_str().unwrap_or("");
+            match s.per_id.iter_mut().find(|(i, _)| i == id) {
+                Some((_, p)) => p.push(content.to_owned()),
+                None => s.per_id.push((id.to_owned(), vec![content.to_owned()])),
+            }
         }
         s
     }
 
-    #[test]
-    fn a_whole_stream_is_full_and_a_spliced_one_counts_its_repeats() {
-        let whole = format!(
-            "{}{}data: [DONE]\n\n",
-            stream("a", 3),
-            chunk("a", "", Some("length"))
-        );
-        assert_eq!(judge(200, whole.as_bytes(), true, 3).outcome, Outcome::Full);
-        // A retry after bytes were sent would splice a second answer in.
-        let spliced = format!(
-            "{}{}{}data: [DONE]\n\n",
-            stream("a", 2),
-            stream("b", 3),
-            chunk("b", "", Some("length"))
-        );
-        let v = judge(200, spliced.as_bytes(), true, 3);
-        assert_eq!(v.duplicated_tokens, 3);
-        assert!(matches!(v.outcome, Outcome::Lost(_)));
-        let too_many = format!(
-            "{}{}data: [DONE]\n\n",
-            stream("a", 5),
-            chunk("a", "", Some("length"))
-        );
-        assert_eq!(
-            judge(200, too_many.as_bytes(), true, 3).duplicated_tokens,
-            2
-        );
+    /// Content chunks of the first response id.
+    fn first(&self) -> &[String] {
+        self.per_id.first().map_or(&[], |(_, p)| p.as_slice())
     }
 
-    #[test]
-    fn error_event_then_done_is_clean_and_silent_truncation_is_lost() {
-        let clean = format!(
-            "{}data: {{\"error\":{{\"message\":\"broke\"}}}}\n\ndata: [DONE]\n\n",
-            stream("a", 2)
-        );
-        assert_eq!(
-            judge(200, clean.as_bytes(), true, 3).outcome,
-            Outcome::CleanError("stream_error_event".into())
-        );
-        assert!(matches!(
-            judge(200, stream("a", 2).as_bytes(), true, 3).outcome,
-            Outcome::Lost(_)
-        ));
-        let short = format!("{}data: [DONE]\n\n", stream("a", 2));
-        assert!(matches!(
-            judge(200, short.as_bytes(), true, 3).outcome,
-            Outcome::Lost(_)
-        ));
-    }
-
-    #[test]
-    fn error_bodies_are_clean_and_others_lost() {
-        let openai = br#"{"error":{"message":"x","type":"server_error","param":null,"code":"upstream_timeout"}}"#;
-        assert_eq!(
-            judge(504, openai, false, 3).outcome,
-            Outcome::CleanError("upstream_timeout".into())
-        );
-        let vllm = br#"{"object":"error","message":"x","type":"InternalServerError","code":500}"#;
-        assert_eq!(
-            judge(500, vllm, true, 3).outcome,
-            Outcome::CleanError("500".into())
-        );
-        assert!(matches!(
-            judge(502, b"oops", false, 3).outcome,
-            Outcome::Lost(_)
-        ));
-        let ok = br#"{"choices":[{"message":{"content":"abcdabcdabcd"}}]}"#;
-        assert_eq!(judge(200, ok, false, 3).outcome, Outcome::Full);
-        assert!(matches!(judge(200, ok, false, 4).outcome, Outcome::Lost(_)));
-    }
-
-    #[test]
-    fn percentiles_and_dates() {
-        let mut s = RunStats::default();
-        for ms in 1..=100 {
-            s.record(&Verdict::of(Outcome::Full), Duration::from_millis(ms));
+    /// The token counts, with no outcome yet.
+    fn tally(&self, want: &Expected) -> Verdict {
+        let first = self.first();
+        Verdict {
+            outcome: Outcome::Full,
+            duplicated_tokens: (first.len() as u64).saturating_sub(u64::from(want.max_tokens))
+                + self
+                    .per_id
+                    .iter()
+                    .skip(1)
+                    .map(|(_, p)| p.len() as u64)
+                    .sum::<u64>(),
+            altered_tokens: differing(first, want),
         }
-        assert_eq!(s.percentile(0.99), 0.099);
-        assert_eq!(s.percentile(0.5), 0.05);
-        assert_eq!(utc_date().len(), 10);
+    }
+
+    /// Why the client was handed something the replica never said, if it was.
+    fn altered(&self, v: &Verdict) -> Option<String> {
+        if self.garbled > 0 {
+            Some(format!("{} event(s) not whole SSE JSON", self.garbled))
+        } else if v.altered_tokens > 0 {
+            Some(format!("{} token(s) not the replica's", v.altered_tokens))
+        } else if self.after_done > 0 {
+            Some("events after [DONE]".into())
+        } else {
+            None
+        }
+    }
+
+    fn verdict(&self, want: &Expected) -> Verdict {
+        let mut v = self.tally(want);
+        let got = self.first().len();
+        let max = want.max_tokens as usize;
+        v.outcome = if let Some(why) = self.altered(&v) {
+            Outcome::Altered(why)
+        } else if let (true, Some(code)) = (self.done, &self.error) {
+            if self.after_error == 0 {
+                Outcome::CleanError(code.clone())
+            } else {
+                Outcome::Lost("events between the error event and [DONE]".into())
+            }
+        } else if self.done && self.finished && got == max && self.per_id.len() == 1 {
+            Outcome::Full
+        } else if self.done {
+            Outcome::Lost(format!(
+                "stream ended with [DONE] after {got} of {max} tokens and no error event"
+            ))
+        } else {
+            Outcome::Lost(format!(
+                "stream stopped after {got} of {max} tokens without [DONE]"
+            ))
+        };
+        v
     }
 }
+
+#[cfg(test)]
+mod tests;

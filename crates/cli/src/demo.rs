@@ -34,6 +34,7 @@ const TIME_SCALE: f64 = 5.0;
 const CONFIG_TEMPLATE: &str = "\
 listen: 127.0.0.1:{port}
 drain_timeout: 2s
+drain_delay: 0s
 debug_headers: true
 scrape: {interval: 200ms}
 models:
@@ -137,7 +138,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut drawn = 0;
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            _ = &mut shutdown => break,
             _ = tick.tick() => {
                 let rows = rows(&gw, &members).await;
                 let mut out = std::io::stdout().lock();

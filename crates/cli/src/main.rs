@@ -7,6 +7,7 @@
 mod bench_cmd;
 mod chaos;
 mod chaos_judge;
+mod chaos_report;
 mod demo;
 mod sim_cmd;
 
@@ -48,8 +49,9 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// A simulated GPU fleet behind the gateway, with live numbers: no config needed.
     Demo(demo::DemoArgs),
-    /// The chaos benchmark: simulated replicas killed, hung and made to fail behind
-    /// `switchyard serve`, bounded, loopback only; writes bench/results/chaos-<date>.md/.json.
+    /// The chaos benchmark: simulated replicas killed, hung, made to fail, cut and stall their
+    /// streams behind `switchyard serve`, every token checked; bounded, loopback only; writes
+    /// bench/results/chaos-<date>.md/.json.
     #[command(hide = true)]
     Chaos(chaos::ChaosArgs),
     /// Benchmarks: overhead against peer proxies, routing decisions, trace replay.

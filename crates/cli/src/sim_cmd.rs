@@ -41,7 +41,8 @@ pub struct SimArgs {
     /// Simulated seconds per wall-clock second (10 runs ten times faster than the GPU would).
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
-    /// Seed for output text and fault draws (replica i uses SEED+i).
+    /// Seed for response ids and fault draws (replica i uses SEED+i); the output text is a
+    /// function of the request alone.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Served model name (default: the profile's Hugging Face name).
@@ -97,6 +98,15 @@ struct FaultArgs {
     /// Cut each stream's connection after this many tokens.
     #[arg(long)]
     drop_after_tokens: Option<u32>,
+    /// Cut each stream's connection after this many body bytes (mid-event, mostly).
+    #[arg(long)]
+    drop_after_bytes: Option<u64>,
+    /// Each stream goes silent after this many tokens (see --stall-for-s).
+    #[arg(long)]
+    stall_after_tokens: Option<u32>,
+    /// How long a stall lasts, seconds (default: until the client leaves).
+    #[arg(long)]
+    stall_for_s: Option<f64>,
     /// Start crashed (port closed); with --crash-for-s, come up after that long.
     #[arg(long)]
     crash: bool,
@@ -117,6 +127,9 @@ impl FaultArgs {
             added_latency_ms: self.added_latency_ms,
             hang: self.hang,
             drop_after_tokens: self.drop_after_tokens,
+            drop_after_bytes: self.drop_after_bytes,
+            stall_after_tokens: self.stall_after_tokens,
+            stall_for_s: self.stall_for_s,
             crash: self.crash,
             crash_for_s: self.crash_for_s,
             not_ready_for_s: self.not_ready_for_s,

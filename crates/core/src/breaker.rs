@@ -108,7 +108,8 @@ impl Breaker {
         Self {
             cfg,
             state: BreakerState::Closed,
-            failures: VecDeque::with_capacity(cfg.failure_threshold as usize),
+            // Grows as failures come; a huge threshold must not reserve its memory up front.
+            failures: VecDeque::with_capacity(cfg.failure_threshold.min(16) as usize),
             opened_at: Duration::ZERO,
             probes_in_flight: 0,
             successes: 0,

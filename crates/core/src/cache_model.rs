@@ -270,7 +270,7 @@ fn pick_in(table: &[Slot], slots: u32, in_flight: u32, blocks: &[u64]) -> SlotPi
     let mut order: Vec<usize> = (0..n).collect();
     // Expected to end last first (ties: most recently used first).
     let key = |i: usize| (table[i].busy_until, table[i].last_used);
-    order.sort_by_key(|&i| std::cmp::Reverse(key(i)));
+    order.sort_by_key(|&b| std::cmp::Reverse(key(b)));
     let busy = (in_flight as usize).min(n);
     let idle: &[usize] = if busy < n {
         &order[busy..]

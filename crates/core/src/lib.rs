@@ -13,7 +13,9 @@ pub mod breaker;
 pub mod cache_model;
 pub mod decision;
 pub mod ewma;
+pub mod failover;
 pub mod fleet;
+pub mod ip_text;
 pub mod outlier;
 pub mod prefix;
 pub mod profile;
@@ -25,11 +27,14 @@ pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use cache_model::{CacheModel, SlotCaches};
 pub use decision::{CandidateScore, Decision, Explanation, Reason};
 pub use ewma::PeakEwma;
+pub use failover::{FailoverPlan, FailoverSettings, GiveUp, Outcome, Progress, Step};
 pub use fleet::{
     BackendId, BackendView, EngineLoad, FleetView, GpuLoad, LatencySignals, PoolMember, Price,
 };
 pub use outlier::{OutlierConfig, OutlierDetector};
 pub use prefix::PrefixIndex;
-pub use profile::{EndpointKind, ProfileError, RequestMeta, RequestProfile, SessionSource};
+pub use profile::{
+    EndpointKind, ParseLimits, ProfileError, RequestMeta, RequestProfile, SessionSource,
+};
 pub use retry_budget::RetryBudget;
 pub use routing::{NoCandidate, Policy, PolicySpec, PolicySpecError};

@@ -4,6 +4,12 @@
 //! (routing, forwarding, metrics) reads the profile. The body itself is forwarded as the original
 //! bytes: the profile records where the `model` value sits so that only that span is rewritten
 //! when a backend expects another name.
+//!
+//! Parsing costs work and memory in proportion to the body, whatever its shape: the fields the
+//! gateway reads are borrowed from the body, the prompt is rendered by visiting messages and
+//! prompt items one at a time (`render`), and only the first [`ParseLimits::max_prompt_bytes`]
+//! of rendered prompt are kept and hashed into blocks; the rest is counted for the token
+//! estimate and forwarded untouched with the body.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -11,10 +17,35 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::ops::Range;
 
+use crate::prefix::block_hashes;
+
+mod render;
+
 /// Average bytes per token assumed when estimating token counts from text. English BPE
 /// tokenizers average about four bytes per token; the simulator's tokenizer stand-in uses the
 /// same figure so estimates and simulated engines agree.
 pub const BYTES_PER_TOKEN: usize = 4;
+
+/// Rendered prompt bytes a profile keeps for prefix hashing unless configured otherwise:
+/// 512 KiB, about 131,000 tokens (8,192 blocks), past the context window of most models served
+/// today. Longer prompts are routed on their first 512 KiB.
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 512 * 1024;
+
+/// Bounds on what parsing keeps of a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseLimits {
+    /// Rendered prompt bytes kept in [`RequestProfile::prompt`] and hashed into
+    /// [`RequestProfile::prompt_blocks`]; the rest of the prompt is only counted.
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+        }
+    }
+}
 
 /// Which OpenAI endpoint a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,8 +111,12 @@ pub struct RequestProfile {
     pub session_source: Option<SessionSource>,
     /// The prompt as the engine will see it, for prefix hashing: chat messages in order with
     /// their roles, a completion prompt, or embedding input. Token-id prompts contribute no text.
+    /// At most [`ParseLimits::max_prompt_bytes`] of it (cut on a character boundary).
     pub prompt: String,
-    /// Estimated prompt tokens.
+    /// The chained hashes of `prompt`'s full blocks ([`block_hashes`]), computed once here so
+    /// that no policy hashes the prompt again.
+    pub prompt_blocks: Vec<u64>,
+    /// Estimated prompt tokens, of the whole prompt (not only the part kept).
     pub estimated_input_tokens: u32,
     /// `max_completion_tokens` or `max_tokens`, when given.
     pub max_output_tokens: Option<u32>,
@@ -125,7 +160,7 @@ struct Wire<'a> {
     #[serde(borrow)]
     user: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    messages: Option<Vec<WireMessage<'a>>>,
+    messages: Option<&'a RawValue>,
     #[serde(borrow)]
     prompt: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -136,30 +171,29 @@ struct Wire<'a> {
 }
 
 #[derive(Deserialize)]
-struct WireMessage<'a> {
-    #[serde(borrow)]
-    role: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    content: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
 struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-#[derive(Deserialize)]
-struct WirePart<'a> {
-    #[serde(borrow)]
-    text: Option<Cow<'a, str>>,
-}
-
 impl RequestProfile {
-    /// Profiles a request body. Never panics, whatever the bytes.
+    /// Profiles a request body with the default [`ParseLimits`]. Never panics, whatever the
+    /// bytes.
     pub fn parse(
         kind: EndpointKind,
         body: &[u8],
         meta: RequestMeta<'_>,
+    ) -> Result<Self, ProfileError> {
+        Self::parse_with(kind, body, meta, ParseLimits::default())
+    }
+
+    /// Profiles a request body, keeping at most what `limits` allow. Never panics, whatever
+    /// the bytes; work and memory grow with the body's size, not with how many elements it
+    /// holds.
+    pub fn parse_with(
+        kind: EndpointKind,
+        body: &[u8],
+        meta: RequestMeta<'_>,
+        limits: ParseLimits,
     ) -> Result<Self, ProfileError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         match first {
@@ -183,17 +217,20 @@ impl RequestProfile {
         }
         let model_span = span_of(body, raw_model.get());
 
-        let mut prompt = String::new();
-        let mut token_ids = 0usize;
-        if let Some(messages) = &wire.messages {
-            for m in messages {
-                render_message(&mut prompt, m);
-            }
+        let mut rendered = render::Renderer::new(limits.max_prompt_bytes);
+        if let Some(messages) = wire.messages {
+            rendered
+                .push_messages(messages)
+                .map_err(|e| ProfileError::InvalidJson(format!("'messages': {e}")))?;
         }
         for raw in [wire.prompt, wire.input].into_iter().flatten() {
-            render_prompt_value(&mut prompt, &mut token_ids, raw);
+            rendered.push_prompt_value(raw);
         }
-        let estimated = prompt.len().div_ceil(BYTES_PER_TOKEN) + token_ids;
+        let estimated = rendered
+            .total
+            .div_ceil(BYTES_PER_TOKEN)
+            .saturating_add(rendered.token_ids);
+        let prompt = rendered.text;
 
         let user = wire.user.map(Cow::into_owned);
         let (session_key, session_source) = match (meta.session_header, &user, meta.client_addr) {
@@ -215,6 +252,7 @@ impl RequestProfile {
             user,
             session_key,
             session_source,
+            prompt_blocks: block_hashes(&prompt),
             prompt,
             estimated_input_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
             max_output_tokens: wire.max_completion_tokens.or(wire.max_tokens),
@@ -232,29 +270,12 @@ impl RequestProfile {
     }
 }
 
-/// `addr` as text, the session key of a client without one: an IPv4 address written digit
-/// by digit (its `Display` goes through the padding machinery, about 1,300 instructions on
-/// every request), IPv6 as `Display` writes it.
+/// `addr` as text, the session key of a client without one (written without `format!`,
+/// see [`crate::ip_text`]).
 fn ip_key(addr: IpAddr) -> String {
-    match addr {
-        IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                if octet >= 100 {
-                    s.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    s.push(char::from(b'0' + octet / 10 % 10));
-                }
-                s.push(char::from(b'0' + octet % 10));
-            }
-            s
-        }
-        IpAddr::V6(v6) => v6.to_string(),
-    }
+    let mut s = String::with_capacity(15);
+    crate::ip_text::push_ip(&mut s, addr);
+    s
 }
 
 /// The byte range that `inner`, a sub-slice borrowed from `outer`, occupies in `outer`.
@@ -263,56 +284,6 @@ fn span_of(outer: &[u8], inner: &str) -> Range<usize> {
     let start = start.min(outer.len());
     let end = (start + inner.len()).min(outer.len());
     start..end
-}
-
-/// Appends one chat message as the engine's template would order it: role, then content.
-fn render_message(out: &mut String, m: &WireMessage<'_>) {
-    out.push_str("<|");
-    out.push_str(m.role.as_deref().unwrap_or("user"));
-    out.push_str("|>\n");
-    if let Some(raw) = m.content {
-        let text = raw.get();
-        if text.starts_with('"') {
-            if let Ok(s) = serde_json::from_str::<Cow<'_, str>>(text) {
-                out.push_str(&s);
-            }
-        } else if text.starts_with('[') {
-            if let Ok(parts) = serde_json::from_str::<Vec<WirePart<'_>>>(text) {
-                for p in parts.iter().filter_map(|p| p.text.as_deref()) {
-                    out.push_str(p);
-                }
-            }
-        }
-    }
-    out.push('\n');
-}
-
-/// Appends a completions `prompt` or embeddings `input`: a string, an array of strings, an
-/// array of token ids, or an array of such arrays. Token ids are counted, not rendered.
-fn render_prompt_value(out: &mut String, token_ids: &mut usize, raw: &RawValue) {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Item<'a> {
-        Text(#[serde(borrow)] Cow<'a, str>),
-        Token(#[allow(dead_code)] i64),
-        Tokens(Vec<i64>),
-    }
-    let text = raw.get();
-    if text.starts_with('"') {
-        if let Ok(s) = serde_json::from_str::<Cow<'_, str>>(text) {
-            out.push_str(&s);
-        }
-    } else if text.starts_with('[') {
-        if let Ok(items) = serde_json::from_str::<Vec<Item<'_>>>(text) {
-            for item in items {
-                match item {
-                    Item::Text(s) => out.push_str(&s),
-                    Item::Token(_) => *token_ids += 1,
-                    Item::Tokens(t) => *token_ids += t.len(),
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -319,6 +319,9 @@ async fn add(
                 });
             }
             pool.backends.push(new);
+            if let Some((_, problem)) = crate::config::policy::ring_problem(pool) {
+                return Err(ApiError::InvalidBackend(problem));
+            }
             Ok((config, ()))
         })?
         .after;

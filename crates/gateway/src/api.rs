@@ -9,12 +9,12 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_core::{EndpointKind, RequestMeta, RequestProfile};
+use switchyard_core::{EndpointKind, ParseLimits, RequestMeta, RequestProfile};
 
 use crate::attempts;
 use crate::body::GatewayBody;
@@ -46,25 +46,18 @@ pub async fn handle(
     };
     let snap = gw.snapshot();
     let mut resp = match kind {
-        Some(kind) => match proxy(&snap, kind, peer, req, &request_id, started).await {
-            Ok(resp) => resp,
-            Err((model, e)) => {
-                gw.metrics.count(&model, "", e.status());
-                tracing::debug!(request_id = ?request_id, code = e.code(), "{e}");
-                e.into_response()
-            }
-        },
+        Some(kind) => proxy(&snap, kind, peer, req, &request_id, started).await,
         None if crate::admin::on_main_listener(&snap, req.uri().path()) => {
             crate::admin::handle(&gw, req).await
         }
-        None => local(&snap, &req),
+        None => local(&gw, &snap, &req),
     };
     resp.headers_mut().insert(forward::X_REQUEST_ID, request_id);
     resp
 }
 
 /// The endpoints the gateway answers itself.
-fn local(gw: &Snapshot, req: &Request<Incoming>) -> Response<GatewayBody> {
+fn local(gateway: &Gateway, gw: &Snapshot, req: &Request<Incoming>) -> Response<GatewayBody> {
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {
@@ -82,21 +75,12 @@ fn local(gw: &Snapshot, req: &Request<Incoming>) -> Response<GatewayBody> {
         }
         "/v1/models" => json(StatusCode::OK, models_body(gw)),
         "/health" => json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+        "/ready" if gateway.draining() => not_ready("shutting down"),
         "/ready" if gw.ready() => json(
             StatusCode::OK,
             Bytes::from_static(b"{\"status\":\"ready\"}"),
         ),
-        "/ready" => {
-            let mut r = json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Bytes::from_static(
-                    b"{\"status\":\"not_ready\",\"reason\":\"no backend is usable\"}",
-                ),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+        "/ready" => not_ready("no backend is usable"),
         "/metrics" => {
             let mut r = Response::new(GatewayBody::full(gw.metrics.render()));
             r.headers_mut().insert(
@@ -111,6 +95,15 @@ fn local(gw: &Snapshot, req: &Request<Incoming>) -> Response<GatewayBody> {
         }
         .into_response(),
     }
+}
+
+/// `/ready`'s 503, with why.
+fn not_ready(reason: &'static str) -> Response<GatewayBody> {
+    let body = format!("{{\"status\":\"not_ready\",\"reason\":\"{reason}\"}}");
+    let mut r = json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(body));
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
@@ -132,7 +125,52 @@ fn models_body(gw: &Snapshot) -> Bytes {
     Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
 }
 
-/// The proxy path. On error, returns the model name (for the metric label) with the error.
+/// Reads a request body of at most `limit` bytes (`declared` by `content-length`, when
+/// sent), each piece within `gap` of the one before.
+async fn read_body(
+    mut body: Incoming,
+    limit: u64,
+    declared: Option<u64>,
+    gap: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(gap, body.frame()).await {
+            Err(_) => return Err(ApiError::BodyTimeout { after: gap }),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ApiError::BodyRead(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if (have + data.len()) as u64 > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        // One piece is the common case: keep it as it is, copy nothing.
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if rest.is_empty() {
+                    let want = declared.map_or(0, |n| n as usize).max(f.len() + data.len());
+                    rest.reserve_exact(want);
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(rest)
+    })
+}
+
+/// The proxy path. Every error is answered here, counted under the model it was for (none
+/// until the model is known).
 async fn proxy(
     gw: &Snapshot,
     kind: EndpointKind,
@@ -140,8 +178,12 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     started: Instant,
-) -> Result<Response<GatewayBody>, (String, ApiError)> {
-    let unknown = || String::new();
+) -> Response<GatewayBody> {
+    let refuse = |model: &str, e: ApiError| {
+        gw.metrics.count(model, "", e.status());
+        tracing::debug!(request_id = ?request_id, code = e.code(), "{e}");
+        e.into_response()
+    };
     let limit = gw.config.max_body_bytes;
     let declared = req
         .headers()
@@ -149,18 +191,12 @@ async fn proxy(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err((unknown(), ApiError::BodyTooLarge { limit }));
+        return refuse("", ApiError::BodyTooLarge { limit });
     }
     let (parts, body) = req.into_parts();
-    let body: Bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err((unknown(), ApiError::BodyTooLarge { limit }))
-        }
-        Err(e) => return Err((unknown(), ApiError::BodyRead(e.to_string()))),
+    let body = match read_body(body, limit, declared, gw.config.limits.body_read_timeout).await {
+        Ok(body) => body,
+        Err(e) => return refuse("", e),
     };
     let body_read = Instant::now();
 
@@ -171,25 +207,37 @@ async fn proxy(
             .and_then(|v| v.to_str().ok()),
         client_addr: Some(peer.ip()),
     };
-    let profile = RequestProfile::parse(kind, &body, meta).map_err(|e| (unknown(), e.into()))?;
+    let limits = ParseLimits {
+        max_prompt_bytes: usize::try_from(gw.config.limits.max_prompt_bytes).unwrap_or(usize::MAX),
+    };
+    let profile = match RequestProfile::parse_with(kind, &body, meta, limits) {
+        Ok(profile) => profile,
+        Err(e) => return refuse("", e.into()),
+    };
     let Some(pool) = gw.pools.get(&profile.model) else {
         let available = gw.model_names.join(", ");
-        return Err((
-            unknown(),
+        return refuse(
+            "",
             ApiError::ModelNotFound {
                 model: profile.model,
                 available,
             },
-        ));
+        );
     };
 
     let request = attempts::Request {
+        gw,
+        pool,
         profile: &profile,
         body: &body,
         headers: &parts.headers,
         request_id,
         started,
         body_read,
+        peer: peer.ip(),
     };
-    attempts::run(gw, pool, &request).await
+    match attempts::run(&request).await {
+        Ok(resp) => resp,
+        Err(e) => refuse(&pool.name, e),
+    }
 }

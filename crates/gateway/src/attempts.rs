@@ -1,21 +1,18 @@
 //! Attempts: sending one request to the backends of its decision, failing over until a
 //! backend answers well or the request runs out of attempts, budget or time.
 //!
-//! For each model (the requested pool, then its configured `fallbacks` in order) the pool's
-//! policy decides a primary and ordered fallbacks; each is tried in turn. An attempt fails
-//! over on a connect error, on no first byte within `first_byte` (headers *and* the first
-//! body frame: the time to first token), on a body that breaks before its first frame, and on
-//! a 429, 500, 502, 503 or 504 answer. Nothing reaches the client until an attempt succeeds,
-//! so a retry can never duplicate a token; the first body frame is read before the response
-//! is committed to, and handed to the [`Relay`] to send first.
+//! Which backend is tried next, after how long, and when to stop is decided by the pure
+//! [`FailoverPlan`] in `core` (retry budget, backoff, `Retry-After`, cooldown wait, refused
+//! rounds, deadline cuts, max attempts, fallback models). This module is its driver: it asks
+//! the pool's policy when the plan wants a decision, sleeps when it says so, sends each
+//! attempt and reports how it ended.
 //!
-//! Retries after the first attempt take a token from the pool's retry budget and wait a
-//! jittered exponential backoff (bounded by `backoff_max`; raised to a `Retry-After`, within
-//! that bound, when the retry goes back to the backend that sent it).
-//! When no backend of a pool is usable but some will be back at a known time (429 cooldown,
-//! ejection, open breaker), the request waits up to `retry.cooldown_wait` for the first one
-//! instead of failing at once. Every outcome feeds the backend's breaker and outlier state
-//! through its [`InFlightGuard`].
+//! An attempt fails over on a connect error, on no first byte within `first_byte` (headers
+//! *and* the first body frame: the time to first token), on a body that breaks before its
+//! first frame, and on a 429, 500, 502, 503 or 504 answer. Nothing reaches the client until
+//! an attempt succeeds, so a retry can never duplicate a token; the first body frame is read
+//! before the response is committed to, and handed to the [`Relay`] to send first. Every
+//! outcome feeds the backend's breaker and outlier state through its [`InFlightGuard`].
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -24,7 +21,11 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::time::{Duration, Instant};
-use switchyard_core::{backoff, RequestProfile};
+use switchyard_core::failover::Target;
+use switchyard_core::{
+    BackendId, Decision, FailoverPlan, FailoverSettings, GiveUp, Outcome, Progress, RequestProfile,
+    Step,
+};
 
 use crate::body::{GatewayBody, Limits, Relay};
 use crate::error::ApiError;
@@ -33,8 +34,13 @@ use crate::forward;
 use crate::gateway::Snapshot;
 use crate::{explain, signals};
 
-/// The request being served, read once.
+/// One request on the proxy path, read once: everything its attempts need.
 pub struct Request<'a> {
+    /// The config snapshot it is served under, start to end.
+    pub gw: &'a Snapshot,
+    /// The pool of the model it asked for: its budget pays for every retry, and its name
+    /// labels the request's metrics.
+    pub pool: &'a Pool,
     /// Its profile.
     pub profile: &'a RequestProfile,
     /// The original body bytes.
@@ -43,347 +49,318 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// `x-request-id`.
     pub request_id: &'a HeaderValue,
-    /// When it arrived.
+    /// When it arrived: its backends' total timeouts count from here.
     pub started: Instant,
     /// When its body had been read (for the overhead metric).
     pub body_read: Instant,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub peer: std::net::IpAddr,
 }
 
 /// How one attempt ended when it did not produce the client's response.
 enum Failed {
+    /// The gateway itself is short of a resource: no attempt can succeed now; stop.
+    Local(ApiError),
     /// No usable answer (connect error, timeout, broken before the first byte).
     Error(ApiError),
     /// A retryable answer, kept to pass through if every attempt fails.
     Answer(hyper::Response<Incoming>, InFlightGuard, Option<Duration>),
 }
 
-/// Where the attempts of one request stand.
-struct Progress<'a> {
-    attempts: u32,
-    failure: Option<ApiError>,
-    held: Option<(hyper::Response<Incoming>, &'a Backend, InFlightGuard)>,
-    /// The last retryable answer's `Retry-After`, and which backend sent it.
-    retry_after: Option<(&'a Backend, Duration)>,
-    dispatched: Option<Instant>,
-    /// The retry budget refused a retry: stop.
-    out_of_budget: bool,
+/// What the plan sees of a pool.
+impl Target for Pool {
+    fn len(&self) -> usize {
+        self.backends.len()
+    }
+    fn usable(&self, id: BackendId, now: Duration) -> bool {
+        self.backend(id).is_some_and(|b| b.usable(now))
+    }
+    fn total_timeout(&self, id: BackendId) -> Option<Duration> {
+        self.backend(id)?.config.timeouts.total
+    }
+    fn next_return(&self, now: Duration) -> Option<Duration> {
+        Pool::next_return(self, now)
+    }
+    fn random(&self) -> u64 {
+        self.rng.next_u64()
+    }
 }
 
-/// Serves `req` from `pool`, then its fallback models. On error, returns the model name (for
-/// the metric label) with the error.
-pub async fn run(
-    gw: &Snapshot,
-    pool: &Pool,
-    req: &Request<'_>,
-) -> Result<Response<GatewayBody>, (String, ApiError)> {
-    pool.retry_budget.deposit(gw.now());
-    let mut p = Progress {
-        attempts: 0,
+/// The driver's state for one request.
+struct Driver<'a> {
+    req: &'a Request<'a>,
+    plan: FailoverPlan<'a>,
+    progress: Progress,
+    /// The last attempt's error, answered if nothing better comes.
+    failure: Option<ApiError>,
+    /// The last retryable answer, passed through if every attempt fails.
+    held: Option<(hyper::Response<Incoming>, &'a Backend, InFlightGuard)>,
+    /// When the first attempt went out (for the overhead metric).
+    dispatched: Option<Instant>,
+}
+
+/// Serves `req` from its pool, then its fallback models.
+pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
+    let (gw, home) = (req.gw, req.pool);
+    let retry = &gw.config.retry;
+    let plan = FailoverPlan {
+        settings: FailoverSettings {
+            max_attempts: retry.max_attempts,
+            cooldown_wait: retry.cooldown_wait,
+            backoff_base: retry.backoff_base,
+            backoff_max: retry.backoff_max,
+        },
+        budget: &home.retry_budget,
+        arrived: crate::clock::at(req.started),
+    };
+    // One clock read per step: the step and the decision it asks for share it.
+    let mut now = gw.now();
+    let mut d = Driver {
+        req,
+        progress: plan.begin(now),
+        plan,
         failure: None,
         held: None,
-        retry_after: None,
         dispatched: None,
-        out_of_budget: false,
     };
-    let chain = std::iter::once(pool).chain(pool.fallbacks.iter().filter_map(|m| gw.pools.get(m)));
-    for (i, target) in chain.enumerate() {
-        if i > 0 {
-            tracing::info!(request_id = ?req.request_id, model = %pool.name, fallback = %target.name, "falling back to another model");
-        }
-        if let Some(resp) = serve_from(gw, pool, target, req, &mut p).await {
-            return Ok(resp);
-        }
-        if p.out_of_budget {
-            break;
-        }
-    }
-    if let Some((resp, backend, guard)) = p.held {
-        return Ok(relay(gw, resp, None, backend, guard, p.attempts, req));
-    }
-    Err((
-        pool.name.clone(),
-        p.failure.unwrap_or(ApiError::NoBackend {
-            model: pool.name.clone(),
-        }),
-    ))
-}
-
-/// Tries the backends of `target` (the request's pool or one of its fallback models). Returns
-/// the client's response once an attempt succeeds.
-async fn serve_from<'a>(
-    gw: &Snapshot,
-    home: &Pool,
-    target: &'a Pool,
-    req: &Request<'_>,
-    p: &mut Progress<'a>,
-) -> Option<Response<GatewayBody>> {
-    let max = gw.config.retry.max_attempts;
-    // Waiting for a backend to come back never runs past the request's total timeout: an
-    // attempt sent after it would have no time left.
-    let mut wait_until = gw.now() + gw.config.retry.cooldown_wait;
-    if let Some(left) = time_left(target, req) {
-        wait_until = wait_until.min(gw.now() + left);
-    }
-    let mut tried_here = 0u32;
-    let mut refused_rounds = 0u32;
+    let mut chain = home.fallbacks.iter().filter_map(|m| gw.pools.get(m));
+    let mut target = home;
+    let mut decision: Option<Decision> = None;
     loop {
-        let decision = {
-            let mut buf = ViewBuf::new();
-            let view = target
-                .view(&mut buf, gw.now(), gw.config.scrape.max_age)
-                .explaining(gw.config.debug_headers);
-            target.policy.decide(req.profile, &view)
-        };
-        let decision = match decision {
-            Ok(d) => d,
-            Err(_) => {
-                // Nothing usable now: wait for the first backend that will be back in time.
-                let back = target.next_return(gw.now()).filter(|t| *t <= wait_until)?;
-                tracing::debug!(request_id = ?req.request_id, model = %target.name, wait_s = (back.saturating_sub(gw.now())).as_secs_f64(), "every backend is cooling down; waiting for one");
-                tokio::time::sleep(back.saturating_sub(gw.now()) + Duration::from_millis(1)).await;
-                continue;
+        match d.plan.next(&mut d.progress, target, decision.as_ref(), now) {
+            Step::Decide => decision = decide(gw, target, req.profile, now),
+            Step::Wait { until } => {
+                let wait = until.saturating_sub(gw.now());
+                tracing::debug!(request_id = ?req.request_id, model = %target.name, wait_s = wait.as_secs_f64(), "every backend is cooling down; waiting for one");
+                tokio::time::sleep(wait).await;
             }
-        };
-        let before = tried_here;
-        let mut refused = false;
-        for id in decision.attempts() {
-            if tried_here == max {
-                return None;
-            }
-            let backend = target.backend(id)?;
-            if p.attempts > 0 && !backend.usable(gw.now()) {
-                continue;
-            }
-            // An attempt needs some of the backend's own total timeout left: one sent without
-            // would time out at once and count as the backend's failure.
-            if backend_time_left(backend, req).is_some_and(|left| left < MIN_ATTEMPT_TIME) {
-                continue;
-            }
-            let mut withdrew = false;
-            if p.attempts > 0 {
-                // A Retry-After speaks for the backend that sent it (now cooling down): it
-                // lengthens the wait only before asking that same backend again.
-                let retry_after = p
-                    .retry_after
-                    .filter(|(b, _)| std::ptr::eq(*b, backend))
-                    .map(|(_, d)| d);
-                let wait = backoff::delay(
-                    p.attempts,
-                    gw.config.retry.backoff_base,
-                    gw.config.retry.backoff_max,
-                    retry_after,
-                    target.rng.next_u64(),
-                );
-                // Checked before anything is spent: a backoff that would leave this backend
-                // no time is not slept (another candidate may have a longer total timeout).
-                if backend_time_left(backend, req)
-                    .is_some_and(|left| wait + MIN_ATTEMPT_TIME > left)
-                {
+            Step::Send {
+                backend,
+                after,
+                retry,
+            } => {
+                if retry {
+                    gw.metrics.count_retry(&home.name, true);
+                }
+                if !after.is_zero() {
+                    tokio::time::sleep(after).await;
+                }
+                let Some(backend) = target.backend(backend) else {
+                    d.plan.report(&mut d.progress, Outcome::Failed, gw.now());
+                    now = gw.now();
                     continue;
-                }
-                let granted = home.retry_budget.try_withdraw(gw.now());
-                gw.metrics.count_retry(&home.name, granted);
-                if !granted {
-                    tracing::warn!(request_id = ?req.request_id, model = %home.name, "retry budget exhausted; not failing over");
-                    p.out_of_budget = true;
-                    return None;
-                }
-                withdrew = true;
-                if retry_after.is_some() {
-                    p.retry_after = None;
-                }
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            // The breaker admits and counts in one step: a half-open backend whose probe
-            // slots filled since this request was routed is skipped, not sent to, and the
-            // retry it would have been is given back.
-            let Some(guard) = backend.try_begin(signals::expected_tokens(req.profile)) else {
-                if withdrew {
-                    home.retry_budget.refund(gw.now());
-                }
-                refused = true;
-                continue;
-            };
-            p.attempts += 1;
-            tried_here += 1;
-            match attempt(gw, target, backend, req, p, guard).await {
-                Ok((resp, first, guard)) => {
-                    let headers_at = Instant::now();
-                    let mut r = relay(gw, resp, first, backend, guard, p.attempts, req);
+                };
+                if let Some(resp) = d.send(target, backend).await {
+                    let mut resp = resp;
                     if gw.config.debug_headers {
-                        r.headers_mut().insert(
-                            "x-switchyard-route",
-                            explain::route_header(target, &decision),
-                        );
+                        if let Some(decision) = &decision {
+                            resp.headers_mut().insert(
+                                "x-switchyard-route",
+                                explain::route_header(target, decision),
+                            );
+                        }
                     }
-                    let before = p.dispatched.map_or(Duration::ZERO, |d| d - req.body_read);
-                    gw.metrics
-                        .overhead
-                        .observe((before + headers_at.elapsed()).as_secs_f64());
-                    tracing::debug!(request_id = ?req.request_id, model = %target.name, backend = %backend.name(), reason = %decision.reason, attempts = p.attempts, "routed");
-                    return Some(r);
-                }
-                Err(Failed::Error(e)) => p.failure = Some(e),
-                Err(Failed::Answer(resp, guard, retry_after)) => {
-                    p.retry_after = retry_after.map(|d| (backend, d));
-                    p.held = Some((resp, backend, guard));
+                    if let Some(decision) = &decision {
+                        tracing::debug!(request_id = ?req.request_id, model = %target.name, backend = %backend.name(), reason = %decision.reason, attempts = d.progress.attempts(), "routed");
+                    }
+                    return Ok(resp);
                 }
             }
+            Step::NextModel => match chain.next() {
+                Some(next) => {
+                    tracing::info!(request_id = ?req.request_id, model = %home.name, fallback = %next.name, "falling back to another model");
+                    target = next;
+                }
+                None => break,
+            },
+            Step::GiveUp(GiveUp::Budget) => {
+                gw.metrics.count_retry(&home.name, false);
+                tracing::warn!(request_id = ?req.request_id, model = %home.name, "retry budget exhausted; not failing over");
+                break;
+            }
+            Step::GiveUp(GiveUp::Local) => break,
         }
-        // A round whose every candidate was refused at dispatch decides again (the refused
-        // ones now show as unusable, so it picks another or waits for one); a few times at
-        // most.
-        if tried_here == before && refused && refused_rounds < MAX_REFUSED_ROUNDS {
-            refused_rounds += 1;
-            continue;
-        }
-        // Another round only if this one tried something, every backend is now cooling down,
-        // and one comes back in time (each round spends an attempt, so this ends).
-        if tried_here == before || tried_here == max {
-            return None;
-        }
-        let now = gw.now();
-        if target.backends.iter().any(|b| b.usable(now))
-            || target.next_return(now).is_none_or(|t| t > wait_until)
-        {
-            return None;
-        }
+        now = gw.now();
     }
+    if let Some((resp, backend, guard)) = d.held {
+        return Ok(relay(
+            req,
+            resp,
+            None,
+            backend,
+            guard,
+            d.progress.attempts(),
+        ));
+    }
+    Err(d.failure.unwrap_or_else(|| ApiError::NoBackend {
+        model: home.name.clone(),
+    }))
 }
 
-/// Least time an attempt is sent with: below it the backend's total timeout would cut it
-/// before any answer.
-const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(1);
-
-/// Rounds of decisions a request makes again because every candidate was refused at
-/// dispatch (a half-open breaker's probe slots filled in between).
-const MAX_REFUSED_ROUNDS: u32 = 3;
-
-/// What is left of `req`'s total timeout at `backend`; `None` when it has none.
-fn backend_time_left(backend: &Backend, req: &Request<'_>) -> Option<Duration> {
-    backend
-        .config
-        .timeouts
-        .total
-        .map(|t| t.saturating_sub(req.started.elapsed()))
-}
-
-/// What is left of `req`'s total timeout on `target`: the longest `total` among its
-/// backends (each attempt is then cut at its own) less the time since arrival; `None` when
-/// some backend has no total timeout.
-fn time_left(target: &Pool, req: &Request<'_>) -> Option<Duration> {
-    if target.backends.is_empty() {
-        return None;
-    }
-    let mut longest = Duration::ZERO;
-    for b in &target.backends {
-        longest = longest.max(backend_time_left(b, req)?);
-    }
-    Some(longest)
-}
-
-/// One attempt at `backend`: the response head and its first body frame, or why not.
-async fn attempt(
+/// `target`'s policy's decision for `profile` at `now`; `None` when no backend is usable.
+fn decide(
     gw: &Snapshot,
-    pool: &Pool,
-    backend: &Backend,
-    req: &Request<'_>,
-    p: &mut Progress<'_>,
-    mut guard: InFlightGuard,
-) -> Result<
-    (
-        hyper::Response<Incoming>,
-        Option<Frame<Bytes>>,
-        InFlightGuard,
-    ),
-    Failed,
-> {
-    let upstream = forward::upstream_request(
-        backend,
-        &pool.name,
-        req.profile,
-        req.body,
-        req.headers,
-        req.request_id,
-    )
-    .map_err(|e| Failed::Error(unreachable(backend, e.to_string())))?;
-    p.dispatched.get_or_insert_with(Instant::now);
-    // The first byte must come within `first_byte`, and within what is left of `total`.
-    let first_byte = backend.config.timeouts.first_byte;
-    let budget = backend_time_left(backend, req).map_or(first_byte, |left| first_byte.min(left));
-    let deadline = tokio::time::Instant::now() + budget;
-    let log = |what: &str, detail: &dyn std::fmt::Display| {
-        tracing::warn!(request_id = ?req.request_id, backend = %backend.name(), attempt = p.attempts, %detail, "{what}");
-    };
-    let timed_out = |guard: &mut InFlightGuard| {
-        guard.outcome(false);
-        Failed::Error(ApiError::UpstreamTimeout {
-            backend: backend.name().to_owned(),
-            after: budget,
-        })
-    };
-    let client = backend.client(&gw.client);
-    let resp = match tokio::time::timeout_at(deadline, client.request(upstream)).await {
-        Err(_) => {
-            log("no first byte within the first-byte timeout", &"headers");
-            return Err(timed_out(&mut guard));
-        }
-        Ok(Err(e)) => {
-            let detail = error_chain(&e);
-            log("upstream request failed", &detail);
-            guard.outcome(false);
-            return Err(Failed::Error(unreachable(backend, detail)));
-        }
-        Ok(Ok(resp)) => resp,
-    };
-    let status = resp.status();
-    if retryable(status) {
-        tracing::info!(request_id = ?req.request_id, backend = %backend.name(), attempt = p.attempts, %status, "upstream answered with a retryable status");
-        let retry_after = retry_after(resp.headers());
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            // Rate limited is not broken: cool down, but leave breaker and ejection alone.
-            backend
-                .state
-                .cool_down(gw.now(), retry_after.unwrap_or(DEFAULT_COOLDOWN));
-            guard.outcome(true);
-        } else {
-            guard.outcome(false);
-        }
-        return Err(Failed::Answer(resp, guard, retry_after));
-    }
-    // Read the first frame before committing: until then a failure can still fail over.
-    let (head, mut incoming) = resp.into_parts();
-    if http_body::Body::is_end_stream(&incoming) {
-        guard.outcome(status.as_u16() < 500);
-        return Ok((hyper::Response::from_parts(head, incoming), None, guard));
-    }
-    match tokio::time::timeout_at(deadline, incoming.frame()).await {
-        Err(_) => {
-            log("no first byte within the first-byte timeout", &"body");
-            Err(timed_out(&mut guard))
-        }
-        Ok(Some(Err(e))) => {
-            let detail = error_chain(&e);
-            log("upstream body failed before its first byte", &detail);
-            guard.outcome(false);
-            Err(Failed::Error(unreachable(backend, detail)))
-        }
-        Ok(first) => {
-            if first
-                .as_ref()
-                .is_some_and(|f| f.as_ref().is_ok_and(Frame::is_data))
-            {
-                let ttfb = req.started.elapsed();
-                guard.first_byte();
-                let state = guard.state();
-                state.metrics().ttfb.observe(ttfb.as_secs_f64());
-                state.signals.observe_ttft(ttfb, crate::clock::now());
+    target: &Pool,
+    profile: &RequestProfile,
+    now: Duration,
+) -> Option<Decision> {
+    let mut buf = ViewBuf::new();
+    let view = target
+        .view(&mut buf, now, gw.config.scrape.max_age)
+        .explaining(gw.config.debug_headers);
+    target.policy.decide(profile, &view).ok()
+}
+
+impl<'a> Driver<'a> {
+    /// Sends the plan's attempt to `backend` of `target` and reports how it ended; returns
+    /// the client's response when it is the one.
+    async fn send(&mut self, target: &Pool, backend: &'a Backend) -> Option<Response<GatewayBody>> {
+        let (req, gw) = (self.req, self.req.gw);
+        // The breaker admits and counts in one step: a half-open backend whose probe slots
+        // filled since this request was routed is refused here, not sent to.
+        let Some(guard) = backend.try_begin(signals::expected_tokens(req.profile)) else {
+            self.plan
+                .report(&mut self.progress, Outcome::Refused, gw.now());
+            return None;
+        };
+        let outcome = match self.attempt(target, backend, guard).await {
+            Ok((resp, first, guard)) => {
+                let headers_at = Instant::now();
+                let r = relay(req, resp, first, backend, guard, self.progress.attempts());
+                let before = self
+                    .dispatched
+                    .map_or(Duration::ZERO, |d| d - req.body_read);
+                gw.metrics
+                    .overhead
+                    .observe((before + headers_at.elapsed()).as_secs_f64());
+                return Some(r);
             }
+            Err(Failed::Error(e)) => {
+                self.failure = Some(e);
+                Outcome::Failed
+            }
+            Err(Failed::Local(e)) => {
+                self.failure = Some(e);
+                Outcome::Local
+            }
+            Err(Failed::Answer(resp, guard, retry_after)) => {
+                self.held = Some((resp, backend, guard));
+                Outcome::Answered { retry_after }
+            }
+        };
+        self.plan.report(&mut self.progress, outcome, gw.now());
+        None
+    }
+
+    /// One attempt at `backend`: the response head and its first body frame, or why not.
+    async fn attempt(
+        &mut self,
+        pool: &Pool,
+        backend: &Backend,
+        mut guard: InFlightGuard,
+    ) -> Result<
+        (
+            hyper::Response<Incoming>,
+            Option<Frame<Bytes>>,
+            InFlightGuard,
+        ),
+        Failed,
+    > {
+        let (req, gw) = (self.req, self.req.gw);
+        let n = self.progress.attempts();
+        let upstream = forward::upstream_request(
+            backend,
+            &pool.name,
+            req.profile,
+            req.body,
+            req.headers,
+            req.request_id,
+            req.peer,
+        )
+        .map_err(|e| Failed::Error(unreachable(backend, e.to_string())))?;
+        self.dispatched.get_or_insert_with(Instant::now);
+        // The first byte must come within `first_byte`, and within what is left of `total`.
+        let first_byte = backend.config.timeouts.first_byte;
+        // (The clock is read only when there is a total timeout to count down.)
+        let left = backend
+            .config
+            .timeouts
+            .total
+            .and_then(|total| self.plan.time_left(Some(total), gw.now()));
+        let budget = left.map_or(first_byte, |left| first_byte.min(left));
+        let deadline = tokio::time::Instant::now() + budget;
+        let log = |what: &str, detail: &dyn std::fmt::Display| {
+            tracing::warn!(request_id = ?req.request_id, backend = %backend.name(), attempt = n, %detail, "{what}");
+        };
+        let timed_out = |guard: &mut InFlightGuard| {
+            guard.outcome(false);
+            Failed::Error(ApiError::UpstreamTimeout {
+                backend: backend.name().to_owned(),
+                after: budget,
+            })
+        };
+        let client = backend.client(&gw.client);
+        let resp = match tokio::time::timeout_at(deadline, client.request(upstream)).await {
+            Err(_) => {
+                log("no first byte within the first-byte timeout", &"headers");
+                return Err(timed_out(&mut guard));
+            }
+            Ok(Err(e)) => {
+                let detail = error_chain(&e);
+                if let Some(what) = local_exhaustion(&e) {
+                    // The gateway's own shortage: the backend did nothing wrong, so its breaker
+                    // and outlier state hear nothing, and no other backend would fare better.
+                    tracing::error!(request_id = ?req.request_id, backend = %backend.name(), %detail, "cannot open an upstream connection: {what}");
+                    gw.metrics.local_errors.inc();
+                    guard.neutral();
+                    return Err(Failed::Local(ApiError::GatewayOverloaded {
+                        detail: what.to_owned(),
+                    }));
+                }
+                log("upstream request failed", &detail);
+                guard.outcome(false);
+                return Err(Failed::Error(unreachable(backend, detail)));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        if retryable(status) {
+            tracing::info!(request_id = ?req.request_id, backend = %backend.name(), attempt = n, %status, "upstream answered with a retryable status");
+            let retry_after = retry_after(resp.headers());
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                // Rate limited is not broken: cool down, but leave breaker and ejection alone.
+                backend
+                    .state
+                    .cool_down(gw.now(), retry_after.unwrap_or(DEFAULT_COOLDOWN));
+                guard.outcome(true);
+            } else {
+                guard.outcome(false);
+            }
+            return Err(Failed::Answer(resp, guard, retry_after));
+        }
+        // Read the first frame before committing: until then a failure can still fail over.
+        // Its time to first byte is recorded by the relay it is handed to.
+        let (head, mut incoming) = resp.into_parts();
+        if http_body::Body::is_end_stream(&incoming) {
             guard.outcome(status.as_u16() < 500);
-            let first = first.and_then(Result::ok);
-            Ok((hyper::Response::from_parts(head, incoming), first, guard))
+            return Ok((hyper::Response::from_parts(head, incoming), None, guard));
+        }
+        match tokio::time::timeout_at(deadline, incoming.frame()).await {
+            Err(_) => {
+                log("no first byte within the first-byte timeout", &"body");
+                Err(timed_out(&mut guard))
+            }
+            Ok(Some(Err(e))) => {
+                let detail = error_chain(&e);
+                log("upstream body failed before its first byte", &detail);
+                guard.outcome(false);
+                Err(Failed::Error(unreachable(backend, detail)))
+            }
+            Ok(first) => {
+                guard.outcome(status.as_u16() < 500);
+                let first = first.and_then(Result::ok);
+                Ok((hyper::Response::from_parts(head, incoming), first, guard))
+            }
         }
     }
 }
@@ -428,13 +405,12 @@ fn unreachable(backend: &Backend, detail: String) -> ApiError {
 /// upstream body relayed as it arrives, its first frame (already read) first, within the
 /// backend's idle and total timeouts.
 fn relay(
-    gw: &Snapshot,
+    req: &Request<'_>,
     resp: hyper::Response<Incoming>,
     first: Option<Frame<Bytes>>,
     backend: &Backend,
     guard: InFlightGuard,
     attempts: u32,
-    req: &Request<'_>,
 ) -> Response<GatewayBody> {
     let (mut head, incoming) = resp.into_parts();
     forward::clean_response_headers(&mut head.headers);
@@ -442,15 +418,43 @@ fn relay(
         .insert(forward::X_SWITCHYARD_BACKEND, backend.name_header.clone());
     head.headers
         .insert(forward::X_SWITCHYARD_ATTEMPTS, HeaderValue::from(attempts));
-    gw.metrics
+    req.gw
+        .metrics
         .count_answer(backend.state.metrics(), head.status);
     let sse = head
         .headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let limits = limits(backend, req.started);
-    let relay = Relay::new(incoming, first, req.started, sse, limits, guard);
+    let profile = req.profile;
+    let non_gap = 2
+        + u32::from(profile.kind == switchyard_core::EndpointKind::ChatCompletions)
+        + u32::from(profile.include_usage);
+    let relay = Relay::new(incoming, first, req.started, (sse, non_gap), limits, guard);
     Response::from_parts(head, GatewayBody::Relay(relay))
+}
+
+/// What ran out, when `e` failed for want of a local resource (the process's file
+/// descriptors, the system's, ephemeral ports, buffer memory) rather than anything the
+/// backend did.
+fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // Linux errno values; other systems report these through the same numbers
+            // rarely enough that the fallback (the backend's failure) is acceptable.
+            return match io.raw_os_error() {
+                Some(24) => Some("the process is out of file descriptors (EMFILE)"),
+                Some(23) => Some("the system is out of file descriptors (ENFILE)"),
+                Some(99) => Some("no local address or ephemeral port is free (EADDRNOTAVAIL)"),
+                Some(105) => Some("no socket buffer space (ENOBUFS)"),
+                Some(12) => Some("out of memory (ENOMEM)"),
+                _ => None,
+            };
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// An error and its sources on one line ("client error (Connect): tcp connect error: ...").

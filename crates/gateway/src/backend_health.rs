@@ -8,7 +8,7 @@
 //! breaker is not closed); outcomes take short locks, never across an `.await`. Time is the
 //! gateway's (a `Duration` since its epoch), as everywhere in the fleet.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use switchyard_core::breaker::Transition;
@@ -24,6 +24,12 @@ pub type SharedOutlier = Arc<Mutex<OutlierDetector>>;
 pub struct BackendHealth {
     /// False while active health checks have marked the backend down.
     up: AtomicBool,
+    /// Active checks passed in a row, and failed in a row (one of the two is 0). Here rather
+    /// than in the check loop, so a reload or admin change that keeps the backend keeps its
+    /// run of checks even when the loop restarts with new settings.
+    checks_passed: AtomicU32,
+    /// See [`Self::checks_passed`].
+    checks_failed: AtomicU32,
     /// Its circuit breaker; `None` when the pool turned breakers off. Settings change with
     /// a reload that keeps the backend ([`BackendHealth::reconfigure`]).
     breaker: Mutex<Option<Breaker>>,
@@ -94,6 +100,8 @@ impl BackendHealth {
         metrics.ejected.set(0);
         Self {
             up: AtomicBool::new(true),
+            checks_passed: AtomicU32::new(0),
+            checks_failed: AtomicU32::new(0),
             breaker: Mutex::new(breaker.map(Breaker::new)),
             breaker_state: AtomicU8::new(BreakerState::Closed as u8),
             outlier: Mutex::new(outlier.map(|o| (id, o))),
@@ -208,6 +216,24 @@ impl BackendHealth {
     pub fn start_ramp(&self, at: Duration) {
         if self.slow_start_ms.load(Ordering::Relaxed) > 0 {
             self.ramp_from_ms.store(ms(at).max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one active check's result; returns the checks passed and failed in a row since.
+    /// One check loop runs per backend, so the two counts cannot interleave.
+    pub fn count_check(&self, passed: bool) -> (u32, u32) {
+        let (this, other) = if passed {
+            (&self.checks_passed, &self.checks_failed)
+        } else {
+            (&self.checks_failed, &self.checks_passed)
+        };
+        other.store(0, Ordering::Relaxed);
+        let run = this.load(Ordering::Relaxed).saturating_add(1);
+        this.store(run, Ordering::Relaxed);
+        if passed {
+            (run, 0)
+        } else {
+            (0, run)
         }
     }
 

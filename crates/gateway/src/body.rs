@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 
 use crate::fleet::InFlightGuard;
+use crate::sse::EventFramer;
 
 /// A response body.
 // The relay is the common case; boxing it would cost an allocation per proxied request to
@@ -121,6 +122,13 @@ pub struct Relay {
     events: u32,
     /// The body is an SSE stream, so a failure midway can be reported in-band.
     sse: bool,
+    /// Events of the stream that are not a gap between two tokens: the first token's,
+    /// `[DONE]`, a chat stream's role chunk (vLLM sends it with the first token) and the usage
+    /// chunk when asked for. The rest, over the time from the first token, is time per token.
+    non_gap_events: u32,
+    /// For an SSE stream: lets through whole events only, so an error event can always
+    /// follow on a fresh boundary (see [`crate::sse`]).
+    framer: EventFramer,
     /// The stream failed and its closing error event was sent: the next poll ends the body.
     ended: bool,
     limits: Limits,
@@ -134,34 +142,67 @@ pub struct Relay {
 
 impl Relay {
     /// Relays `inner` after `first` (its first frame, already read); `started` is when the
-    /// client's request arrived; `sse` when the response is `text/event-stream`.
+    /// client's request arrived; `sse` when the response is `text/event-stream`, with
+    /// `non_gap_events` events that are not a gap between two tokens (see the field).
     pub fn new(
         inner: Incoming,
         first: Option<Frame<Bytes>>,
         started: Instant,
-        sse: bool,
+        (sse, non_gap_events): (bool, u32),
         limits: Limits,
         guard: InFlightGuard,
     ) -> Self {
-        let seen_first = first.as_ref().is_some_and(Frame::is_data);
         let mut relay = Self {
             inner: Some(inner),
-            seen_first,
-            first_at: seen_first.then(Instant::now),
+            seen_first: false,
+            first_at: None,
             events: 0,
             first: None,
             started,
             sse,
+            non_gap_events,
+            framer: EventFramer::new(),
             ended: false,
             limits,
             timers: None,
             guard,
         };
         if let Some(d) = first.as_ref().and_then(Frame::data_ref) {
+            relay.first_byte();
             relay.count_events(d);
         }
-        relay.first = first;
+        relay.first = match first {
+            Some(f) if sse && f.is_data() => f
+                .into_data()
+                .ok()
+                .and_then(|d| relay.frame_out(d))
+                .map(Frame::data),
+            other => other,
+        };
         relay
+    }
+
+    /// What of an upstream data chunk goes to the client now: an SSE stream's whole events
+    /// (a trailing partial one waits for its end, or for the end of the body), any other
+    /// body's bytes as they are.
+    fn frame_out(&mut self, data: Bytes) -> Option<Bytes> {
+        if !self.sse {
+            return Some(data);
+        }
+        let out = self.framer.push(data);
+        if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+            // The body ends with this chunk: what is held goes out with it.
+            return match (out, self.framer.finish()) {
+                (Some(a), Some(b)) => {
+                    let mut all = bytes::BytesMut::with_capacity(a.len() + b.len());
+                    all.extend_from_slice(&a);
+                    all.extend_from_slice(&b);
+                    Some(all.freeze())
+                }
+                (a, b) => a.or(b),
+            };
+        }
+        out
     }
 
     /// Releases the slot and records the duration; `complete` when the whole body passed, so
@@ -171,10 +212,10 @@ impl Relay {
             let latency = self.started.elapsed();
             let state = self.guard.state();
             state.metrics().duration.observe(latency.as_secs_f64());
-            // The first event of an OpenAI stream carries the role, the last `[DONE]`; the
-            // ones between are tokens (or a few, when an engine batches them).
-            let tpot = match (self.first_at, self.events) {
-                (Some(first), n) if self.sse && n >= 3 => Some(first.elapsed() / (n - 2)),
+            // The events past the non-gap ones are token gaps (or a few tokens each, when an
+            // engine batches them).
+            let tpot = match (self.first_at, self.events.checked_sub(self.non_gap_events)) {
+                (Some(first), Some(gaps)) if self.sse && gaps > 0 => Some(first.elapsed() / gaps),
                 _ => None,
             };
             if complete {
@@ -183,6 +224,21 @@ impl Relay {
                     .observe_done(latency, tpot, crate::clock::now());
             }
         }
+    }
+
+    /// A data frame passed: the first one is the time to first byte (first token when
+    /// streaming), recorded here only, whether it was read before the response was committed
+    /// to (see [`crate::attempts`]) or relayed later.
+    fn first_byte(&mut self) {
+        if std::mem::replace(&mut self.seen_first, true) {
+            return;
+        }
+        let ttfb = self.started.elapsed();
+        self.first_at = Some(Instant::now());
+        self.guard.first_byte();
+        let state = self.guard.state();
+        state.metrics().ttfb.observe(ttfb.as_secs_f64());
+        state.signals.observe_ttft(ttfb, crate::clock::now());
     }
 
     /// Counts SSE events in a relayed chunk (an event split across chunks may be missed; the
@@ -200,6 +256,8 @@ impl Relay {
     /// Ends the body early: counted, logged, reported; an SSE stream gets its closing event.
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.inner = None;
+        // A partial event is dropped: the error event must start on a boundary.
+        self.framer.abandon();
         self.guard.state().metrics().stream_errors.inc();
         self.guard.outcome(false);
         let [model, backend] = self.guard.state().metrics().labels();
@@ -228,72 +286,79 @@ impl Relay {
             }
             return Poll::Ready(Some(Ok(f)));
         }
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(&mut *inner).poll_frame(cx);
-        match polled {
-            Poll::Pending => {
-                let limits = self.limits;
-                if limits.idle.is_none() && limits.total.is_none() {
-                    return Poll::Pending;
-                }
-                // The idle timer counts from the first wait after a frame: at least `idle`
-                // of silence before it fires.
-                let timers = self.timers.get_or_insert_with(|| {
-                    let now = tokio::time::Instant::now();
-                    Box::new(Timers {
-                        idle: limits
-                            .idle
-                            .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
-                        total: limits
-                            .total
-                            .map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
-                    })
-                });
-                if let (Some(t), Some((_, d))) = (&mut timers.total, limits.total) {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return self.fail(BodyError::Total(d));
-                    }
-                }
-                if let (Some(t), Some(d)) = (&mut timers.idle, limits.idle) {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return self.fail(BodyError::Idle(d));
-                    }
-                }
-                Poll::Pending
-            }
-            Poll::Ready(Some(Err(e))) => self.fail(BodyError::Upstream(e)),
-            Poll::Ready(None) => {
-                self.finish(true);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(f))) => {
-                if !self.seen_first && f.is_data() {
-                    self.seen_first = true;
-                    let ttfb = self.started.elapsed();
-                    self.first_at = Some(Instant::now());
-                    self.guard.first_byte();
-                    let state = self.guard.state();
-                    state.metrics().ttfb.observe(ttfb.as_secs_f64());
-                    state.signals.observe_ttft(ttfb, crate::clock::now());
-                }
-                if let Some(d) = f.data_ref() {
-                    self.count_events(d);
-                }
-                if let (Some(Timers { idle: Some(t), .. }), Some(d)) =
-                    (self.timers.as_deref_mut(), self.limits.idle)
-                {
-                    t.as_mut().reset(tokio::time::Instant::now() + d);
-                }
-                // A body of known length ends with its last frame; hyper may not poll
-                // again before the client has it, so release the slot now.
-                if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+        loop {
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let polled = Pin::new(&mut *inner).poll_frame(cx);
+            match polled {
+                Poll::Pending => return self.wait(cx),
+                Poll::Ready(Some(Err(e))) => return self.fail(BodyError::Upstream(e)),
+                Poll::Ready(None) => {
                     self.finish(true);
+                    self.inner = None;
+                    // A clean end: a trailing partial event goes out as the upstream sent it.
+                    return Poll::Ready(self.framer.finish().map(|b| Ok(Frame::data(b))));
                 }
-                Poll::Ready(Some(Ok(f)))
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Some(d) = f.data_ref() {
+                        self.first_byte();
+                        self.count_events(d);
+                    }
+                    if let (Some(Timers { idle: Some(t), .. }), Some(d)) =
+                        (self.timers.as_deref_mut(), self.limits.idle)
+                    {
+                        t.as_mut().reset(tokio::time::Instant::now() + d);
+                    }
+                    let out = match f.into_data() {
+                        Ok(d) => match self.frame_out(d) {
+                            Some(d) => Frame::data(d),
+                            // Held back whole: read on.
+                            None => continue,
+                        },
+                        Err(f) => f,
+                    };
+                    // A body of known length ends with its last frame; hyper may not poll
+                    // again before the client has it, so release the slot now.
+                    if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+                        self.finish(true);
+                    }
+                    return Poll::Ready(Some(Ok(out)));
+                }
             }
         }
+    }
+
+    /// The upstream has nothing yet: arm or check the idle and total timers.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let limits = self.limits;
+        if limits.idle.is_none() && limits.total.is_none() {
+            return Poll::Pending;
+        }
+        // The idle timer counts from the first wait after a frame: at least `idle` of
+        // silence before it fires.
+        let timers = self.timers.get_or_insert_with(|| {
+            let now = tokio::time::Instant::now();
+            Box::new(Timers {
+                idle: limits
+                    .idle
+                    .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+                total: limits
+                    .total
+                    .map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+            })
+        });
+        if let (Some(t), Some((_, d))) = (&mut timers.total, limits.total) {
+            if t.as_mut().poll(cx).is_ready() {
+                return self.fail(BodyError::Total(d));
+            }
+        }
+        if let (Some(t), Some(d)) = (&mut timers.idle, limits.idle) {
+            if t.as_mut().poll(cx).is_ready() {
+                return self.fail(BodyError::Idle(d));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -321,7 +386,10 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(b) => b.is_none(),
             GatewayBody::Relay(r) => {
-                r.ended || (r.first.is_none() && r.inner.as_ref().is_none_or(Body::is_end_stream))
+                r.ended
+                    || (r.first.is_none()
+                        && r.framer.is_empty()
+                        && r.inner.as_ref().is_none_or(Body::is_end_stream))
             }
         }
     }

@@ -29,8 +29,14 @@ pub enum EngineKind {
     Llamacpp,
     /// Hugging Face Text Generation Inference: `GET /info`, `tgi_` metrics.
     Tgi,
-    /// A hosted API (or any OpenAI-compatible server answering none of the above).
+    /// A hosted API: set in config, or detected for an `https://` backend that answers none
+    /// of the probes above.
     Hosted,
+    /// An `http://` backend that answers none of the probes (an engine behind a proxy, an
+    /// older version): routed with a paged cache, as before detection existed. Never set in
+    /// config.
+    #[serde(skip)]
+    Other,
 }
 
 impl EngineKind {
@@ -42,6 +48,7 @@ impl EngineKind {
             EngineKind::Llamacpp => "llamacpp",
             EngineKind::Tgi => "tgi",
             EngineKind::Hosted => "hosted",
+            EngineKind::Other => "other",
         }
     }
 }
@@ -82,7 +89,9 @@ impl EngineInfo {
     /// What routing assumes this engine keeps cached (see [`CacheModel`]).
     pub fn cache_model(&self) -> CacheModel {
         match self.kind {
-            EngineKind::Vllm | EngineKind::Sglang | EngineKind::Tgi => CacheModel::Paged,
+            EngineKind::Vllm | EngineKind::Sglang | EngineKind::Tgi | EngineKind::Other => {
+                CacheModel::Paged
+            }
             EngineKind::Hosted => CacheModel::Opaque,
             EngineKind::Llamacpp => CacheModel::Slots {
                 slots: self.slots.unwrap_or(DEFAULT_LLAMACPP_SLOTS).max(1),

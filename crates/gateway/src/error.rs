@@ -33,6 +33,19 @@ pub enum ApiError {
         /// Comma-separated configured names.
         available: String,
     },
+    /// The client sent the body too slowly: nothing arrived within the body-read timeout.
+    #[error("the request body stalled: nothing arrived for {after:?} (limits.body_read_timeout); send the whole body without pauses")]
+    BodyTimeout {
+        /// The timeout that fired.
+        after: std::time::Duration,
+    },
+    /// The gateway itself ran out of a local resource (file descriptors, ephemeral ports,
+    /// memory) while opening an upstream connection. Not the backend's fault.
+    #[error("the gateway is out of local resources to reach a backend ({detail}); retry shortly")]
+    GatewayOverloaded {
+        /// What ran out.
+        detail: String,
+    },
     /// Every backend of the pool is unusable now.
     #[error("no backend of model '{model}' can take a request now; retry shortly")]
     NoBackend {
@@ -142,6 +155,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::GatewayOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ModelNotFound { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -165,6 +180,8 @@ impl ApiError {
             ApiError::BadRequest(e) => e.code(),
             ApiError::BodyRead(_) => "body_read_error",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyTimeout { .. } => "request_body_timeout",
+            ApiError::GatewayOverloaded { .. } => "gateway_overloaded",
             ApiError::ModelNotFound { .. } => "model_not_found",
             ApiError::NoBackend { .. } => "no_backend_available",
             ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",

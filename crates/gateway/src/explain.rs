@@ -30,7 +30,13 @@ pub fn route_header(pool: &Pool, decision: &Decision) -> HeaderValue {
                 s.push(')');
             }
             if s.len() > MAX_LEN {
-                s.truncate(MAX_LEN);
+                // Cut on a character boundary: names may hold multi-byte characters, and
+                // `truncate` panics inside one.
+                let mut cut = MAX_LEN;
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                s.truncate(cut);
                 s.push_str("...");
                 break;
             }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::rng::SplitMix;
-use switchyard_core::routing::SlowStart;
+use switchyard_core::routing::{Moved, SlowStart};
 use switchyard_core::{
     BackendId, BackendView, EndpointKind, FleetView, OutlierDetector, Policy, PoolMember,
     RetryBudget,
@@ -47,6 +47,11 @@ pub struct BackendState {
     /// Set by the admin API's drain: the backend takes no new request while its in-flight
     /// ones finish. Kept across reloads, since the state itself is.
     draining: AtomicBool,
+    /// Held by [`Backend::try_begin`] of a backend with a `max_concurrency`, so that checking
+    /// the in-flight count against the cap and counting the new request are one step: two
+    /// requests routed at once cannot both take the last slot. Releases do not take it (they
+    /// only make room), nor do backends without a cap.
+    admission: Mutex<()>,
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -64,6 +69,7 @@ impl BackendState {
             signals: LiveSignals::default(),
             engine: EngineCell::default(),
             draining: AtomicBool::new(false),
+            admission: Mutex::new(()),
         }
     }
 
@@ -265,11 +271,27 @@ impl Backend {
     /// Counts a request, and the `tokens` it will occupy (see
     /// [`crate::signals::expected_tokens`]), as in flight until the guard is released or
     /// dropped; the guard also carries the attempt's outcome to the backend's breaker and
-    /// outlier detector. `None` when the breaker refuses it now (see
+    /// outlier detector. `None` when the backend is at its `max_concurrency` now (routing saw
+    /// a free slot, but a concurrent request took it) or its breaker refuses it (see
     /// [`crate::backend_health::BackendHealth::try_dispatch`]): nothing is counted.
     pub fn try_begin(&self, tokens: TokenLoad) -> Option<InFlightGuard> {
+        let admission = self.config.max_concurrency.map(|cap| {
+            let held = self
+                .state
+                .admission
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (cap, held)
+        });
+        if admission
+            .as_ref()
+            .is_some_and(|(cap, _)| self.state.in_flight() >= *cap)
+        {
+            return None;
+        }
         let probe = self.state.health.try_dispatch()?;
         self.state.metrics.in_flight.inc();
+        drop(admission);
         self.state.signals.add_tokens(tokens.total);
         self.state.signals.add_prefill(tokens.prompt);
         Some(InFlightGuard {
@@ -322,6 +344,16 @@ impl InFlightGuard {
         let probe = self.probe && !self.settled;
         self.settled = true;
         self.state.health.record_now(success, probe);
+    }
+
+    /// Settles the attempt without an outcome: it failed for a reason that says nothing of
+    /// the backend (the gateway's own shortage). A probe's slot is given back.
+    pub fn neutral(&mut self) {
+        if self.probe && !self.settled {
+            let h = &self.state.health;
+            h.on_cancel(h.now(), true);
+        }
+        self.settled = true;
     }
 
     /// The response's first byte arrived: the prompt is past prefill.
@@ -397,8 +429,9 @@ impl Pool {
 
     /// Builds a pool; a backend that `previous` also has (same name and url) keeps its live
     /// state (the same `Arc`: in-flight count, cooldown, drain, health and breaker, signals),
-    /// and so does the retry budget when its settings are unchanged. The policy starts afresh.
-    /// A kept backend takes the new pool's breaker and slow-start settings and moves to its
+    /// and so does the retry budget when its settings are unchanged. The new policy takes over
+    /// what the previous one learned (prefix index, rotation) for kept backends, at their new
+    /// positions ([`Policy::inherit`]), so a reload leaves routing warm. A kept backend takes the new pool's breaker and slow-start settings and moves to its
     /// outlier detector, at its new position.
     pub fn build(cfg: &PoolConfig, ctx: &PoolContext<'_>, previous: Option<&Pool>) -> Self {
         let outlier: Option<SharedOutlier> = cfg
@@ -428,6 +461,13 @@ impl Pool {
         let mut policy = cfg.policy.build(&members, ctx.seed);
         if !cfg.slow_start.is_zero() {
             policy = Box::new(SlowStart::new(policy, ctx.seed));
+        }
+        if let Some(p) = previous {
+            let moved = Moved::new(p.backends.iter().map(|old| {
+                let at = cfg.backends.iter().position(|b| old.same_endpoint(b));
+                at.map(|i| BackendId(i as u32))
+            }));
+            policy.inherit(p.policy.learned(), &moved);
         }
         let retry = ctx.retry;
         Self {

@@ -1,6 +1,8 @@
 //! Forwarding: the pooled upstream client, and building the upstream request from the
 //! client's, so that the body goes out as the original bytes (only `model` rewritten when the
-//! backend expects another name) and headers pass through except hop-by-hop ones.
+//! backend expects another name) and headers pass through except hop-by-hop ones (the fixed
+//! list and those the message's `Connection` header names, in both directions). The client's
+//! address is appended to `X-Forwarded-For`, and `X-Forwarded-Proto` says how it came in.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -10,6 +12,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use smallvec::SmallVec;
+use std::net::IpAddr;
 use std::time::Duration;
 use switchyard_core::RequestProfile;
 
@@ -56,11 +60,45 @@ fn skip_header(name: &HeaderName) -> bool {
             | "upgrade"
             | "host"
             | "content-length"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
     )
 }
 
+/// The header names a message's `Connection` header lists (RFC 9110 section 7.6.1: the
+/// sender declares them hop-by-hop), less `close` and `keep-alive`, which name no header to
+/// remove. Usually empty.
+fn connection_named(headers: &HeaderMap) -> SmallVec<[&str; 4]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+        })
+        .collect()
+}
+
+/// `X-Forwarded-For` as sent upstream: the client's value (every line of it, joined as one
+/// list) with the client's own address appended, written without `format!`.
+fn forwarded_for(client_headers: &HeaderMap, peer: IpAddr) -> Option<HeaderValue> {
+    let mut list = String::with_capacity(40);
+    for v in client_headers.get_all(X_FORWARDED_FOR) {
+        if let Some(v) = v.to_str().ok().map(str::trim).filter(|v| !v.is_empty()) {
+            list.push_str(v);
+            list.push_str(", ");
+        }
+    }
+    switchyard_core::ip_text::push_ip(&mut list, peer.to_canonical());
+    HeaderValue::try_from(list).ok()
+}
+
 /// The request to send to `backend`, a member of the pool serving `model` (the requested
-/// model, or a fallback model whose name the body must then carry).
+/// model, or a fallback model whose name the body must then carry), for the client at `peer`.
 pub fn upstream_request(
     backend: &Backend,
     model: &str,
@@ -68,6 +106,7 @@ pub fn upstream_request(
     body: &Bytes,
     client_headers: &HeaderMap,
     request_id: &HeaderValue,
+    peer: IpAddr,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
     let name = backend.config.upstream_model.as_deref().unwrap_or(model);
     let body = if name == profile.model {
@@ -80,13 +119,26 @@ pub fn upstream_request(
         .uri(backend.endpoint_uri(profile.kind)?)
         .body(Full::new(body.clone()))?;
     let headers = req.headers_mut();
-    headers.reserve(client_headers.len() + 3);
+    headers.reserve(client_headers.len() + 5);
+    let hop_by_hop = connection_named(client_headers);
     for (name, value) in client_headers {
-        if skip_header(name) || (backend.authorization.is_some() && name == header::AUTHORIZATION) {
+        // A backend with a key of its own never sees the client's (config refuses a key that
+        // cannot be sent, so `authorization` is then set).
+        if skip_header(name)
+            || (backend.config.api_key.is_some() && name == header::AUTHORIZATION)
+            || hop_by_hop
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name.as_str()))
+        {
             continue;
         }
         headers.append(name.clone(), value.clone());
     }
+    if let Some(list) = forwarded_for(client_headers, peer) {
+        headers.insert(X_FORWARDED_FOR, list);
+    }
+    // The listener speaks cleartext HTTP only; a client's own claim is not passed on.
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(auth) = &backend.authorization {
         headers.insert(header::AUTHORIZATION, auth.clone());
     }
@@ -107,6 +159,10 @@ pub const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 pub const X_SWITCHYARD_BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
 /// See [`X_REQUEST_ID`].
 pub const X_SWITCHYARD_ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+/// See [`X_REQUEST_ID`].
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// See [`X_REQUEST_ID`].
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Hop-by-hop headers never relayed from an upstream response (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -119,14 +175,25 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers from an upstream response before it is relayed. Runs per
-/// response: a scan of the (few) names present finds which ones are there, and only those
-/// are looked up and removed (usually none, or just `connection`).
+/// Removes hop-by-hop headers from an upstream response before it is relayed: the fixed
+/// list, and those its `Connection` header names. Runs per response: a scan of the (few)
+/// names present finds which ones are there, and only those are looked up and removed
+/// (usually none, or just `connection`).
 pub fn clean_response_headers(headers: &mut HeaderMap) {
     let mut present = 0u8;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
+        }
+    }
+    // Bit 0 is `connection`.
+    if present & 1 != 0 {
+        let named: SmallVec<[HeaderName; 4]> = connection_named(headers)
+            .into_iter()
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
@@ -138,7 +205,7 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests {
-    use super::clean_response_headers;
+    use super::{clean_response_headers, forwarded_for};
     use http::header::{HeaderMap, HeaderValue};
 
     #[test]
@@ -170,5 +237,36 @@ mod tests {
         clean_response_headers(&mut all);
         assert_eq!(all.len(), 1);
         assert!(all.get("x-keep").is_some());
+
+        let mut named = HeaderMap::new();
+        named.append("connection", HeaderValue::from_static("close, X-Hop"));
+        named.append("connection", HeaderValue::from_static("x-other-hop"));
+        named.insert("x-hop", HeaderValue::from_static("1"));
+        named.insert("x-other-hop", HeaderValue::from_static("1"));
+        named.insert("x-keep", HeaderValue::from_static("1"));
+        clean_response_headers(&mut named);
+        assert_eq!(named.keys().collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_to_every_line_of_the_clients_list() {
+        let peer = "10.1.2.3".parse().unwrap();
+        assert_eq!(forwarded_for(&HeaderMap::new(), peer).unwrap(), "10.1.2.3");
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static(" 198.51.100.1, 192.0.2.9 "),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static(""));
+        assert_eq!(
+            forwarded_for(&h, peer).unwrap(),
+            "203.0.113.7, 198.51.100.1, 192.0.2.9, 10.1.2.3"
+        );
+        let mapped = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(
+            forwarded_for(&HeaderMap::new(), mapped).unwrap(),
+            "10.1.2.3"
+        );
     }
 }

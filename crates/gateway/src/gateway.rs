@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -135,6 +135,9 @@ pub struct Gateway {
     /// Source of request ids.
     id_seq: AtomicU64,
     id_salt: u64,
+    /// A graceful shutdown has begun: `/ready` answers 503 so that load balancers stop
+    /// sending new traffic while the listener still accepts (see `drain_delay`).
+    draining: AtomicBool,
 }
 
 impl Gateway {
@@ -166,6 +169,7 @@ impl Gateway {
             changes: Mutex::new(()),
             id_seq: AtomicU64::new(0),
             id_salt: seed,
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -209,6 +213,16 @@ impl Gateway {
     /// Time since the gateway started: the `now` every decision sees.
     pub fn now(&self) -> Duration {
         self.clock.now()
+    }
+
+    /// Marks the start of a graceful shutdown: `/ready` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a graceful shutdown has begun.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// A new request id, unique within this process and unlikely to collide across processes.

@@ -1,20 +1,25 @@
 //! Active health checks: a background task per gateway GETs each checked backend's health
 //! path at its interval and marks the backend down after `unhealthy_threshold` failed checks
 //! in a row, up again after `healthy_threshold` passed ones (a pass is any 2xx within the
-//! check's timeout). A backend that is down gets no traffic and does not count for `/ready`;
+//! check's timeout; at most [`MAX_HEALTH_BODY`] of its body is read). A backend that is down gets no traffic and does not count for `/ready`;
 //! one that comes back ramps up over the pool's slow-start window.
 //!
 //! [`HealthChecker::start`] spawns a supervisor that runs one check loop per checked backend of
-//! the current config snapshot and restarts them when a reload or an admin change installs a
-//! new one (a backend that survives keeps its state, so its up/down mark carries over);
-//! dropping the returned handle stops it all ([`crate::server::serve`] holds it for as long
-//! as it serves). The supervisor holds the gateway weakly, so it keeps no gateway alive.
+//! the current config snapshot and follows the changes a reload or an admin change installs:
+//! a backend that survives keeps its loop, untouched, unless its check settings changed (then
+//! the loop restarts with them); added backends get one, removed ones lose theirs. The run of
+//! passed or failed checks lives in the backend's state, so it carries over either way, as
+//! does its up/down mark: a reload that changes nothing changes no check. Dropping the
+//! returned handle stops it all ([`crate::server::serve`] holds it for as long as it serves).
+//! The supervisor holds the gateway weakly, so it keeps no gateway alive.
 
 use bytes::Bytes;
-use http::{Request, Uri};
+use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use tokio::task::JoinSet;
+use std::time::Duration;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::HealthCheck;
@@ -58,67 +63,106 @@ impl HealthChecker {
 /// How often the supervisor looks for a new config snapshot.
 pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Runs the checks of the current snapshot, restarting them when it changes. Holds the
-/// gateway weakly: it stops when the gateway is gone.
+/// Runs the checks of the current snapshot, following its changes. Holds the gateway weakly:
+/// it stops when the gateway is gone.
 async fn supervise(gw: Weak<Gateway>) {
     let mut generation = 0;
-    let mut checks = JoinSet::new();
+    let mut checks = Checks::default();
     loop {
         let Some(snap) = gw.upgrade().map(|g| g.snapshot()) else {
             return;
         };
         if snap.generation != generation {
             generation = snap.generation;
-            checks.abort_all();
-            checks = start_checks(&snap);
+            checks.follow(&snap);
         }
         drop(snap);
         tokio::time::sleep(FOLLOW_INTERVAL).await;
     }
 }
 
-/// One check loop per checked backend of `snap`.
-fn start_checks(snap: &Snapshot) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    for pool in snap.pools.values() {
-        for b in &pool.backends {
-            let Some(check) = b.config.health_check.clone() else {
-                continue;
-            };
-            let uri = match b.uri(&check.path) {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::warn!(backend = %b.name(), error = %e, "cannot build the health check url; not checking");
+/// What a running check loop was started with: a backend whose key is unchanged keeps its
+/// loop (and the loop's timing) across a change.
+#[derive(Debug, PartialEq)]
+struct CheckKey {
+    uri: Uri,
+    authorization: Option<HeaderValue>,
+    check: HealthCheck,
+    /// The connect timeout of the client the loop holds (the only setting a client has).
+    connect: Duration,
+}
+
+/// The running check loops, one per checked backend.
+#[derive(Default)]
+struct Checks {
+    /// Owns the loops: dropping it (the supervisor's end) aborts them all.
+    tasks: JoinSet<()>,
+    /// By backend state (its address; the loop holds the `Arc`, so the address cannot be
+    /// reused while the entry lives): what the loop runs and how to stop it.
+    running: HashMap<usize, (CheckKey, AbortHandle)>,
+}
+
+impl Checks {
+    /// Makes the loops those of `snap`: keeps those whose backend and settings are unchanged,
+    /// starts the missing ones, stops the rest.
+    fn follow(&mut self, snap: &Snapshot) {
+        let mut next = HashMap::with_capacity(self.running.len());
+        for pool in snap.pools.values() {
+            for b in &pool.backends {
+                let Some(check) = b.config.health_check.clone() else {
                     continue;
+                };
+                let uri = match b.uri(&check.path) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!(backend = %b.name(), error = %e, "cannot build the health check url; not checking");
+                        continue;
+                    }
+                };
+                let key = CheckKey {
+                    uri,
+                    authorization: b.authorization.clone(),
+                    check,
+                    connect: b.config.timeouts.connect,
+                };
+                let id = Arc::as_ptr(&b.state) as usize;
+                match self.running.remove(&id) {
+                    Some((k, task)) if k == key && !task.is_finished() => {
+                        next.insert(id, (k, task));
+                    }
+                    old => {
+                        if let Some((_, task)) = old {
+                            task.abort();
+                        }
+                        let task = self.tasks.spawn(run(Target {
+                            uri: key.uri.clone(),
+                            authorization: key.authorization.clone(),
+                            check: key.check.clone(),
+                            state: b.state.clone(),
+                            client: b.client(&snap.client).clone(),
+                        }));
+                        next.insert(id, (key, task));
+                    }
                 }
-            };
-            tasks.spawn(run(Target {
-                uri,
-                authorization: b.authorization.clone(),
-                check,
-                state: b.state.clone(),
-                client: b.client(&snap.client).clone(),
-            }));
+            }
         }
+        for (_, (_, task)) in self.running.drain() {
+            task.abort();
+        }
+        self.running = next;
+        // Forget the loops that ended (aborted ones), so the set does not grow with changes.
+        while self.tasks.try_join_next().is_some() {}
     }
-    tasks
 }
 
 /// Checks one backend forever.
 async fn run(t: Target) {
     let mut tick = tokio::time::interval(t.check.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let (mut passes, mut fails) = (0u32, 0u32);
     loop {
         tick.tick().await;
         let ok = probe(&t).await;
-        if ok {
-            passes = passes.saturating_add(1);
-            fails = 0;
-        } else {
-            fails = fails.saturating_add(1);
-            passes = 0;
-        }
+        let (passes, fails) = t.state.health.count_check(ok);
         let health = &t.state.health;
         let [model, backend] = t.state.metrics().labels();
         if health.is_up() && fails >= t.check.unhealthy_threshold {
@@ -130,6 +174,10 @@ async fn run(t: Target) {
         }
     }
 }
+
+/// Most of a health check's response body read: `/health` answers are empty or a few bytes,
+/// `/v1/models` a few KiB. A backend streaming more cannot make a check hold memory.
+pub const MAX_HEALTH_BODY: usize = 64 * 1024;
 
 /// One check: a GET of the health path, passed by any 2xx within the timeout.
 async fn probe(t: &Target) -> bool {
@@ -146,8 +194,17 @@ async fn probe(t: &Target) -> bool {
     let exchange = async {
         let resp = t.client.request(req).await.ok()?;
         let ok = resp.status().is_success();
-        // Read the (small) body so the connection can be reused.
-        resp.into_body().collect().await.ok()?;
+        // Read the (small) body so the connection can be reused, but no more than
+        // MAX_HEALTH_BODY of it: past that the rest is dropped with the connection, and the
+        // status alone decides.
+        let mut body = resp.into_body();
+        let mut read = 0usize;
+        while read <= MAX_HEALTH_BODY {
+            match body.frame().await {
+                None => break,
+                Some(frame) => read += frame.ok()?.data_ref().map_or(0, Bytes::len),
+            }
+        }
         Some(ok)
     };
     matches!(

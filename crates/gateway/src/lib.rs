@@ -17,6 +17,7 @@ pub mod backend_health;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod engine_kind;
 pub mod error;
 pub mod explain;
@@ -28,8 +29,9 @@ pub mod reload;
 pub mod scrape;
 pub mod server;
 pub mod signals;
+pub mod sse;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};
 pub use gateway::Gateway;
-pub use server::{serve, serve_admin, shutdown_signal, Drained};
+pub use server::{serve, serve_admin, shutdown_signal, Drained, Stop};

@@ -7,7 +7,9 @@
 //! `Arc<BackendState>`: in-flight count, cooldown, drain). An invalid file changes nothing.
 //!
 //! What cannot change without a restart: the listen addresses (`listen`, `admin.listen`).
-//! A reload that changes them keeps the running ones and says so in [`ReloadOutcome`].
+//! A reload that changes them keeps the running ones and says so in [`ReloadOutcome`]; a file
+//! that would leave the kept admin listener unguarded (reachable from other machines with no
+//! token) is refused as invalid.
 //!
 //! Backends added or removed through the admin API live in the running config only: the next
 //! reload builds membership from the file alone (the file wins).
@@ -15,7 +17,7 @@
 use serde::Serialize;
 use std::sync::Arc;
 
-use crate::config::{self, Config};
+use crate::config::{self, Access, Config, ConfigError};
 use crate::error::ApiError;
 use crate::gateway::{Gateway, Snapshot};
 
@@ -50,9 +52,13 @@ impl Gateway {
     /// the running config stays and the error says why, with file, line and column.
     pub fn reload(&self) -> Result<ReloadOutcome, ApiError> {
         let path = self.source().ok_or(ApiError::NoConfigFile)?;
-        let mut next = config::load(path).map_err(ApiError::InvalidConfig)?;
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ApiError::InvalidConfig(ConfigError::io(path, &e)))?;
+        let mut next = config::parse(&text, &origin).map_err(ApiError::InvalidConfig)?;
         let change = self.change(|current| {
             let restart_needed = keep_listeners(&current.config, &mut next);
+            check_kept_admin(&next, &origin, &text).map_err(ApiError::InvalidConfig)?;
             Ok::<_, ApiError>((next, restart_needed))
         })?;
         let mut outcome = diff(&change.before, &change.after);
@@ -101,6 +107,26 @@ fn keep_listeners(running: &Config, next: &mut Config) -> Vec<&'static str> {
         restart.push("admin.listen");
     }
     restart
+}
+
+/// Refuses a file whose admin section, once the running admin listener is kept in place of
+/// the file's `admin.listen`, would not be guarded as the file parser requires: a running
+/// listener reachable from other machines left without a token (anyone could drain, add or
+/// remove backends), or an admin API left on no listener at all.
+fn check_kept_admin(next: &Config, origin: &str, text: &str) -> Result<(), ConfigError> {
+    let Some(admin) = &next.admin else {
+        return Ok(());
+    };
+    let message = match admin.access() {
+        Access::Guarded => return Ok(()),
+        Access::Open(running) => format!(
+            "admin: the admin API stays on its running listener {running} until a restart (admin.listen changes only then), and that address is reachable from other machines, so the file must keep a `token:`; add token: ${{SWITCHYARD_ADMIN_TOKEN}}, or restart to move the admin API to the new address"
+        ),
+        Access::Unserved => "admin: the admin API stays on the main listener until a restart (admin.listen changes only then), and there it needs a `token:`; add token: ${SWITCHYARD_ADMIN_TOKEN}, or restart to move the admin API to its own listener".to_owned(),
+    };
+    Err(ConfigError::at_key(
+        origin, text, "admin", "listen", message,
+    ))
 }
 
 /// Backends added, removed and kept between two snapshots.
@@ -214,5 +240,41 @@ mod tests {
         let running = cfg("admin: {listen: 127.0.0.1:9090}");
         let mut onto_main = cfg("admin: {token: t}");
         assert_eq!(keep_listeners(&running, &mut onto_main), ["admin.listen"]);
+    }
+
+    #[test]
+    fn a_kept_admin_listener_must_stay_guarded() {
+        let kept = |running: &str, file: &str| {
+            let text = format!("{file}\nmodels:\n  m:\n    backends:\n      - url: http://a:1\n");
+            let mut next = config::parse(&text, "t.yaml").unwrap();
+            keep_listeners(&cfg(running), &mut next);
+            check_kept_admin(&next, "t.yaml", &text)
+        };
+        // An open listener kept without the token the file dropped: refused, at the key.
+        let e = kept(
+            "admin: {listen: 0.0.0.0:9090, token: t}",
+            "admin:\n  listen: 127.0.0.1:9091\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(3)), "{e}");
+        assert!(e.message.contains("0.0.0.0:9090"), "{e}");
+        assert!(e.message.contains("add token:"), "{e}");
+        // The admin API on the main listener, the file moving it to a loopback one: it
+        // would stay on the main listener with no token.
+        let e = kept("admin: {token: t}", "admin: {listen: 127.0.0.1:9091}").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(1), Some(9)), "{e}");
+        assert!(e.message.contains("main listener"), "{e}");
+        // Guarded either way: a token kept, a loopback listener kept, no admin section.
+        assert!(kept(
+            "admin: {listen: 0.0.0.0:9090, token: t}",
+            "admin: {listen: 127.0.0.1:9091, token: u}"
+        )
+        .is_ok());
+        assert!(kept(
+            "admin: {listen: 127.0.0.1:9090}",
+            "admin: {listen: 127.0.0.1:9091}"
+        )
+        .is_ok());
+        assert!(kept("admin: {listen: 0.0.0.0:9090, token: t}", "").is_ok());
     }
 }

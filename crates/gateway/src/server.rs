@@ -10,11 +10,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api;
+use crate::conn::{self, ConnTimeouts, ConnWatch, OpenConnections, WatchedIo};
 use crate::gateway::Gateway;
 use crate::health::HealthChecker;
 
@@ -36,29 +38,31 @@ enum Face {
     Admin,
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains.
-pub async fn serve(
+/// Serves `listener` until `shutdown` resolves, then drains. A shutdown that resolves to
+/// [`Stop::Drain`] first answers `/ready` with 503 for the config's `drain_delay` while still
+/// accepting.
+pub async fn serve<S: Into<Stop>>(
     gw: Arc<Gateway>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = S>,
 ) -> std::io::Result<Drained> {
     serve_face(gw, listener, shutdown, Face::Main).await
 }
 
 /// Serves the admin API alone on `listener` (bound to `admin.listen`) until `shutdown`
 /// resolves, then drains.
-pub async fn serve_admin(
+pub async fn serve_admin<S: Into<Stop>>(
     gw: Arc<Gateway>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = S>,
 ) -> std::io::Result<Drained> {
     serve_face(gw, listener, shutdown, Face::Admin).await
 }
 
-async fn serve_face(
+async fn serve_face<S: Into<Stop>>(
     gw: Arc<Gateway>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = S>,
     face: Face,
 ) -> std::io::Result<Drained> {
     let graceful = GracefulShutdown::new();
@@ -66,8 +70,20 @@ async fn serve_face(
     // reloads, and stop when their handles drop.
     let _background =
         (face == Face::Main).then(|| (HealthChecker::start(&gw), crate::scrape::spawn(gw.clone())));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let limits = gw.snapshot().config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The connection wrapper enforces the head and idle timeouts for both protocols; a head
+    // larger than the read buffer is refused with 431.
+    builder
+        .http1()
+        .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let open = Arc::new(OpenConnections::default());
     tokio::pin!(shutdown);
+    let mut stop = None;
+    let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -80,29 +96,57 @@ async fn serve_face(
                         continue;
                     }
                 };
+                let limits = gw.snapshot().config.limits;
+                let Some(slot) = open.try_open(limits.max_connections) else {
+                    gw.metrics.connections_rejected.inc();
+                    tokio::spawn(conn::reject(stream));
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
+                let watch = Arc::new(ConnWatch::default());
+                let io = WatchedIo::new(stream, watch.clone(), ConnTimeouts {
+                    header_read: limits.header_read_timeout,
+                    keepalive: limits.keepalive_timeout,
+                });
                 let gw = gw.clone();
                 let service = service_fn(move |req| {
                     let gw = gw.clone();
+                    let watch = watch.clone();
                     async move {
-                        Ok::<_, Infallible>(match face {
+                        let resp = match face {
                             Face::Main => api::handle(gw, peer, req).await,
                             Face::Admin => crate::admin::handle(&gw, req).await,
-                        })
+                        };
+                        Ok::<_, Infallible>(resp.map(|b| watch.begin(b)))
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                 });
             }
-            () = &mut shutdown => break,
+            how = &mut shutdown, if stop.is_none() => {
+                let how = how.into();
+                stop = Some(how);
+                let delay = gw.snapshot().config.drain_delay;
+                if face == Face::Admin || how == Stop::Now || delay.is_zero() {
+                    break;
+                }
+                // Not ready from now on, but still accepting: a load balancer in front sees
+                // the failed readiness and stops sending before the listener goes away.
+                gw.start_draining();
+                tracing::info!(drain_delay_s = delay.as_secs_f64(), "shutting down: /ready answers 503 while the listener stays open");
+                closing = Some(Box::pin(tokio::time::sleep(delay)));
+            }
+            () = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => break,
         }
     }
     drop(listener);
+    gw.start_draining();
     let drain = gw.snapshot().config.drain_timeout;
     tracing::info!(
         drain_timeout_s = drain.as_secs_f64(),
@@ -116,8 +160,24 @@ async fn serve_face(
     )
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// How a shutdown was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop accepting at once and drain (SIGINT: someone at a terminal).
+    Now,
+    /// Answer `/ready` with 503 for `drain_delay` while still accepting, then stop accepting
+    /// and drain (SIGTERM: an orchestrator rolling the gateway).
+    Drain,
+}
+
+impl From<()> for Stop {
+    fn from((): ()) -> Self {
+        Stop::Now
+    }
+}
+
+/// Resolves on SIGINT ([`Stop::Now`]) or SIGTERM ([`Stop::Drain`]).
+pub async fn shutdown_signal() -> Stop {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -133,7 +193,7 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        () = ctrl_c => Stop::Now,
+        () = term => Stop::Drain,
     }
 }

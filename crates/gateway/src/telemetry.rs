@@ -33,6 +33,12 @@ pub struct Metrics {
     transitions: IntCounterVec,
     /// Time spent inside the gateway per request, upstream time excluded.
     pub overhead: Histogram,
+    /// `switchyard_connections_rejected_total`: client connections answered 503 because
+    /// `limits.max_connections` were open.
+    pub connections_rejected: IntCounter,
+    /// `switchyard_local_errors_total`: upstream attempts that failed for want of a local
+    /// resource (file descriptors, ports), not counted against any backend.
+    pub local_errors: IntCounter,
 }
 
 /// Handles for one backend, resolved once.
@@ -168,8 +174,20 @@ impl Metrics {
             .buckets(OVERHEAD_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let connections_rejected = IntCounter::new(
+            "switchyard_connections_rejected_total",
+            "Client connections answered 503 and closed because limits.max_connections were open.",
+        )
+        .expect("valid metric");
+        let local_errors = IntCounter::new(
+            "switchyard_local_errors_total",
+            "Upstream attempts that failed for want of a local resource (file descriptors, ports, memory); not counted against the backend.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_rejected.clone()),
+            Box::new(local_errors.clone()),
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
             Box::new(in_flight.clone()),
@@ -195,6 +213,8 @@ impl Metrics {
             healthy,
             ejected,
             transitions,
+            connections_rejected,
+            local_errors,
             overhead,
         }
     }

@@ -60,6 +60,8 @@ fn cache_models(gw: &FileGw) -> Vec<CacheModel> {
 async fn engines_are_detected_on_start_and_on_add_and_set_the_cache_model() {
     let vllm = replica(None).await;
     let llama = replica(Some(2)).await;
+    // An http server that answers no probe: not nameable, so routed as a paged cache (a
+    // hosted API is one reached over https, or one set as `engine: hosted`).
     let hosted = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
     let file = TempConfig::new(&admin_config(
         &[vllm.url(), llama.url(), hosted.url()],
@@ -68,7 +70,7 @@ async fn engines_are_detected_on_start_and_on_add_and_set_the_cache_model() {
     let gw = FileGw::start(&file).await;
     let found = engines(&gw, &["b0", "b1", "b2"]).await;
     let kinds: Vec<&str> = found.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["vllm", "llamacpp", "hosted"]);
+    assert_eq!(kinds, ["vllm", "llamacpp", "other"]);
     assert!(found.iter().all(|e| e["source"] == "detected"));
     assert_eq!(found[1]["slots"], 2);
     let n_ctx = found[1]["ctx_tokens"].as_u64().unwrap() as u32;
@@ -81,7 +83,7 @@ async fn engines_are_detected_on_start_and_on_add_and_set_the_cache_model() {
                 slots: 2,
                 ctx_tokens: n_ctx
             },
-            CacheModel::Opaque
+            CacheModel::Paged
         ]
     );
     // The probes never reached the hosted mock's inference path.

@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::Arc;
-use support::{client, config, eventually, post, Mock, Reply, CHAT};
+use support::{client, config, eventually, get, post, Mock, Reply, CHAT};
 use switchyard_gateway::fleet::ViewBuf;
 use switchyard_gateway::Gateway;
 use switchyard_sim::http::{Replica, ReplicaConfig};
@@ -22,7 +22,7 @@ async fn boot(yaml: &str) -> (Arc<Gateway>, String) {
     tokio::spawn(switchyard_gateway::serve(
         gw.clone(),
         listener,
-        std::future::pending(),
+        std::future::pending::<()>(),
     ));
     (gw, base)
 }
@@ -192,4 +192,48 @@ async fn prefill_tokens_clear_at_the_first_byte_while_the_stream_goes_on() {
     assert!(v.in_flight_tokens > 10, "still holding its KV: {v:?}");
     gate.notify_one();
     assert_eq!(pending.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_simulated_replica_s_first_byte_is_its_first_token() {
+    // Real time and a slow prefill (2 ms per prompt token): ~0.3 s to the first token.
+    let mut cfg = ReplicaConfig::from_profile(&profile::h100_llama3_8b());
+    cfg.model = "m".into();
+    cfg.engine.step_time = switchyard_sim::StepTime {
+        base_s: 1e-3,
+        per_token_s: 2e-3,
+        per_context_token_s: 0.0,
+    };
+    let replica = Replica::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (gw, base) = boot(&config(&[replica.url()], "", "scrape: {enabled: false}")).await;
+    let body = format!(
+        r#"{{"model":"m","max_tokens":4,"stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(600)
+    );
+    let a = post(
+        &client(),
+        &format!("{base}/v1/chat/completions"),
+        &body,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let ttft = replica.snapshot().await.unwrap().ttft.mean().unwrap();
+    assert!(ttft > 0.3, "simulated TTFT {ttft}");
+    // Time scale 1: the replica cannot send its first token before `ttft` has passed, so
+    // every first-byte signal of the gateway is at least that.
+    let m = get(&client(), &format!("{base}/metrics")).await;
+    let ttfb = support::sim::sample(
+        std::str::from_utf8(&m.body).unwrap(),
+        r#"switchyard_time_to_first_byte_seconds_sum{backend="b0",model="m"}"#,
+    );
+    assert!(ttfb >= ttft, "time to first byte {ttfb} s < TTFT {ttft} s");
+    // (The view keeps an f32.)
+    let seen = f64::from(view_of(&gw)[0].latency.ttft_s.unwrap());
+    assert!(
+        seen >= ttft * 0.999,
+        "the policy's TTFT {seen} s < TTFT {ttft} s"
+    );
 }

@@ -35,6 +35,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use switchyard_core::prefix::block_hashes;
 use switchyard_core::{
     BackendId, BackendView, EndpointKind, FleetView, Policy, PoolMember, RequestProfile,
     SessionSource,
@@ -359,6 +360,7 @@ impl Driver<'_> {
             user: None,
             session_source: session_key.as_ref().map(|_| SessionSource::Header),
             session_key,
+            prompt_blocks: block_hashes(&prompt),
             prompt,
             estimated_input_tokens: req.prompt.tokens(),
             max_output_tokens: Some(req.max_output_tokens),

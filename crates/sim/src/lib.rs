@@ -70,12 +70,14 @@
 //!
 //! [`http::Replica`] serves one engine on a real socket as a vLLM server would: the
 //! OpenAI-compatible API (chat and text completions, whole or streamed one SSE chunk per token
-//! at the simulated pace; embeddings; tokenize), `/health`, `/v1/models`, `/version`, and
-//! `/metrics` with vLLM's metric names and DCGM's GPU gauges. A driver task owns the engine and
-//! steps it in real time, `time_scale` times faster than the modelled GPU. Faults (5xx, 429,
-//! latency, hangs, cut streams, crashes, slow starts) are set at start or at run time through
-//! `POST /admin/faults`. `switchyard sim` runs a fleet of them; `switchyard demo` puts the
-//! gateway in front of one.
+//! at the simulated pace, the first chunk with the first token; embeddings; tokenize),
+//! `/health`, `/v1/models`, `/version`, and `/metrics` with vLLM's metric names and DCGM's GPU
+//! gauges. A driver task owns the engine and steps it in real time, `time_scale` times faster
+//! than the modelled GPU. The output text is a function of the request that clients can
+//! recompute ([`http::output`]); a client that leaves cancels its request. Faults (5xx, 429,
+//! latency, hangs, streams cut or stalled, crashes, slow starts) are set at start or at run
+//! time through `POST /admin/faults`. `switchyard sim` runs a fleet of them; `switchyard demo`
+//! puts the gateway in front of one.
 //!
 //! # What is not modelled
 //!

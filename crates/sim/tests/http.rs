@@ -1,110 +1,16 @@
 //! The simulator's HTTP face over real loopback sockets: OpenAI/vLLM shapes, streaming at the
 //! simulated pace, `/metrics` names, and every fault mode.
 
+mod support;
+
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use switchyard_sim::http::{Faults, Replica, ReplicaConfig};
+use support::*;
+use switchyard_sim::http::Faults;
 use switchyard_sim::profile;
-
-type C = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> C {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn start(time_scale: f64, faults: Faults) -> Replica {
-    let mut cfg = ReplicaConfig::from_profile(&profile::h100_llama3_8b());
-    cfg.model = "m".into();
-    cfg.time_scale = time_scale;
-    cfg.faults = faults;
-    Replica::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
-    }
-}
-
-async fn call(c: &C, method: &str, url: String, body: &str) -> Answer {
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let fut = async {
-        let resp = c.request(req).await.expect("replica answered");
-        let (parts, body) = resp.into_parts();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("answered within 10 s")
-}
-
-/// SSE `data:` payloads with the time each arrived; `Err` if the body broke off.
-async fn stream(c: &C, url: String, body: &str) -> (Vec<(Instant, String)>, Result<(), String>) {
-    let req = Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let mut body = resp.into_body();
-    let (mut events, mut buf) = (Vec::new(), String::new());
-    let end = loop {
-        match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
-            Err(_) => panic!("stream stalled"),
-            Ok(None) => break Ok(()),
-            Ok(Some(Err(e))) => break Err(e.to_string()),
-            Ok(Some(Ok(f))) => {
-                let now = Instant::now();
-                if let Ok(d) = f.into_data() {
-                    buf.push_str(std::str::from_utf8(&d).unwrap());
-                    while let Some(i) = buf.find("\n\n") {
-                        let ev: String = buf.drain(..i + 2).collect();
-                        events.push((now, ev.trim().trim_start_matches("data: ").to_owned()));
-                    }
-                }
-            }
-        }
-    };
-    (events, end)
-}
-
-fn chat(max_tokens: u32, stream: bool) -> String {
-    json!({
-        "model": "m",
-        "messages": [{"role": "system", "content": "You are a switchyard operator. ".repeat(8)},
-                     {"role": "user", "content": "Which track?"}],
-        "max_tokens": max_tokens,
-        "stream": stream,
-        "stream_options": {"include_usage": true},
-    })
-    .to_string()
-}
 
 #[tokio::test]
 async fn streams_at_the_simulated_pace_with_usage_on_the_final_chunk() {

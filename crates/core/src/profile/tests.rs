@@ -191,3 +191,185 @@ proptest! {
         prop_assert_eq!(ip_key(v6), v6.to_string());
     }
 }
+
+/// The prompt a body renders to, computed the slow way from a `serde_json::Value`: what the
+/// streaming renderer must produce.
+fn reference_render(v: &serde_json::Value) -> (String, usize) {
+    use serde_json::Value;
+    let mut text = String::new();
+    let mut ids = 0;
+    if let Some(Value::Array(messages)) = v.get("messages") {
+        for m in messages {
+            text.push_str("<|");
+            text.push_str(m.get("role").and_then(Value::as_str).unwrap_or("user"));
+            text.push_str("|>\n");
+            match m.get("content") {
+                Some(Value::String(s)) => text.push_str(s),
+                Some(Value::Array(parts)) => {
+                    for p in parts {
+                        if let Some(t) = p.get("text").and_then(Value::as_str) {
+                            text.push_str(t);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            text.push('\n');
+        }
+    }
+    for key in ["prompt", "input"] {
+        match v.get(key) {
+            Some(Value::String(s)) => text.push_str(s),
+            Some(Value::Array(items)) => {
+                for item in items {
+                    match item {
+                        Value::String(s) => text.push_str(s),
+                        Value::Number(_) => ids += 1,
+                        Value::Array(a) => ids += a.len(),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (text, ids)
+}
+
+fn arb_chat_body() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    let text = "[a-z \\n\"\\\\é😀]{0,80}";
+    let part = prop_oneof![
+        text.prop_map(|t| json!({"type": "text", "text": t})),
+        Just(json!({"type": "image_url", "image_url": {"url": "x"}})),
+    ];
+    let content = prop_oneof![
+        text.prop_map(serde_json::Value::from),
+        prop::collection::vec(part, 0..4).prop_map(serde_json::Value::from),
+        Just(serde_json::Value::Null),
+    ];
+    // Keys come out sorted: `content` before `role`, the order the renderer must undo.
+    let message = (
+        prop::option::of(prop_oneof![Just("system"), Just("user"), Just("assistant")]),
+        content,
+    )
+        .prop_map(|(role, content)| {
+            let mut m = serde_json::Map::new();
+            if let Some(r) = role {
+                m.insert("role".into(), r.into());
+            }
+            m.insert("content".into(), content);
+            m.insert("name".into(), "n".into());
+            serde_json::Value::Object(m)
+        });
+    let prompt = prop_oneof![
+        text.prop_map(serde_json::Value::from),
+        prop::collection::vec(text, 0..3).prop_map(serde_json::Value::from),
+        prop::collection::vec(prop::collection::vec(0u32..50_000, 0..20), 0..3)
+            .prop_map(|v| json!(v)),
+        prop::collection::vec(0u32..50_000, 0..20).prop_map(|v| json!(v)),
+    ];
+    (
+        prop::collection::vec(message, 0..5),
+        prop::option::of(prompt),
+    )
+        .prop_map(|(messages, prompt)| {
+            let mut body = json!({"model": "m", "messages": messages});
+            if let Some(p) = prompt {
+                body["prompt"] = p;
+            }
+            body
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// The streaming renderer gives the prompt and token estimate the slow way does, and with
+    /// a cap keeps a prefix of it while still counting all of it.
+    #[test]
+    fn rendering_matches_the_value_based_reference(body in arb_chat_body(), cap in 0usize..200) {
+        let (want, ids) = reference_render(&body);
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let p = parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        prop_assert_eq!(&p.prompt, &want);
+        prop_assert_eq!(p.estimated_input_tokens as usize, want.len().div_ceil(4) + ids);
+        prop_assert_eq!(&p.prompt_blocks, &crate::prefix::block_hashes(&want));
+        let limits = ParseLimits { max_prompt_bytes: cap };
+        let capped = RequestProfile::parse_with(
+            EndpointKind::ChatCompletions, &bytes, RequestMeta::default(), limits,
+        ).unwrap();
+        prop_assert!(want.starts_with(&capped.prompt));
+        if want.len() <= cap {
+            prop_assert_eq!(&capped.prompt, &want);
+        } else {
+            // Cut on a character boundary at most 3 bytes short of the cap.
+            prop_assert!(capped.prompt.len() <= cap && capped.prompt.len() + 4 > cap);
+        }
+        prop_assert_eq!(capped.estimated_input_tokens, p.estimated_input_tokens);
+    }
+}
+
+/// The body shapes that used to cost an allocation per element (issue 12): each keeps at most
+/// the cap of prompt text, hashes at most the cap's blocks, and still counts the whole.
+#[test]
+fn crafted_bodies_keep_a_bounded_prompt_and_count_the_rest() {
+    let limits = ParseLimits {
+        max_prompt_bytes: 4096,
+    };
+    let n = 200_000;
+    let parse_limited = |kind, body: &str| {
+        RequestProfile::parse_with(kind, body.as_bytes(), RequestMeta::default(), limits).unwrap()
+    };
+    let empty_messages = format!(
+        r#"{{"model":"m","messages":[{}{{}}]}}"#,
+        "{},".repeat(n - 1)
+    );
+    let p = parse_limited(EndpointKind::ChatCompletions, &empty_messages);
+    let one = "<|user|>\n\n";
+    assert_eq!(
+        p.prompt,
+        one.repeat(4096 / one.len()) + &one[..4096 % one.len()]
+    );
+    assert_eq!(p.prompt_blocks.len(), 4096 / crate::prefix::BLOCK_BYTES);
+    assert_eq!(
+        p.estimated_input_tokens as usize,
+        (n * one.len()).div_ceil(4)
+    );
+
+    let token_ids = format!(r#"{{"model":"m","prompt":[[{}1]]}}"#, "1,".repeat(n - 1));
+    let p = parse_limited(EndpointKind::Completions, &token_ids);
+    assert_eq!(
+        (p.prompt.as_str(), p.estimated_input_tokens as usize),
+        ("", n)
+    );
+
+    let long = format!(
+        r#"{{"model":"m","messages":[{{"content":"{}\n{}","role":"user"}}]}}"#,
+        "x".repeat(n),
+        "y".repeat(10)
+    );
+    let p = parse_limited(EndpointKind::ChatCompletions, &long);
+    assert_eq!(p.prompt.len(), 4096);
+    assert!(p.prompt.starts_with("<|user|>\nxxx"));
+    assert_eq!(
+        p.estimated_input_tokens as usize,
+        ("<|user|>\n".len() + n + 1 + 10 + 1).div_ceil(4)
+    );
+}
+
+#[test]
+fn a_message_of_the_wrong_shape_is_invalid_json() {
+    for body in [
+        r#"{"model":"m","messages":5}"#,
+        r#"{"model":"m","messages":["hi"]}"#,
+        r#"{"model":"m","messages":[{"role":5}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","role":"system"}]}"#,
+    ] {
+        assert!(
+            matches!(parse(body), Err(ProfileError::InvalidJson(_))),
+            "{body}"
+        );
+    }
+    assert!(parse(r#"{"model":"m","messages":null}"#).is_ok());
+}

@@ -28,9 +28,9 @@ use super::cost::request_price;
 use super::least_loaded::load_score;
 use super::prefix_aware::{cached_tokens, capacity_blocks, prompt_tokens};
 use super::signals::{expected_latency, fresh_engine, fresh_gpu, mean_expected_latency, rank};
-use super::{rotation_start, NoCandidate, Policy};
+use super::{rotation_start, Learned, Moved, NoCandidate, Policy};
 use crate::fleet::{PoolMember, Price};
-use crate::prefix::{block_hashes, PrefixIndex};
+use crate::prefix::PrefixIndex;
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
 /// The weight of each scorer of [`Composite`].
@@ -120,6 +120,21 @@ impl Policy for Composite {
         "composite"
     }
 
+    fn learned(&self) -> Learned<'_> {
+        Learned {
+            prefix_index: (self.weights.prefix > 0.0).then_some(&self.index),
+            ..Learned::default()
+        }
+    }
+
+    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
+        if self.weights.prefix > 0.0 {
+            if let Some(index) = previous.prefix_index(moved) {
+                self.index = index;
+            }
+        }
+    }
+
     fn decide(
         &self,
         request: &RequestProfile,
@@ -131,17 +146,17 @@ impl Policy for Composite {
         }
         let w = self.weights;
         let start = rotation_start(&self.tie_break, n);
-        let blocks = if w.prefix > 0.0 {
-            block_hashes(&request.prompt)
+        let blocks: &[u64] = if w.prefix > 0.0 {
+            &request.prompt_blocks
         } else {
-            Vec::new()
+            &[]
         };
         let prompt = prompt_tokens(request, blocks.len());
         let unknown_latency = mean_expected_latency(fleet, request);
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
         let mut outcome = None;
         self.index
-            .match_and_record(&blocks, &mut matched, |matched, _| {
+            .match_and_record(blocks, &mut matched, |matched, _| {
                 let raw: SmallVec<[Raw; 64]> = fleet
                     .backends
                     .iter()

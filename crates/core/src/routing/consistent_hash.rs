@@ -118,20 +118,9 @@ impl Policy for BoundedConsistentHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::test_support::{idle, request};
+    use crate::routing::test_support::{idle, members, request};
     use std::collections::HashMap;
     use std::time::Duration;
-
-    fn members(names: &[&str]) -> Vec<PoolMember> {
-        names
-            .iter()
-            .map(|n| PoolMember {
-                name: n.to_string(),
-                weight: 1,
-                ..Default::default()
-            })
-            .collect()
-    }
 
     fn owners(p: &BoundedConsistentHash, names: &[&str], keys: usize) -> HashMap<String, String> {
         let pool = idle(names.len());

@@ -27,6 +27,7 @@ mod composite;
 mod consistent_hash;
 mod cost;
 mod gpu_aware;
+mod learned;
 mod least_connections;
 mod least_loaded;
 mod peak_ewma;
@@ -43,6 +44,7 @@ pub use composite::{Composite, CompositeWeights};
 pub use consistent_hash::BoundedConsistentHash;
 pub use cost::CostAware;
 pub use gpu_aware::{GpuAware, GpuLimits};
+pub use learned::{Learned, Moved};
 pub use least_connections::LeastConnections;
 pub use least_loaded::{LeastLoaded, DEFAULT_KV_WEIGHT, DEFAULT_QUEUE_WEIGHT};
 pub use peak_ewma::PeakEwmaP2c;
@@ -79,6 +81,17 @@ pub trait Policy: Send + Sync + fmt::Debug {
         request: &RequestProfile,
         fleet: &FleetView<'_>,
     ) -> Result<Decision, NoCandidate>;
+
+    /// What this policy learned from traffic that its successor for the same pool may take
+    /// over (see [`learned`]). Nothing, unless the policy keeps such state.
+    fn learned(&self) -> Learned<'_> {
+        Learned::default()
+    }
+
+    /// Takes over what the pool's previous policy learned, for the backends that stayed
+    /// (`moved` maps their old positions to their new ones). Called once, before the first
+    /// decision. Does nothing unless the policy keeps such state.
+    fn inherit(&mut self, _previous: Learned<'_>, _moved: &Moved) {}
 }
 
 /// Default load bound of [`BoundedConsistentHash`]: a node takes at most 1.25x the average.
@@ -419,7 +432,9 @@ pub(crate) mod test_support {
     use std::time::Duration;
 
     use super::Policy;
-    use crate::{BackendId, BackendView, EndpointKind, FleetView, RequestMeta, RequestProfile};
+    use crate::{
+        BackendId, BackendView, EndpointKind, FleetView, PoolMember, RequestMeta, RequestProfile,
+    };
 
     /// How many of `n` decisions for `request` over `pool` chose each backend as primary.
     pub fn primary_counts(
@@ -434,6 +449,18 @@ pub(crate) mod test_support {
             counts[d.unwrap().primary.index()] += 1;
         }
         counts
+    }
+
+    /// Pool members of weight 1 with these names.
+    pub fn members(names: &[&str]) -> Vec<PoolMember> {
+        names
+            .iter()
+            .map(|n| PoolMember {
+                name: n.to_string(),
+                weight: 1,
+                ..PoolMember::default()
+            })
+            .collect()
     }
 
     /// A pool of `n` usable, idle backends with weight 1.

@@ -84,12 +84,10 @@ use super::prefill_ledger::{Pending, PrefillLedger};
 use super::signals::{
     expected_latency, fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms,
 };
-use super::{rotation_start, NoCandidate, Policy};
+use super::{rotation_start, Learned, Moved, NoCandidate, Policy};
 use crate::cache_model::SlotCaches;
 use crate::fleet::BackendView;
-use crate::prefix::{
-    block_hashes, PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS,
-};
+use crate::prefix::{PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS};
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
 /// Default weight of this request's own uncached prefill against queued prefill.
@@ -168,6 +166,23 @@ impl Policy for PrefixAware {
         "prefix_aware"
     }
 
+    fn learned(&self) -> Learned<'_> {
+        Learned {
+            prefix_index: Some(&self.index),
+            prefill_ledger: Some(&self.ledger),
+            ..Learned::default()
+        }
+    }
+
+    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
+        if let Some(index) = previous.prefix_index(moved) {
+            self.index = index;
+        }
+        if let Some(ledger) = previous.prefill_ledger {
+            self.ledger = ledger.remapped(moved);
+        }
+    }
+
     fn decide(
         &self,
         request: &RequestProfile,
@@ -178,7 +193,7 @@ impl Policy for PrefixAware {
             return Err(NoCandidate);
         }
         let start = rotation_start(&self.tie_break, n);
-        let blocks = block_hashes(&request.prompt);
+        let blocks = &request.prompt_blocks;
         let prompt = prompt_tokens(request, blocks.len());
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
         let mut pending: SmallVec<[Pending; 64]> = SmallVec::from_elem(Pending::default(), n);
@@ -191,8 +206,8 @@ impl Policy for PrefixAware {
         // Each backend's matched blocks by its engine's cache model, when not all are paged.
         let mut modelled = None;
         self.index
-            .match_and_record(&blocks, &mut matched, |matched, reuse| {
-                modelled = self.slots.matched(fleet, &blocks, matched);
+            .match_and_record(blocks, &mut matched, |matched, reuse| {
+                modelled = self.slots.matched(fleet, blocks, matched);
                 let by_model: Option<SmallVec<[u32; 64]>> = modelled
                     .as_ref()
                     .map(|m| m.iter().map(|o| o.matched_blocks).collect());
@@ -253,7 +268,7 @@ impl Policy for PrefixAware {
                 .get(id.index())
                 .and_then(|b| expected_latency(b, request))
                 .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
-            self.slots.record_decision(fleet, id, &blocks, latency);
+            self.slots.record_decision(fleet, id, blocks, latency);
             let cached = cached_tokens(prompt, matched[id.index()]);
             self.ledger.record(id.index(), prompt, prompt - cached);
         }

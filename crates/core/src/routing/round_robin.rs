@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{NoCandidate, Policy};
+use super::{Learned, Moved, NoCandidate, Policy};
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
 /// Round robin over usable backends.
@@ -24,6 +24,19 @@ impl RoundRobin {
 impl Policy for RoundRobin {
     fn name(&self) -> &'static str {
         "round_robin"
+    }
+
+    fn learned(&self) -> Learned<'_> {
+        Learned {
+            rotation: Some(self.next.load(Ordering::Relaxed)),
+            ..Learned::default()
+        }
+    }
+
+    fn inherit(&mut self, previous: Learned<'_>, _: &Moved) {
+        if let Some(next) = previous.rotation {
+            *self.next.get_mut() = next;
+        }
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {

@@ -17,7 +17,7 @@
 //! instead of scaling weights is what lets one wrapper serve every policy. Draws come from a
 //! seeded [`SplitMix`], so a run is reproducible.
 
-use super::{NoCandidate, Policy};
+use super::{Learned, Moved, NoCandidate, Policy};
 use crate::rng::SplitMix;
 use crate::{Decision, FleetView, RequestProfile};
 
@@ -46,6 +46,14 @@ impl SlowStart {
 impl Policy for SlowStart {
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    fn learned(&self) -> Learned<'_> {
+        self.inner.learned()
+    }
+
+    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
+        self.inner.inherit(previous, moved);
     }
 
     fn decide(

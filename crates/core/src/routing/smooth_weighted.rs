@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use super::{NoCandidate, Policy};
+use super::{Learned, Moved, NoCandidate, Policy};
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
 /// Smooth weighted round robin.
@@ -31,6 +31,28 @@ impl SmoothWeighted {
 impl Policy for SmoothWeighted {
     fn name(&self) -> &'static str {
         "weighted"
+    }
+
+    fn learned(&self) -> Learned<'_> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        Learned {
+            current_weights: Some(current.clone()),
+            ..Learned::default()
+        }
+    }
+
+    /// Kept backends keep their current weights, so the interleaving goes on where it was;
+    /// added ones start at 0, as at start-up.
+    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
+        let Some(old) = previous.current_weights else {
+            return;
+        };
+        let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (b, w) in old.into_iter().enumerate() {
+            if let Some(slot) = moved.get(b).and_then(|n| current.get_mut(n)) {
+                *slot = w;
+            }
+        }
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {

@@ -78,15 +78,42 @@ impl<'de> Deserialize<'de> for Admin {
             Some(EnvString(t)) => Some(Secret(t)),
             None => None,
         };
-        let listen = raw.listen.map(|l| l.0);
-        match (listen, &token) {
-            (None, None) => Err(de::Error::custom(
+        let admin = Admin {
+            listen: raw.listen.map(|l| l.0),
+            token,
+        };
+        match admin.access() {
+            Access::Guarded => Ok(admin),
+            Access::Unserved => Err(de::Error::custom(
                 "admin needs a `token:` (to serve /admin on the main listener) or its own `listen:` address on loopback, e.g. listen: 127.0.0.1:9090",
             )),
-            (Some(addr), None) if !addr.ip().is_loopback() => Err(de::Error::custom(format!(
+            Access::Open(addr) => Err(de::Error::custom(format!(
                 "admin.listen {addr} is reachable from other machines, so it needs a `token:`; add token: ${{SWITCHYARD_ADMIN_TOKEN}} or listen on 127.0.0.1"
             ))),
-            _ => Ok(Admin { listen, token }),
+        }
+    }
+}
+
+/// Who can reach an admin API set up as an [`Admin`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Behind a token, or on a loopback listener of its own: as the config meant.
+    Guarded,
+    /// No listener of its own and no token: the main listener does not serve it at all.
+    Unserved,
+    /// A listener of its own that other machines reach, with no token: anyone may use it.
+    Open(SocketAddr),
+}
+
+impl Admin {
+    /// Who can reach the admin API. The file parser accepts only [`Access::Guarded`]; a
+    /// reload checks it again once the running listener address has been kept.
+    pub fn access(&self) -> Access {
+        match (self.listen, &self.token) {
+            (_, Some(_)) => Access::Guarded,
+            (None, None) => Access::Unserved,
+            (Some(addr), None) if addr.ip().is_loopback() => Access::Guarded,
+            (Some(addr), None) => Access::Open(addr),
         }
     }
 }

@@ -38,6 +38,16 @@ impl ConfigError {
         }
     }
 
+    /// An error found after parsing, at `at` (line, column; `None`: not located).
+    fn located(origin: &str, at: Option<(usize, usize)>, message: String) -> Self {
+        Self {
+            origin: origin.to_owned(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            message,
+        }
+    }
+
     /// An error found after parsing: located at the first line that mentions `needle` after
     /// a `fallbacks` key (or not located, if none does).
     pub(crate) fn at_text(origin: &str, text: &str, needle: &str, message: String) -> Self {
@@ -52,12 +62,93 @@ impl ConfigError {
                 }
             }
         }
-        Self {
-            origin: origin.to_owned(),
-            line: at.map(|a| a.0),
-            column: at.map(|a| a.1),
-            message,
+        Self::located(origin, at, message)
+    }
+
+    /// An error found after parsing, about `key` of the top-level `section`: located at that
+    /// key (in block or flow style), else at the section, else not located.
+    pub(crate) fn at_key(
+        origin: &str,
+        text: &str,
+        section: &str,
+        key: &str,
+        message: String,
+    ) -> Self {
+        let mut at = None;
+        let mut inside = false;
+        for (i, line) in text.lines().enumerate() {
+            let top_level = !line.starts_with([' ', '\t', '#']) && !line.trim().is_empty();
+            if top_level {
+                if inside {
+                    break;
+                }
+                let Some(rest) = line.strip_prefix(section) else {
+                    continue;
+                };
+                if !rest.trim_start().starts_with(':') {
+                    continue;
+                }
+                inside = true;
+                at = Some((i + 1, 1));
+            }
+            if let Some(col) = key_column(line, key, "").filter(|_| inside) {
+                at = Some((i + 1, col));
+                break;
+            }
         }
+        Self::located(origin, at, message)
+    }
+
+    /// An error found after parsing, about `key` in model `model`'s pool: located at the first
+    /// line of that pool whose `key` has the value `value`, else at the model, else not
+    /// located.
+    pub(crate) fn at_model_key(
+        origin: &str,
+        text: &str,
+        model: &str,
+        key: &str,
+        value: &str,
+        message: String,
+    ) -> Self {
+        let mut at = None;
+        let mut in_models = false;
+        let mut model_indent = None;
+        for (i, line) in text.lines().enumerate() {
+            let content = line.trim_start();
+            let indent = line.len() - content.len();
+            if content.is_empty() || content.starts_with('#') {
+                continue;
+            }
+            if indent == 0 {
+                if model_indent.is_some() {
+                    break;
+                }
+                in_models = content.starts_with("models:");
+                continue;
+            }
+            match model_indent {
+                None if in_models => {
+                    let name = content.trim_start_matches(['"', '\'']);
+                    if name.strip_prefix(model).is_some_and(|rest| {
+                        rest.trim_start_matches(['"', '\''])
+                            .trim_start()
+                            .starts_with(':')
+                    }) {
+                        model_indent = Some(indent);
+                        at = Some((i + 1, indent + 1));
+                    }
+                }
+                Some(m) if indent <= m => break,
+                Some(_) => {
+                    if let Some(col) = key_column(line, key, value) {
+                        at = Some((i + 1, col));
+                        break;
+                    }
+                }
+                None => {}
+            }
+        }
+        Self::located(origin, at, message)
     }
 
     pub(crate) fn from_yaml(origin: &str, text: &str, e: &serde_norway::Error) -> Self {
@@ -80,6 +171,21 @@ impl ConfigError {
             message,
         }
     }
+}
+
+/// The 1-based column of `key` written as a YAML key in `line` (a whole word followed by
+/// `:`, in block or flow style), with a value starting with `value` (`""`: any value).
+fn key_column(line: &str, key: &str, value: &str) -> Option<usize> {
+    line.match_indices(key)
+        .find(|(col, _)| {
+            let whole_word = !line[..*col].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+            let rest = line[col + key.len()..].trim_start();
+            whole_word
+                && rest
+                    .strip_prefix(':')
+                    .is_some_and(|v| v.trim_start().starts_with(value))
+        })
+        .map(|(col, _)| col + 1)
 }
 
 /// Adds "did you mean" to serde's unknown-field and unknown-variant messages, and a how-to for

@@ -30,6 +30,12 @@ pub struct ConfigFile {
     /// Grace period for in-flight requests on shutdown.
     #[serde(default)]
     pub drain_timeout: Option<Seconds>,
+    /// Not-ready period between SIGTERM and closing the listener.
+    #[serde(default)]
+    pub drain_delay: Option<Seconds>,
+    /// Client connection limits.
+    #[serde(default)]
+    pub limits: Option<super::limits::LimitsFile>,
     /// Failover settings.
     #[serde(default)]
     pub retry: Option<RetryFile>,
@@ -147,8 +153,8 @@ pub struct BackendFile {
     /// Model name the backend expects, when not the pool's.
     #[serde(default)]
     pub model: Option<String>,
-    /// API key, usually `${ENV_VAR}`.
-    #[serde(default)]
+    /// API key, usually `${ENV_VAR}`; must fit in a header.
+    #[serde(default, deserialize_with = "super::values::api_key")]
     pub api_key: Option<EnvString>,
     /// Engine metrics URL, or `none`.
     #[serde(default)]
@@ -316,6 +322,8 @@ impl ConfigFile {
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),
+            drain_delay: self.drain_delay.map_or(super::DEFAULT_DRAIN_DELAY, |s| s.0),
+            limits: self.limits.unwrap_or_default().resolve(),
             retry: {
                 let r = self.retry.unwrap_or_default();
                 super::Retry {

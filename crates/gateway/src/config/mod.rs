@@ -17,13 +17,15 @@
 mod admin;
 mod error;
 pub mod file;
+pub mod limits;
 pub mod policy;
 pub mod resilience;
 pub mod routing;
 mod values;
 
-pub use admin::{Admin, Secret};
+pub use admin::{Access, Admin, Secret};
 pub use error::ConfigError;
+pub use limits::Limits;
 pub use resilience::HealthCheck;
 pub use routing::Scrape;
 pub use values::{ByteSize, Seconds};
@@ -45,6 +47,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default time to let in-flight requests finish after SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time between SIGTERM and closing the listener, while `/ready` answers 503 so that
+/// a load balancer in front (a Kubernetes Service) stops sending new connections first.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
 
 /// The validated configuration the server runs.
 #[derive(Debug, Clone)]
@@ -57,6 +62,11 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// How long in-flight requests may run after a shutdown signal.
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long `/ready` answers 503 while the listener still accepts, before
+    /// it closes and draining starts. Zero: close at once.
+    pub drain_delay: Duration,
+    /// What one client connection may cost: client-side timeouts, head size, connection cap.
+    pub limits: Limits,
     /// Failover before the first response byte.
     pub retry: Retry,
     /// How engines' metrics are scraped.
@@ -184,6 +194,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         serde_norway::from_str(text).map_err(|e| ConfigError::from_yaml(origin, text, &e))?;
     let config = file.into_config();
     check_fallbacks(&config, origin, text)?;
+    policy::check_rings(&config, origin, text)?;
     Ok(config)
 }
 

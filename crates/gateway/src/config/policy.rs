@@ -1,11 +1,63 @@
 //! A policy's parameters as written in `policy: {name: ..., key: value}`: which keys each
 //! policy takes, their types, and the error that names the key, the policy and the keys it
-//! does take. Values are range-checked by `PolicySpec::validate` in core.
+//! does take. Values are range-checked by `PolicySpec::validate` in core; what depends on the
+//! pool's backends too (the size of a hash ring) is checked here once the pool is known.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use switchyard_core::PolicySpec;
+
+use super::{Config, ConfigError, PoolConfig};
+
+/// Most points a `consistent_hash` ring may hold (16 bytes each; built again on every reload
+/// or admin change): 16 MiB, the default 160 virtual nodes for weights summing to 6,553.
+pub const MAX_RING_POINTS: u64 = 1 << 20;
+
+/// Why `pool`'s policy cannot be built over its backends, if it cannot: a `consistent_hash`
+/// ring of `virtual_nodes x weight` points per backend past [`MAX_RING_POINTS`] (weights
+/// up to 4e9 parse, and 4e9 x 160 points would exhaust memory). Returns the heaviest
+/// backend's weight, where the error is best shown, with the message.
+pub fn ring_problem(pool: &PoolConfig) -> Option<(u32, String)> {
+    let PolicySpec::ConsistentHash { virtual_nodes, .. } = pool.policy else {
+        return None;
+    };
+    let weights: u64 = pool
+        .backends
+        .iter()
+        .map(|b| u64::from(b.weight.max(1)))
+        .sum();
+    let points = u64::from(virtual_nodes).saturating_mul(weights);
+    if points <= MAX_RING_POINTS {
+        return None;
+    }
+    let heaviest = pool.backends.iter().map(|b| b.weight).max().unwrap_or(1);
+    Some((
+        heaviest,
+        format!(
+            "models.{}: consistent_hash would put {points} points on its hash ring (virtual_nodes {virtual_nodes} x weights summing to {weights}), more than the {MAX_RING_POINTS} it allows; weights are relative, so scale them down (e.g. 4 and 1 rather than 4000 and 1000), or lower virtual_nodes",
+            pool.name
+        ),
+    ))
+}
+
+/// Every `consistent_hash` pool's ring can be built (see [`ring_problem`]); the error is
+/// located at the heaviest backend's `weight`.
+pub fn check_rings(config: &Config, origin: &str, text: &str) -> Result<(), ConfigError> {
+    for pool in &config.models {
+        if let Some((heaviest, message)) = ring_problem(pool) {
+            return Err(ConfigError::at_model_key(
+                origin,
+                text,
+                &pool.name,
+                "weight",
+                &heaviest.to_string(),
+                message,
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// One parameter's value: a number, a duration or name (text), or a map of weights.
 #[derive(Debug, Clone, Deserialize)]
@@ -51,8 +103,9 @@ fn number(key: &str, v: &ParamValue) -> Result<f64, String> {
 
 fn duration(key: &str, v: &ParamValue) -> Result<Duration, String> {
     match v {
-        ParamValue::Number(x) => Duration::try_from_secs_f64(*x)
-            .map_err(|_| format!("{key} must be a duration such as 2s or 500ms, got {x}")),
+        ParamValue::Number(x) => {
+            super::values::seconds_f64(*x, x).map_err(|e| format!("{key}: {e}"))
+        }
         ParamValue::Text(s) => super::values::parse_duration(s).map_err(|e| format!("{key}: {e}")),
         ParamValue::Weights(_) => Err(format!("{key} must be a duration such as 2s or 500ms")),
     }
@@ -188,6 +241,31 @@ mod tests {
         assert!(spec("gpu_aware", &[("max_temperature_c", Number(80.0))]).is_ok());
         assert!(spec("cost", &[("quality_floor", Number(0.5))]).is_ok());
         assert!(spec("least_loaded", &[("kv_weight", Number(2.0))]).is_ok());
+    }
+
+    #[test]
+    fn a_hash_ring_too_large_to_build_is_refused_at_the_heaviest_weight() {
+        let pool = |policy: &str, w: u64| {
+            format!(
+                "models:\n  small:\n    backends:\n      - url: http://a:1\n  m:\n    policy: {policy}\n    backends:\n      - url: http://a:1\n      - url: http://b:1\n        weight: {w}\n"
+            )
+        };
+        let e =
+            crate::config::parse(&pool("consistent_hash", 4_000_000_000), "c.yaml").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(10), Some(9)), "{e}");
+        assert!(
+            e.message
+                .starts_with("models.m: consistent_hash would put 640000000160 points"),
+            "{e}"
+        );
+        assert!(e.message.contains("scale them down"), "{e}");
+        // 160 x (6553 + 1) fits; one more does not.
+        assert!(crate::config::parse(&pool("consistent_hash", 6552), "c.yaml").is_ok());
+        assert!(crate::config::parse(&pool("consistent_hash", 6553), "c.yaml").is_err());
+        let fewer = "{name: consistent_hash, virtual_nodes: 1}";
+        assert!(crate::config::parse(&pool(fewer, 1_000_000), "c.yaml").is_ok());
+        // Other policies build nothing per unit of weight.
+        assert!(crate::config::parse(&pool("weighted", 4_000_000_000), "c.yaml").is_ok());
     }
 
     #[test]

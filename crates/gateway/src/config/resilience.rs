@@ -48,9 +48,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsFile {
-    /// Connection establishment.
+    /// Connection establishment; above 0.
+    #[serde(default, deserialize_with = "connect")]
     pub connect: Option<Seconds>,
-    /// Request sent to the first byte of the response body (time to first token).
+    /// Request sent to the first byte of the response body (time to first token); above 0.
+    #[serde(default, deserialize_with = "first_byte")]
     pub first_byte: Option<Seconds>,
     /// Longest silence between two chunks of a response body; `0` turns it off.
     pub idle: Option<Seconds>,
@@ -111,9 +113,11 @@ pub struct HealthCheckFile {
     /// Path to GET, starting with `/`.
     #[serde(default, deserialize_with = "path")]
     pub path: Option<String>,
-    /// Time between checks.
+    /// Time between checks, at least [`MIN_HEALTH_INTERVAL`].
+    #[serde(default, deserialize_with = "health_interval")]
     pub interval: Option<Seconds>,
-    /// Time a check may take.
+    /// Time a check may take; above 0.
+    #[serde(default, deserialize_with = "health_timeout")]
     pub timeout: Option<Seconds>,
     /// Failed checks in a row that mark a backend down.
     #[serde(default, deserialize_with = "at_least_one")]
@@ -155,14 +159,50 @@ pub fn health_check(
     })
 }
 
+/// Shortest time between two health checks of a backend: a shorter one hammers the backend
+/// with checks (and zero cannot run at all).
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
+
+fn health_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    super::values::at_least(
+        d,
+        MIN_HEALTH_INTERVAL,
+        "health_check.interval must be at least 10ms (checks would run back to back); the default is 5s",
+    )
+}
+
+fn health_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    super::values::at_least(
+        d,
+        Duration::from_nanos(1),
+        "health_check.timeout must be above 0 (every check would fail); the default is 2s",
+    )
+}
+
+fn connect<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    super::values::at_least(
+        d,
+        Duration::from_nanos(1),
+        "timeouts.connect must be above 0 (no connection could open); the default is 5s",
+    )
+}
+
+fn first_byte<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    super::values::at_least(
+        d,
+        Duration::from_nanos(1),
+        "timeouts.first_byte cannot be turned off, and 0 would time out every request; set a long one such as 10m (the default is 300s)",
+    )
+}
+
 /// `breaker:` in a pool. On by default; `enabled: false` turns it off.
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerFile {
     /// `false` turns the breaker off.
     pub enabled: Option<bool>,
-    /// Failures within `window` that open it.
-    #[serde(default, deserialize_with = "at_least_one")]
+    /// Failures within `window` that open it, 1 to [`MAX_BREAKER_FAILURES`].
+    #[serde(default, deserialize_with = "breaker_failures")]
     pub failures: Option<u32>,
     /// How far back failures count.
     pub window: Option<Seconds>,
@@ -225,6 +265,20 @@ impl OutlierFile {
             max_ejected_share: f.max_ejected_share,
         })
     }
+}
+
+/// Most failures a breaker may count before opening: it keeps the time of each one within
+/// its window, so the count bounds its memory.
+pub const MAX_BREAKER_FAILURES: u32 = 10_000;
+
+fn breaker_failures<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n = at_least_one(d)?;
+    if n.is_some_and(|n| n > MAX_BREAKER_FAILURES) {
+        return Err(de::Error::custom(format!(
+            "breaker.failures must be at most {MAX_BREAKER_FAILURES} (the breaker keeps the time of each failure in its window); the default is 5, and `enabled: false` turns the breaker off"
+        )));
+    }
+    Ok(n)
 }
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -310,6 +364,72 @@ mod tests {
         assert!(e.message.contains("unknown field `ttft`"), "{e}");
         let e = err("models:\n  m:\n    outlier_detection: {max_ejected_share: 2}\n    backends:\n      - url: http://a:1\n");
         assert!(e.message.contains("between 0 and 1"), "{e}");
+    }
+
+    #[test]
+    fn values_that_would_panic_spin_or_overflow_are_refused_with_the_key() {
+        let pool = |extra: &str| {
+            format!("models:\n  m:\n    {extra}\n    backends:\n      - url: http://a:1\n")
+        };
+        for (extra, says) in [
+            (
+                "health_check: {interval: 0}",
+                "health_check.interval must be at least 10ms",
+            ),
+            (
+                "health_check: {interval: 1ms}",
+                "health_check.interval must be at least 10ms",
+            ),
+            (
+                "health_check: {timeout: 0}",
+                "health_check.timeout must be above 0",
+            ),
+            ("timeouts: {connect: 0}", "timeouts.connect must be above 0"),
+            (
+                "timeouts: {first_byte: 0}",
+                "timeouts.first_byte cannot be turned off",
+            ),
+            (
+                "timeouts: {first_byte: 1e19}",
+                "longest duration the config takes",
+            ),
+            (
+                "timeouts: {total: 1e19}",
+                "longest duration the config takes",
+            ),
+            (
+                "breaker: {failures: 4000000000}",
+                "breaker.failures must be at most 10000",
+            ),
+            (
+                "breaker: {open_for: 1e19}",
+                "longest duration the config takes",
+            ),
+            (
+                "outlier_detection: {max_ejection: 1e19}",
+                "longest duration the config takes",
+            ),
+            ("slow_start: 1e19", "longest duration the config takes"),
+        ] {
+            let e = err(&pool(extra));
+            assert_eq!(e.line, Some(3), "{extra}: {e}");
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
+        let e = err("drain_timeout: 1e19\nmodels:\n  m:\n    backends:\n      - url: http://a:1\n");
+        assert_eq!((e.line, e.column), (Some(1), Some(16)), "{e}");
+        let e =
+            err("scrape: {timeout: 0}\nmodels:\n  m:\n    backends:\n      - url: http://a:1\n");
+        assert!(e.message.contains("scrape.timeout must be above 0"), "{e}");
+        let e = err(
+            "retry: {backoff_max: 9000h}\nmodels:\n  m:\n    backends:\n      - url: http://a:1\n",
+        );
+        assert!(e.message.contains("365 days"), "{e}");
+        // The limits themselves are accepted.
+        assert!(super::super::parse(
+            &pool("health_check: {interval: 10ms, timeout: 8760h}\n    breaker: {failures: 10000}"),
+            "c.yaml"
+        )
+        .is_ok());
     }
 
     #[test]

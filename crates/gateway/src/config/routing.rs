@@ -40,12 +40,20 @@ pub struct ScrapeFile {
     /// Time between scrapes.
     #[serde(default)]
     pub interval: Option<Seconds>,
-    /// Time one scrape may take.
-    #[serde(default)]
+    /// Time one scrape may take; above 0.
+    #[serde(default, deserialize_with = "scrape_timeout")]
     pub timeout: Option<Seconds>,
     /// Age past which a report stops counting.
     #[serde(default)]
     pub max_age: Option<Seconds>,
+}
+
+fn scrape_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    super::values::at_least(
+        d,
+        Duration::from_nanos(1),
+        "scrape.timeout must be above 0 (every scrape would fail); leave it out for the default (the interval, at least 250ms)",
+    )
 }
 
 /// How engines are scraped, validated.

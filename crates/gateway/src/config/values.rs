@@ -9,9 +9,45 @@ use std::fmt;
 use std::time::Duration;
 use switchyard_core::PolicySpec;
 
-/// A duration written as a number of seconds (`2.5`) or with a unit (`300ms`, `5s`, `2m`, `1h`).
+/// A duration written as a number of seconds (`2.5`) or with a unit (`300ms`, `5s`, `2m`, `1h`),
+/// at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
+
+/// The longest duration the config takes: a year. Longer ones serve no purpose, and the
+/// gateway adds durations to instants and to each other (deadlines, ejection ends, scrape
+/// ages); a value near `Duration::MAX` (`1e19s` parses) would make that overflow and panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `d`, if it is at most [`MAX_DURATION`]; `written` is the value as the file has it.
+pub(crate) fn bounded(d: Duration, written: &dyn fmt::Display) -> Result<Duration, String> {
+    if d <= MAX_DURATION {
+        Ok(d)
+    } else {
+        Err(too_long(written))
+    }
+}
+
+fn too_long(written: &dyn fmt::Display) -> String {
+    format!(
+        "'{written}' is longer than the longest duration the config takes, 365 days (8760h); write a shorter one"
+    )
+}
+
+/// `secs` seconds, if that is a duration the config takes; `written` is the value as the
+/// file has it.
+pub(crate) fn seconds_f64(secs: f64, written: &dyn fmt::Display) -> Result<Duration, String> {
+    if secs.is_nan() {
+        return Err(format!("'{written}' is not a number of seconds"));
+    }
+    if secs < 0.0 {
+        return Err("a duration cannot be negative".into());
+    }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(too_long(written));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{written}' is out of range"))
+}
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -22,17 +58,22 @@ impl<'de> Deserialize<'de> for Seconds {
                 f.write_str("a duration such as 500ms, 5s, 2m or a number of seconds")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
-                Ok(Seconds(Duration::from_secs(v)))
+                bounded(Duration::from_secs(v), &v)
+                    .map(Seconds)
+                    .map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
-                u64::try_from(v)
-                    .map(|v| Seconds(Duration::from_secs(v)))
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+                self.visit_u64(v)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
-                Duration::try_from_secs_f64(v)
-                    .map(Seconds)
-                    .map_err(|_| E::custom(format!("{v} is not a valid number of seconds")))
+                // `1e19` as written, not twenty digits.
+                let written = if v.abs() >= 1e15 {
+                    format!("{v:e}")
+                } else {
+                    v.to_string()
+                };
+                seconds_f64(v, &written).map(Seconds).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Seconds, E> {
                 parse_duration(s).map(Seconds).map_err(E::custom)
@@ -40,6 +81,20 @@ impl<'de> Deserialize<'de> for Seconds {
         }
         d.deserialize_any(V)
     }
+}
+
+/// A duration of at least `min`, for a key where a shorter one cannot work; `message` says
+/// which key and why (field errors are reported at the enclosing map, so it must).
+pub(crate) fn at_least<'de, D: Deserializer<'de>>(
+    d: D,
+    min: Duration,
+    message: &str,
+) -> Result<Option<Seconds>, D::Error> {
+    let s = Seconds::deserialize(d)?;
+    if s.0 < min {
+        return Err(de::Error::custom(message));
+    }
+    Ok(Some(s))
 }
 
 impl Seconds {
@@ -69,7 +124,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"))
+    seconds_f64(secs, &s)
 }
 
 /// A size in bytes written as a number or with a unit (`512KiB`, `32MiB`, `1GiB`, `10MB`).
@@ -134,6 +189,46 @@ impl<'de> Deserialize<'de> for EnvString {
             .map(EnvString)
             .map_err(de::Error::custom)
     }
+}
+
+/// `api_key:`, an [`EnvString`] that must fit in an `Authorization` header. A key that cannot
+/// (a line break left by a `.env` file, say) is refused here: the header could not be built,
+/// and the backend would get the client's own `Authorization` instead.
+pub fn api_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EnvString>, D::Error> {
+    let key = EnvString::deserialize(d)?;
+    match api_key_problem(&key.0) {
+        None => Ok(Some(key)),
+        Some(problem) => Err(de::Error::custom(problem)),
+    }
+}
+
+/// Why `key` cannot be sent as `Authorization: Bearer <key>`, if it cannot. Never quotes the
+/// key.
+pub(crate) fn api_key_problem(key: &str) -> Option<String> {
+    // What an HTTP header value may not hold (RFC 9110 section 5.5): control characters
+    // other than tab.
+    let bad = |c: char| (c.is_ascii_control() && c != '\t') || c == '\u{7f}';
+    let (at, c) = key.char_indices().find(|(_, c)| bad(*c))?;
+    let what = match c {
+        '\r' => "a carriage return (\\r)".to_owned(),
+        '\n' => "a line feed (\\n)".to_owned(),
+        '\0' => "a NUL byte".to_owned(),
+        c => format!("the control character U+{:04X}", u32::from(c)),
+    };
+    let trailing = key[at..].chars().all(|c| bad(c) || c.is_whitespace());
+    let place = if trailing {
+        "ends with".to_owned()
+    } else {
+        format!("has, at character {},", key[..at].chars().count() + 1)
+    };
+    let hint = if matches!(c, '\r' | '\n') {
+        " (a `.env` file or `echo` output often leaves one)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "api_key {place} {what}, which cannot be sent in an HTTP header{hint}; remove it from the value or the environment variable it comes from (the key itself is not shown)"
+    ))
 }
 
 /// Expands `${NAME}` references with `lookup`.
@@ -291,6 +386,34 @@ mod tests {
     }
 
     #[test]
+    fn durations_stop_at_a_year_in_every_form() {
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        let e = parse_duration("8761h").unwrap_err();
+        assert!(
+            e.contains("longest duration the config takes, 365 days"),
+            "{e}"
+        );
+        assert!(parse_duration("1e19s").is_err());
+        assert!(parse_duration("10000000000000000000").is_err());
+        let read = |yaml: &str| serde_norway::from_str::<Seconds>(yaml).map(|s| s.0);
+        assert_eq!(read("31536000").unwrap(), MAX_DURATION);
+        for too_long in [
+            "31536001",
+            "1e19",
+            "1.8e19",
+            "\"31536001s\"",
+            "1e300",
+            ".inf",
+        ] {
+            let e = read(too_long).unwrap_err().to_string();
+            assert!(e.contains("365 days"), "{too_long}: {e}");
+        }
+        assert!(read("99999999999999999999").is_err());
+        assert!(read("-1.5").unwrap_err().to_string().contains("negative"));
+        assert!(read(".nan").is_err());
+    }
+
+    #[test]
     fn env_references_expand_or_name_the_missing_variable() {
         let look = |k: &str| (k == "KEY").then(|| "sk-1".to_string());
         assert_eq!(expand_env("${KEY}", look), Ok("sk-1".into()));
@@ -299,6 +422,25 @@ mod tests {
             .unwrap_err()
             .contains("NOPE is not set"));
         assert!(expand_env("${KEY", look).is_err());
+    }
+
+    #[test]
+    fn api_keys_that_cannot_be_a_header_are_refused_without_being_shown() {
+        assert_eq!(api_key_problem("sk-abc123"), None);
+        assert_eq!(api_key_problem("sk-with\ttab"), None);
+        let e = api_key_problem("sk-secret\r").unwrap();
+        assert!(
+            e.starts_with("api_key ends with a carriage return (\\r)"),
+            "{e}"
+        );
+        assert!(e.contains(".env"), "{e}");
+        assert!(!e.contains("sk-secret"), "{e}");
+        let e = api_key_problem("sk-secret\r\n").unwrap();
+        assert!(e.contains("ends with a carriage return"), "{e}");
+        let e = api_key_problem("sk-\nsecret").unwrap();
+        assert!(e.contains("has, at character 4, a line feed"), "{e}");
+        let e = api_key_problem("sk\u{1b}x").unwrap();
+        assert!(e.contains("U+001B"), "{e}");
     }
 
     #[test]

@@ -141,18 +141,31 @@ async fn detect(
         // The kind is known; its slots are not yet.
         Some(k) => Outcome::Known(EngineInfo::configured(k)),
         None if not_ready => Outcome::Retry,
+        // Nothing answered: a hosted API when it is reached over TLS, else a self-hosted
+        // server detection cannot name, which keeps today's paged-cache routing.
         None => Outcome::Known(EngineInfo {
             source: KindSource::Detected,
-            ..EngineInfo::configured(EngineKind::Hosted)
+            ..EngineInfo::configured(if backend.config.scheme == http::uri::Scheme::HTTPS {
+                EngineKind::Hosted
+            } else {
+                EngineKind::Other
+            })
         }),
     }
+}
+
+/// Failures of one backend, for backoff.
+#[derive(Debug, Default, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    next_try: Duration,
 }
 
 /// Detects every backend of the current config that is not yet known, one pass a second,
 /// until the task is aborted (with its [`super::Scraper`]).
 pub(super) async fn run(gw: Arc<Gateway>) {
     // Keyed by the backend's live state, which a reload keeps for a kept backend.
-    let mut backoff: HashMap<usize, super::Backoff> = HashMap::new();
+    let mut backoff: HashMap<usize, Backoff> = HashMap::new();
     loop {
         let snap = gw.snapshot();
         let timeout = snap.config.scrape.timeout;
@@ -203,7 +216,16 @@ pub(super) async fn run(gw: Arc<Gateway>) {
         drop(snap);
         while let Some(joined) = pass.join_next().await {
             let Ok((key, done)) = joined else { continue };
-            super::settle(&mut backoff, key, done, PASS_INTERVAL);
+            if done {
+                backoff.remove(&key);
+            } else {
+                let b = backoff.entry(key).or_default();
+                b.failures = b.failures.saturating_add(1);
+                let wait = PASS_INTERVAL
+                    .saturating_mul(1 << b.failures.min(16))
+                    .min(super::MAX_BACKOFF);
+                b.next_try = clock::now() + wait;
+            }
         }
         tokio::time::sleep(PASS_INTERVAL).await;
     }

@@ -6,8 +6,10 @@
 //!
 //! A backend that keeps failing (no `/metrics`, a hosted API, a dead replica) is retried with
 //! exponential backoff up to [`MAX_BACKOFF`], so a fleet of silent backends costs next to
-//! nothing. Scrapes of one round run concurrently, each bounded by `scrape.timeout`. The task
-//! stops when its [`Scraper`] handle is dropped.
+//! nothing. The backoff belongs to the backend (its live state), not to its URL: a backend
+//! removed is forgotten at the next round, and one added again starts afresh. Scrapes of one
+//! round run concurrently, each bounded by `scrape.timeout`. The task stops when its
+//! [`Scraper`] handle is dropped.
 
 pub mod detect;
 mod parse;
@@ -17,8 +19,8 @@ pub use parse::{parse, EngineSample, GpuSample, Scraped};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
@@ -100,30 +102,50 @@ pub(crate) async fn fetch(
     }
 }
 
-/// Failures of one URL (or backend), for backoff.
-#[derive(Debug, Default, Clone, Copy)]
+/// Failures of one URL of one backend, for backoff.
+#[derive(Debug, Default, Clone)]
 struct Backoff {
     failures: u32,
     next_try: Duration,
+    /// The backend, held weakly and never read: while the entry holds it, the address in its
+    /// [`Key`] cannot be reused by another backend's state.
+    _holds: Weak<BackendState>,
 }
 
-/// Records how an attempt on `key` went: success forgets its failures; a failure waits `base`
-/// doubled per failure in a row, at most [`MAX_BACKOFF`], before the next try.
-fn settle<K: std::hash::Hash + Eq>(
-    backoff: &mut HashMap<K, Backoff>,
-    key: K,
-    ok: bool,
-    base: Duration,
-) {
-    if ok {
-        backoff.remove(&key);
-    } else {
-        let b = backoff.entry(key).or_default();
+/// One URL of one backend: its live state's address, the URL, which report it feeds.
+type Key = (usize, http::Uri, Kind);
+
+/// The backoff of every failing URL of the current backends.
+#[derive(Debug, Default)]
+struct Backoffs(HashMap<Key, Backoff>);
+
+impl Backoffs {
+    /// Whether `key` may be scraped at `now`.
+    fn due(&self, key: &Key, now: Duration) -> bool {
+        self.0.get(key).is_none_or(|b| b.next_try <= now)
+    }
+
+    /// Records a scrape of `key`'s URL: a success clears its backoff, a failure doubles it
+    /// (from `interval`, up to [`MAX_BACKOFF`]).
+    fn record(&mut self, key: Key, ok: bool, state: Weak<BackendState>, interval: Duration) {
+        if ok {
+            self.0.remove(&key);
+            return;
+        }
+        let b = self.0.entry(key).or_insert_with(|| Backoff {
+            _holds: state,
+            ..Backoff::default()
+        });
         b.failures = b.failures.saturating_add(1);
-        let wait = base
+        let wait = interval
             .saturating_mul(1 << b.failures.min(16))
             .min(MAX_BACKOFF);
         b.next_try = clock::now() + wait;
+    }
+
+    /// Forgets every URL not in `current` (backends removed, URLs changed, scraping off).
+    fn keep_only(&mut self, current: &HashSet<Key>) {
+        self.0.retain(|k, _| current.contains(k));
     }
 }
 
@@ -135,7 +157,8 @@ enum Kind {
 }
 
 async fn run(gw: Arc<Gateway>) {
-    let mut backoff: HashMap<(http::Uri, Kind), Backoff> = HashMap::new();
+    let mut backoff = Backoffs::default();
+    let mut current = HashSet::new();
     loop {
         // Each round reads the current snapshot, so a reload's new backends and new settings
         // take effect at the next round.
@@ -144,6 +167,7 @@ async fn run(gw: Arc<Gateway>) {
         let next_round = tokio::time::Instant::now() + settings.interval;
         let now = clock::now();
         let mut round = JoinSet::new();
+        current.clear();
         let pools = snap.pools.values().filter(|_| settings.enabled);
         for pool in pools {
             for b in &pool.backends {
@@ -153,22 +177,26 @@ async fn run(gw: Arc<Gateway>) {
                 ];
                 for (uri, kind) in urls {
                     let Some(uri) = uri else { continue };
-                    let key = (uri.clone(), kind);
-                    if backoff.get(&key).is_some_and(|s| s.next_try > now) {
+                    let key = (Arc::as_ptr(&b.state) as usize, uri.clone(), kind);
+                    current.insert(key.clone());
+                    if !backoff.due(&key, now) {
                         continue;
                     }
                     let (client, state) = (snap.client.clone(), b.state.clone());
                     round.spawn(async move {
-                        let ok = scrape_one(&client, &key.0, key.1, &state, settings.timeout).await;
-                        (key, ok)
+                        let ok = scrape_one(&client, &key.1, key.2, &state, settings.timeout).await;
+                        (key, ok, Arc::downgrade(&state))
                     });
                 }
             }
         }
         drop(snap);
+        backoff.keep_only(&current);
         while let Some(joined) = round.join_next().await {
-            let Ok((key, ok)) = joined else { continue };
-            settle(&mut backoff, key, ok, settings.interval);
+            let Ok((key, ok, state)) = joined else {
+                continue;
+            };
+            backoff.record(key, ok, state, settings.interval);
         }
         tokio::time::sleep_until(next_round).await;
     }
@@ -205,5 +233,41 @@ async fn scrape_one(
             }
             scraped.gpu.is_some()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend_health::BackendHealth;
+    use crate::telemetry::Metrics;
+    use switchyard_core::BackendId;
+
+    fn state(name: &str) -> Arc<BackendState> {
+        let metrics = Metrics::new().backend("m", name);
+        let health = BackendHealth::new(BackendId(0), None, None, Duration::ZERO, metrics.clone());
+        Arc::new(BackendState::new(metrics, health))
+    }
+
+    #[test]
+    fn backoff_is_per_backend_and_forgets_the_backends_that_are_gone() {
+        let uri: http::Uri = "http://a:1/metrics".parse().unwrap();
+        let (gone, kept) = (state("gone"), state("kept"));
+        let key = |s: &Arc<BackendState>| (Arc::as_ptr(s) as usize, uri.clone(), Kind::Engine);
+        let mut backoff = Backoffs::default();
+        let interval = Duration::from_secs(1);
+        for s in [&gone, &kept] {
+            backoff.record(key(s), false, Arc::downgrade(s), interval);
+            assert!(!backoff.due(&key(s), clock::now()));
+        }
+        // Another backend at the same url has its own backoff.
+        let again = state("gone");
+        assert!(backoff.due(&key(&again), clock::now()));
+
+        backoff.keep_only(&[key(&kept), key(&again)].into_iter().collect());
+        assert_eq!(backoff.0.len(), 1);
+        assert!(!backoff.due(&key(&kept), clock::now()));
+        backoff.record(key(&kept), true, Arc::downgrade(&kept), interval);
+        assert!(backoff.0.is_empty());
     }
 }

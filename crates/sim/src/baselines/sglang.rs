@@ -188,6 +188,7 @@ mod tests {
             session_key: None,
             session_source: None,
             prompt: prompt.into(),
+            prompt_blocks: Vec::new(),
             estimated_input_tokens: (prompt.len() / 4) as u32,
             max_output_tokens: Some(10),
         }

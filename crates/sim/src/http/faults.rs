@@ -4,8 +4,9 @@
 //! changes them at run time (a JSON object; the fields it names are replaced, the others kept;
 //! `GET /admin/faults` returns the current set). [`FaultState::verdict`] decides, per inference
 //! request, whether the request hangs, fails with a 5xx, is rate limited, or runs (with added
-//! latency and perhaps a stream cut short). `crash` and `not_ready_for_s` act on the listener and
-//! on `/health` (see [`super::server`]).
+//! latency and perhaps a stream cut short, cut inside an event, or stalled: [`StreamFaults`],
+//! carried out by [`super::stream`]). `crash` and `not_ready_for_s` act on the listener and on
+//! `/health` (see [`super::server`]).
 
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -29,6 +30,16 @@ pub struct Faults {
     /// Cut a stream's connection after this many tokens were sent: no `[DONE]`, no final chunk.
     /// Applies to streaming requests.
     pub drop_after_tokens: Option<u32>,
+    /// Cut a stream's connection after this many bytes of its body, wherever they fall (inside
+    /// an SSE event, mostly): what a proxy or a network failure does to a stream. Applies to
+    /// streaming requests; with `drop_after_tokens`, whichever comes first.
+    pub drop_after_bytes: Option<u64>,
+    /// After this many tokens, a stream goes silent (the connection stays open, the engine
+    /// keeps generating) for `stall_for_s`, or until the client leaves. Applies to streaming
+    /// requests.
+    pub stall_after_tokens: Option<u32>,
+    /// How long a stall lasts, seconds; `None`: until the client leaves.
+    pub stall_for_s: Option<f64>,
     /// Stop listening: connections are refused, open ones are cut, and the engine loses its
     /// state as a crashed process would. Setting it back to `false` (in process, or after
     /// `crash_for_s`) listens again on the same port with a fresh engine.
@@ -50,6 +61,9 @@ impl Default for Faults {
             added_latency_ms: 0,
             hang: false,
             drop_after_tokens: None,
+            drop_after_bytes: None,
+            stall_after_tokens: None,
+            stall_for_s: None,
             crash: false,
             crash_for_s: None,
             not_ready_for_s: 0.0,
@@ -78,6 +92,7 @@ impl Faults {
         let secs = [
             ("not_ready_for_s", Some(self.not_ready_for_s)),
             ("crash_for_s", self.crash_for_s),
+            ("stall_for_s", self.stall_for_s),
         ];
         for (name, v) in secs {
             if let Some(v) = v {
@@ -119,13 +134,26 @@ pub enum Verdict {
     Error,
     /// Answer 429 with `Retry-After` of this many seconds.
     RateLimited(u32),
-    /// Serve it, after `delay`, cutting a stream after `drop_after_tokens` tokens if set.
+    /// Serve it, after `delay`, with these faults if it streams.
     Serve {
         /// Added latency.
         delay: Duration,
-        /// Tokens after which a stream's connection is cut.
-        drop_after_tokens: Option<u32>,
+        /// What happens to its stream.
+        stream: StreamFaults,
     },
+}
+
+/// What a fault does to one stream (see [`Faults`] for each field).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StreamFaults {
+    /// Tokens after which the connection is cut.
+    pub drop_after_tokens: Option<u32>,
+    /// Body bytes after which the connection is cut.
+    pub drop_after_bytes: Option<u64>,
+    /// Tokens after which the stream goes silent.
+    pub stall_after_tokens: Option<u32>,
+    /// How long it stays silent; `None`: until the client leaves.
+    pub stall_for: Option<Duration>,
 }
 
 /// A replica's live faults, shared by its connections. Locks are short and never held across
@@ -194,7 +222,12 @@ impl FaultState {
         }
         Verdict::Serve {
             delay: Duration::from_millis(f.added_latency_ms),
-            drop_after_tokens: f.drop_after_tokens,
+            stream: StreamFaults {
+                drop_after_tokens: f.drop_after_tokens,
+                drop_after_bytes: f.drop_after_bytes,
+                stall_after_tokens: f.stall_after_tokens,
+                stall_for: f.stall_for_s.map(secs),
+            },
         }
     }
 
@@ -228,6 +261,41 @@ mod tests {
         assert!(f.patched(&serde_json::json!({"eror_rate": 0.1})).is_err());
         assert!(f.patched(&serde_json::json!([1])).is_err());
         assert!(f.patched(&serde_json::json!({"crash_for_s": -1})).is_err());
+        assert!(f
+            .patched(&serde_json::json!({"stall_for_s": -0.5}))
+            .is_err());
+        assert!(f
+            .patched(&serde_json::json!({"drop_after_bytes": -1}))
+            .is_err());
+    }
+
+    #[test]
+    fn stream_faults_reach_the_verdict() {
+        let s = FaultState::new(Faults::default(), 1);
+        let Verdict::Serve { stream, .. } = s.verdict() else {
+            panic!("no fault set, yet not served");
+        };
+        assert_eq!(stream, StreamFaults::default());
+        let f = Faults::default()
+            .patched(&serde_json::json!({
+                "drop_after_bytes": 700,
+                "stall_after_tokens": 3,
+                "stall_for_s": 1.5,
+            }))
+            .unwrap();
+        s.set(f);
+        let Verdict::Serve { stream, .. } = s.verdict() else {
+            panic!("stream faults must not refuse the request");
+        };
+        assert_eq!(
+            stream,
+            StreamFaults {
+                drop_after_tokens: None,
+                drop_after_bytes: Some(700),
+                stall_after_tokens: Some(3),
+                stall_for: Some(Duration::from_millis(1500)),
+            }
+        );
     }
 
     #[test]

@@ -97,8 +97,9 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Renders a snapshot in the Prometheus text format (version 0.0.4).
-pub fn render(s: &Snapshot, labels: &Labels<'_>) -> String {
+/// Renders a snapshot in the Prometheus text format (version 0.0.4); `cancelled` is the
+/// replica's count of requests its clients abandoned (vLLM's `finished_reason="abort"`).
+pub fn render(s: &Snapshot, labels: &Labels<'_>, cancelled: u64) -> String {
     let m = &s.engine;
     let model = escape(labels.model);
     let model = model.as_str();
@@ -165,6 +166,10 @@ pub fn render(s: &Snapshot, labels: &Labels<'_>) -> String {
         out,
         "vllm:request_success_total{{finished_reason=\"length\",model_name=\"{model}\"}} {}",
         m.requests_finished_total
+    );
+    let _ = writeln!(
+        out,
+        "vllm:request_success_total{{finished_reason=\"abort\",model_name=\"{model}\"}} {cancelled}"
     );
     family(
         &mut out,

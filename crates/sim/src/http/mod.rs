@@ -7,11 +7,15 @@
 //! - [`openai`]: `POST /v1/chat/completions`, `/v1/completions` (whole or SSE at the simulated
 //!   pace, `stream_options.include_usage`), `/v1/embeddings`, `/tokenize`, `/detokenize`;
 //!   vLLM's error shape for bad input; [`extras`]: the endpoints that need no engine.
+//! - [`stream`]: an answer streamed as vLLM sends it (nothing before the first token).
+//! - [`output`]: the output text as a pure function of the request, for clients to recompute.
+//! - [`cancel`]: clients that leave early cancel the engine's request; the replica records it.
 //! - [`metrics`]: `GET /metrics` with vLLM's metric names and the DCGM GPU gauges.
 //! - [`llamacpp`]: in slot mode ([`crate::slots`]), `GET /props` and `llamacpp:` metrics, as
 //!   llama.cpp's `llama-server` answers them.
-//! - [`faults`]: errors, rate limits, latency, hangs, cut streams, crashes and slow starts, set
-//!   at start or at run time through `POST /admin/faults`.
+//! - [`faults`]: errors, rate limits, latency, hangs, streams cut (after N tokens or N bytes)
+//!   or stalled, crashes and slow starts, set at start or at run time through
+//!   `POST /admin/faults`.
 //! - [`server`]: the listener, the router, `/health`, `/v1/models`, `/version`.
 //!
 //! ```no_run
@@ -23,16 +27,21 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cancel;
 pub mod driver;
 pub mod extras;
 pub mod faults;
 pub mod llamacpp;
 pub mod metrics;
 pub mod openai;
+pub mod output;
 pub mod server;
+pub mod stream;
 
+pub use cancel::Cancellations;
 pub use driver::Snapshot;
 pub use faults::{Faults, FaultsError};
+pub use output::{expected, Expected};
 pub use server::{Replica, StartError};
 
 use crate::{EngineConfig, Profile};
@@ -52,7 +61,8 @@ pub struct ReplicaConfig {
     pub gpu_name: String,
     /// Simulated seconds per wall-clock second (1 = real time; 10 = ten times faster).
     pub time_scale: f64,
-    /// Seed for output text and fault draws.
+    /// Seed for response ids and fault draws. The output text does not depend on it: it is a
+    /// function of the request ([`output`]).
     pub seed: u64,
     /// Faults at start.
     pub faults: Faults,

@@ -3,24 +3,27 @@
 //! `POST /v1/chat/completions` and `/v1/completions` turn the request into a [`SimRequest`]
 //! (the chat messages rendered as `<|role|>\ncontent\n` lines, tokenized by the stand-in
 //! [`tokenizer`]), submit it to the replica's engine driver and answer when the engine
-//! finishes, or stream one SSE chunk per token as the engine produces it. The output text is
-//! the engine's synthetic text (four characters per token). Bad input gets vLLM's error shape,
+//! finishes, or stream one SSE chunk per token as the engine produces it ([`super::stream`]).
+//! The output text is synthetic text (four characters per token), a pure function of the
+//! request ([`super::output`]). A client that leaves before the end cancels the engine's
+//! request ([`super::cancel`]). Bad input gets vLLM's error shape,
 //! `{"object":"error","message":...,"type":"BadRequestError","param":null,"code":400}`.
 //! `/v1/embeddings`, `/tokenize` and `/detokenize` ([`super::extras`]) answer at once, without
 //! the engine.
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
-use http_body_util::{channel::Sender, Either, Full};
+use http_body_util::{Either, Full};
 use serde_json::{json, Value};
 use std::fmt::Write;
-use std::io;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+use super::cancel::InFlight;
 use super::driver::{DriveError, ReqEvent};
 use super::faults::Verdict;
 use super::server::{Shared, SimBody};
+use super::{output, stream};
 use crate::tokenizer::{self, mix64};
 use crate::{RequestId, SimRequest};
 
@@ -102,9 +105,17 @@ pub(super) fn check_model(
     shared: &Shared,
     obj: &serde_json::Map<String, Value>,
 ) -> Result<(), SimError> {
+    check_model_name(&shared.model, obj)
+}
+
+/// Checks the `model` field against `served`.
+pub(super) fn check_model_name(
+    served: &str,
+    obj: &serde_json::Map<String, Value>,
+) -> Result<(), SimError> {
     match obj.get("model") {
         None | Some(Value::Null) => Ok(()),
-        Some(Value::String(m)) if *m == shared.model => Ok(()),
+        Some(Value::String(m)) if *m == served => Ok(()),
         Some(Value::String(m)) => Err(SimError {
             status: StatusCode::NOT_FOUND,
             kind: "NotFoundError",
@@ -196,16 +207,32 @@ fn opt_u32(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<u32
     }
 }
 
-/// What a generation request asks for.
-struct Generation {
-    prompt: Vec<u32>,
-    max_tokens: u32,
-    stream: bool,
-    include_usage: bool,
+/// The replica's limits that shape a request's output length.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Prompt plus output may not exceed it.
+    pub max_model_len: u32,
+    /// Output length when the request sets none.
+    pub default_max_tokens: u32,
 }
 
-fn parse_generation(
-    shared: &Shared,
+/// What a generation request asks for.
+pub(super) struct Generation {
+    /// The prompt's tokens.
+    pub prompt: Vec<u32>,
+    /// Tokens to generate.
+    pub max_tokens: u32,
+    /// Answer as SSE.
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// The request's `seed` field: another seed, another output.
+    pub seed: Option<u64>,
+}
+
+/// Reads a generation request as a replica with `limits` would.
+pub(super) fn parse_generation(
+    limits: Limits,
     kind: Kind,
     obj: &serde_json::Map<String, Value>,
 ) -> Result<Generation, String> {
@@ -222,10 +249,10 @@ fn parse_generation(
         Some(n) => Some(n),
         None => opt_u32(obj, "max_tokens")?,
     };
-    let room = shared
+    let room = limits
         .max_model_len
         .saturating_sub(u32::try_from(prompt.len()).unwrap_or(u32::MAX));
-    let max_tokens = requested.unwrap_or_else(|| shared.default_max_tokens.min(room).max(1));
+    let max_tokens = requested.unwrap_or_else(|| limits.default_max_tokens.min(room).max(1));
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -236,17 +263,27 @@ fn parse_generation(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // OpenAI's `seed` is a signed 64-bit integer; any integer names a seed.
+    let seed = match obj.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(v) => match (v.as_u64(), v.as_i64()) {
+            (Some(u), _) => Some(u),
+            (None, Some(i)) => Some(i as u64),
+            _ => return Err("`seed` must be an integer".into()),
+        },
+    };
     Ok(Generation {
         prompt,
         max_tokens,
         stream,
         include_usage,
+        seed,
     })
 }
 
 /// `POST /v1/chat/completions` and `/v1/completions`.
 pub async fn generate(shared: Arc<Shared>, kind: Kind, body: Bytes) -> Response<SimBody> {
-    let drop_after = match shared.faults.verdict() {
+    let stream_faults = match shared.faults.verdict() {
         Verdict::Hang => std::future::pending().await,
         Verdict::Error => {
             return error(
@@ -265,14 +302,11 @@ pub async fn generate(shared: Arc<Shared>, kind: Kind, body: Bytes) -> Response<
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
             return r;
         }
-        Verdict::Serve {
-            delay,
-            drop_after_tokens,
-        } => {
+        Verdict::Serve { delay, stream } => {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            drop_after_tokens
+            stream
         }
     };
     let obj = match parse_object(&body) {
@@ -282,12 +316,16 @@ pub async fn generate(shared: Arc<Shared>, kind: Kind, body: Bytes) -> Response<
     if let Err(e) = check_model(&shared, &obj) {
         return e.response();
     }
-    let g = match parse_generation(&shared, kind, &obj) {
+    let limits = Limits {
+        max_model_len: shared.max_model_len,
+        default_max_tokens: shared.default_max_tokens,
+    };
+    let g = match parse_generation(limits, kind, &obj) {
         Ok(g) => g,
         Err(msg) => return bad_request(&msg),
     };
     let id = shared.next_request_id();
-    let output_seed = mix64(shared.seed ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let output_seed = output::output_seed(&shared.model, &g.prompt, g.seed);
     let prompt_tokens = u32::try_from(g.prompt.len()).unwrap_or(u32::MAX);
     let req = SimRequest {
         id,
@@ -306,17 +344,25 @@ pub async fn generate(shared: Arc<Shared>, kind: Kind, body: Bytes) -> Response<
             )
         }
     };
+    let in_flight = InFlight::new(shared.clone(), id, output_seed);
     let out = Output {
         shared: shared.clone(),
         kind,
         id,
         output_seed,
         prompt_tokens,
+        max_tokens: g.max_tokens,
         created: unix_now(),
     };
     if g.stream {
-        let (tx, body) = http_body_util::channel::Channel::new(16);
-        tokio::spawn(out.stream(tx, events, g.include_usage, drop_after));
+        let (body, tx, gone) = stream::StreamBody::new();
+        tokio::spawn(stream::run(
+            out,
+            stream::Sink::new(tx, gone, stream_faults),
+            events,
+            g.include_usage,
+            in_flight,
+        ));
         let mut r = Response::new(Either::Right(body));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -328,7 +374,7 @@ pub async fn generate(shared: Arc<Shared>, kind: Kind, body: Bytes) -> Response<
         );
         r
     } else {
-        out.whole(events).await
+        out.whole(events, in_flight).await
     }
 }
 
@@ -339,17 +385,25 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// One response being produced.
-struct Output {
-    shared: Arc<Shared>,
-    kind: Kind,
-    id: RequestId,
-    output_seed: u64,
-    prompt_tokens: u32,
-    created: u64,
+pub(super) struct Output {
+    /// The replica.
+    pub shared: Arc<Shared>,
+    /// Chat or text completion.
+    pub kind: Kind,
+    /// The engine's id of the request.
+    pub id: RequestId,
+    /// Names the output text.
+    pub output_seed: u64,
+    /// Prompt length, for `usage`.
+    pub prompt_tokens: u32,
+    /// Tokens it will generate: the last one carries the `finish_reason`.
+    pub max_tokens: u32,
+    /// Unix time of the request, in every chunk.
+    pub created: u64,
 }
 
 impl Output {
-    fn response_id(&self) -> String {
+    pub(super) fn response_id(&self) -> String {
         let prefix = match self.kind {
             Kind::Chat => "chatcmpl",
             Kind::Completion => "cmpl",
@@ -357,11 +411,11 @@ impl Output {
         format!("{prefix}-{:016x}", mix64(self.shared.seed ^ self.id.0))
     }
 
-    fn piece(&self, index: u32) -> [u8; 4] {
+    pub(super) fn piece(&self, index: u32) -> [u8; 4] {
         tokenizer::synthetic_piece(self.output_seed, index)
     }
 
-    fn usage(&self, completion: u32, cached: u32) -> Value {
+    pub(super) fn usage(&self, completion: u32, cached: u32) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "total_tokens": self.prompt_tokens + completion,
@@ -370,8 +424,13 @@ impl Output {
         })
     }
 
-    /// Waits for the whole output and answers with one JSON body.
-    async fn whole(self, mut events: mpsc::UnboundedReceiver<ReqEvent>) -> Response<SimBody> {
+    /// Waits for the whole output and answers with one JSON body. Dropped before the end (the
+    /// client left), `in_flight` cancels the engine's request.
+    async fn whole(
+        self,
+        mut events: mpsc::UnboundedReceiver<ReqEvent>,
+        mut in_flight: InFlight,
+    ) -> Response<SimBody> {
         let (mut cached, mut text, mut done) = (0, String::new(), None);
         while let Some(ev) = events.recv().await {
             match ev {
@@ -385,6 +444,7 @@ impl Output {
                 }
             }
         }
+        in_flight.finished();
         let Some(n) = done else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -416,105 +476,6 @@ impl Output {
             "usage": self.usage(n, cached),
         });
         json_response(StatusCode::OK, body.to_string())
-    }
-
-    /// One SSE chunk with `choices` (raw JSON) and optional usage.
-    fn chunk(&self, rid: &str, choices: &str, usage: Option<&Value>) -> Bytes {
-        let object = match self.kind {
-            Kind::Chat => "chat.completion.chunk",
-            Kind::Completion => "text_completion",
-        };
-        let mut s = format!(
-            "data: {{\"id\":\"{rid}\",\"object\":\"{object}\",\"created\":{},\"model\":{},\"choices\":{choices}",
-            self.created, self.shared.model_json
-        );
-        if let Some(u) = usage {
-            let _ = write!(s, ",\"usage\":{u}");
-        }
-        s.push_str("}\n\n");
-        Bytes::from(s)
-    }
-
-    /// Streams one chunk per token as the engine produces it.
-    async fn stream(
-        self,
-        mut tx: Sender<Bytes, io::Error>,
-        mut events: mpsc::UnboundedReceiver<ReqEvent>,
-        include_usage: bool,
-        drop_after: Option<u32>,
-    ) {
-        let rid = self.response_id();
-        let driver = self.shared.driver.clone();
-        let cut = |tx: Sender<Bytes, io::Error>| async move {
-            // Let the connection flush what was sent, then cut it.
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            tx.abort(io::Error::other("simulated fault: connection dropped"));
-        };
-        if self.kind == Kind::Chat {
-            let first = self.chunk(
-                &rid,
-                r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
-                None,
-            );
-            if tx.send_data(first).await.is_err() {
-                driver.abort(self.id);
-                return;
-            }
-        }
-        if drop_after == Some(0) {
-            driver.abort(self.id);
-            return cut(tx).await;
-        }
-        let (mut cached, mut sent) = (0, 0u32);
-        while let Some(ev) = events.recv().await {
-            match ev {
-                ReqEvent::Admitted { cached_tokens } => cached = cached_tokens,
-                ReqEvent::Token { index } => {
-                    let piece = self.piece(index);
-                    let text = std::str::from_utf8(&piece).unwrap_or("?");
-                    let choices = match self.kind {
-                        Kind::Chat => format!(
-                            r#"[{{"index":0,"delta":{{"content":"{text}"}},"logprobs":null,"finish_reason":null}}]"#
-                        ),
-                        Kind::Completion => format!(
-                            r#"[{{"index":0,"text":"{text}","logprobs":null,"finish_reason":null}}]"#
-                        ),
-                    };
-                    if tx
-                        .send_data(self.chunk(&rid, &choices, None))
-                        .await
-                        .is_err()
-                    {
-                        driver.abort(self.id);
-                        return;
-                    }
-                    sent += 1;
-                    if drop_after == Some(sent) {
-                        driver.abort(self.id);
-                        return cut(tx).await;
-                    }
-                }
-                ReqEvent::Finished { output_tokens } => {
-                    let last = match self.kind {
-                        Kind::Chat => {
-                            r#"[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"length","stop_reason":null}]"#
-                        }
-                        Kind::Completion => {
-                            r#"[{"index":0,"text":"","logprobs":null,"finish_reason":"length","stop_reason":null}]"#
-                        }
-                    };
-                    let _ = tx.send_data(self.chunk(&rid, last, None)).await;
-                    if include_usage {
-                        let usage = self.usage(output_tokens, cached);
-                        let _ = tx.send_data(self.chunk(&rid, "[]", Some(&usage))).await;
-                    }
-                    let _ = tx.send_data(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                    return;
-                }
-            }
-        }
-        // The engine dropped the request (a crash): the stream ends without `[DONE]`.
-        tx.abort(io::Error::other("the engine stopped"));
     }
 }
 

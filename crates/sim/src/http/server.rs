@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{channel::Channel, BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -23,17 +23,19 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::cancel::{CancelLog, Cancellations};
 use super::driver::{DriverHandle, Snapshot};
 use super::extras;
 use super::faults::{FaultState, Faults, FaultsError};
 use super::llamacpp;
 use super::metrics::{self, Labels};
 use super::openai::{self, error, json_response, Kind};
+use super::stream::StreamBody;
 use super::ReplicaConfig;
 use crate::RequestId;
 
 /// Response bodies: whole JSON, or a stream of SSE chunks that a fault may cut.
-pub type SimBody = Either<Full<Bytes>, Channel<Bytes, io::Error>>;
+pub type SimBody = Either<Full<Bytes>, StreamBody>;
 
 /// Largest request body read.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -65,6 +67,8 @@ pub struct Shared {
     pub faults: FaultState,
     /// Pieces of text seen by `/tokenize`, for `/detokenize`.
     pub vocab: Vocab,
+    /// Requests whose client left before the end.
+    pub cancels: CancelLog,
     /// Where the replica listens.
     pub addr: SocketAddr,
     /// Unix time at start, for `/v1/models`.
@@ -78,6 +82,11 @@ impl Shared {
     /// A fresh request id.
     pub fn next_request_id(&self) -> RequestId {
         RequestId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether the replica is down (a `crash` fault).
+    pub fn is_crashed(&self) -> bool {
+        *self.crashed.borrow()
     }
 
     /// Installs validated faults and starts or ends a crash to match.
@@ -198,6 +207,7 @@ impl Replica {
             driver,
             faults: FaultState::new(cfg.faults, cfg.seed),
             vocab: Vocab::default(),
+            cancels: CancelLog::default(),
             addr,
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -231,6 +241,12 @@ impl Replica {
     /// The engine's numbers now.
     pub async fn snapshot(&self) -> Option<Snapshot> {
         self.shared.driver.snapshot().await
+    }
+
+    /// Requests whose client left before their answer was complete (the engine aborted
+    /// them), and the keys ([`super::output::Expected::output_seed`]) of the latest.
+    pub fn cancellations(&self) -> Cancellations {
+        self.shared.cancels.read()
     }
 
     /// The current faults.
@@ -445,6 +461,7 @@ async fn metrics_text(shared: &Shared) -> Response<SimBody> {
             gpu_name: &shared.gpu_name,
             hostname: &host,
         },
+        shared.cancels.total(),
     );
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(text))));
     r.headers_mut().insert(

@@ -1,4 +1,5 @@
 use super::*;
+use crate::prefix::block_hashes;
 use crate::routing::signals::DEFAULT_MAX_REPORT_AGE;
 use crate::routing::test_support::{idle, prompt_request};
 use crate::{BackendId, EngineLoad};
