@@ -229,15 +229,16 @@ async fn proxy(
         );
     };
 
-    let admitted = match crate::admission::admit(gw, caller, pool, &profile, &parts.headers).await {
-        Ok(admitted) => admitted,
-        Err(e) => return refuse(&pool.name, e),
-    };
+    let admitted =
+        match crate::admission::admit(gw, caller, pool, &profile, &parts.headers, &body).await {
+            Ok(admitted) => admitted,
+            Err(e) => return refuse(&pool.name, e),
+        };
     let request = attempts::Request {
         gw,
         pool,
         profile: &profile,
-        body: &body,
+        body: admitted.body(&body),
         headers: &parts.headers,
         request_id,
         started,

@@ -382,7 +382,7 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GatewayBody::Relay(r) => r.poll_relay(cx),
-            GatewayBody::Held(inner, _) => Pin::new(inner.as_mut()).poll_frame(cx),
+            GatewayBody::Held(inner, permit) => permit.poll(inner, cx),
         }
     }
 

@@ -448,3 +448,52 @@ async fn tenants_take_turns_in_the_queue_whoever_queued_first() {
     // First in the queue order, B would go last; VTC gives B its share as soon as it waits.
     assert_eq!(order(&up), ["a", "a", "b", "a", "b", "a", "a"]);
 }
+
+const STREAM: [&str; 3] = [
+    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}\n\n",
+    "data: [DONE]\n\n",
+];
+
+#[tokio::test]
+async fn a_metered_stream_asks_for_usage_invisibly_and_the_usage_reconciles_tpm() {
+    let up = Mock::start(Reply::Sse {
+        chunks: STREAM.to_vec(),
+        gate: None,
+    })
+    .await;
+    let gw = Gw::start(&auth_config(&up.url(), None, ", tpm: 1000", "")).await;
+    let c = client();
+    let body = r#"{"model":"m","stream":true,"max_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
+    let auth = [("authorization", bearer(KEY_A))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = post(&c, &gw.url("/v1/chat/completions"), body, &auth).await;
+    assert_eq!(a.status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&up.last().body).unwrap();
+    assert_eq!(
+        seen["stream_options"]["include_usage"], true,
+        "asked upstream"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        format!("{}{}", STREAM[0], STREAM[2]),
+        "the client never sees the usage chunk it did not ask for"
+    );
+    // The estimate (prompt + 500) came back down to the 10 tokens used, so a second request
+    // of the same estimate fits in the 1000 tokens per minute.
+    let a = post(&c, &gw.url("/v1/chat/completions"), body, &auth).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let left: u64 = a.headers["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left >= 400, "{left}");
+
+    // A client that asked for usage gets it, untouched.
+    let asked =
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let a = post(&c, &gw.url("/v1/chat/completions"), asked, &auth).await;
+    assert_eq!(String::from_utf8_lossy(&a.body), STREAM.concat());
+    assert_eq!(up.last().body, asked.as_bytes());
+}

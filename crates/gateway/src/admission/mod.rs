@@ -18,6 +18,7 @@ pub mod admin;
 pub mod gate;
 pub mod keys;
 pub mod store;
+pub mod usage;
 
 use http::{HeaderMap, HeaderValue, Response};
 use std::collections::HashMap;
@@ -154,6 +155,8 @@ pub struct Admitted {
     grant: Option<Grant>,
     /// For `x-switchyard-route` (debug headers): level, tenant, wait.
     note: Option<(Priority, TenantId, Duration)>,
+    /// The body to send upstream when it differs from the client's (`include_usage` added).
+    upstream_body: Option<bytes::Bytes>,
 }
 
 /// What an admitted request holds until its response ends: a concurrency slot of its key
@@ -165,10 +168,77 @@ pub struct Permit {
     tenant_limited: bool,
     tenant: TenantId,
     gate: Option<(Arc<Gate>, String)>,
+    /// Reads the response's usage, when the request is metered (auth on).
+    meter: Option<usage::Meter>,
+    /// Tokens taken from the token buckets at admission, to reconcile with the usage.
+    estimated: u32,
+    /// [`Permit::end`] ran.
+    ended: bool,
 }
 
-impl Drop for Permit {
-    fn drop(&mut self) {
+impl Permit {
+    /// Polls the response body it holds: each frame is looked at on its way (see
+    /// [`usage::Meter`]), and the moment the body ends the permit is given back, before the
+    /// client can see the end (so a client's next request finds its slot free).
+    pub fn poll(
+        &mut self,
+        inner: &mut GatewayBody,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::body::BodyError>>>
+    {
+        use http_body::Body;
+        let polled = std::pin::Pin::new(&mut *inner).poll_frame(cx);
+        let out = polled.map(|f| f.map(|r| r.map(|frame| self.observe(frame))));
+        if matches!(out, std::task::Poll::Ready(None)) || inner.is_end_stream() {
+            self.end();
+        }
+        out
+    }
+
+    fn observe(&mut self, frame: http_body::Frame<bytes::Bytes>) -> http_body::Frame<bytes::Bytes> {
+        match &mut self.meter {
+            Some(m) => match frame.into_data() {
+                Ok(d) => http_body::Frame::data(m.observe(d)),
+                Err(other) => other,
+            },
+            None => frame,
+        }
+    }
+
+    /// Gives the token buckets back what the estimate took beyond the real usage (or takes
+    /// what it missed).
+    fn reconcile(&self, used: usage::Usage) {
+        let actual = used.prompt_tokens.saturating_add(used.completion_tokens);
+        let now = self.snap.now();
+        let tenant = self
+            .snap
+            .admission
+            .as_ref()
+            .and_then(|a| a.keys.as_ref()?.tenant(self.tenant)?.limits.as_ref())
+            .filter(|_| self.tenant_limited);
+        for l in self
+            .key
+            .as_ref()
+            .and_then(|k| k.limits.as_ref())
+            .into_iter()
+            .chain(tenant)
+        {
+            l.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .reconcile(self.estimated, actual, now);
+        }
+    }
+
+    /// The request is over: usage reconciled, slots released, the queue's next one let go.
+    /// Runs once.
+    fn end(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if let Some(used) = self.meter.as_ref().and_then(|m| m.usage) {
+            self.reconcile(used);
+        }
         release(
             &self.snap,
             self.key.as_deref(),
@@ -179,6 +249,12 @@ impl Drop for Permit {
                 gate.pump(pool, self.snap.now(), self.snap.config.scrape.max_age);
             }
         }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -201,13 +277,15 @@ fn release(snap: &Snapshot, key: Option<&KeyRecord>, tenant: Option<TenantId>) {
     }
 }
 
-/// Lets the request go, makes it wait, or refuses it (see the module docs).
+/// Lets the request go, makes it wait, or refuses it (see the module docs). `body` is the
+/// request body, which a metered stream gets `include_usage` added to.
 pub async fn admit(
     snap: &Arc<Snapshot>,
     caller: Caller,
     pool: &Pool,
     profile: &RequestProfile,
     headers: &HeaderMap,
+    body: &bytes::Bytes,
 ) -> Result<Admitted, ApiError> {
     let Some(adm) = snap.admission.as_ref() else {
         return Ok(Admitted::default());
@@ -262,7 +340,24 @@ pub async fn admit(
         tenant_limited: tenant_limits.is_some(),
         tenant,
         gate: None,
+        meter: None,
+        estimated: tokens,
+        ended: false,
     };
+    // With a key, the response's usage is read for limits and spend; a stream that did not
+    // ask for it is asked for it, invisibly.
+    let mut upstream_body = None;
+    if permit.key.is_some() {
+        let mut meter = usage::Meter::default();
+        if profile.stream
+            && !profile.include_usage
+            && profile.kind != switchyard_core::EndpointKind::Embeddings
+        {
+            upstream_body = usage::with_include_usage(body);
+            meter.strip = upstream_body.is_some();
+        }
+        permit.meter = Some(meter);
+    }
 
     // The waiting room.
     let mut waited = Duration::ZERO;
@@ -298,6 +393,7 @@ pub async fn admit(
         permit: Some(permit),
         grant,
         note: Some((priority, tenant, waited)),
+        upstream_body,
     })
 }
 
@@ -310,12 +406,23 @@ fn limited(scope: &'static str, t: switchyard_core::admission::Throttle) -> ApiE
 }
 
 impl Admitted {
+    /// The body to send upstream: `original`, or it with `include_usage` added.
+    pub fn body<'a>(&'a self, original: &'a bytes::Bytes) -> &'a bytes::Bytes {
+        self.upstream_body.as_ref().unwrap_or(original)
+    }
+
     /// The client's response with the limits' headers, its body holding the permit.
     pub fn finish(self, resp: Response<GatewayBody>) -> Response<GatewayBody> {
-        let Some(permit) = self.permit else {
+        let Some(mut permit) = self.permit else {
             return resp;
         };
         let (mut head, body) = resp.into_parts();
+        if let Some(m) = &mut permit.meter {
+            m.sse = head
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        }
         if let Some(g) = &self.grant {
             ratelimit_headers(&mut head.headers, g);
         }
