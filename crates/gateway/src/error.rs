@@ -178,6 +178,12 @@ pub enum ApiError {
         /// Its level.
         priority: &'static str,
     },
+    /// The key's or tenant's budget for the period is spent.
+    #[error("the {scope}'s budget for this period is spent; it renews with the next period, or ask for a larger budget")]
+    InsufficientQuota {
+        /// `key` or `tenant`.
+        scope: &'static str,
+    },
     /// The key store (`auth.db`) could not be used.
     #[error("the key store is not available: {0}")]
     KeyStore(String),
@@ -216,7 +222,8 @@ impl ApiError {
             ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. }
             | ApiError::QueueTimeout { .. }
-            | ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | ApiError::QueueFull { .. }
+            | ApiError::InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::KeyStore(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -249,6 +256,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limit_exceeded",
             ApiError::QueueTimeout { .. } => "queue_timeout",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::InsufficientQuota { .. } => "insufficient_quota",
             ApiError::KeyStore(_) => "key_store_unavailable",
         }
     }

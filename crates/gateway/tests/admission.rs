@@ -497,3 +497,89 @@ async fn a_metered_stream_asks_for_usage_invisibly_and_the_usage_reconciles_tpm(
     assert_eq!(String::from_utf8_lossy(&a.body), STREAM.concat());
     assert_eq!(up.last().body, asked.as_bytes());
 }
+
+/// The recorded spend rows, from the admin API.
+async fn spend_rows(c: &Client, gw: &Gw) -> Vec<serde_json::Value> {
+    admin(c, gw, Method::GET, "/admin/keys/spend", "")
+        .await
+        .json()["spend"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn a_spent_budget_answers_insufficient_quota_and_stays_spent_after_a_restart() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let dir = temp_dir("budget");
+    let db = dir.join("keys.db");
+    // One token costs 1; each answer of the mock uses 2 tokens; the key may spend 3 a month.
+    let yaml = auth_config(&up.url(), Some(&db), ", budget: 3", "").replace(
+        "name: b0, max_concurrency: 1}",
+        "name: b0, max_concurrency: 1, price: {input: 1000000, output: 1000000}}",
+    );
+    let mut gw = Gw::start(&yaml).await;
+    let c = client();
+    let auth = bearer(KEY_A);
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &auth)]).await.status,
+        200
+    );
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &auth)]).await.status,
+        200
+    );
+    let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (429, "insufficient_quota")
+    );
+    // Another key of another tenant still has its own budget (none).
+    assert_eq!(
+        chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await.status,
+        200
+    );
+
+    // Written behind the request path, within about a second.
+    let mut rows = Vec::new();
+    for _ in 0..300 {
+        rows = spend_rows(&c, &gw).await;
+        if rows
+            .iter()
+            .filter(|r| r["model"] == "m")
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum::<u64>()
+            >= 4
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let team_a = rows
+        .iter()
+        .find(|r| r["scope"] == "tenant:team-a")
+        .expect("tenant row");
+    assert_eq!(team_a["requests"], 2);
+    assert_eq!(team_a["cost"], 4.0);
+    assert_eq!(
+        (
+            team_a["prompt_tokens"].as_u64(),
+            team_a["completion_tokens"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert!(rows
+        .iter()
+        .any(|r| r["scope"].as_str().unwrap().starts_with("key:") && r["cost"] == 4.0));
+
+    gw.shutdown().await;
+    let gw = Gw::start(&yaml).await;
+    let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
+    assert_eq!(
+        a.error_code(),
+        "insufficient_quota",
+        "spend survived the restart"
+    );
+    assert_eq!(up.count(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

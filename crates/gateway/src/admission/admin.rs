@@ -6,6 +6,7 @@
 //! | `POST /admin/keys` | creates one; body `{"tenant": ..., "models": [...], "priority": ..., "rpm": ..., "tpm": ..., "max_concurrent": ..., "expires": ...}`; the answer holds the key, shown this once |
 //! | `DELETE /admin/keys/{id}` | revokes it at once |
 //! | `POST /admin/keys/{id}/rotate` | a new key with the same settings; the old one is revoked |
+//! | `GET /admin/keys/spend` | recorded spend per UTC day, scope (`key:<id>`, `tenant:<name>`) and model |
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -158,6 +159,10 @@ pub fn route(
             .map_err(|_| invalid("id", format!("'{s}' is not a key id")))
     };
     match (segs, method) {
+        (["spend"], &Method::GET) => Ok((
+            StatusCode::OK,
+            json!({"spend": super::spend::rows(store.conn()).map_err(store_err)?}),
+        )),
         ([], &Method::GET) => Ok((
             StatusCode::OK,
             json!({"keys": store.list().map_err(store_err)?}),

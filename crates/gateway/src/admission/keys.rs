@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use switchyard_core::admission::{Priority, RateLimit, RateLimitSpec, TenantId};
 
-use crate::config::auth::{Auth, KeyHash, KeySpec};
+use super::spend::Spent;
+use crate::config::auth::{Auth, Budget, KeyHash, KeySpec};
 
 /// One usable key.
 #[derive(Debug)]
@@ -27,6 +28,11 @@ pub struct KeyRecord {
     pub expires: Option<u64>,
     /// Its live limits; `None` when it has none.
     pub limits: Option<Mutex<RateLimit>>,
+    /// What its spend is recorded under: `key:<id>` for run-time keys, `key:<hash prefix>`
+    /// for config keys.
+    pub scope: String,
+    /// Its budget and what it spent; `None`: no budget.
+    pub budget: Option<Spent>,
 }
 
 impl KeyRecord {
@@ -49,6 +55,8 @@ impl KeyRecord {
             limits: limits
                 .is_set()
                 .then(|| Mutex::new(RateLimit::new(limits, now))),
+            scope: id.map(|i| format!("key:{i}")).unwrap_or_default(),
+            budget: None,
         }
     }
 
@@ -69,6 +77,8 @@ pub struct Tenant {
     pub weight: f64,
     /// Limits over all its keys; `None` when it has none.
     pub limits: Option<Mutex<RateLimit>>,
+    /// Its budget and what it spent; `None`: no budget.
+    pub budget: Option<Spent>,
 }
 
 /// Keys and tenants.
@@ -81,8 +91,14 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// The config's keys and tenants, at gateway time `now`.
-    pub fn from_config(auth: &Auth, now: Duration) -> Self {
+    /// The config's keys and tenants, at gateway time `now`; budgets start from what
+    /// `spend` (the store, if any) says was spent in their current period.
+    pub fn from_config(auth: &Auth, now: Duration, spend: Option<&rusqlite::Connection>) -> Self {
+        let unix = super::unix_now();
+        let spent = |scope: &str, b: Budget| {
+            let already = spend.map_or(0.0, |c| super::spend::spent_in(c, scope, b.period, unix));
+            Spent::new(b, already, unix)
+        };
         let tenants: Vec<Tenant> = auth
             .tenants
             .iter()
@@ -93,6 +109,7 @@ impl Keys {
                     .limits
                     .is_set()
                     .then(|| Mutex::new(RateLimit::new(t.limits, now))),
+                budget: t.budget.map(|b| spent(&format!("tenant:{name}"), b)),
             })
             .collect();
         let keys = Self {
@@ -107,11 +124,15 @@ impl Keys {
                 priority,
                 limits,
                 expires,
+                budget,
             } = k;
             let Some(t) = keys.tenant_id(tenant) else {
                 continue; // every key's tenant is in the map (the parser adds it)
             };
-            let record = KeyRecord::new(None, t, models.clone(), *priority, *limits, *expires, now);
+            let mut record =
+                KeyRecord::new(None, t, models.clone(), *priority, *limits, *expires, now);
+            record.scope = format!("key:{}", hash.short());
+            record.budget = budget.map(|b| spent(&record.scope, b));
             keys.insert(*hash, record);
         }
         keys

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod gate;
 pub mod keys;
+pub mod spend;
 pub mod store;
 pub mod usage;
 
@@ -50,6 +51,8 @@ pub struct Admission {
     pub store: Option<Mutex<Store>>,
     /// Per pool, its waiting room; empty when `admission:` is off.
     gates: HashMap<String, Arc<Gate>>,
+    /// Records spend to `auth.db` behind the request path; `None` without a store.
+    pub spend: Option<spend::SpendWriter>,
     /// What it was built from, to tell whether a reload may keep it.
     built_from: (Option<Auth>, Option<AdmissionConfig>, Vec<String>),
 }
@@ -70,7 +73,6 @@ impl Admission {
         if let Some(p) = previous.filter(|p| p.built_from == built_from) {
             return Some(p.clone());
         }
-        let keys = config.auth.as_ref().map(|a| Keys::from_config(a, now));
         let store = config
             .auth
             .as_ref()
@@ -82,9 +84,25 @@ impl Admission {
                     None
                 }
             });
+        let keys = config
+            .auth
+            .as_ref()
+            .map(|a| Keys::from_config(a, now, store.as_ref().map(Store::conn)));
         if let (Some(keys), Some(store)) = (&keys, &store) {
             admin::load_stored(keys, store, now);
         }
+        let spend = config
+            .auth
+            .as_ref()
+            .and_then(|a| a.db.as_ref())
+            .filter(|_| store.is_some())
+            .and_then(|path| match spend::SpendWriter::start(path) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the spend writer; spend is not recorded");
+                    None
+                }
+            });
         let weights = keys.as_ref().map(Keys::weights).unwrap_or_default();
         let gates = config
             .admission
@@ -104,6 +122,7 @@ impl Admission {
             keys,
             store: store.map(Mutex::new),
             gates,
+            spend,
             built_from,
         }))
     }
@@ -112,6 +131,14 @@ impl Admission {
     pub fn gate(&self, name: &str) -> Option<&Arc<Gate>> {
         self.gates.get(name)
     }
+}
+
+/// Wall-clock unix seconds (expiry, budgets' periods).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// Who a request comes from.
@@ -135,11 +162,7 @@ pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Caller, ApiE
         return Err(ApiError::InvalidApiKey("the API key is not valid"));
     };
     if let Some(expires) = key.expires {
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        if unix >= expires {
+        if unix_now() >= expires {
             return Err(ApiError::InvalidApiKey("the API key has expired"));
         }
     }
@@ -174,6 +197,10 @@ pub struct Permit {
     estimated: u32,
     /// [`Permit::end`] ran.
     ended: bool,
+    /// The model, for spend records (set when metered).
+    model: String,
+    /// The serving backend's price, once the response is known.
+    price: Option<switchyard_core::Price>,
 }
 
 impl Permit {
@@ -229,6 +256,40 @@ impl Permit {
         }
     }
 
+    /// Adds the request's cost to its key's and tenant's budgets and records it.
+    fn spend(&self, used: usage::Usage) {
+        let Some(key) = &self.key else { return };
+        let cost = self.price.map_or(0.0, |p| {
+            (p.input_per_mtok * f64::from(used.prompt_tokens)
+                + p.output_per_mtok * f64::from(used.completion_tokens))
+                / 1e6
+        });
+        let unix = unix_now();
+        let adm = self.snap.admission.as_ref();
+        let tenant = adm.and_then(|a| a.keys.as_ref()?.tenant(self.tenant));
+        if let Some(b) = &key.budget {
+            b.add(cost, unix);
+        }
+        if let Some(b) = tenant.and_then(|t| t.budget.as_ref()) {
+            b.add(cost, unix);
+        }
+        let Some(writer) = adm.and_then(|a| a.spend.as_ref()) else {
+            return;
+        };
+        let event = |scope: String| spend::SpendEvent {
+            scope,
+            model: self.model.clone(),
+            unix,
+            prompt_tokens: used.prompt_tokens,
+            completion_tokens: used.completion_tokens,
+            cost,
+        };
+        writer.record(event(key.scope.clone()));
+        if let Some(t) = tenant {
+            writer.record(event(format!("tenant:{}", t.name)));
+        }
+    }
+
     /// The request is over: usage reconciled, slots released, the queue's next one let go.
     /// Runs once.
     fn end(&mut self) {
@@ -238,6 +299,7 @@ impl Permit {
         self.ended = true;
         if let Some(used) = self.meter.as_ref().and_then(|m| m.usage) {
             self.reconcile(used);
+            self.spend(used);
         }
         release(
             &self.snap,
@@ -305,6 +367,19 @@ pub async fn admit(
     let tokens = profile.estimated_input_tokens.saturating_add(output);
     let now = snap.now();
 
+    // Budgets, the key's and its tenant's.
+    let tenant_rec = key.as_ref().and_then(|_| adm.keys.as_ref()?.tenant(tenant));
+    let key_budget = key.as_ref().and_then(|k| k.budget.as_ref());
+    let tenant_budget = tenant_rec.and_then(|t| t.budget.as_ref());
+    if key_budget.is_some() || tenant_budget.is_some() {
+        let unix = unix_now();
+        for (scope, b) in [("key", key_budget), ("tenant", tenant_budget)] {
+            if b.is_some_and(|b| b.exhausted(unix)) {
+                return Err(ApiError::InsufficientQuota { scope });
+            }
+        }
+    }
+
     // Limits: the key's, then its tenant's; a refusal by the second gives the first back.
     let mut grant = None;
     if let Some(l) = key.as_ref().and_then(|k| k.limits.as_ref()) {
@@ -314,9 +389,7 @@ pub async fn admit(
             Err(t) => return Err(limited("key", t)),
         }
     }
-    let tenant_limits = key
-        .as_ref()
-        .and_then(|_| adm.keys.as_ref()?.tenant(tenant)?.limits.as_ref());
+    let tenant_limits = tenant_rec.and_then(|t| t.limits.as_ref());
     if let Some(l) = tenant_limits {
         let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match l.try_acquire(tokens, now) {
@@ -343,6 +416,8 @@ pub async fn admit(
         meter: None,
         estimated: tokens,
         ended: false,
+        model: String::new(),
+        price: None,
     };
     // With a key, the response's usage is read for limits and spend; a stream that did not
     // ask for it is asked for it, invisibly.
@@ -357,6 +432,7 @@ pub async fn admit(
             meter.strip = upstream_body.is_some();
         }
         permit.meter = Some(meter);
+        permit.model.clone_from(&pool.name);
     }
 
     // The waiting room.
@@ -417,6 +493,15 @@ impl Admitted {
             return resp;
         };
         let (mut head, body) = resp.into_parts();
+        if permit.meter.is_some() {
+            let backend = head.headers.get(crate::forward::X_SWITCHYARD_BACKEND);
+            permit.price = permit
+                .snap
+                .pools
+                .get(&permit.model)
+                .and_then(|p| p.backends.iter().find(|b| Some(&b.name_header) == backend))
+                .and_then(|b| b.config.price);
+        }
         if let Some(m) = &mut permit.meter {
             m.sse = head
                 .headers

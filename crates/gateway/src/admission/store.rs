@@ -148,6 +148,11 @@ impl Store {
         Ok(Self { conn })
     }
 
+    /// The connection (spend reads at start, the admin API's spend listing).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Stores a new key with `settings` (already checked), returning its row and the key,
     /// which is not kept anywhere.
     pub fn create(

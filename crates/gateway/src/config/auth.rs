@@ -13,6 +13,8 @@
 //!       tpm: 200000                      # prompt + output tokens per minute
 //!       max_concurrent: 20
 //!       expires: 2027-01-31              # a date (UTC) or unix seconds; optional
+//!       budget: 25.0                     # most it may spend per period (by `price:`)
+//!       budget_period: month             # or day
 //!   tenants:
 //!     team-a: {weight: 2, rpm: 1200, tpm: 400000, max_concurrent: 40}
 //! admission:                             # a waiting room per pool when its backends are full
@@ -32,6 +34,7 @@ use std::path::PathBuf;
 use switchyard_core::admission::{Priority, QueueSettings, RateLimitSpec};
 
 use super::values::{EnvString, Seconds};
+pub use crate::admission::spend::{Budget, Period};
 
 /// SHA-256 of a key: how keys are stored and looked up.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +47,13 @@ impl KeyHash {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         Self(out)
+    }
+}
+
+impl KeyHash {
+    /// The first 6 bytes in hex: names a config key in spend records without revealing it.
+    pub fn short(&self) -> String {
+        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -83,6 +93,8 @@ pub struct KeySpec {
     pub limits: RateLimitSpec,
     /// Unix seconds after which it is refused; `None`: never.
     pub expires: Option<u64>,
+    /// Most it may spend per period; `None`: no budget.
+    pub budget: Option<Budget>,
 }
 
 /// One tenant's share and limits.
@@ -92,6 +104,8 @@ pub struct TenantSpec {
     pub weight: f64,
     /// Limits over all its keys together.
     pub limits: RateLimitSpec,
+    /// Most its keys together may spend per period; `None`: no budget.
+    pub budget: Option<Budget>,
 }
 
 /// The validated `admission:` section.
@@ -132,6 +146,10 @@ struct KeyRaw {
     max_concurrent: Option<u32>,
     #[serde(default)]
     expires: Option<serde_norway::Value>,
+    #[serde(default)]
+    budget: Option<f64>,
+    #[serde(default)]
+    budget_period: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -145,6 +163,24 @@ struct TenantRaw {
     tpm: Option<u64>,
     #[serde(default)]
     max_concurrent: Option<u32>,
+    #[serde(default)]
+    budget: Option<f64>,
+    #[serde(default)]
+    budget_period: Option<String>,
+}
+
+/// `budget:` and `budget_period:` as written.
+fn budget(amount: Option<f64>, period: Option<&str>) -> Result<Option<Budget>, String> {
+    let period = match period {
+        None => Period::Month,
+        Some(p) => Period::parse(p)
+            .ok_or_else(|| format!("budget_period must be day or month, got '{p}'"))?,
+    };
+    match amount {
+        None => Ok(None),
+        Some(a) if a.is_finite() && a >= 0.0 => Ok(Some(Budget { amount: a, period })),
+        Some(a) => Err(format!("budget must be an amount >= 0, got {a}")),
+    }
 }
 
 /// Shortest key accepted: shorter ones can be guessed.
@@ -204,9 +240,17 @@ impl<'de> Deserialize<'de> for Auth {
                     "auth.tenants.{name}.weight must be a number above 0, got {weight}"
                 )));
             }
-            let limits = limits(t.rpm, t.tpm, t.max_concurrent)
-                .map_err(|e| de::Error::custom(format!("auth.tenants.{name}: {e}")))?;
-            tenants.insert(name, TenantSpec { weight, limits });
+            let at = |e: String| de::Error::custom(format!("auth.tenants.{name}: {e}"));
+            let limits = limits(t.rpm, t.tpm, t.max_concurrent).map_err(at)?;
+            let budget = budget(t.budget, t.budget_period.as_deref()).map_err(at)?;
+            tenants.insert(
+                name,
+                TenantSpec {
+                    weight,
+                    limits,
+                    budget,
+                },
+            );
         }
         let mut keys: Vec<KeySpec> = Vec::with_capacity(raw.keys.len());
         for (i, k) in raw.keys.into_iter().enumerate() {
@@ -229,6 +273,7 @@ impl<'de> Deserialize<'de> for Auth {
             tenants.entry(k.tenant.clone()).or_insert(TenantSpec {
                 weight: 1.0,
                 limits: RateLimitSpec::default(),
+                budget: None,
             });
             keys.push(KeySpec {
                 hash,
@@ -237,6 +282,7 @@ impl<'de> Deserialize<'de> for Auth {
                 priority,
                 limits: limits(k.rpm, k.tpm, k.max_concurrent).map_err(at)?,
                 expires: k.expires.as_ref().map(expiry).transpose().map_err(at)?,
+                budget: budget(k.budget, k.budget_period.as_deref()).map_err(at)?,
             });
         }
         Ok(Auth {
