@@ -95,6 +95,7 @@ impl Snapshot {
             &config,
             previous.and_then(|p| p.admission.as_ref()),
             clock.now(),
+            &metrics.admission,
         );
         Self {
             config,

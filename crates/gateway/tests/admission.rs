@@ -412,6 +412,31 @@ async fn a_request_waits_at_most_its_level_timeout_and_a_full_queue_sheds_the_le
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(normal.await.unwrap().status, 200);
     assert_eq!(order(&up), ["first", "normal"]);
+    let m = sim::metrics(&gw).await;
+    let refused = "switchyard_admission_refused_total";
+    assert_eq!(
+        series(&m, refused, &["code=\"queue_timeout\"", "priority=\"low\""]),
+        1.0
+    );
+    assert_eq!(
+        series(&m, refused, &["code=\"queue_full\"", "priority=\"batch\""]),
+        2.0
+    );
+    let waiting = "switchyard_admission_waiting";
+    assert_eq!(
+        series(&m, waiting, &["model=\"m\"", "priority=\"normal\""]),
+        0.0
+    );
+}
+
+/// The value of the sample of metric `name` whose labels include every one of `labels`.
+fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in metrics"))
 }
 
 #[tokio::test]
@@ -582,4 +607,30 @@ async fn a_spent_budget_answers_insufficient_quota_and_stays_spent_after_a_resta
     );
     assert_eq!(up.count(), 3);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn debug_headers_show_the_admission_decision_in_the_route_header() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let gw = Gw::start(&auth_config(
+        &up.url(),
+        None,
+        ", priority: high",
+        "debug_headers: true\nadmission: {}",
+    ))
+    .await;
+    let c = client();
+    let a = chat(
+        &c,
+        &gw,
+        "m",
+        &[("authorization", &bearer(KEY_A)), ("x-priority", "low")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let route = a.headers["x-switchyard-route"].to_str().unwrap();
+    assert!(
+        route.contains("admission: priority=low tenant=team-a waited_ms=0"),
+        "{route}"
+    );
 }

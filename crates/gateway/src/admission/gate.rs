@@ -54,6 +54,8 @@ pub struct Gate {
     state: Mutex<State>,
     /// Engines reporting more waiting requests than this count as full.
     engine_queue_threshold: Option<u32>,
+    /// `switchyard_admission_waiting` of this model, per level.
+    gauges: [prometheus::IntGauge; 5],
 }
 
 /// What one request needs from the pool to be admitted.
@@ -78,6 +80,7 @@ impl Gate {
         settings: QueueSettings,
         weights: &[f64],
         engine_queue_threshold: Option<u32>,
+        gauges: [prometheus::IntGauge; 5],
     ) -> Self {
         Self {
             state: Mutex::new(State {
@@ -86,6 +89,14 @@ impl Gate {
                 next_id: 0,
             }),
             engine_queue_threshold,
+            gauges,
+        }
+    }
+
+    /// Sets the waiting gauges from the queue (after every change, under the lock).
+    fn publish(&self, s: &State) {
+        for (g, p) in self.gauges.iter().zip(Priority::ALL) {
+            g.set(s.queue.len_at(p) as i64);
         }
     }
 
@@ -159,6 +170,7 @@ impl Gate {
                     }
                 }
             }
+            self.publish(&s);
             let (tx, rx) = oneshot::channel();
             s.waiters.insert(id, tx);
             let timeout = s.queue.settings().levels[ask.priority.index()].timeout;
@@ -208,6 +220,7 @@ impl Gate {
                     let mut s = self.lock();
                     if s.queue.remove(id).is_some() {
                         s.waiters.remove(&id);
+                        self.publish(&s);
                         return None;
                     }
                     drop(s);
@@ -228,6 +241,7 @@ impl Gate {
                 }
             }
         }
+        self.publish(&s);
     }
 }
 
@@ -247,6 +261,9 @@ impl<F: Fn() -> Duration> Drop for Leave<'_, F> {
         let mut s = self.gate.lock();
         let was_waiting = s.queue.remove(self.id).is_some();
         s.waiters.remove(&self.id);
+        if was_waiting {
+            self.gate.publish(&s);
+        }
         drop(s);
         if !was_waiting && !self.settled {
             // It was let go but its client left before it went: the slot is free again.

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod gate;
 pub mod keys;
+pub mod metrics;
 pub mod spend;
 pub mod store;
 pub mod usage;
@@ -64,6 +65,7 @@ impl Admission {
         config: &Config,
         previous: Option<&Arc<Admission>>,
         now: Duration,
+        metrics: &metrics::AdmissionMetrics,
     ) -> Option<Arc<Self>> {
         if config.auth.is_none() && config.admission.is_none() {
             return None;
@@ -112,7 +114,13 @@ impl Admission {
                     .models
                     .iter()
                     .map(|p| {
-                        let gate = Gate::new(a.queue.clone(), &weights, a.engine_queue_threshold);
+                        let gauges = Priority::ALL.map(|l| {
+                            metrics
+                                .waiting
+                                .with_label_values(&[p.name.as_str(), l.name()])
+                        });
+                        let gate =
+                            Gate::new(a.queue.clone(), &weights, a.engine_queue_threshold, gauges);
                         (p.name.clone(), Arc::new(gate))
                     })
                     .collect()
@@ -273,6 +281,17 @@ impl Permit {
         if let Some(b) = tenant.and_then(|t| t.budget.as_ref()) {
             b.add(cost, unix);
         }
+        if let Some(t) = tenant {
+            let m = &self.snap.metrics.admission;
+            let name = t.name.as_str();
+            m.tenant_tokens
+                .with_label_values(&[name, "prompt"])
+                .inc_by(u64::from(used.prompt_tokens));
+            m.tenant_tokens
+                .with_label_values(&[name, "completion"])
+                .inc_by(u64::from(used.completion_tokens));
+            m.tenant_spend.with_label_values(&[name]).inc_by(cost);
+        }
         let Some(writer) = adm.and_then(|a| a.spend.as_ref()) else {
             return;
         };
@@ -340,13 +359,62 @@ fn release(snap: &Snapshot, key: Option<&KeyRecord>, tenant: Option<TenantId>) {
 }
 
 /// Lets the request go, makes it wait, or refuses it (see the module docs). `body` is the
-/// request body, which a metered stream gets `include_usage` added to.
+/// request body, which a metered stream gets `include_usage` added to. Counts the outcome in
+/// the admission metrics.
 pub async fn admit(
     snap: &Arc<Snapshot>,
     caller: Caller,
     pool: &Pool,
     profile: &RequestProfile,
     headers: &HeaderMap,
+    body: &bytes::Bytes,
+) -> Result<Admitted, ApiError> {
+    if snap.admission.is_none() {
+        return Ok(Admitted::default());
+    }
+    let tenant = caller.key.as_ref().and_then(|k| {
+        let keys = snap.admission.as_ref()?.keys.as_ref()?;
+        Some(keys.tenant(k.tenant)?.name.clone())
+    });
+    let base = caller.key.as_ref().map_or(Priority::Normal, |k| k.priority);
+    let priority = base.lowered_by(headers.get("x-priority").map(HeaderValue::as_bytes));
+    let m = &snap.metrics.admission;
+    let outcome = admit_inner(snap, caller, pool, profile, priority, body).await;
+    match &outcome {
+        Ok(a) => {
+            if let Some(t) = &tenant {
+                m.tenant_requests.with_label_values(&[t.as_str()]).inc();
+            }
+            if let (Some(_), Some((_, _, waited))) = (
+                snap.admission.as_ref().and_then(|x| x.gate(&pool.name)),
+                a.note,
+            ) {
+                m.wait
+                    .with_label_values(&[priority.name()])
+                    .observe(waited.as_secs_f64());
+            }
+        }
+        Err(e) => {
+            let code = e.code();
+            if e.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                m.refused.with_label_values(&[priority.name(), code]).inc();
+            }
+            if let (Some(t), "rate_limit_exceeded" | "insufficient_quota") = (&tenant, code) {
+                m.tenant_throttled
+                    .with_label_values(&[t.as_str(), code])
+                    .inc();
+            }
+        }
+    }
+    outcome
+}
+
+async fn admit_inner(
+    snap: &Arc<Snapshot>,
+    caller: Caller,
+    pool: &Pool,
+    profile: &RequestProfile,
+    priority: Priority,
     body: &bytes::Bytes,
 ) -> Result<Admitted, ApiError> {
     let Some(adm) = snap.admission.as_ref() else {
@@ -360,8 +428,6 @@ pub async fn admit(
             });
         }
     }
-    let base = key.as_ref().map_or(Priority::Normal, |k| k.priority);
-    let priority = base.lowered_by(headers.get("x-priority").map(HeaderValue::as_bytes));
     let tenant = key.as_ref().map_or(TenantId(0), |k| k.tenant);
     let output = profile.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
     let tokens = profile.estimated_input_tokens.saturating_add(output);
