@@ -25,6 +25,16 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Asserts that `a` is the gateway's refusal with `status` and `code`.
+fn refused(a: &Answer, status: u16, code: &str) {
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (status, code),
+        "{:?}",
+        a.body
+    );
+}
+
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
@@ -61,10 +71,7 @@ async fn missing_unknown_and_wrong_model_keys_are_refused_and_good_ones_pass() {
     let c = client();
 
     let a = chat(&c, &gw, "m", &[]).await;
-    assert_eq!(
-        (a.status.as_u16(), a.error_code().as_str()),
-        (401, "invalid_api_key")
-    );
+    refused(&a, 401, "invalid_api_key");
     assert_eq!(a.headers["www-authenticate"], "Bearer");
     let a = chat(
         &c,
@@ -73,10 +80,7 @@ async fn missing_unknown_and_wrong_model_keys_are_refused_and_good_ones_pass() {
         &[("authorization", "Bearer sk-nope-nope-nope-nope")],
     )
     .await;
-    assert_eq!(
-        (a.status.as_u16(), a.error_code().as_str()),
-        (401, "invalid_api_key")
-    );
+    refused(&a, 401, "invalid_api_key");
     // A bad key learns nothing about the models: 401 before 404.
     let a = chat(&c, &gw, "no-such-model", &[]).await;
     assert_eq!(a.status, 401);
@@ -87,10 +91,7 @@ async fn missing_unknown_and_wrong_model_keys_are_refused_and_good_ones_pass() {
     let a = chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await;
     assert_eq!(a.status, 200, "x-api-key is accepted too");
     let a = chat(&c, &gw, "other", &[("authorization", &bearer(KEY_A))]).await;
-    assert_eq!(
-        (a.status.as_u16(), a.error_code().as_str()),
-        (403, "model_not_allowed")
-    );
+    refused(&a, 403, "model_not_allowed");
     assert_eq!(up.count(), 2);
 }
 
@@ -232,10 +233,7 @@ async fn rpm_limit_answers_429_with_retry_after_and_ratelimit_headers() {
         200
     );
     let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
-    assert_eq!(
-        (a.status.as_u16(), a.error_code().as_str()),
-        (429, "rate_limit_exceeded")
-    );
+    refused(&a, 429, "rate_limit_exceeded");
     let after: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=30).contains(&after), "{after}");
     assert_eq!(up.count(), 2);
@@ -258,10 +256,7 @@ async fn max_concurrent_counts_a_request_until_its_body_ends() {
     };
     eventually(|| up.count() == 1).await;
     let a = chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))]).await;
-    assert_eq!(
-        (a.status.as_u16(), a.error_code().as_str()),
-        (429, "rate_limit_exceeded")
-    );
+    refused(&a, 429, "rate_limit_exceeded");
     release.notify_one();
     assert_eq!(held.await.unwrap().status, 200);
     release.notify_one();
@@ -386,10 +381,7 @@ async fn a_request_waits_at_most_its_level_timeout_and_a_full_queue_sheds_the_le
 
     // A low request times out after 300 ms.
     let a = chat(&c, &gw, "m", &[("x-priority", "low")]).await;
-    assert_eq!(
-        (a.status.as_u16(), a.error_code().as_str()),
-        (429, "queue_timeout")
-    );
+    refused(&a, 429, "queue_timeout");
     assert_eq!(a.headers["retry-after"], "1");
 
     // The queue holds one: a batch request waits, a normal one takes its place.
@@ -401,10 +393,7 @@ async fn a_request_waits_at_most_its_level_timeout_and_a_full_queue_sheds_the_le
     until_waiting(&c, &gw, "batch", 1).await;
     let normal = spawn_chat(&c, &gw, vec![("x-test", "normal".into())]);
     let shed = batch.await.unwrap();
-    assert_eq!(
-        (shed.status.as_u16(), shed.error_code().as_str()),
-        (429, "queue_full")
-    );
+    refused(&shed, 429, "queue_full");
     // Another batch request finds nothing less urgent to shed.
     let a = chat(&c, &gw, "m", &[("x-priority", "batch")]).await;
     assert_eq!(a.error_code(), "queue_full");
@@ -555,10 +544,7 @@ async fn a_spent_budget_answers_insufficient_quota_and_stays_spent_after_a_resta
         200
     );
     let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
-    assert_eq!(
-        (a.status.as_u16(), a.error_code().as_str()),
-        (429, "insufficient_quota")
-    );
+    refused(&a, 429, "insufficient_quota");
     // Another key of another tenant still has its own budget (none).
     assert_eq!(
         chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await.status,
