@@ -620,3 +620,23 @@ async fn debug_headers_show_the_admission_decision_in_the_route_header() {
         "{route}"
     );
 }
+
+#[tokio::test]
+async fn a_model_limit_holds_for_every_caller_and_only_that_model() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let extra = "admission:\n  model_limits:\n    m: {rpm: 1}";
+    let gw = Gw::start(&auth_config(&up.url(), None, "", extra)).await;
+    let c = client();
+    let a = chat(&c, &gw, "m", &[("x-api-key", KEY_A)]).await;
+    assert_eq!(a.headers["x-ratelimit-remaining-requests"], "0");
+    let a = chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await;
+    refused(&a, 429, "rate_limit_exceeded");
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("model's rpm"));
+    assert_eq!(
+        chat(&c, &gw, "other", &[("x-api-key", KEY_B)]).await.status,
+        200
+    );
+}

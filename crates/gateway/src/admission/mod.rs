@@ -52,6 +52,8 @@ pub struct Admission {
     pub store: Option<Mutex<Store>>,
     /// Per pool, its waiting room; empty when `admission:` is off.
     gates: HashMap<String, Arc<Gate>>,
+    /// Per model, its limits over every caller (`admission.model_limits`).
+    model_limits: HashMap<String, Mutex<switchyard_core::admission::RateLimit>>,
     /// Records spend to `auth.db` behind the request path; `None` without a store.
     pub spend: Option<spend::SpendWriter>,
     /// What it was built from, to tell whether a reload may keep it.
@@ -126,7 +128,17 @@ impl Admission {
                     .collect()
             })
             .unwrap_or_default();
+        let model_limits = config
+            .admission
+            .iter()
+            .flat_map(|a| &a.model_limits)
+            .map(|(m, spec)| {
+                let live = switchyard_core::admission::RateLimit::new(*spec, now);
+                (m.clone(), Mutex::new(live))
+            })
+            .collect();
         Some(Arc::new(Self {
+            model_limits,
             keys,
             store: store.map(Mutex::new),
             gates,
@@ -205,6 +217,8 @@ pub struct Permit {
     estimated: u32,
     /// [`Permit::end`] ran.
     ended: bool,
+    /// The model whose `model_limits` it holds a slot of, if any.
+    limited_model: Option<String>,
     /// The model, for spend records (set when metered).
     model: String,
     /// The serving backend's price, once the response is known.
@@ -240,6 +254,12 @@ impl Permit {
         }
     }
 
+    /// The model limits it holds a slot of.
+    fn model_limit(&self) -> Option<&Mutex<switchyard_core::admission::RateLimit>> {
+        let model = self.limited_model.as_ref()?;
+        self.snap.admission.as_ref()?.model_limits.get(model)
+    }
+
     /// Gives the token buckets back what the estimate took beyond the real usage (or takes
     /// what it missed).
     fn reconcile(&self, used: usage::Usage) {
@@ -257,6 +277,7 @@ impl Permit {
             .and_then(|k| k.limits.as_ref())
             .into_iter()
             .chain(tenant)
+            .chain(self.model_limit())
         {
             l.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -325,6 +346,11 @@ impl Permit {
             self.key.as_deref(),
             self.tenant_limited.then_some(self.tenant),
         );
+        if let Some(l) = self.model_limit() {
+            l.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .release();
+        }
         if let Some((gate, pool)) = &self.gate {
             if let Some(pool) = self.snap.pools.get(pool) {
                 gate.pump(pool, self.snap.now(), self.snap.config.scrape.max_age);
@@ -473,6 +499,25 @@ async fn admit_inner(
             }
         }
     }
+    let model_limit = adm.model_limits.get(&pool.name);
+    if let Some(l) = model_limit {
+        let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match l.try_acquire(tokens, now) {
+            Ok(g) => {
+                grant.get_or_insert(g);
+            }
+            Err(t) => {
+                drop(l);
+                let limits = key.as_ref().and_then(|k| k.limits.as_ref());
+                for held in limits.into_iter().chain(tenant_limits) {
+                    held.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .undo(tokens);
+                }
+                return Err(limited("model", t));
+            }
+        }
+    }
     let mut permit = Permit {
         snap: snap.clone(),
         key,
@@ -482,6 +527,7 @@ async fn admit_inner(
         meter: None,
         estimated: tokens,
         ended: false,
+        limited_model: model_limit.map(|_| pool.name.clone()),
         model: String::new(),
         price: None,
     };

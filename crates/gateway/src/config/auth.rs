@@ -21,6 +21,8 @@
 //!   aging: 10s
 //!   max_waiting: 2000
 //!   engine_queue_threshold: 8            # an engine with more waiting counts as full
+//!   model_limits:                        # per model, over every caller
+//!     llama: {rpm: 6000, tpm: 2000000, max_concurrent: 200}
 //!   levels:
 //!     critical: {timeout: 30s, max_waiting: 1000}
 //! ```
@@ -116,6 +118,8 @@ pub struct Admission {
     /// An engine reporting more requests waiting than this counts as full; `None`: only
     /// `max_concurrency` makes a backend full.
     pub engine_queue_threshold: Option<u32>,
+    /// Limits per model over every caller (`model_limits: {llama: {rpm: 600}}`).
+    pub model_limits: BTreeMap<String, RateLimitSpec>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +308,19 @@ struct AdmissionRaw {
     engine_queue_threshold: Option<u32>,
     #[serde(default)]
     levels: BTreeMap<String, LevelRaw>,
+    #[serde(default)]
+    model_limits: BTreeMap<String, ModelLimitsRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelLimitsRaw {
+    #[serde(default)]
+    rpm: Option<u64>,
+    #[serde(default)]
+    tpm: Option<u64>,
+    #[serde(default)]
+    max_concurrent: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -339,9 +356,16 @@ impl<'de> Deserialize<'de> for Admission {
                 l.max_len = n;
             }
         }
+        let mut model_limits = BTreeMap::new();
+        for (model, l) in raw.model_limits {
+            let spec = limits(l.rpm, l.tpm, l.max_concurrent)
+                .map_err(|e| de::Error::custom(format!("admission.model_limits.{model}: {e}")))?;
+            model_limits.insert(model, spec);
+        }
         Ok(Admission {
             queue,
             engine_queue_threshold: raw.engine_queue_threshold,
+            model_limits,
         })
     }
 }
