@@ -15,7 +15,7 @@ use serde::Serialize;
 use switchyard_core::{
     Decision, FleetView, NoCandidate, Policy, PolicySpec, PoolMember, RequestProfile,
 };
-use switchyard_sim::fleet::{run_with, FleetConfig, FleetError};
+use switchyard_sim::fleet::{run_admitted, run_with, Admission, FleetConfig, FleetError};
 use switchyard_sim::report::{Outcome as SimOutcome, RunReport};
 
 use crate::scenarios::{self, Scenario, Size, ABUSIVE_TENANT, PRIORITIES};
@@ -101,6 +101,19 @@ impl Policy for TimedHandle {
     }
 }
 
+/// How requests that find every backend full are held at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    /// As the scenario defines it: no backend caps, so nothing is held back.
+    Off,
+    /// Every backend capped at `max_in_flight` (`None`: [`admission::default_cap`]), and the
+    /// requests that find all full wait in core's admission queue with default settings.
+    Admission {
+        /// The per-backend cap, when not the default.
+        max_in_flight: Option<u32>,
+    },
+}
+
 /// TTFT of one group of requests (a tenant, a priority).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupRow {
@@ -124,8 +137,12 @@ pub struct GroupRow {
 pub struct Outcome {
     /// The scenario.
     pub workload: String,
-    /// The policy.
+    /// The policy, with ` +admission` when it ran behind the admission stage.
     pub policy: String,
+    /// Whether and how the admission stage ran.
+    pub mode: Mode,
+    /// The per-backend cap in force with admission, else `None`.
+    pub max_in_flight: Option<u32>,
     /// Requests offered.
     pub requests: usize,
     /// Requests completed.
@@ -214,16 +231,25 @@ fn members(sc: &Scenario) -> Vec<PoolMember> {
 }
 
 /// Runs one contender on one scenario; returns the fleet's report and the decide timings (ns).
-fn play(sc: &Scenario, c: &Contender, seed: u64) -> Result<(RunReport, Vec<u64>), DecisionsError> {
+fn play(
+    sc: &Scenario,
+    c: &Contender,
+    seed: u64,
+    mode: Mode,
+) -> Result<(RunReport, Vec<u64>), DecisionsError> {
     let timed = Arc::new(Timed {
         inner: (c.build)(&members(sc), seed),
         nanos: Mutex::new(Vec::with_capacity(sc.workload.len())),
     });
-    let report = run_with(
-        &fleet_config(sc, seed),
-        &sc.workload,
-        Box::new(TimedHandle(timed.clone())),
-    )
+    let policy = Box::new(TimedHandle(timed.clone()));
+    let report = match mode {
+        Mode::Off => run_with(&fleet_config(sc, seed), &sc.workload, policy),
+        Mode::Admission { max_in_flight } => {
+            let (config, gate): (FleetConfig, Admission) =
+                admission::setup(sc, fleet_config(sc, seed), max_in_flight);
+            run_admitted(&config, &sc.workload, policy, &gate)
+        }
+    }
     .map_err(|source| DecisionsError::Fleet {
         workload: sc.name.into(),
         policy: c.name.clone(),
@@ -286,8 +312,13 @@ fn groups(keys: &[Option<String>], order: Option<&[&str]>) -> Vec<(String, Vec<u
 }
 
 /// Plays contender `c` on scenario `sc` and computes its row.
-pub fn evaluate(sc: &Scenario, c: &Contender, seed: u64) -> Result<Outcome, DecisionsError> {
-    let (report, nanos) = play(sc, c, seed)?;
+pub fn evaluate(
+    sc: &Scenario,
+    c: &Contender,
+    seed: u64,
+    mode: Mode,
+) -> Result<Outcome, DecisionsError> {
+    let (report, nanos) = play(sc, c, seed, mode)?;
     let s = &report.summary;
     let ttfts: Vec<Option<f64>> = report
         .requests
@@ -318,16 +349,25 @@ pub fn evaluate(sc: &Scenario, c: &Contender, seed: u64) -> Result<Outcome, Deci
         .map(|(g, idx)| group_row(g, &idx, &report, sc.slo_ttft_s, s.duration_s))
         .collect();
     if !tenants.is_empty() && sc.name == "tenants" {
-        service_gaps(sc, c, seed, &mut tenants)?;
+        service_gaps(sc, c, seed, mode, &mut tenants)?;
     }
     let priorities = groups(&prio_keys, Some(&PRIORITIES))
         .into_iter()
         .filter(|(_, idx)| !idx.is_empty())
         .map(|(g, idx)| group_row(g, &idx, &report, sc.slo_ttft_s, s.duration_s))
         .collect();
+    let (policy, max_in_flight) = match mode {
+        Mode::Off => (c.name.clone(), None),
+        Mode::Admission { max_in_flight } => (
+            format!("{} +admission", c.name),
+            Some(max_in_flight.unwrap_or_else(|| admission::default_cap(sc))),
+        ),
+    };
     Ok(Outcome {
         workload: sc.name.into(),
-        policy: c.name.clone(),
+        policy,
+        mode,
+        max_in_flight,
         requests: s.requests,
         completed: s.completed,
         rejected: s.rejected,
@@ -349,11 +389,12 @@ pub fn evaluate(sc: &Scenario, c: &Contender, seed: u64) -> Result<Outcome, Deci
 }
 
 /// Fills each steady tenant's service gap: its TTFT p99 here over its TTFT p99 in the same
-/// scenario without the abusive tenant (same policy, same seed).
+/// scenario without the abusive tenant (same policy, same seed, same admission mode).
 fn service_gaps(
     sc: &Scenario,
     c: &Contender,
     seed: u64,
+    mode: Mode,
     rows: &mut [GroupRow],
 ) -> Result<(), DecisionsError> {
     // The steady tenants' requests do not depend on the abuser's: drop the abuser's.
@@ -370,7 +411,7 @@ fn service_gaps(
         tags,
         ..sc.clone()
     };
-    let (report, _) = play(&calm, c, seed)?;
+    let (report, _) = play(&calm, c, seed, mode)?;
     let keys: Vec<Option<String>> = calm.tags.iter().map(|t| t.tenant.clone()).collect();
     for (g, idx) in groups(&keys, None) {
         let base = group_row(g.clone(), &idx, &report, sc.slo_ttft_s, 1.0);
@@ -384,25 +425,33 @@ fn service_gaps(
     Ok(())
 }
 
-/// Runs every contender on every named scenario, calling `on_step(label)` before each run.
+/// Runs every contender on every named scenario in every mode, calling `on_step(label)`
+/// before each run.
 pub fn run_all(
     names: &[&str],
     size: Size,
     seed: u64,
     load: f64,
     contenders: &[Contender],
+    modes: &[Mode],
     mut on_step: impl FnMut(&str),
 ) -> Result<Vec<Outcome>, DecisionsError> {
     let mut out = Vec::new();
     for name in names {
         let sc = scenarios::build(name, size, seed)?.at_load(load);
         for c in contenders {
-            on_step(&format!("{name} / {}", c.name));
-            out.push(evaluate(&sc, c, seed)?);
+            for &mode in modes {
+                let tail = if mode == Mode::Off { "" } else { " +admission" };
+                on_step(&format!("{name} / {}{tail}", c.name));
+                out.push(evaluate(&sc, c, seed, mode)?);
+            }
         }
     }
     Ok(out)
 }
+
+#[path = "decisions_admission.rs"]
+pub mod admission;
 
 #[cfg(test)]
 mod tests {
@@ -438,8 +487,26 @@ mod tests {
             .into_iter()
             .filter(|c| c.name == "round_robin" || c.name == "consistent_hash")
             .collect();
-        let a = run_all(&["tenants", "priority"], Size::Quick, 5, 1.0, &c, |_| {}).unwrap();
-        let b = run_all(&["tenants", "priority"], Size::Quick, 5, 1.0, &c, |_| {}).unwrap();
+        let a = run_all(
+            &["tenants", "priority"],
+            Size::Quick,
+            5,
+            1.0,
+            &c,
+            &[Mode::Off],
+            |_| {},
+        )
+        .unwrap();
+        let b = run_all(
+            &["tenants", "priority"],
+            Size::Quick,
+            5,
+            1.0,
+            &c,
+            &[Mode::Off],
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(a.len(), 4);
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.deterministic_part(), y.deterministic_part());

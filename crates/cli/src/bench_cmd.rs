@@ -97,12 +97,42 @@ pub struct DecisionsArgs {
     /// Run everything twice and check the numbers (all but decision time) are identical.
     #[arg(long)]
     check_determinism: bool,
+    /// The admission stage: `off` (as the scenarios define them, nothing held back), `on`
+    /// (backends capped, core's admission queue in front), or `both`, side by side.
+    #[arg(long, value_enum, default_value = "off")]
+    admission: AdmissionFlag,
+    /// With admission: every backend's concurrency cap (default: as many requests as its KV
+    /// cache holds at the workload's mean size).
+    #[arg(long)]
+    admission_cap: Option<u32>,
     /// Where result files go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
     /// A note for the result file.
     #[arg(long, env = "SWITCHYARD_BENCH_NOTE")]
     note: Option<String>,
+}
+
+/// `bench decisions --admission`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdmissionFlag {
+    /// Without the admission stage.
+    Off,
+    /// With it.
+    On,
+    /// Each run without, then with.
+    Both,
+}
+
+impl AdmissionFlag {
+    fn modes(self, cap: Option<u32>) -> Vec<decisions::Mode> {
+        let on = decisions::Mode::Admission { max_in_flight: cap };
+        match self {
+            AdmissionFlag::Off => vec![decisions::Mode::Off],
+            AdmissionFlag::On => vec![on],
+            AdmissionFlag::Both => vec![decisions::Mode::Off, on],
+        }
+    }
 }
 
 /// `switchyard bench replay` flags.
@@ -235,13 +265,14 @@ fn run_decisions(a: DecisionsArgs) -> anyhow::Result<()> {
     let size = if a.quick { Size::Quick } else { Size::Full };
     let started = std::time::Instant::now();
     let runs = if a.check_determinism { 2 } else { 1 };
-    let mut progress = Progress::new(runs * names.len() * contenders.len(), false);
-    let first = decisions::run_all(&names, size, a.seed, a.load, &contenders, |l| {
+    let modes = a.admission.modes(a.admission_cap);
+    let mut progress = Progress::new(runs * names.len() * contenders.len() * modes.len(), false);
+    let first = decisions::run_all(&names, size, a.seed, a.load, &contenders, &modes, |l| {
         progress.show(l);
         progress.step();
     })?;
     let determinism_checked = if a.check_determinism {
-        let second = decisions::run_all(&names, size, a.seed, a.load, &contenders, |l| {
+        let second = decisions::run_all(&names, size, a.seed, a.load, &contenders, &modes, |l| {
             progress.show(&format!("again: {l}"));
             progress.step();
         })?;

@@ -32,7 +32,6 @@
 //! Time is `f64` seconds from the start of the workload; the policy sees it as a `Duration` in
 //! `FleetView::now`. There is no clock, no sleep and no socket.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use switchyard_core::prefix::block_hashes;
@@ -73,7 +72,8 @@ struct Driver<'a> {
     /// Last scraped metrics of each engine.
     scraped: Vec<EngineMetrics>,
     views: Vec<BackendView>,
-    queue: VecDeque<Pending>,
+    /// Requests waiting at the gateway for a backend with room.
+    queue: Lobby<'a>,
     records: Vec<RequestRecord>,
     /// Arrivals still to come.
     schedule: Schedule,
@@ -126,6 +126,24 @@ pub fn run_with(
     run_with_arrivals(config, workload, policy, Arrivals::OpenLoop)
 }
 
+/// Like [`run_with`], with requests that find every backend full waiting in core's admission
+/// queue as `admission` sets it up (priorities, tenants, timeouts) instead of first come first
+/// served. Only backends with a `max_in_flight` or `max_waiting` are ever full.
+pub fn run_admitted(
+    config: &FleetConfig,
+    workload: &Workload,
+    policy: Box<dyn Policy>,
+    admission: &Admission,
+) -> Result<RunReport, FleetError> {
+    run_inner(
+        config,
+        workload,
+        policy,
+        Arrivals::OpenLoop,
+        Some(admission),
+    )
+}
+
 /// Plays `workload` against the fleet with an already built policy, its arrivals timed as
 /// `arrivals` says.
 pub fn run_with_arrivals(
@@ -133,6 +151,16 @@ pub fn run_with_arrivals(
     workload: &Workload,
     policy: Box<dyn Policy>,
     arrivals: Arrivals,
+) -> Result<RunReport, FleetError> {
+    run_inner(config, workload, policy, arrivals, None)
+}
+
+fn run_inner(
+    config: &FleetConfig,
+    workload: &Workload,
+    policy: Box<dyn Policy>,
+    arrivals: Arrivals,
+    admission: Option<&Admission>,
 ) -> Result<RunReport, FleetError> {
     if config.backends.is_empty() {
         return Err(FleetError::NoBackends);
@@ -172,7 +200,7 @@ pub fn run_with_arrivals(
         live: vec![Live::default(); n],
         dispatched: vec![0; n],
         views: Vec::with_capacity(n),
-        queue: VecDeque::new(),
+        queue: Lobby::new(admission),
         records: workload
             .requests
             .iter()
@@ -237,24 +265,45 @@ impl Driver<'_> {
         }
         // Nothing in flight can free a backend any more: whatever still queues is refused,
         // and so are the later turns of its session (closed loop), which wait for it.
-        while let Some(p) = self.queue.pop_front() {
-            self.records[p.index].outcome = Outcome::Rejected;
-            for i in self.schedule.orphans(p.index) {
+        for index in self.queue.drain() {
+            self.records[index].outcome = Outcome::Rejected;
+            for i in self.schedule.orphans(index) {
                 self.records[i].outcome = Outcome::Rejected;
             }
         }
     }
 
-    /// Decides again for requests queued at the gateway, in order, until one finds no
-    /// usable backend (then none behind it would either: usability does not depend on the
-    /// request).
+    /// Decides again for requests queued at the gateway, in the queue's order, until one finds
+    /// no usable backend (then none behind it would either: usability does not depend on the
+    /// request). The admission queue first answers those past their timeout, and is only
+    /// taken from while some backend has room.
     fn drain_queue(&mut self, t: f64) {
-        while let Some(p) = self.queue.pop_front() {
+        for index in self.queue.expire(t) {
+            self.reject(index, t);
+        }
+        loop {
+            if self.queue.is_admission() && !self.room(t) {
+                break;
+            }
+            let Some(p) = self.queue.pop(t) else { break };
             if let Some(p) = self.dispatch(p, t) {
-                self.queue.push_front(p);
+                let max_output = self.workload.requests[p.index].max_output_tokens;
+                for index in self.queue.unpop(p, max_output, t) {
+                    self.reject(index, t);
+                }
                 break;
             }
         }
+    }
+
+    /// Whether some backend has room now: under its concurrency cap, its last scraped
+    /// queue under its threshold (the gateway admission stage's test).
+    fn room(&self, t: f64) -> bool {
+        self.config
+            .backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| backend_view(i, b, self.in_flight[i], &self.scraped[i], t).usable)
     }
 
     /// Delivers engine `i`'s step events at `t` and starts its next step.
@@ -339,10 +388,16 @@ impl Driver<'_> {
             tokens,
         };
         // Behind others already queued, or queued itself if no backend is usable.
-        if !self.queue.is_empty() {
-            self.queue.push_back(p);
-        } else if let Some(p) = self.dispatch(p, t) {
-            self.queue.push_back(p);
+        let max_output = req.max_output_tokens;
+        let wait = if !self.queue.is_empty() || (self.queue.is_admission() && !self.room(t)) {
+            Some(p)
+        } else {
+            self.dispatch(p, t)
+        };
+        if let Some(p) = wait {
+            for index in self.queue.push(p, max_output, t).refused {
+                self.reject(index, t);
+            }
         }
     }
 
@@ -472,11 +527,14 @@ impl Driver<'_> {
 }
 
 mod arrivals;
+mod lobby;
 mod spec;
 mod view;
 
 pub use arrivals::Arrivals;
 use arrivals::Schedule;
+use lobby::Lobby;
+pub use lobby::{Admission, Class};
 pub use spec::{BackendSpec, FleetConfig, FleetError};
 use view::{backend_view, Live};
 

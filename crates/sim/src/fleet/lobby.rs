@@ -1,0 +1,166 @@
+//! Where a request waits at the gateway while no backend can take it: first come first served
+//! (the default), or, with an [`Admission`], core's [`AdmissionQueue`] (priorities with aging,
+//! VTC fairness between tenants, per-level timeouts and length limits, shedding), the same
+//! code the gateway's admission stage runs.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use switchyard_core::admission::{AdmissionQueue, Priority, QueueSettings, TenantId, Waiting};
+
+use super::Pending;
+
+/// The admission stage of a fleet run: the queue's settings and who sent each request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admission {
+    /// The queue's levels, aging and limits (the gateway's `admission.queue`).
+    pub settings: QueueSettings,
+    /// Tenant weights, index = [`TenantId`] (others weigh 1).
+    pub tenant_weights: Vec<f64>,
+    /// One per workload request, in workload order; requests past its end are
+    /// [`Class::default`].
+    pub classes: Vec<Class>,
+}
+
+/// A request's level and tenant, as its key would give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Class {
+    /// Its priority.
+    pub priority: Priority,
+    /// Its tenant.
+    pub tenant: TenantId,
+}
+
+/// The gateway's waiting room during a run.
+pub(super) enum Lobby<'a> {
+    /// In arrival order.
+    Fifo(VecDeque<Pending>),
+    /// Core's admission queue; `held` keeps each waiting request's payload by index.
+    Admission {
+        queue: AdmissionQueue,
+        classes: &'a [Class],
+        held: HashMap<u64, Pending>,
+    },
+}
+
+/// What putting a request in line did.
+pub(super) struct Pushed {
+    /// Requests refused (the new one when its level is full, or a less urgent one shed).
+    pub(super) refused: Vec<usize>,
+}
+
+impl<'a> Lobby<'a> {
+    pub(super) fn new(admission: Option<&'a Admission>) -> Self {
+        match admission {
+            None => Lobby::Fifo(VecDeque::new()),
+            Some(a) => Lobby::Admission {
+                queue: AdmissionQueue::new(a.settings.clone(), &a.tenant_weights),
+                classes: &a.classes,
+                held: HashMap::new(),
+            },
+        }
+    }
+
+    /// Whether this is the admission queue (which checks for room before taking a request
+    /// out, so a request is charged to its tenant only when it goes).
+    pub(super) fn is_admission(&self) -> bool {
+        matches!(self, Lobby::Admission { .. })
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            Lobby::Fifo(q) => q.is_empty(),
+            Lobby::Admission { queue, .. } => queue.is_empty(),
+        }
+    }
+
+    /// Puts `p` in line at `t` with `max_output` expected output tokens.
+    pub(super) fn push(&mut self, p: Pending, max_output: u32, t: f64) -> Pushed {
+        match self {
+            Lobby::Fifo(q) => {
+                q.push_back(p);
+                Pushed {
+                    refused: Vec::new(),
+                }
+            }
+            Lobby::Admission {
+                queue,
+                classes,
+                held,
+            } => {
+                let class = classes.get(p.index).copied().unwrap_or_default();
+                let w = Waiting {
+                    id: p.index as u64,
+                    priority: class.priority,
+                    tenant: class.tenant,
+                    input_tokens: p.tokens.len() as u32,
+                    output_tokens: max_output,
+                    arrived: Duration::from_secs_f64(t),
+                };
+                match queue.push(w) {
+                    Err(_) => Pushed {
+                        refused: vec![p.index],
+                    },
+                    Ok(entered) => {
+                        held.insert(w.id, p);
+                        let refused = entered
+                            .shed
+                            .and_then(|s| held.remove(&s.id))
+                            .map(|s| vec![s.index])
+                            .unwrap_or_default();
+                        Pushed { refused }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the request to try next at `t`.
+    pub(super) fn pop(&mut self, t: f64) -> Option<Pending> {
+        match self {
+            Lobby::Fifo(q) => q.pop_front(),
+            Lobby::Admission { queue, held, .. } => {
+                let w = queue.pop(Duration::from_secs_f64(t))?;
+                held.remove(&w.id)
+            }
+        }
+    }
+
+    /// Gives back a request [`Lobby::pop`] returned that found no backend: first in line again
+    /// (FIFO), or back in the admission queue at its class (not charged twice: the admission
+    /// queue is only popped when a backend has room).
+    pub(super) fn unpop(&mut self, p: Pending, max_output: u32, t: f64) -> Vec<usize> {
+        match self {
+            Lobby::Fifo(q) => {
+                q.push_front(p);
+                Vec::new()
+            }
+            Lobby::Admission { .. } => self.push(p, max_output, t).refused,
+        }
+    }
+
+    /// Takes out the requests whose level's queue timeout has passed at `t`.
+    pub(super) fn expire(&mut self, t: f64) -> Vec<usize> {
+        match self {
+            Lobby::Fifo(_) => Vec::new(),
+            Lobby::Admission { queue, held, .. } => queue
+                .expire(Duration::from_secs_f64(t))
+                .into_iter()
+                .filter_map(|w| held.remove(&w.id).map(|p| p.index))
+                .collect(),
+        }
+    }
+
+    /// Empties the room: every request still waiting, in index order for the admission queue.
+    pub(super) fn drain(&mut self) -> Vec<usize> {
+        match self {
+            Lobby::Fifo(q) => q.drain(..).map(|p| p.index).collect(),
+            Lobby::Admission { queue, held, .. } => {
+                let mut out: Vec<usize> = held.drain().map(|(_, p)| p.index).collect();
+                out.sort_unstable();
+                *queue = AdmissionQueue::new(queue.settings().clone(), &[]);
+                out
+            }
+        }
+    }
+}
