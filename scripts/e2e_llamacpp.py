@@ -285,6 +285,7 @@ def replay(fleet: Fleet, args, docs: list, rate: float) -> dict:
     processed, cached = delta("llamacpp:prompt_tokens_total"), delta("llamacpp:prompt_tokens_cached_total")
     return {
         "requests": len(results), "errors": len(results) - len(ok), "wall_s": wall,
+        "error_kinds": sorted({r["error"][:200] for r in results if "error" in r})[:5],
         "ttft_p50_s": q(0.5), "ttft_p90_s": q(0.9), "ttft_p99_s": q(0.99),
         "e2e_p50_s": statistics.median(r["e2e_s"] for r in ok) if ok else None,
         "prompt_tokens_processed": processed, "prompt_tokens_cached": cached,
