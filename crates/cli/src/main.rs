@@ -9,6 +9,7 @@ mod chaos;
 mod chaos_judge;
 mod chaos_report;
 mod demo;
+mod keys_cmd;
 mod sim_cmd;
 
 use anyhow::Context;
@@ -54,6 +55,8 @@ enum Command {
     /// bench/results/chaos-<date>.md/.json.
     #[command(hide = true)]
     Chaos(chaos::ChaosArgs),
+    /// API keys of a running gateway (list, create, revoke, rotate) through its admin API.
+    Keys(keys_cmd::KeysArgs),
     /// Benchmarks: overhead against peer proxies, routing decisions, trace replay.
     Bench {
         #[command(subcommand)]
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => finish(demo::run(args)),
         Command::Chaos(args) => finish(chaos::run(args)),
         Command::Bench { command } => finish(bench_cmd::run(command)),
+        Command::Keys(args) => finish(keys_cmd::run(args)),
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 let backends: usize = cfg.models.iter().map(|m| m.backends.len()).sum();

@@ -8,6 +8,8 @@
 //! | `POST /admin/backends/{name}/drain` | no new requests; `?wait=30s` answers once in-flight reached 0 |
 //! | `POST /admin/backends/{name}/undrain` | takes requests again |
 //! | `POST /admin/reload` | re-reads the config file (as SIGHUP does) |
+//! | `GET /admin/queues` | requests waiting in each model's admission queue, per priority |
+//! | `/admin/keys...` | API keys: list, create, revoke, rotate (see [`crate::admission::admin`]) |
 //!
 //! `{name}` is a backend name (percent-encoded if need be). When two models have a backend of
 //! that name, `?model=M` says which one; without it the answer is 409 `ambiguous_backend`.
@@ -136,6 +138,21 @@ async fn route(gw: &Gateway, req: Request<Incoming>) -> Result<Response<GatewayB
             Ok(ok(serde_json::to_value(outcome?).unwrap_or(Value::Null)))
         }
         (["admin", "reload"], _) => wrong("POST"),
+        (["admin", "queues"], &Method::GET) => {
+            Ok(ok(crate::admission::admin::queues(&gw.snapshot())))
+        }
+        (["admin", "keys", rest @ ..], _) => {
+            let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+                .collect()
+                .await
+                .map_err(|e| ApiError::InvalidParam {
+                    param: "body",
+                    message: format!("cannot read the body: {e}"),
+                })?
+                .to_bytes();
+            let (status, v) = crate::admission::admin::route(&gw.snapshot(), &method, rest, &body)?;
+            Ok(json(status, Bytes::from(v.to_string())))
+        }
         _ => Err(ApiError::NotFound {
             method: method.to_string(),
             path,

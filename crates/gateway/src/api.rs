@@ -172,7 +172,7 @@ async fn read_body(
 /// The proxy path. Every error is answered here, counted under the model it was for (none
 /// until the model is known).
 async fn proxy(
-    gw: &Snapshot,
+    gw: &Arc<Snapshot>,
     kind: EndpointKind,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -193,6 +193,10 @@ async fn proxy(
     if declared.is_some_and(|n| n > limit) {
         return refuse("", ApiError::BodyTooLarge { limit });
     }
+    let caller = match crate::admission::authenticate(gw, req.headers()) {
+        Ok(caller) => caller,
+        Err(e) => return refuse("", e),
+    };
     let (parts, body) = req.into_parts();
     let body = match read_body(body, limit, declared, gw.config.limits.body_read_timeout).await {
         Ok(body) => body,
@@ -225,11 +229,16 @@ async fn proxy(
         );
     };
 
+    let admitted =
+        match crate::admission::admit(gw, caller, pool, &profile, &parts.headers, &body).await {
+            Ok(admitted) => admitted,
+            Err(e) => return refuse(&pool.name, e),
+        };
     let request = attempts::Request {
         gw,
         pool,
         profile: &profile,
-        body: &body,
+        body: admitted.body(&body),
         headers: &parts.headers,
         request_id,
         started,
@@ -237,7 +246,7 @@ async fn proxy(
         peer: peer.ip(),
     };
     match attempts::run(&request).await {
-        Ok(resp) => resp,
+        Ok(resp) => admitted.finish(resp),
         Err(e) => refuse(&pool.name, e),
     }
 }

@@ -33,6 +33,9 @@ pub enum GatewayBody {
     Full(Option<Bytes>),
     /// An upstream body in transit.
     Relay(Relay),
+    /// A body that holds its request's admission slot (concurrency limits, the pool's
+    /// waiting room) until it ends or is dropped; see [`crate::admission`].
+    Held(Box<GatewayBody>, crate::admission::Permit),
 }
 
 impl GatewayBody {
@@ -379,12 +382,14 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GatewayBody::Relay(r) => r.poll_relay(cx),
+            GatewayBody::Held(inner, permit) => permit.poll(inner, cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Full(b) => b.is_none(),
+            GatewayBody::Held(inner, _) => inner.is_end_stream(),
             GatewayBody::Relay(r) => {
                 r.ended
                     || (r.first.is_none()
@@ -398,6 +403,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
+            GatewayBody::Held(inner, _) => inner.size_hint(),
             GatewayBody::Relay(r) => {
                 let first = r
                     .first

@@ -140,6 +140,53 @@ pub enum ApiError {
     /// A reload was asked of a gateway that was not started from a config file.
     #[error("this gateway was not started from a config file, so there is nothing to reload")]
     NoConfigFile,
+    /// No API key, or one that is unknown, revoked or expired (auth on).
+    #[error("{0}")]
+    InvalidApiKey(&'static str),
+    /// The key may not use this model.
+    #[error("this API key may not use model '{model}'")]
+    ModelNotAllowed {
+        /// The requested model.
+        model: String,
+    },
+    /// A key's or tenant's rate limit refused the request.
+    #[error("rate limit exceeded: the {scope}'s {limit} limit is reached; retry after {}s", retry_after.as_secs())]
+    RateLimited {
+        /// `key` or `tenant`.
+        scope: &'static str,
+        /// `rpm`, `tpm` or `max_concurrent`.
+        limit: &'static str,
+        /// When a retry may pass.
+        retry_after: Duration,
+    },
+    /// The request waited its priority level's queue timeout for a backend of its model.
+    #[error("every backend of model '{model}' stayed busy for {}s (the {priority} queue timeout); retry later", after.as_secs_f64())]
+    QueueTimeout {
+        /// The model.
+        model: String,
+        /// Its level.
+        priority: &'static str,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// The model's admission queue had no room for the request at its level, or it was
+    /// shed for a more urgent one.
+    #[error("the waiting queue of model '{model}' is full at priority {priority}; retry later")]
+    QueueFull {
+        /// The model.
+        model: String,
+        /// Its level.
+        priority: &'static str,
+    },
+    /// The key's or tenant's budget for the period is spent.
+    #[error("the {scope}'s budget for this period is spent; it renews with the next period, or ask for a larger budget")]
+    InsufficientQuota {
+        /// `key` or `tenant`.
+        scope: &'static str,
+    },
+    /// The key store (`auth.db`) could not be used.
+    #[error("the key store is not available: {0}")]
+    KeyStore(String),
 }
 
 fn in_model(model: &Option<String>) -> String {
@@ -171,6 +218,13 @@ impl ApiError {
             ApiError::InvalidBackend(_)
             | ApiError::InvalidParam { .. }
             | ApiError::InvalidConfig(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. }
+            | ApiError::QueueTimeout { .. }
+            | ApiError::QueueFull { .. }
+            | ApiError::InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::KeyStore(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -197,6 +251,24 @@ impl ApiError {
             ApiError::InvalidParam { .. } => "invalid_parameter",
             ApiError::InvalidConfig(_) => "invalid_config",
             ApiError::NoConfigFile => "no_config_file",
+            ApiError::InvalidApiKey(_) => "invalid_api_key",
+            ApiError::ModelNotAllowed { .. } => "model_not_allowed",
+            ApiError::RateLimited { .. } => "rate_limit_exceeded",
+            ApiError::QueueTimeout { .. } => "queue_timeout",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::InsufficientQuota { .. } => "insufficient_quota",
+            ApiError::KeyStore(_) => "key_store_unavailable",
+        }
+    }
+
+    /// How long the client should wait before retrying, for the answers that say so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::QueueTimeout { .. } | ApiError::QueueFull { .. } => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
         }
     }
 
@@ -232,6 +304,11 @@ impl ApiError {
         );
         if status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(after) = self.retry_after() {
+            // Whole seconds, rounded up: a client that waits that long passes.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if let ApiError::MethodNotAllowed { allowed, .. } = &self {
             h.insert(header::ALLOW, HeaderValue::from_static(allowed));

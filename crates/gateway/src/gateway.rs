@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub metrics: Metrics,
     /// Counts versions: 1 at start, +1 per reload or admin change.
     pub generation: u64,
+    /// Keys, limits and waiting rooms; `None` when `auth:` and `admission:` are both off.
+    pub admission: Option<std::sync::Arc<crate::admission::Admission>>,
     clock: Clock,
 }
 
@@ -89,6 +91,12 @@ impl Snapshot {
             Some(p) if p.config.timeouts.connect == config.timeouts.connect => p.client.clone(),
             _ => forward::client(&config.timeouts),
         };
+        let admission = crate::admission::Admission::build(
+            &config,
+            previous.and_then(|p| p.admission.as_ref()),
+            clock.now(),
+            &metrics.admission,
+        );
         Self {
             config,
             pools,
@@ -96,6 +104,7 @@ impl Snapshot {
             client,
             metrics: metrics.clone(),
             generation,
+            admission,
             clock,
         }
     }

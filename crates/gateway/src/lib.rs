@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod attempts;
 pub mod backend_health;

@@ -39,6 +39,8 @@ pub struct Metrics {
     /// `switchyard_local_errors_total`: upstream attempts that failed for want of a local
     /// resource (file descriptors, ports), not counted against any backend.
     pub local_errors: IntCounter,
+    /// Admission: per priority and per configured tenant.
+    pub admission: crate::admission::metrics::AdmissionMetrics,
 }
 
 /// Handles for one backend, resolved once.
@@ -201,7 +203,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let admission = crate::admission::metrics::AdmissionMetrics::new(&registry);
         Self {
+            admission,
             registry,
             requests,
             duration,

@@ -48,6 +48,12 @@ pub struct ConfigFile {
     /// Admin API access; no admin API when absent.
     #[serde(default)]
     pub admin: Option<super::Admin>,
+    /// API keys and tenants; open API when absent.
+    #[serde(default)]
+    pub auth: Option<super::auth::Auth>,
+    /// Admission queue; none when absent.
+    #[serde(default)]
+    pub admission: Option<super::auth::Admission>,
     /// Model name -> pool.
     pub models: BTreeMap<String, PoolFile>,
 }
@@ -319,6 +325,8 @@ impl ConfigFile {
                 .map_or(super::DEFAULT_MAX_BODY_BYTES, |b| b.0),
             timeouts: timeouts.resolve(),
             admin: self.admin,
+            auth: self.auth,
+            admission: self.admission,
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),

@@ -15,6 +15,7 @@
 //! ```
 
 mod admin;
+pub mod auth;
 mod error;
 pub mod file;
 pub mod limits;
@@ -75,6 +76,10 @@ pub struct Config {
     pub debug_headers: bool,
     /// Who may use the admin API, and on which listener; `None`: no admin API.
     pub admin: Option<Admin>,
+    /// API keys, tenants and their limits; `None`: the API is open to anyone (as before).
+    pub auth: Option<auth::Auth>,
+    /// The per-pool waiting room; `None`: requests go straight to routing (as before).
+    pub admission: Option<auth::Admission>,
     /// One pool per model name, sorted by name.
     pub models: Vec<PoolConfig>,
 }

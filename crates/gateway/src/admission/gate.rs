@@ -1,0 +1,273 @@
+//! A pool's waiting room: the [`AdmissionQueue`] of `core`, driven by real time.
+//!
+//! A request goes at once when nobody waits and some backend has room (usable, under its
+//! `max_concurrency`, its engine's scraped queue under `engine_queue_threshold`). When every
+//! backend that could serve is full, it waits. Each admitted request holds a slot until its
+//! response body ends; when one ends, the queue's next request goes ([`Gate::pump`]). A
+//! request that waits past its level's timeout, finds its level full, or is shed for a more
+//! urgent one is answered 429.
+//!
+//! Requests wait on a oneshot channel; the queue lock is never held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use switchyard_core::admission::{
+    AdmissionQueue, Priority, QueueSettings, Refused, TenantId, Waiting,
+};
+use tokio::sync::oneshot;
+
+use crate::fleet::{Backend, Pool};
+
+/// How often a request that waits only because of engines' scraped queues looks again
+/// (scrapes do not notify; slots freed through the gateway do).
+const ENGINE_RECHECK: Duration = Duration::from_millis(200);
+
+/// What a waiting request is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Go now.
+    Go,
+    /// Shed for a more urgent request.
+    Shed,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// It waited its level's timeout.
+    Timeout(Duration),
+    /// Its level (or the queue, with nothing less urgent to shed) was full, or it was shed.
+    Full,
+}
+
+#[derive(Debug)]
+struct State {
+    queue: AdmissionQueue,
+    waiters: HashMap<u64, oneshot::Sender<Verdict>>,
+    next_id: u64,
+}
+
+/// One pool's waiting room.
+#[derive(Debug)]
+pub struct Gate {
+    state: Mutex<State>,
+    /// Engines reporting more waiting requests than this count as full.
+    engine_queue_threshold: Option<u32>,
+    /// `switchyard_admission_waiting` of this model, per level.
+    gauges: [prometheus::IntGauge; 5],
+}
+
+/// What one request needs from the pool to be admitted.
+pub struct Ask<'a> {
+    /// The pool.
+    pub pool: &'a Pool,
+    /// Its level.
+    pub priority: Priority,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Estimated prompt tokens.
+    pub input_tokens: u32,
+    /// Expected output tokens.
+    pub output_tokens: u32,
+    /// How old an engine report may be and still count.
+    pub max_age: Duration,
+}
+
+impl Gate {
+    /// An empty waiting room.
+    pub fn new(
+        settings: QueueSettings,
+        weights: &[f64],
+        engine_queue_threshold: Option<u32>,
+        gauges: [prometheus::IntGauge; 5],
+    ) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: AdmissionQueue::new(settings, weights),
+                waiters: HashMap::new(),
+                next_id: 0,
+            }),
+            engine_queue_threshold,
+            gauges,
+        }
+    }
+
+    /// Sets the waiting gauges from the queue (after every change, under the lock).
+    fn publish(&self, s: &State) {
+        for (g, p) in self.gauges.iter().zip(Priority::ALL) {
+            g.set(s.queue.len_at(p) as i64);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `b`'s engine reports a queue past the threshold.
+    fn engine_busy(&self, b: &Backend, now: Duration, max_age: Duration) -> bool {
+        self.engine_queue_threshold.is_some_and(|t| {
+            b.state
+                .signals
+                .engine(now, max_age)
+                .is_some_and(|e| e.waiting > t)
+        })
+    }
+
+    /// Whether a request can go to `pool` now: some backend has room, or none is merely
+    /// full (all are out for other reasons, which routing answers as it does without a queue).
+    fn room(&self, pool: &Pool, now: Duration, max_age: Duration) -> bool {
+        let mut full = false;
+        for b in &pool.backends {
+            let busy = self.engine_busy(b, now, max_age);
+            if b.usable(now) && !busy {
+                return true;
+            }
+            full |= busy
+                || b.config
+                    .max_concurrency
+                    .is_some_and(|c| b.state.in_flight() >= c);
+        }
+        !full
+    }
+
+    /// Requests waiting at `p`.
+    pub fn waiting(&self, p: Priority) -> usize {
+        self.lock().queue.len_at(p)
+    }
+
+    /// Admits `ask` now or after waiting; `Ok(waited)` once it may go.
+    pub async fn admit(
+        &self,
+        ask: &Ask<'_>,
+        now: impl Fn() -> Duration,
+    ) -> Result<Duration, NotAdmitted> {
+        let arrived = now();
+        let (id, rx, timeout) = {
+            let mut s = self.lock();
+            if s.queue.is_empty() && self.room(ask.pool, arrived, ask.max_age) {
+                return Ok(Duration::ZERO);
+            }
+            let id = s.next_id;
+            s.next_id += 1;
+            let w = Waiting {
+                id,
+                priority: ask.priority,
+                tenant: ask.tenant,
+                input_tokens: ask.input_tokens,
+                output_tokens: ask.output_tokens,
+                arrived,
+            };
+            match s.queue.push(w) {
+                Err(Refused::Full) => return Err(NotAdmitted::Full),
+                Ok(entered) => {
+                    if let Some(shed) = entered.shed {
+                        if let Some(tx) = s.waiters.remove(&shed.id) {
+                            let _ = tx.send(Verdict::Shed);
+                        }
+                    }
+                }
+            }
+            self.publish(&s);
+            let (tx, rx) = oneshot::channel();
+            s.waiters.insert(id, tx);
+            let timeout = s.queue.settings().levels[ask.priority.index()].timeout;
+            (id, rx, timeout)
+        };
+        let mut guard = Leave {
+            gate: self,
+            id,
+            pool: ask.pool,
+            max_age: ask.max_age,
+            now: &now,
+            settled: false,
+        };
+        let verdict = self.wait(ask, id, rx, arrived + timeout, &now).await;
+        guard.settled = true;
+        match verdict {
+            Some(Verdict::Go) => Ok(now().saturating_sub(arrived)),
+            Some(Verdict::Shed) => Err(NotAdmitted::Full),
+            None => Err(NotAdmitted::Timeout(timeout)),
+        }
+    }
+
+    /// Waits for the verdict on `rx` until `deadline` (gateway time); `None`: timed out.
+    async fn wait(
+        &self,
+        ask: &Ask<'_>,
+        id: u64,
+        mut rx: oneshot::Receiver<Verdict>,
+        deadline: Duration,
+        now: &impl Fn() -> Duration,
+    ) -> Option<Verdict> {
+        loop {
+            let left = deadline.saturating_sub(now());
+            let step = if self.engine_queue_threshold.is_some() {
+                left.min(ENGINE_RECHECK)
+            } else {
+                left
+            };
+            match tokio::time::timeout(step, &mut rx).await {
+                Ok(Ok(v)) => return Some(v),
+                Ok(Err(_)) => return Some(Verdict::Shed), // the gate went away (reload)
+                Err(_) if step < left => {
+                    self.pump(ask.pool, now(), ask.max_age);
+                }
+                Err(_) => {
+                    // Timed out, unless it was let go (under the lock) in the meantime.
+                    let mut s = self.lock();
+                    if s.queue.remove(id).is_some() {
+                        s.waiters.remove(&id);
+                        self.publish(&s);
+                        return None;
+                    }
+                    drop(s);
+                    return rx.try_recv().ok();
+                }
+            }
+        }
+    }
+
+    /// A slot freed (or might have): lets the next waiting request go if there is room.
+    pub fn pump(&self, pool: &Pool, now: Duration, max_age: Duration) {
+        let mut s = self.lock();
+        while !s.queue.is_empty() && self.room(pool, now, max_age) {
+            let Some(w) = s.queue.pop(now) else { break };
+            if let Some(tx) = s.waiters.remove(&w.id) {
+                if tx.send(Verdict::Go).is_ok() {
+                    break;
+                }
+            }
+        }
+        self.publish(&s);
+    }
+}
+
+/// Takes a waiting request out of line when it stops waiting for any reason (timeout,
+/// client gone); if it had been let go but never went, passes its turn on.
+struct Leave<'a, F: Fn() -> Duration> {
+    gate: &'a Gate,
+    id: u64,
+    pool: &'a Pool,
+    max_age: Duration,
+    now: &'a F,
+    settled: bool,
+}
+
+impl<F: Fn() -> Duration> Drop for Leave<'_, F> {
+    fn drop(&mut self) {
+        let mut s = self.gate.lock();
+        let was_waiting = s.queue.remove(self.id).is_some();
+        s.waiters.remove(&self.id);
+        if was_waiting {
+            self.gate.publish(&s);
+        }
+        drop(s);
+        if !was_waiting && !self.settled {
+            // It was let go but its client left before it went: the slot is free again.
+            self.gate.pump(self.pool, (self.now)(), self.max_age);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The key table the request path reads: every usable key by its SHA-256, with its tenant,
+//! models, priority, expiry and live rate limits; and the configured tenants with theirs.
+//!
+//! Config keys are loaded once; keys created at run time come from the [`super::store`] at
+//! start and are added or removed here as the admin API changes them, so a request costs one
+//! SHA-256 and one hash lookup under a read lock, never a database read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use switchyard_core::admission::{Priority, RateLimit, RateLimitSpec, TenantId};
+
+use super::spend::Spent;
+use crate::config::auth::{Auth, Budget, KeyHash, KeySpec};
+
+/// One usable key.
+#[derive(Debug)]
+pub struct KeyRecord {
+    /// The store's id for run-time keys; `None` for config keys.
+    pub id: Option<i64>,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Models it may use; `None`: all.
+    pub models: Option<Vec<String>>,
+    /// Its requests' level.
+    pub priority: Priority,
+    /// Unix seconds after which it is refused.
+    pub expires: Option<u64>,
+    /// Its live limits; `None` when it has none.
+    pub limits: Option<Mutex<RateLimit>>,
+    /// What its spend is recorded under: `key:<id>` for run-time keys, `key:<hash prefix>`
+    /// for config keys.
+    pub scope: String,
+    /// Its budget and what it spent; `None`: no budget.
+    pub budget: Option<Spent>,
+}
+
+impl KeyRecord {
+    /// A record for `spec`'s settings at gateway time `now`.
+    pub fn new(
+        id: Option<i64>,
+        tenant: TenantId,
+        models: Option<Vec<String>>,
+        priority: Priority,
+        limits: RateLimitSpec,
+        expires: Option<u64>,
+        now: Duration,
+    ) -> Self {
+        Self {
+            id,
+            tenant,
+            models,
+            priority,
+            expires,
+            limits: limits
+                .is_set()
+                .then(|| Mutex::new(RateLimit::new(limits, now))),
+            scope: id.map(|i| format!("key:{i}")).unwrap_or_default(),
+            budget: None,
+        }
+    }
+
+    /// Whether it may use `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == model))
+    }
+}
+
+/// One configured tenant.
+#[derive(Debug)]
+pub struct Tenant {
+    /// Its name (metric label, admin API).
+    pub name: String,
+    /// Its share in queues.
+    pub weight: f64,
+    /// Limits over all its keys; `None` when it has none.
+    pub limits: Option<Mutex<RateLimit>>,
+    /// Its budget and what it spent; `None`: no budget.
+    pub budget: Option<Spent>,
+}
+
+/// Keys and tenants.
+#[derive(Debug)]
+pub struct Keys {
+    /// Usable keys by hash.
+    table: RwLock<HashMap<KeyHash, Arc<KeyRecord>>>,
+    /// Tenants; the index is the [`TenantId`].
+    pub tenants: Vec<Tenant>,
+}
+
+impl Keys {
+    /// The config's keys and tenants, at gateway time `now`; budgets start from what
+    /// `spend` (the store, if any) says was spent in their current period.
+    pub fn from_config(auth: &Auth, now: Duration, spend: Option<&rusqlite::Connection>) -> Self {
+        let unix = super::unix_now();
+        let spent = |scope: &str, b: Budget| {
+            let already = spend.map_or(0.0, |c| super::spend::spent_in(c, scope, b.period, unix));
+            Spent::new(b, already, unix)
+        };
+        let tenants: Vec<Tenant> = auth
+            .tenants
+            .iter()
+            .map(|(name, t)| Tenant {
+                name: name.clone(),
+                weight: t.weight,
+                limits: t
+                    .limits
+                    .is_set()
+                    .then(|| Mutex::new(RateLimit::new(t.limits, now))),
+                budget: t.budget.map(|b| spent(&format!("tenant:{name}"), b)),
+            })
+            .collect();
+        let keys = Self {
+            table: RwLock::new(HashMap::new()),
+            tenants,
+        };
+        for k in &auth.keys {
+            let KeySpec {
+                hash,
+                tenant,
+                models,
+                priority,
+                limits,
+                expires,
+                budget,
+            } = k;
+            let Some(t) = keys.tenant_id(tenant) else {
+                continue; // every key's tenant is in the map (the parser adds it)
+            };
+            let mut record =
+                KeyRecord::new(None, t, models.clone(), *priority, *limits, *expires, now);
+            record.scope = format!("key:{}", hash.short());
+            record.budget = budget.map(|b| spent(&record.scope, b));
+            keys.insert(*hash, record);
+        }
+        keys
+    }
+
+    /// The tenant named `name`, if configured.
+    pub fn tenant_id(&self, name: &str) -> Option<TenantId> {
+        self.tenants
+            .iter()
+            .position(|t| t.name == name)
+            .and_then(|i| u32::try_from(i).ok())
+            .map(TenantId)
+    }
+
+    /// The tenant `id`.
+    pub fn tenant(&self, id: TenantId) -> Option<&Tenant> {
+        self.tenants.get(id.0 as usize)
+    }
+
+    /// Tenants' weights by [`TenantId`], for queues.
+    pub fn weights(&self) -> Vec<f64> {
+        self.tenants.iter().map(|t| t.weight).collect()
+    }
+
+    /// The usable key presented as `key`, if any.
+    pub fn find(&self, key: &[u8]) -> Option<Arc<KeyRecord>> {
+        let hash = KeyHash::of(key);
+        self.table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&hash)
+            .cloned()
+    }
+
+    /// Makes a key usable.
+    pub fn insert(&self, hash: KeyHash, record: KeyRecord) {
+        self.table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(hash, Arc::new(record));
+    }
+
+    /// Makes the run-time key `id` unusable; whether it was usable.
+    pub fn remove_id(&self, id: i64) -> bool {
+        let mut t = self
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = t.len();
+        t.retain(|_, r| r.id != Some(id));
+        t.len() != before
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
+pub fn presented(headers: &http::HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let v = v.as_bytes();
+        let (scheme, rest) = v.split_at_checked(7)?;
+        return scheme
+            .eq_ignore_ascii_case(b"bearer ")
+            .then(|| rest.trim_ascii())
+            .filter(|k| !k.is_empty());
+    }
+    headers
+        .get("x-api-key")
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|k| !k.is_empty())
+}

@@ -1,0 +1,496 @@
+//! Admission: who is calling ([`keys`]), whether their limits let the request go now, and,
+//! when every backend of the pool is full, where it waits ([`gate`]). Runs between profiling
+//! and routing:
+//!
+//! 1. [`authenticate`] (headers only, before the body is read): with `auth:` on, the key from
+//!    `Authorization: Bearer` or `x-api-key` must be known, not revoked and not expired (401
+//!    `invalid_api_key`).
+//! 2. [`admit`] (after profiling): the key may use the model (403 `model_not_allowed`); the
+//!    key's and tenant's token buckets and concurrency caps let it go (429
+//!    `rate_limit_exceeded`); with `admission:` on, it waits in the pool's queue by priority
+//!    and tenant fairness (429 `queue_timeout` / `queue_full`).
+//! 3. [`Admitted::finish`] adds `x-ratelimit-*` headers and makes the response body hold the
+//!    request's slot (a [`Permit`]) until it ends.
+//!
+//! With neither `auth:` nor `admission:` configured each step is one `Option` check.
+
+pub mod admin;
+pub mod gate;
+pub mod keys;
+pub mod metrics;
+mod permit;
+pub mod spend;
+pub mod store;
+pub mod usage;
+
+use http::{HeaderMap, HeaderValue, Response};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_core::admission::{Grant, Priority, TenantId};
+use switchyard_core::RequestProfile;
+
+use crate::body::GatewayBody;
+use crate::config::auth::{Admission as AdmissionConfig, Auth};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::fleet::Pool;
+use crate::gateway::Snapshot;
+use gate::{Ask, Gate, NotAdmitted};
+use keys::{KeyRecord, Keys};
+pub use permit::Permit;
+use store::Store;
+
+/// Output tokens assumed for a request that sets no `max_tokens`, when estimating its cost.
+pub const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
+
+/// The admission state of a running gateway: kept across reloads that leave `auth:`,
+/// `admission:` and the model names unchanged (limits and queues keep counting).
+#[derive(Debug)]
+pub struct Admission {
+    /// Keys and tenants; `None`: auth off.
+    pub keys: Option<Keys>,
+    /// The key store, when `auth.db` is set and could be opened.
+    pub store: Option<Mutex<Store>>,
+    /// Per pool, its waiting room; empty when `admission:` is off.
+    gates: HashMap<String, Arc<Gate>>,
+    /// Per model, its limits over every caller (`admission.model_limits`).
+    model_limits: HashMap<String, Mutex<switchyard_core::admission::RateLimit>>,
+    /// Records spend to `auth.db` behind the request path; `None` without a store.
+    pub spend: Option<spend::SpendWriter>,
+    /// What it was built from, to tell whether a reload may keep it.
+    built_from: (Option<Auth>, Option<AdmissionConfig>, Vec<String>),
+}
+
+impl Admission {
+    /// The admission state for `config`: `previous` when it was built from the same
+    /// settings; `None` when both `auth:` and `admission:` are off.
+    pub fn build(
+        config: &Config,
+        previous: Option<&Arc<Admission>>,
+        now: Duration,
+        metrics: &metrics::AdmissionMetrics,
+    ) -> Option<Arc<Self>> {
+        if config.auth.is_none() && config.admission.is_none() {
+            return None;
+        }
+        let names: Vec<String> = config.models.iter().map(|p| p.name.clone()).collect();
+        let built_from = (config.auth.clone(), config.admission.clone(), names);
+        if let Some(p) = previous.filter(|p| p.built_from == built_from) {
+            return Some(p.clone());
+        }
+        let store = config
+            .auth
+            .as_ref()
+            .and_then(|a| a.db.as_ref())
+            .and_then(|path| match Store::open(path) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot open the key store; run-time keys are unavailable");
+                    None
+                }
+            });
+        let keys = config
+            .auth
+            .as_ref()
+            .map(|a| Keys::from_config(a, now, store.as_ref().map(Store::conn)));
+        if let (Some(keys), Some(store)) = (&keys, &store) {
+            admin::load_stored(keys, store, now);
+        }
+        let spend = config
+            .auth
+            .as_ref()
+            .and_then(|a| a.db.as_ref())
+            .filter(|_| store.is_some())
+            .and_then(|path| match spend::SpendWriter::start(path) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the spend writer; spend is not recorded");
+                    None
+                }
+            });
+        let weights = keys.as_ref().map(Keys::weights).unwrap_or_default();
+        let gates = config
+            .admission
+            .as_ref()
+            .map(|a| {
+                config
+                    .models
+                    .iter()
+                    .map(|p| {
+                        let gauges = Priority::ALL.map(|l| {
+                            metrics
+                                .waiting
+                                .with_label_values(&[p.name.as_str(), l.name()])
+                        });
+                        let gate =
+                            Gate::new(a.queue.clone(), &weights, a.engine_queue_threshold, gauges);
+                        (p.name.clone(), Arc::new(gate))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let model_limits = config
+            .admission
+            .iter()
+            .flat_map(|a| &a.model_limits)
+            .map(|(m, spec)| {
+                let live = switchyard_core::admission::RateLimit::new(*spec, now);
+                (m.clone(), Mutex::new(live))
+            })
+            .collect();
+        Some(Arc::new(Self {
+            model_limits,
+            keys,
+            store: store.map(Mutex::new),
+            gates,
+            spend,
+            built_from,
+        }))
+    }
+
+    /// The waiting room of model `name`, when admission is on.
+    pub fn gate(&self, name: &str) -> Option<&Arc<Gate>> {
+        self.gates.get(name)
+    }
+}
+
+/// Wall-clock unix seconds (expiry, budgets' periods).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Who a request comes from.
+#[derive(Debug, Default)]
+pub struct Caller {
+    /// Its key; `None` when auth is off.
+    key: Option<Arc<KeyRecord>>,
+}
+
+/// Checks the request's key (when auth is on). Reads headers only.
+pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(keys) = snap.admission.as_ref().and_then(|a| a.keys.as_ref()) else {
+        return Ok(Caller::default());
+    };
+    let Some(presented) = keys::presented(headers) else {
+        return Err(ApiError::InvalidApiKey(
+            "no API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
+        ));
+    };
+    let Some(key) = keys.find(presented) else {
+        return Err(ApiError::InvalidApiKey("the API key is not valid"));
+    };
+    if let Some(expires) = key.expires {
+        if unix_now() >= expires {
+            return Err(ApiError::InvalidApiKey("the API key has expired"));
+        }
+    }
+    Ok(Caller { key: Some(key) })
+}
+
+/// A request let through: what its response needs.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// Held by the response body; `None` when nothing needs holding.
+    permit: Option<Permit>,
+    /// The limits it passed, for `x-ratelimit-*`.
+    grant: Option<Grant>,
+    /// For `x-switchyard-route` (debug headers): level, tenant, wait.
+    note: Option<(Priority, TenantId, Duration)>,
+    /// The body to send upstream when it differs from the client's (`include_usage` added).
+    upstream_body: Option<bytes::Bytes>,
+}
+
+/// Lets the request go, makes it wait, or refuses it (see the module docs). `body` is the
+/// request body, which a metered stream gets `include_usage` added to. Counts the outcome in
+/// the admission metrics.
+pub async fn admit(
+    snap: &Arc<Snapshot>,
+    caller: Caller,
+    pool: &Pool,
+    profile: &RequestProfile,
+    headers: &HeaderMap,
+    body: &bytes::Bytes,
+) -> Result<Admitted, ApiError> {
+    if snap.admission.is_none() {
+        return Ok(Admitted::default());
+    }
+    let tenant = caller.key.as_ref().and_then(|k| {
+        let keys = snap.admission.as_ref()?.keys.as_ref()?;
+        Some(keys.tenant(k.tenant)?.name.clone())
+    });
+    let base = caller.key.as_ref().map_or(Priority::Normal, |k| k.priority);
+    let priority = base.lowered_by(headers.get("x-priority").map(HeaderValue::as_bytes));
+    let m = &snap.metrics.admission;
+    let outcome = admit_inner(snap, caller, pool, profile, priority, body).await;
+    match &outcome {
+        Ok(a) => {
+            if let Some(t) = &tenant {
+                m.tenant_requests.with_label_values(&[t.as_str()]).inc();
+            }
+            if let (Some(_), Some((_, _, waited))) = (
+                snap.admission.as_ref().and_then(|x| x.gate(&pool.name)),
+                a.note,
+            ) {
+                m.wait
+                    .with_label_values(&[priority.name()])
+                    .observe(waited.as_secs_f64());
+            }
+        }
+        Err(e) => {
+            let code = e.code();
+            if e.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                m.refused.with_label_values(&[priority.name(), code]).inc();
+            }
+            if let (Some(t), "rate_limit_exceeded" | "insufficient_quota") = (&tenant, code) {
+                m.tenant_throttled
+                    .with_label_values(&[t.as_str(), code])
+                    .inc();
+            }
+        }
+    }
+    outcome
+}
+
+async fn admit_inner(
+    snap: &Arc<Snapshot>,
+    caller: Caller,
+    pool: &Pool,
+    profile: &RequestProfile,
+    priority: Priority,
+    body: &bytes::Bytes,
+) -> Result<Admitted, ApiError> {
+    let Some(adm) = snap.admission.as_ref() else {
+        return Ok(Admitted::default());
+    };
+    let key = caller.key;
+    if let Some(k) = &key {
+        if !k.allows(&pool.name) {
+            return Err(ApiError::ModelNotAllowed {
+                model: pool.name.clone(),
+            });
+        }
+    }
+    let tenant = key.as_ref().map_or(TenantId(0), |k| k.tenant);
+    let output = profile.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
+    let tokens = profile.estimated_input_tokens.saturating_add(output);
+    let now = snap.now();
+
+    // Budgets, the key's and its tenant's.
+    let tenant_rec = key.as_ref().and_then(|_| adm.keys.as_ref()?.tenant(tenant));
+    let key_budget = key.as_ref().and_then(|k| k.budget.as_ref());
+    let tenant_budget = tenant_rec.and_then(|t| t.budget.as_ref());
+    if key_budget.is_some() || tenant_budget.is_some() {
+        let unix = unix_now();
+        for (scope, b) in [("key", key_budget), ("tenant", tenant_budget)] {
+            if b.is_some_and(|b| b.exhausted(unix)) {
+                return Err(ApiError::InsufficientQuota { scope });
+            }
+        }
+    }
+
+    // Limits: the key's, then its tenant's; a refusal by the second gives the first back.
+    let mut grant = None;
+    if let Some(l) = key.as_ref().and_then(|k| k.limits.as_ref()) {
+        let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match l.try_acquire(tokens, now) {
+            Ok(g) => grant = Some(g),
+            Err(t) => return Err(limited("key", t)),
+        }
+    }
+    let tenant_limits = tenant_rec.and_then(|t| t.limits.as_ref());
+    if let Some(l) = tenant_limits {
+        let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match l.try_acquire(tokens, now) {
+            Ok(g) => {
+                grant.get_or_insert(g);
+            }
+            Err(t) => {
+                drop(l);
+                if let Some(kl) = key.as_ref().and_then(|k| k.limits.as_ref()) {
+                    kl.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .undo(tokens);
+                }
+                return Err(limited("tenant", t));
+            }
+        }
+    }
+    let model_limit = adm.model_limits.get(&pool.name);
+    if let Some(l) = model_limit {
+        let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match l.try_acquire(tokens, now) {
+            Ok(g) => {
+                grant.get_or_insert(g);
+            }
+            Err(t) => {
+                drop(l);
+                let limits = key.as_ref().and_then(|k| k.limits.as_ref());
+                for held in limits.into_iter().chain(tenant_limits) {
+                    held.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .undo(tokens);
+                }
+                return Err(limited("model", t));
+            }
+        }
+    }
+    let mut permit = Permit {
+        snap: snap.clone(),
+        key,
+        tenant_limited: tenant_limits.is_some(),
+        tenant,
+        gate: None,
+        meter: None,
+        estimated: tokens,
+        ended: false,
+        limited_model: model_limit.map(|_| pool.name.clone()),
+        model: String::new(),
+        price: None,
+    };
+    // With a key, the response's usage is read for limits and spend; a stream that did not
+    // ask for it is asked for it, invisibly.
+    let mut upstream_body = None;
+    if permit.key.is_some() {
+        let mut meter = usage::Meter::default();
+        if profile.stream
+            && !profile.include_usage
+            && profile.kind != switchyard_core::EndpointKind::Embeddings
+        {
+            upstream_body = usage::with_include_usage(body);
+            meter.strip = upstream_body.is_some();
+        }
+        permit.meter = Some(meter);
+        permit.model.clone_from(&pool.name);
+    }
+
+    // The waiting room.
+    let mut waited = Duration::ZERO;
+    if let Some(gate) = adm.gate(&pool.name) {
+        let ask = Ask {
+            pool,
+            priority,
+            tenant,
+            input_tokens: profile.estimated_input_tokens,
+            output_tokens: output,
+            max_age: snap.config.scrape.max_age,
+        };
+        // A refusal drops the permit, which gives the limits' slots back.
+        waited = match gate.admit(&ask, || snap.now()).await {
+            Ok(w) => w,
+            Err(NotAdmitted::Timeout(after)) => {
+                return Err(ApiError::QueueTimeout {
+                    model: pool.name.clone(),
+                    priority: priority.name(),
+                    after,
+                })
+            }
+            Err(NotAdmitted::Full) => {
+                return Err(ApiError::QueueFull {
+                    model: pool.name.clone(),
+                    priority: priority.name(),
+                })
+            }
+        };
+        permit.gate = Some((gate.clone(), pool.name.clone()));
+    }
+    Ok(Admitted {
+        permit: Some(permit),
+        grant,
+        note: Some((priority, tenant, waited)),
+        upstream_body,
+    })
+}
+
+fn limited(scope: &'static str, t: switchyard_core::admission::Throttle) -> ApiError {
+    ApiError::RateLimited {
+        scope,
+        limit: t.limit,
+        retry_after: t.retry_after,
+    }
+}
+
+impl Admitted {
+    /// The body to send upstream: `original`, or it with `include_usage` added.
+    pub fn body<'a>(&'a self, original: &'a bytes::Bytes) -> &'a bytes::Bytes {
+        self.upstream_body.as_ref().unwrap_or(original)
+    }
+
+    /// The client's response with the limits' headers, its body holding the permit.
+    pub fn finish(self, resp: Response<GatewayBody>) -> Response<GatewayBody> {
+        let Some(mut permit) = self.permit else {
+            return resp;
+        };
+        let (mut head, body) = resp.into_parts();
+        if permit.meter.is_some() {
+            let backend = head.headers.get(crate::forward::X_SWITCHYARD_BACKEND);
+            permit.price = permit
+                .snap
+                .pools
+                .get(&permit.model)
+                .and_then(|p| p.backends.iter().find(|b| Some(&b.name_header) == backend))
+                .and_then(|b| b.config.price);
+        }
+        if let Some(m) = &mut permit.meter {
+            m.sse = head
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        }
+        if let Some(g) = &self.grant {
+            ratelimit_headers(&mut head.headers, g);
+        }
+        if permit.snap.config.debug_headers {
+            if let Some((p, t, waited)) = self.note {
+                let tenant = permit
+                    .snap
+                    .admission
+                    .as_ref()
+                    .and_then(|a| a.keys.as_ref()?.tenant(t))
+                    .map_or("-", |t| t.name.as_str());
+                let note = format!(
+                    "admission: priority={p} tenant={tenant} waited_ms={}",
+                    waited.as_millis()
+                );
+                let value = match head
+                    .headers
+                    .get("x-switchyard-route")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some(route) => format!("{route}; {note}"),
+                    None => note,
+                };
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    head.headers.insert("x-switchyard-route", v);
+                }
+            }
+        }
+        Response::from_parts(head, GatewayBody::Held(Box::new(body), permit))
+    }
+}
+
+/// `x-ratelimit-*` as OpenAI sends them.
+fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
+    let mut put = |name: &'static str, v: Option<u64>| {
+        if let Some(v) = v {
+            h.insert(name, HeaderValue::from(v));
+        }
+    };
+    put("x-ratelimit-limit-requests", g.limit_requests);
+    put("x-ratelimit-remaining-requests", g.remaining_requests);
+    put("x-ratelimit-limit-tokens", g.limit_tokens);
+    put("x-ratelimit-remaining-tokens", g.remaining_tokens);
+    for (name, d) in [
+        ("x-ratelimit-reset-requests", g.reset_requests),
+        ("x-ratelimit-reset-tokens", g.reset_tokens),
+    ] {
+        if let Some(v) =
+            d.and_then(|d| HeaderValue::from_str(&format!("{:.3}s", d.as_secs_f64())).ok())
+        {
+            h.insert(name, v);
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The permit an admitted request holds until its response body ends: it reads the
+//! response's usage on the way ([`super::usage::Meter`]), reconciles token buckets and
+//! budgets with it, and at the end gives back the key's, tenant's and model's concurrency
+//! slots and lets the pool's next waiting request go.
+
+use std::sync::{Arc, Mutex};
+use switchyard_core::admission::TenantId;
+
+use super::gate::Gate;
+use super::keys::KeyRecord;
+use super::{spend, unix_now, usage};
+use crate::body::GatewayBody;
+use crate::gateway::Snapshot;
+
+/// What an admitted request holds until its response ends: a concurrency slot of its key
+/// and tenant, and its pool's queue turn (freed slots let the next waiting request go).
+#[derive(Debug)]
+pub struct Permit {
+    /// The config version the request runs under (its pools, limits and metrics).
+    pub(super) snap: Arc<Snapshot>,
+    /// Its key, whose limits and budget it counts against; `None` without auth.
+    pub(super) key: Option<Arc<KeyRecord>>,
+    /// Whether it holds a slot of its tenant's limits.
+    pub(super) tenant_limited: bool,
+    /// Its tenant.
+    pub(super) tenant: TenantId,
+    /// The waiting room of its model and the model's name, to let the next one go.
+    pub(super) gate: Option<(Arc<Gate>, String)>,
+    /// Reads the response's usage, when the request is metered (auth on).
+    pub(super) meter: Option<usage::Meter>,
+    /// Tokens taken from the token buckets at admission, to reconcile with the usage.
+    pub(super) estimated: u32,
+    /// [`Permit::end`] ran.
+    pub(super) ended: bool,
+    /// The model whose `model_limits` it holds a slot of, if any.
+    pub(super) limited_model: Option<String>,
+    /// The model, for spend records (set when metered).
+    pub(super) model: String,
+    /// The serving backend's price, once the response is known.
+    pub(super) price: Option<switchyard_core::Price>,
+}
+
+impl Permit {
+    /// Polls the response body it holds: each frame is looked at on its way (see
+    /// [`usage::Meter`]), and the moment the body ends the permit is given back, before the
+    /// client can see the end (so a client's next request finds its slot free).
+    pub fn poll(
+        &mut self,
+        inner: &mut GatewayBody,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::body::BodyError>>>
+    {
+        use http_body::Body;
+        let polled = std::pin::Pin::new(&mut *inner).poll_frame(cx);
+        let out = polled.map(|f| f.map(|r| r.map(|frame| self.observe(frame))));
+        if matches!(out, std::task::Poll::Ready(None)) || inner.is_end_stream() {
+            self.end();
+        }
+        out
+    }
+
+    fn observe(&mut self, frame: http_body::Frame<bytes::Bytes>) -> http_body::Frame<bytes::Bytes> {
+        match &mut self.meter {
+            Some(m) => match frame.into_data() {
+                Ok(d) => http_body::Frame::data(m.observe(d)),
+                Err(other) => other,
+            },
+            None => frame,
+        }
+    }
+
+    /// The model limits it holds a slot of.
+    fn model_limit(&self) -> Option<&Mutex<switchyard_core::admission::RateLimit>> {
+        let model = self.limited_model.as_ref()?;
+        self.snap.admission.as_ref()?.model_limits.get(model)
+    }
+
+    /// Gives the token buckets back what the estimate took beyond the real usage (or takes
+    /// what it missed).
+    fn reconcile(&self, used: usage::Usage) {
+        let actual = used.prompt_tokens.saturating_add(used.completion_tokens);
+        let now = self.snap.now();
+        let tenant = self
+            .snap
+            .admission
+            .as_ref()
+            .and_then(|a| a.keys.as_ref()?.tenant(self.tenant)?.limits.as_ref())
+            .filter(|_| self.tenant_limited);
+        for l in self
+            .key
+            .as_ref()
+            .and_then(|k| k.limits.as_ref())
+            .into_iter()
+            .chain(tenant)
+            .chain(self.model_limit())
+        {
+            l.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .reconcile(self.estimated, actual, now);
+        }
+    }
+
+    /// Adds the request's cost to its key's and tenant's budgets and records it.
+    fn spend(&self, used: usage::Usage) {
+        let Some(key) = &self.key else { return };
+        let cost = self.price.map_or(0.0, |p| {
+            (p.input_per_mtok * f64::from(used.prompt_tokens)
+                + p.output_per_mtok * f64::from(used.completion_tokens))
+                / 1e6
+        });
+        let unix = unix_now();
+        let adm = self.snap.admission.as_ref();
+        let tenant = adm.and_then(|a| a.keys.as_ref()?.tenant(self.tenant));
+        if let Some(b) = &key.budget {
+            b.add(cost, unix);
+        }
+        if let Some(b) = tenant.and_then(|t| t.budget.as_ref()) {
+            b.add(cost, unix);
+        }
+        if let Some(t) = tenant {
+            let m = &self.snap.metrics.admission;
+            let name = t.name.as_str();
+            m.tenant_tokens
+                .with_label_values(&[name, "prompt"])
+                .inc_by(u64::from(used.prompt_tokens));
+            m.tenant_tokens
+                .with_label_values(&[name, "completion"])
+                .inc_by(u64::from(used.completion_tokens));
+            m.tenant_spend.with_label_values(&[name]).inc_by(cost);
+        }
+        let Some(writer) = adm.and_then(|a| a.spend.as_ref()) else {
+            return;
+        };
+        let event = |scope: String| spend::SpendEvent {
+            scope,
+            model: self.model.clone(),
+            unix,
+            prompt_tokens: used.prompt_tokens,
+            completion_tokens: used.completion_tokens,
+            cost,
+        };
+        writer.record(event(key.scope.clone()));
+        if let Some(t) = tenant {
+            writer.record(event(format!("tenant:{}", t.name)));
+        }
+    }
+
+    /// The request is over: usage reconciled, slots released, the queue's next one let go.
+    /// Runs once.
+    fn end(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if let Some(used) = self.meter.as_ref().and_then(|m| m.usage) {
+            self.reconcile(used);
+            self.spend(used);
+        }
+        release(
+            &self.snap,
+            self.key.as_deref(),
+            self.tenant_limited.then_some(self.tenant),
+        );
+        if let Some(l) = self.model_limit() {
+            l.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .release();
+        }
+        if let Some((gate, pool)) = &self.gate {
+            if let Some(pool) = self.snap.pools.get(pool) {
+                gate.pump(pool, self.snap.now(), self.snap.config.scrape.max_age);
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+fn release(snap: &Snapshot, key: Option<&KeyRecord>, tenant: Option<TenantId>) {
+    if let Some(l) = key.and_then(|k| k.limits.as_ref()) {
+        l.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .release();
+    }
+    if let Some(t) = tenant {
+        let keys = snap.admission.as_ref().and_then(|a| a.keys.as_ref());
+        if let Some(l) = keys
+            .and_then(|k| k.tenant(t))
+            .and_then(|t| t.limits.as_ref())
+        {
+            l.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .release();
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Token usage of a response, as the backend reports it, for limits and spend.
+//!
+//! A streamed request whose client did not ask for usage gets
+//! `stream_options.include_usage` added on its way upstream ([`with_include_usage`]), and the
+//! extra final chunk that carries the usage (`"choices": []`) is taken out of what the client
+//! sees ([`Meter::observe`]), so the client gets the stream it asked for and the gateway its
+//! token counts. Only chunks that mention `"usage"` are parsed.
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+
+/// Tokens a response used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens: u32,
+    /// Output tokens.
+    #[serde(default)]
+    pub completion_tokens: u32,
+}
+
+/// What the meter looks for in one event or body.
+#[derive(Deserialize)]
+struct Carrier {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// `body` with `"stream_options": {"include_usage": true}` added, or `None` when it cannot be
+/// done without changing what the client asked (it already has `stream_options`, or is not a
+/// JSON object).
+pub fn with_include_usage(body: &Bytes) -> Option<Bytes> {
+    if body.windows(16).any(|w| w == b"\"stream_options\"") {
+        return None;
+    }
+    let end = body.iter().rposition(|&b| b == b'}')?;
+    let head = &body[..end];
+    let empty = head.iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let mut out = BytesMut::with_capacity(body.len() + 48);
+    out.extend_from_slice(head);
+    if !empty {
+        out.extend_from_slice(b",");
+    }
+    out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+    out.extend_from_slice(&body[end..]);
+    Some(out.freeze())
+}
+
+/// Watches a response body go by for its usage.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// The body is an SSE stream.
+    pub sse: bool,
+    /// The gateway added `include_usage`: take the usage-only chunk out.
+    pub strip: bool,
+    /// The usage, once seen.
+    pub usage: Option<Usage>,
+}
+
+const USAGE_KEY: &[u8] = b"\"usage\"";
+
+fn mentions_usage(data: &[u8]) -> bool {
+    data.windows(USAGE_KEY.len()).any(|w| w == USAGE_KEY)
+}
+
+impl Meter {
+    /// Looks at one data chunk on its way to the client; returns what goes on (the chunk
+    /// itself unless a usage-only event was taken out).
+    pub fn observe(&mut self, data: Bytes) -> Bytes {
+        if !mentions_usage(&data) {
+            return data;
+        }
+        if !self.sse {
+            // A whole JSON answer: usage is one of its top-level fields.
+            if let Ok(c) = serde_json::from_slice::<Carrier>(&data) {
+                self.usage = c.usage.or(self.usage);
+            }
+            return data;
+        }
+        // Whole SSE events (the relay frames them): look at each that mentions usage.
+        let mut kept = BytesMut::new();
+        let mut dropped = false;
+        for event in split_events(&data) {
+            let payload = event
+                .strip_prefix(b"data:")
+                .map(<[u8]>::trim_ascii)
+                .unwrap_or_default();
+            if mentions_usage(event) {
+                if let Ok(c) = serde_json::from_slice::<Carrier>(payload) {
+                    if let Some(u) = c.usage {
+                        self.usage = Some(u);
+                        if self.strip && c.choices.as_ref().is_some_and(Vec::is_empty) {
+                            dropped = true;
+                            continue;
+                        }
+                    }
+                }
+            }
+            kept.extend_from_slice(event);
+        }
+        if dropped {
+            kept.freeze()
+        } else {
+            data
+        }
+    }
+}
+
+/// `data` cut after each blank line (`\n\n`), separators kept with the event before them.
+fn split_events(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = rest
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map_or(rest.len(), |i| i + 2);
+        let (event, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(event)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_usage_is_added_only_when_absent() {
+        let b = Bytes::from_static(br#"{"model":"m","stream":true} "#);
+        assert_eq!(
+            with_include_usage(&b).unwrap(),
+            Bytes::from_static(
+                br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}} "#
+            )
+        );
+        let has = Bytes::from_static(br#"{"stream":true,"stream_options":{}}"#);
+        assert_eq!(with_include_usage(&has), None);
+        assert_eq!(
+            with_include_usage(&Bytes::from_static(b"{}")).unwrap(),
+            Bytes::from_static(br#"{"stream_options":{"include_usage":true}}"#)
+        );
+    }
+
+    #[test]
+    fn the_usage_chunk_is_read_and_stripped_only_when_injected() {
+        let chunk = Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n",
+        );
+        let mut m = Meter {
+            sse: true,
+            strip: true,
+            usage: None,
+        };
+        let out = m.observe(chunk.clone());
+        assert_eq!(
+            out,
+            Bytes::from_static(
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n"
+            )
+        );
+        assert_eq!(
+            m.usage,
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            })
+        );
+        let mut asked = Meter {
+            sse: true,
+            ..Meter::default()
+        };
+        assert_eq!(
+            asked.observe(chunk.clone()),
+            chunk,
+            "the client asked for it"
+        );
+        assert_eq!(asked.usage.map(|u| u.completion_tokens), Some(3));
+    }
+
+    #[test]
+    fn a_json_answer_gives_its_usage() {
+        let mut m = Meter::default();
+        let body = Bytes::from_static(
+            br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        );
+        assert_eq!(m.observe(body.clone()), body);
+        assert_eq!(
+            m.usage,
+            Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2
+            })
+        );
+    }
+}
