@@ -3,15 +3,13 @@
 //! the debug route header survives any backend name, `max_concurrency` holds under a burst,
 //! and a health endpoint cannot make the gateway read without end.
 
-mod support;
-
+use crate::support::sim::sample;
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use support::sim::sample;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 /// A request as a mock upstream received it.
 #[derive(Debug, Clone)]
@@ -215,40 +215,54 @@ fn json(status: StatusCode, text: &'static str) -> Response<Body> {
         .unwrap()
 }
 
-/// A gateway running on 127.0.0.1:0.
+/// A gateway running on 127.0.0.1:0, started with [`switchyard_gateway::Server`].
 pub struct Gw {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    pub done: Option<tokio::task::JoinHandle<std::io::Result<switchyard_gateway::Drained>>>,
+    running: Option<switchyard_gateway::Running>,
 }
 
 impl Gw {
     pub async fn start(yaml: &str) -> Gw {
         let cfg = switchyard_gateway::config::parse(yaml, "test.yaml").expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let gw = switchyard_gateway::Gateway::new(cfg);
-        let (stop, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(switchyard_gateway::serve(gw, listener, async move {
-            let _ = rx.await;
-        }));
+        Gw::start_config(cfg).await
+    }
+
+    /// Starts a gateway running `cfg`.
+    pub async fn start_config(cfg: switchyard_gateway::Config) -> Gw {
+        let running = switchyard_gateway::Server::from_config(cfg)
+            .listen(LOOPBACK)
+            .start()
+            .await
+            .expect("the gateway starts");
         Gw {
-            addr,
-            stop: Some(stop),
-            done: Some(done),
+            addr: running.addr(),
+            running: Some(running),
         }
+    }
+
+    /// The running gateway, to read its state.
+    pub fn gateway(&self) -> &std::sync::Arc<switchyard_gateway::Gateway> {
+        self.running.as_ref().expect("running").gateway()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Sends the shutdown signal; returns how the drain ended.
+    /// Shuts down (as SIGINT does); returns how the drain ended.
     pub async fn shutdown(&mut self) -> switchyard_gateway::Drained {
-        let _ = self.stop.take().unwrap().send(());
-        self.done.take().unwrap().await.unwrap().unwrap()
+        self.running
+            .take()
+            .expect("running")
+            .shutdown(switchyard_gateway::Stop::Now)
+            .await
+            .unwrap()
     }
 }
+
+/// Port 0 on loopback: the tests' listen address.
+pub const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// A YAML config with one model `m` over `urls`, with extra pool lines (`policy: ...`) and
 /// extra top-level lines.
@@ -362,3 +376,4 @@ pub async fn raw_upstream(reply: String) -> String {
     });
     format!("http://{addr}")
 }
+pub mod conf;

@@ -1,10 +1,8 @@
 //! A replica answering 20% of requests with 500, behind two healthy ones: every request of a
 //! run succeeds, and the retries that made that happen stay within the retry budget.
 
-mod support;
-
-use support::sim::*;
-use support::*;
+use crate::support::sim::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn twenty_percent_5xx_loses_no_request_and_retries_stay_in_budget() {

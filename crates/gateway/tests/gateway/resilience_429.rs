@@ -2,11 +2,9 @@
 //! again; and when every replica of a pool is cooling down, a request waits for one to come
 //! back instead of failing at once.
 
-mod support;
-
+use crate::support::sim::*;
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::sim::*;
-use support::*;
 
 #[tokio::test]
 async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again() {

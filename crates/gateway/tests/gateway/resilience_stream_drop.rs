@@ -2,10 +2,8 @@
 //! SSE error event, `[DONE]` and a clean end, never a retry (which could repeat tokens).
 //! A replica that fails before the first byte is failed over instead, invisibly.
 
-mod support;
-
-use support::sim::*;
-use support::*;
+use crate::support::sim::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn a_replica_dying_mid_stream_gives_an_error_event_and_a_clean_end_without_repeats() {

@@ -1,10 +1,8 @@
 //! Each policy's distribution, observed through the real gateway over loopback sockets with
 //! in-process mock upstreams.
 
-mod support;
-
+use crate::support::*;
 use std::sync::Arc;
-use support::*;
 use tokio::sync::Notify;
 
 async fn mocks(n: usize, reply: Reply) -> Vec<Mock> {

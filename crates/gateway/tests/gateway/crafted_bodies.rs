@@ -3,10 +3,8 @@
 //! prefix routing sees at most `limits.max_prompt_bytes` of the prompt. How much memory they
 //! cost is a benchmark's question (`bench/crafted-bodies.sh`), not a test's.
 
-mod support;
-
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 /// The three shapes, each about `bytes` long.
 fn crafted(bytes: usize) -> Vec<(&'static str, String)> {

@@ -2,10 +2,8 @@
 //! timeout and the request fails over; a stream that goes quiet trips the idle timeout and a
 //! long one the total timeout, each ending in-band with its own error event.
 
-mod support;
-
-use support::sim::*;
-use support::*;
+use crate::support::sim::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn a_hanging_replica_trips_the_ttft_timeout_and_the_request_fails_over() {

@@ -2,10 +2,8 @@
 //! upstream stream is cut anywhere. Real sockets on 127.0.0.1 throughout; the upstreams that
 //! cut streams are raw sockets, since a well-behaved server cannot misbehave on cue.
 
-mod support;
-
+use crate::support::*;
 use std::time::Duration;
-use support::*;
 use switchyard_gateway::body::STREAM_BROKEN_EVENT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -292,17 +290,17 @@ async fn on_sigterm_ready_fails_for_the_drain_delay_while_requests_are_still_ser
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
     let yaml = config(&[up.url()], "", "drain_delay: 1s");
     let cfg = switchyard_gateway::config::parse(&yaml, "t.yaml").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let running = switchyard_gateway::Server::from_config(cfg)
+        .listen(LOOPBACK)
+        .start()
+        .await
+        .unwrap();
+    let addr = running.addr();
     let (term, termed) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(switchyard_gateway::serve(
-        switchyard_gateway::Gateway::new(cfg),
-        listener,
-        async move {
-            let _ = termed.await;
-            switchyard_gateway::Stop::Drain
-        },
-    ));
+    let done = tokio::spawn(running.until(async move {
+        let _ = termed.await;
+        switchyard_gateway::Stop::Drain
+    }));
     let c = client();
     let ready = format!("http://{addr}/ready");
     assert_eq!(get(&c, &ready).await.status, 200);

@@ -1,14 +1,12 @@
 //! A client that disconnects frees the backend at once: the gateway's in-flight count drops
 //! and the upstream request is cancelled, so the simulated engine stops generating for it.
 
-mod support;
-
+use crate::support::sim::*;
+use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use std::time::Duration;
-use support::sim::*;
-use support::*;
 
 const IN_FLIGHT: &str = r#"switchyard_backend_in_flight{backend="b0",model="m"}"#;
 

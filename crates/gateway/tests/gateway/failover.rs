@@ -1,10 +1,8 @@
 //! Failover before the first byte: a request whose backend cannot serve it moves to the
 //! decision's next fallback; the response says how many attempts it took.
 
-mod support;
-
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 fn closed_port() -> String {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")

@@ -2,13 +2,10 @@
 //! of health checks (a SIGHUP that changes nothing changes no check), and the scraper's
 //! memory of backends that are gone.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::sim::sample;
+use crate::support::*;
 use http::StatusCode;
-use support::sim::sample;
-use support::*;
 
 async fn healthy(c: &Client, gw: &FileGw, backend: &str) -> f64 {
     let m = get(c, &gw.url("/metrics")).await.body;
@@ -86,8 +83,7 @@ async fn a_sighup_that_changes_nothing_changes_no_health_check() {
         backend_line("steady", &steady.url())
     );
     let file = TempConfig::new(&text);
-    let gw = FileGw::start(&file).await;
-    let _reloader = switchyard_gateway::reload::spawn_sighup_reloader(gw.gw.clone()).unwrap();
+    let gw = FileGw::start_with(&file, |s| s.reload_on_sighup()).await;
     let c = client();
     // The first check runs at once; the next would be in an hour.
     eventually(|| steady.count() == 1).await;

@@ -3,11 +3,9 @@
 //! pass again, and then ramps up its share over the slow-start window instead of taking a
 //! full share at once.
 
-mod support;
-
+use crate::support::sim::*;
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::sim::*;
-use support::*;
 use switchyard_sim::http::Faults;
 
 fn healthy(m: &str, b: &str) -> f64 {

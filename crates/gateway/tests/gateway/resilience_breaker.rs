@@ -3,10 +3,8 @@
 //! after enough of them succeed, with its state exported as a metric throughout. No client
 //! sees a failure while it happens: each failed attempt fails over.
 
-mod support;
-
-use support::sim::*;
-use support::*;
+use crate::support::sim::*;
+use crate::support::*;
 
 const STATE: &str = r#"switchyard_backend_breaker_state{backend="b0",model="m"}"#;
 

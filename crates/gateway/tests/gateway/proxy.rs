@@ -1,14 +1,12 @@
 //! The proxy path over real loopback sockets: byte-for-byte passthrough, incremental
 //! streaming, response headers, every error case, metrics and graceful shutdown.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 use tokio::sync::Notify;
 
 fn ok() -> Reply {

@@ -2,10 +2,8 @@
 //! moves to the pool's configured `fallbacks`, with the body's `model` rewritten to the name
 //! the fallback serves, and the attempts header counting every try.
 
-mod support;
-
-use support::sim::*;
-use support::*;
+use crate::support::sim::*;
+use crate::support::*;
 
 fn closed_port() -> String {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
