@@ -4,9 +4,10 @@
 
 use crate::support::sim::*;
 use crate::support::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again() {
     let limited = replica(200.0, 31).await;
     let ok = replica(200.0, 32).await;
@@ -28,6 +29,8 @@ async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again()
     let mut during = Vec::new();
     while limited_at.elapsed() < Duration::from_millis(800) {
         during.push(post(&c, &url, &chat(2, false), &[]).await);
+        // Paused time: a request every 50 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(during.len() >= 2);
     let seen: Vec<(String, u32)> = during.iter().map(|a| (a.backend(), attempts(a))).collect();
@@ -42,6 +45,7 @@ async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again()
             limited_at.elapsed() < Duration::from_secs(10),
             "never came back"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
         back >= Duration::from_millis(900),
@@ -49,7 +53,7 @@ async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again()
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn when_every_replica_cools_down_a_request_waits_for_one_instead_of_failing() {
     let only = replica(200.0, 33).await;
     faults(&only, r#"{"rate_limit": 1.0, "retry_after_s": 1}"#).await;
@@ -85,7 +89,7 @@ async fn when_every_replica_cools_down_a_request_waits_for_one_instead_of_failin
 /// The wait for a cooled-down replica is cut at the request's total timeout: a replica back
 /// in 2 s is not waited for by a request with 300 ms in all, which gets the 429 at once
 /// (before the cap it waited the 2 s, then had no time left for the attempt).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_does_not_wait_for_a_cooldown_past_its_total_timeout() {
     let only = replica(200.0, 34).await;
     faults(&only, r#"{"rate_limit": 1.0, "retry_after_s": 2}"#).await;
@@ -95,7 +99,7 @@ async fn a_request_does_not_wait_for_a_cooldown_past_its_total_timeout() {
         "retry: {cooldown_wait: 5s}",
     ))
     .await;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let a = post(
         &client(),
         &gw.url("/v1/chat/completions"),

@@ -4,7 +4,7 @@
 use crate::support::sim::*;
 use crate::support::*;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn twenty_percent_5xx_loses_no_request_and_retries_stay_in_budget() {
     let flaky = replica(200.0, 11).await;
     let b = replica(200.0, 12).await;
@@ -63,7 +63,7 @@ async fn twenty_percent_5xx_loses_no_request_and_retries_stay_in_budget() {
     assert_eq!(errors, 0.0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_replica_failing_every_request_is_ejected_but_never_the_last_one() {
     let bad = replica(200.0, 14).await;
     let also_bad = replica(200.0, 15).await;

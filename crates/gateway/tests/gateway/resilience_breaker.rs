@@ -15,7 +15,7 @@ fn transitions(m: &str, to: &str) -> f64 {
     )
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_breaker_opens_half_opens_with_probes_and_closes() {
     let bad = replica(200.0, 41).await;
     let good = replica(200.0, 42).await;

@@ -22,7 +22,7 @@ async fn within(bound: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
     false
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_leaving_mid_stream_frees_the_gateway_slot_and_the_engine() {
     // Real time: 2000 tokens would take many seconds.
     let r = replica(1.0, 61).await;
@@ -50,7 +50,7 @@ async fn a_client_leaving_mid_stream_frees_the_gateway_slot_and_the_engine() {
     assert!(freed, "the slot and the engine's sequence were not freed");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_leaving_before_the_first_byte_frees_the_slot() {
     let r = replica(200.0, 62).await;
     faults(&r, r#"{"hang": true}"#).await;

@@ -13,7 +13,7 @@ fn closed_port() -> String {
     format!("http://{addr}")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dead_model_falls_back_to_the_configured_one() {
     // The replica serves only "m" and answers 404 to any other model name, so a success
     // proves the body was rewritten for it.

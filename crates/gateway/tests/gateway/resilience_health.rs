@@ -5,8 +5,9 @@
 
 use crate::support::sim::*;
 use crate::support::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchyard_sim::http::Faults;
+use tokio::time::Instant;
 
 fn healthy(m: &str, b: &str) -> f64 {
     sample(
@@ -19,7 +20,7 @@ async fn ready(gw: &Gw) -> http::StatusCode {
     get(&client(), &gw.url("/ready")).await.status
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn health_checks_take_a_crashed_replica_out_and_bring_it_back_with_slow_start() {
     let a = replica(200.0, 51).await;
     let b = replica(200.0, 52).await;
@@ -58,6 +59,8 @@ async fn health_checks_take_a_crashed_replica_out_and_bring_it_back_with_slow_st
         let r = post(&c, &url, &chat(1, false), &[]).await;
         assert_eq!(r.status, 200);
         served.push((up_at.elapsed(), r.backend() == "b0"));
+        // Paused time: one request every 20 ms, however busy the machine is.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let share = |from: u64, to: u64| {
         let window: Vec<bool> = served
@@ -72,9 +75,8 @@ async fn health_checks_take_a_crashed_replica_out_and_bring_it_back_with_slow_st
     let late = share(2200, 2800);
     // Round robin gives each 50%; ramping from 10% of that over 2 s (at most 20% of it in
     // the first 400 ms), the returning replica takes well under half early on, and its full
-    // half once the window has passed. The windows are 400 and 600 ms wide so that enough
-    // requests land in each even when the machine is busy with other tests (a 200 ms window
-    // once caught only 7 in CI).
+    // half once the window has passed. On tokio's paused clock the requests are paced at
+    // 20 ms, so 20 land in the first window and 30 in the last, whatever the machine's load.
     assert!(early < 0.3, "early share of the returning replica: {early}");
     assert!(
         (0.45..=0.55).contains(&late),

@@ -5,7 +5,7 @@
 use crate::support::sim::*;
 use crate::support::*;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_replica_dying_mid_stream_gives_an_error_event_and_a_clean_end_without_repeats() {
     let a = replica(200.0, 1).await;
     let b = replica(200.0, 2).await;
@@ -47,7 +47,7 @@ async fn a_replica_dying_mid_stream_gives_an_error_event_and_a_clean_end_without
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn failures_before_the_first_byte_succeed_on_another_replica() {
     let a = replica(200.0, 3).await;
     let b = replica(200.0, 4).await;
@@ -92,7 +92,7 @@ async fn headers_then_gone_mock() -> String {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stream_that_dies_before_its_first_event_fails_over_invisibly_mock() {
     let b = replica(200.0, 5).await;
     let gw = Gw::start(&config(

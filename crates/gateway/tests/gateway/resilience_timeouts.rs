@@ -5,7 +5,7 @@
 use crate::support::sim::*;
 use crate::support::*;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_hanging_replica_trips_the_ttft_timeout_and_the_request_fails_over() {
     let hung = replica(200.0, 21).await;
     let ok = replica(200.0, 22).await;
@@ -30,7 +30,7 @@ async fn a_hanging_replica_trips_the_ttft_timeout_and_the_request_fails_over() {
     assert_eq!((second.status.as_u16(), attempts(&second)), (200, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stream_that_goes_quiet_ends_with_the_idle_timeout_event() {
     // Fifty times slower than the modelled GPU: hundreds of ms between tokens.
     let slow = replica(0.02, 23).await;
@@ -66,7 +66,7 @@ async fn a_stream_that_goes_quiet_ends_with_the_idle_timeout_event() {
     assert_eq!(running, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_past_its_total_timeout_ends_with_the_total_timeout_event() {
     let r = replica(1.0, 24).await;
     let gw = Gw::start(&config(&[r.url()], "timeouts: {total: 300ms}", "")).await;
@@ -107,7 +107,7 @@ async fn stalling_json_mock() -> String {
     format!("http://{addr}")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_non_streamed_body_that_stalls_is_cut_by_the_idle_timeout_mock() {
     use http_body_util::BodyExt;
     let gw = Gw::start(&config(
