@@ -22,7 +22,7 @@ fn backend_line(name: &str, url: &str) -> String {
 /// Before the fix, every reload and admin change restarted every check loop with fresh
 /// counts (and an immediate check): a backend failing its checks was never marked down while
 /// changes came faster than `unhealthy_threshold` checks.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_kept_backends_run_of_failed_checks_survives_reloads_and_admin_changes() {
     let sick = Mock::start(Reply::Json(StatusCode::INTERNAL_SERVER_ERROR, "{}")).await;
     let well = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
@@ -74,6 +74,10 @@ async fn a_kept_backends_run_of_failed_checks_survives_reloads_and_admin_changes
 
 /// Before the fix, a reload that changed nothing still restarted every check loop, so each
 /// SIGHUP sent every checked backend an extra check at once and reset its counts.
+///
+/// Real clock: the SIGHUP comes from another process and reaches the runtime whenever the
+/// kernel delivers it; a paused clock would race through the polls' time while it is on its
+/// way. (Nothing here waits on a timer: the next check is an hour away.)
 #[tokio::test]
 async fn a_sighup_that_changes_nothing_changes_no_health_check() {
     let steady = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;

@@ -156,7 +156,7 @@ async fn read_to_close(sock: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_half_sent_header_is_cut_off_at_the_header_read_timeout_while_others_are_served() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
     let gw = Gw::start(&config(
@@ -186,7 +186,7 @@ async fn a_half_sent_header_is_cut_off_at_the_header_read_timeout_while_others_a
     assert!(closed.is_ok(), "every half-sent header was cut off");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_connection_that_sends_nothing_is_closed_and_an_idle_kept_alive_one_too() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
     let gw = Gw::start(&config(
@@ -211,7 +211,7 @@ async fn a_connection_that_sends_nothing_is_closed_and_an_idle_kept_alive_one_to
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stalled_body_gets_408_and_a_huge_head_gets_431() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
     let gw = Gw::start(&config(
@@ -285,7 +285,7 @@ async fn eventually_ok(gw: &Gw, path: &str) -> String {
     panic!("no slot freed");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn on_sigterm_ready_fails_for_the_drain_delay_while_requests_are_still_served() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
     let yaml = config(&[up.url()], "", "drain_delay: 1s");
