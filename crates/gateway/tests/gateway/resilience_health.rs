@@ -3,8 +3,10 @@
 //! pass again, and then ramps up its share over the slow-start window instead of taking a
 //! full share at once.
 
+use crate::support::conf::Conf;
 use crate::support::sim::*;
 use crate::support::*;
+use serde_json::json;
 use std::time::Duration;
 use switchyard_sim::http::Faults;
 use tokio::time::Instant;
@@ -24,8 +26,18 @@ async fn ready(gw: &Gw) -> http::StatusCode {
 async fn health_checks_take_a_crashed_replica_out_and_bring_it_back_with_slow_start() {
     let a = replica(200.0, 51).await;
     let b = replica(200.0, 52).await;
-    let pool = "policy: round_robin\n    health_check: {interval: 20ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 2}\n    slow_start: 2s\n    breaker: {enabled: false}\n    outlier_detection: {enabled: false}";
-    let gw = Gw::start(&config(&[a.url(), b.url()], pool, "")).await;
+    let gw = Gw::with(
+        Conf::over(&[a.url(), b.url()])
+            .pool("policy", "round_robin")
+            .pool(
+                "health_check",
+                json!({"interval": "20ms", "timeout": "200ms", "unhealthy_threshold": 2, "healthy_threshold": 2}),
+            )
+            .pool("slow_start", "2s")
+            .pool("breaker", json!({"enabled": false}))
+            .pool("outlier_detection", json!({"enabled": false})),
+    )
+    .await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     until_metrics(&gw, "both up", |m| {

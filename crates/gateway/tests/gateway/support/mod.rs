@@ -227,6 +227,11 @@ impl Gw {
         Gw::start_config(cfg).await
     }
 
+    /// Starts a gateway running the typed test config `conf`.
+    pub async fn with(conf: conf::Conf) -> Gw {
+        Gw::start_config(conf.build()).await
+    }
+
     /// Starts a gateway running `cfg`.
     pub async fn start_config(cfg: switchyard_gateway::Config) -> Gw {
         let running = switchyard_gateway::Server::from_config(cfg)
