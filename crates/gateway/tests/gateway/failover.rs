@@ -1,8 +1,10 @@
 //! Failover before the first byte: a request whose backend cannot serve it moves to the
 //! decision's next fallback; the response says how many attempts it took.
 
+use crate::support::conf::Conf;
 use crate::support::*;
 use http::StatusCode;
+use serde_json::json;
 
 fn closed_port() -> String {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -200,14 +202,18 @@ async fn a_429_with_retry_after_cools_the_backend_down_for_that_long() {
 #[tokio::test]
 async fn the_retry_budget_caps_failover_during_an_outage() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let extra = "retry: {budget_ratio: 0.25, min_per_second: 0, backoff_base: 0}";
     // Breaker and ejection off: this measures the budget alone (with them on, the dead
     // backend leaves rotation after five failures and few retries are needed at all).
-    let gw = Gw::start(&config(
-        &[closed_port(), up.url()],
-        "policy: round_robin\n    breaker: {enabled: false}\n    outlier_detection: {enabled: false}",
-        extra,
-    ))
+    let gw = Gw::with(
+        Conf::over(&[closed_port(), up.url()])
+            .pool("policy", "round_robin")
+            .pool("breaker", json!({"enabled": false}))
+            .pool("outlier_detection", json!({"enabled": false}))
+            .set(
+                "retry",
+                json!({"budget_ratio": 0.25, "min_per_second": 0, "backoff_base": 0}),
+            ),
+    )
     .await;
     let answers = run(&gw, 40).await;
     let ok = answers.iter().filter(|a| a.status == 200).count();

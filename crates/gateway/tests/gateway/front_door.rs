@@ -2,7 +2,9 @@
 //! upstream stream is cut anywhere. Real sockets on 127.0.0.1 throughout; the upstreams that
 //! cut streams are raw sockets, since a well-behaved server cannot misbehave on cue.
 
+use crate::support::conf::Conf;
 use crate::support::*;
+use serde_json::json;
 use std::time::Duration;
 use switchyard_gateway::body::STREAM_BROKEN_EVENT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,11 +93,12 @@ fn whole_events(stream: &[u8], cut: usize) -> &[u8] {
 /// breaker and outlier detection would rightly eject a backend that breaks every stream).
 async fn cut_gateway(stream: Vec<u8>, piece: usize) -> Gw {
     let up = cutting_upstream(stream, piece).await;
-    Gw::start(&config(
-        &[up],
-        "breaker: {enabled: false}\n    outlier_detection: {enabled: false}",
-        "retry: {max_attempts: 1}",
-    ))
+    Gw::with(
+        Conf::over(&[up])
+            .pool("breaker", json!({"enabled": false}))
+            .pool("outlier_detection", json!({"enabled": false}))
+            .set("retry", json!({"max_attempts": 1})),
+    )
     .await
 }
 
