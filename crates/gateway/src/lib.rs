@@ -26,7 +26,7 @@ pub mod fleet;
 pub(crate) mod forward;
 pub mod gateway;
 pub(crate) mod health;
-pub mod reload;
+pub(crate) mod reload;
 pub(crate) mod scrape;
 pub(crate) mod server;
 pub(crate) mod signals;

@@ -6,14 +6,6 @@ use crate::support::*;
 use http::StatusCode;
 use serde_json::json;
 
-fn closed_port() -> String {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    format!("http://{addr}")
-}
-
 async fn run(gw: &Gw, n: usize) -> Vec<Answer> {
     let c = client();
     let mut out = Vec::new();
@@ -34,12 +26,7 @@ fn attempts(a: &Answer) -> u32 {
 #[tokio::test]
 async fn a_dead_backend_is_skipped_and_every_request_succeeds() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(
-        &[closed_port(), up.url()],
-        "policy: round_robin",
-        "",
-    ))
-    .await;
+    let gw = Gw::with(Conf::over(&[closed_port(), up.url()]).pool("policy", "round_robin")).await;
     let answers = run(&gw, 6).await;
     assert!(answers
         .iter()
@@ -95,7 +82,7 @@ async fn when_every_backend_refuses_the_last_answer_passes_through() {
     const BUSY: &str = r#"{"error":{"message":"overloaded","code":"busy"}}"#;
     let a = Mock::start(Reply::Json(StatusCode::SERVICE_UNAVAILABLE, BUSY)).await;
     let b = Mock::start(Reply::Json(StatusCode::SERVICE_UNAVAILABLE, BUSY)).await;
-    let gw = Gw::start(&config(&[a.url(), b.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[a.url(), b.url()])).await;
     let answer = &run(&gw, 1).await[0];
     assert_eq!(answer.status, 503);
     assert_eq!(answer.body, BUSY.as_bytes());
@@ -107,7 +94,7 @@ async fn when_every_backend_refuses_the_last_answer_passes_through() {
 async fn client_errors_are_not_retried() {
     let bad = Mock::start(Reply::Json(StatusCode::BAD_REQUEST, r#"{"error":"bad"}"#)).await;
     let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&[bad.url(), good.url()], "policy: round_robin", "")).await;
+    let gw = Gw::with(Conf::over(&[bad.url(), good.url()]).pool("policy", "round_robin")).await;
     let answer = &run(&gw, 1).await[0];
     assert_eq!((answer.status.as_u16(), attempts(answer)), (400, 1));
     assert_eq!(good.count(), 0);
@@ -116,11 +103,11 @@ async fn client_errors_are_not_retried() {
 #[tokio::test]
 async fn max_attempts_1_turns_failover_off() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(
-        &[closed_port(), up.url()],
-        "policy: round_robin",
-        "retry: {max_attempts: 1}",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[closed_port(), up.url()])
+            .pool("policy", "round_robin")
+            .set("retry", json!({"max_attempts": 1})),
+    )
     .await;
     let answers = run(&gw, 2).await;
     assert_eq!(answers[0].status, 502);
@@ -139,7 +126,7 @@ async fn dying_stream_upstream() -> String {
 
 #[tokio::test]
 async fn a_stream_that_breaks_midway_ends_with_an_sse_error_event_not_a_truncation() {
-    let gw = Gw::start(&config(&[dying_stream_upstream().await], "", "")).await;
+    let gw = Gw::with(Conf::over(&[dying_stream_upstream().await])).await;
     let c = client();
     let body = r#"{"model":"m","stream":true,"messages":[]}"#;
     let a = post(&c, &gw.url("/v1/chat/completions"), body, &[]).await;
@@ -170,12 +157,7 @@ async fn a_stream_that_breaks_midway_ends_with_an_sse_error_event_not_a_truncati
 async fn a_429_with_retry_after_cools_the_backend_down_for_that_long() {
     let limited = Mock::start(Reply::RateLimited("1")).await;
     let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(
-        &[limited.url(), good.url()],
-        "policy: round_robin",
-        "",
-    ))
-    .await;
+    let gw = Gw::with(Conf::over(&[limited.url(), good.url()]).pool("policy", "round_robin")).await;
     let started = tokio::time::Instant::now();
     let first = &run(&gw, 1).await[0];
     assert_eq!((first.status.as_u16(), attempts(first)), (200, 2));
@@ -254,11 +236,14 @@ async fn a_retry_whose_backoff_outlasts_the_total_timeout_is_not_made() {
         r#"{"error":"busy"}"#,
     ))
     .await;
-    let gw = Gw::start(&config(
-        &[a.url(), b.url()],
-        "timeouts: {total: 300ms}",
-        "retry: {backoff_base: 3600s, backoff_max: 3600s}",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[a.url(), b.url()])
+            .pool("timeouts", json!({"total": "300ms"}))
+            .set(
+                "retry",
+                json!({"backoff_base": "3600s", "backoff_max": "3600s"}),
+            ),
+    )
     .await;
     let started = tokio::time::Instant::now();
     let r = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;

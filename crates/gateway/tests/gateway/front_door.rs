@@ -162,12 +162,8 @@ async fn read_to_close(sock: &mut TcpStream) -> Vec<u8> {
 #[tokio::test(start_paused = true)]
 async fn a_half_sent_header_is_cut_off_at_the_header_read_timeout_while_others_are_served() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(
-        &[up.url()],
-        "",
-        "limits: {header_read_timeout: 1s}",
-    ))
-    .await;
+    let gw =
+        Gw::with(Conf::over(&[up.url()]).set("limits", json!({"header_read_timeout": "1s"}))).await;
     let mut slow = Vec::new();
     for _ in 0..200 {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -192,10 +188,9 @@ async fn a_half_sent_header_is_cut_off_at_the_header_read_timeout_while_others_a
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_sends_nothing_is_closed_and_an_idle_kept_alive_one_too() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(
-        &[up.url()],
-        "",
-        "limits: {header_read_timeout: 1s, keepalive_timeout: 1s}",
+    let gw = Gw::with(Conf::over(&[up.url()]).set(
+        "limits",
+        json!({"header_read_timeout": "1s", "keepalive_timeout": "1s"}),
     ))
     .await;
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
@@ -217,10 +212,9 @@ async fn a_connection_that_sends_nothing_is_closed_and_an_idle_kept_alive_one_to
 #[tokio::test(start_paused = true)]
 async fn a_stalled_body_gets_408_and_a_huge_head_gets_431() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(
-        &[up.url()],
-        "",
-        "limits: {body_read_timeout: 500ms, max_header_bytes: 16KiB}",
+    let gw = Gw::with(Conf::over(&[up.url()]).set(
+        "limits",
+        json!({"body_read_timeout": "500ms", "max_header_bytes": "16KiB"}),
     ))
     .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -248,7 +242,7 @@ async fn a_stalled_body_gets_408_and_a_huge_head_gets_431() {
 #[tokio::test]
 async fn connections_past_the_cap_get_503_too_many_connections() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(&[up.url()], "", "limits: {max_connections: 2}")).await;
+    let gw = Gw::with(Conf::over(&[up.url()]).set("limits", json!({"max_connections": 2}))).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(TcpStream::connect(gw.addr).await.unwrap());
@@ -369,11 +363,11 @@ fn leave_spare_descriptors(spare: usize) -> (u64, u64) {
 #[tokio::test]
 async fn running_out_of_file_descriptors_is_not_the_backends_fault() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(
-        &[up.url()],
-        "breaker: {failures: 2}",
-        "scrape: {enabled: false}",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[up.url()])
+            .pool("breaker", json!({"failures": 2}))
+            .set("scrape", json!({"enabled": false})),
+    )
     .await;
     // Room for the test's connection to the gateway and the gateway's end of it, none for
     // the gateway's connection upstream.

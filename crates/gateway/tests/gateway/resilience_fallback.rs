@@ -7,14 +7,6 @@ use crate::support::sim::*;
 use crate::support::*;
 use serde_json::json;
 
-fn closed_port() -> String {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    format!("http://{addr}")
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_dead_model_falls_back_to_the_configured_one() {
     // The replica serves only "m" and answers 404 to any other model name, so a success

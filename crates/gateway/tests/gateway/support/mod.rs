@@ -341,6 +341,15 @@ pub async fn send(c: &Client, req: Request<Full<Bytes>>) -> Answer {
         .expect("gateway answered in full within 20s")
 }
 
+/// The url of a loopback port nothing listens on: connections to it are refused.
+pub fn closed_port() -> String {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    format!("http://{addr}")
+}
+
 pub const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
 
 /// Waits until `cond` holds, polling; fails after 10 s. For state changes with no event to
