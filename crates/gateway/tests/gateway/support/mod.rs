@@ -352,14 +352,16 @@ pub fn closed_port() -> String {
 
 pub const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
 
-/// Waits until `cond` holds, polling; fails after 10 s. For state changes with no event to
-/// await (such as a counter another task updates).
+/// Waits until `cond` holds, polling every millisecond; fails after 10 s (of tokio time, so
+/// virtual under a paused clock). For state changes with no event to await (such as a
+/// counter another task updates); the short interval keeps a test from idling for most of a
+/// poll once the change has happened.
 pub async fn eventually(mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
+    for _ in 0..10_000 {
         if cond() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     panic!("condition not met within 10s");
 }
@@ -376,16 +378,21 @@ pub async fn raw_upstream(reply: String) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.ends_with(b"}") {
-                match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // One task per connection: a probe or scrape that never sends a `}` (a GET) must
+            // not hold up the requests behind it.
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.ends_with(b"}") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
                 }
-            }
-            let _ = sock.write_all(reply.as_bytes()).await;
-            let _ = sock.shutdown().await;
+                let _ = sock.write_all(reply.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
         }
     });
     format!("http://{addr}")
