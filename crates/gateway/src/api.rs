@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use switchyard_core::{EndpointKind, ParseLimits, RequestMeta, RequestProfile};
+use tokio::time::Instant;
 
 use crate::attempts;
 use crate::body::GatewayBody;

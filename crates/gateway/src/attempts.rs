@@ -20,12 +20,13 @@ use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchyard_core::failover::Target;
 use switchyard_core::{
     BackendId, Decision, FailoverPlan, FailoverSettings, GiveUp, Outcome, Progress, RequestProfile,
     Step,
 };
+use tokio::time::Instant;
 
 use crate::body::{GatewayBody, Limits, Relay};
 use crate::error::ApiError;
@@ -369,9 +370,7 @@ fn limits(backend: &Backend, started: Instant) -> Limits {
     let t = &backend.config.timeouts;
     Limits {
         idle: t.idle,
-        total: t
-            .total
-            .map(|d| (tokio::time::Instant::from_std(started) + d, d)),
+        total: t.total.map(|d| (started + d, d)),
     }
 }
 

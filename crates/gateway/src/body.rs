@@ -17,7 +17,8 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio::time::Sleep;
 
 use crate::fleet::InFlightGuard;

@@ -47,6 +47,9 @@ pub struct BackendState {
     /// Set by the admin API's drain: the backend takes no new request while its in-flight
     /// ones finish. Kept across reloads, since the state itself is.
     draining: AtomicBool,
+    /// Woken when a request of a draining backend ends, so a drain call that waits for the
+    /// last one wakes on the event instead of polling the count.
+    released: tokio::sync::Notify,
     /// Held by [`Backend::try_begin`] of a backend with a `max_concurrency`, so that checking
     /// the in-flight count against the cap and counting the new request are one step: two
     /// requests routed at once cannot both take the last slot. Releases do not take it (they
@@ -69,6 +72,7 @@ impl BackendState {
             signals: LiveSignals::default(),
             engine: EngineCell::default(),
             draining: AtomicBool::new(false),
+            released: tokio::sync::Notify::new(),
             admission: Mutex::new(()),
         }
     }
@@ -76,6 +80,9 @@ impl BackendState {
     /// Starts (`true`) or ends (`false`) a drain: no new requests while it lasts.
     pub fn set_draining(&self, on: bool) {
         self.draining.store(on, Ordering::Relaxed);
+        if !on {
+            self.released.notify_waiters();
+        }
     }
 
     /// Whether the backend is being drained.
@@ -92,6 +99,24 @@ impl BackendState {
     /// Gateway time at which a 429 cooldown ends (zero when none ran).
     pub fn cool_until(&self) -> Duration {
         Duration::from_millis(self.cool_until_ms.load(Ordering::Relaxed))
+    }
+
+    /// Waits until no request is in flight, the drain is called off, or `deadline` passes;
+    /// true when none is left in flight.
+    pub async fn drained(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Registered before the check, so a release between the two is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.in_flight() == 0 || !self.draining() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                break;
+            }
+        }
+        self.in_flight() == 0
     }
 
     /// Requests in flight now.
@@ -370,6 +395,9 @@ impl InFlightGuard {
             self.state.metrics.in_flight.dec();
             self.state.signals.remove_tokens(self.tokens.total);
             self.first_byte();
+            if self.state.draining() {
+                self.state.released.notify_waiters();
+            }
         }
         was
     }

@@ -2,30 +2,28 @@
 //! moves to the pool's configured `fallbacks`, with the body's `model` rewritten to the name
 //! the fallback serves, and the attempts header counting every try.
 
-mod support;
+use crate::support::conf::{Conf, Pool};
+use crate::support::sim::*;
+use crate::support::*;
+use serde_json::json;
 
-use support::sim::*;
-use support::*;
-
-fn closed_port() -> String {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    format!("http://{addr}")
-}
-
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dead_model_falls_back_to_the_configured_one() {
     // The replica serves only "m" and answers 404 to any other model name, so a success
     // proves the body was rewritten for it.
     let r = replica(200.0, 71).await;
-    let yaml = format!(
-        "models:\n  gpt:\n    fallbacks: [m]\n    backends:\n      - {{url: \"{}\", name: dead}}\n  m:\n    backends:\n      - {{url: \"{}\", name: sim}}\n",
-        closed_port(),
-        r.url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let conf = Conf::new()
+        .model(
+            "gpt",
+            Pool::default()
+                .set("fallbacks", json!(["m"]))
+                .backend(json!({"url": closed_port(), "name": "dead"})),
+        )
+        .model(
+            "m",
+            Pool::default().backend(json!({"url": r.url(), "name": "sim"})),
+        );
+    let gw = Gw::with(conf).await;
     let body = r#"{"model":"gpt","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
     let a = post(&client(), &gw.url("/v1/chat/completions"), body, &[]).await;
     assert_eq!(a.status, 200, "{:?}", a.body);
@@ -33,6 +31,7 @@ async fn a_dead_model_falls_back_to_the_configured_one() {
     assert_eq!(a.json()["model"], "m");
 }
 
+/// YAML itself is the subject here: the error's line and column.
 #[test]
 fn a_fallback_to_an_unknown_model_is_a_located_config_error() {
     let yaml = "models:\n  gpt:\n    fallbacks: [lama]\n    backends:\n      - url: http://a:1\n  llama:\n    backends:\n      - url: http://b:1\n";

@@ -2,13 +2,10 @@
 //! of health checks (a SIGHUP that changes nothing changes no check), and the scraper's
 //! memory of backends that are gone.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::sim::sample;
+use crate::support::*;
 use http::StatusCode;
-use support::sim::sample;
-use support::*;
 
 async fn healthy(c: &Client, gw: &FileGw, backend: &str) -> f64 {
     let m = get(c, &gw.url("/metrics")).await.body;
@@ -25,7 +22,7 @@ fn backend_line(name: &str, url: &str) -> String {
 /// Before the fix, every reload and admin change restarted every check loop with fresh
 /// counts (and an immediate check): a backend failing its checks was never marked down while
 /// changes came faster than `unhealthy_threshold` checks.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_kept_backends_run_of_failed_checks_survives_reloads_and_admin_changes() {
     let sick = Mock::start(Reply::Json(StatusCode::INTERNAL_SERVER_ERROR, "{}")).await;
     let well = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
@@ -77,6 +74,10 @@ async fn a_kept_backends_run_of_failed_checks_survives_reloads_and_admin_changes
 
 /// Before the fix, a reload that changed nothing still restarted every check loop, so each
 /// SIGHUP sent every checked backend an extra check at once and reset its counts.
+///
+/// Real clock: the SIGHUP comes from another process and reaches the runtime whenever the
+/// kernel delivers it; a paused clock would race through the polls' time while it is on its
+/// way. (Nothing here waits on a timer: the next check is an hour away.)
 #[tokio::test]
 async fn a_sighup_that_changes_nothing_changes_no_health_check() {
     let steady = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
@@ -86,8 +87,7 @@ async fn a_sighup_that_changes_nothing_changes_no_health_check() {
         backend_line("steady", &steady.url())
     );
     let file = TempConfig::new(&text);
-    let gw = FileGw::start(&file).await;
-    let _reloader = switchyard_gateway::reload::spawn_sighup_reloader(gw.gw.clone()).unwrap();
+    let gw = FileGw::start_with(&file, |s| s.reload_on_sighup()).await;
     let c = client();
     // The first check runs at once; the next would be in an hour.
     eventually(|| steady.count() == 1).await;

@@ -2,13 +2,10 @@
 //! that answers none of the engines' endpoints, detected on start and when added through the
 //! admin API, shown in `/admin/backends` and turned into each backend's cache model.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::*;
 use http::StatusCode;
 use std::time::Duration;
-use support::*;
 use switchyard_core::CacheModel;
 use switchyard_gateway::fleet::ViewBuf;
 use switchyard_sim::http::{Replica, ReplicaConfig};

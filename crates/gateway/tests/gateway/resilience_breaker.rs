@@ -3,10 +3,10 @@
 //! after enough of them succeed, with its state exported as a metric throughout. No client
 //! sees a failure while it happens: each failed attempt fails over.
 
-mod support;
-
-use support::sim::*;
-use support::*;
+use crate::support::conf::Conf;
+use crate::support::sim::*;
+use crate::support::*;
+use serde_json::json;
 
 const STATE: &str = r#"switchyard_backend_breaker_state{backend="b0",model="m"}"#;
 
@@ -17,14 +17,22 @@ fn transitions(m: &str, to: &str) -> f64 {
     )
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_breaker_opens_half_opens_with_probes_and_closes() {
     let bad = replica(200.0, 41).await;
     let good = replica(200.0, 42).await;
     faults(&bad, r#"{"error_rate": 1.0}"#).await;
     // Outlier ejection off so the breaker alone takes the replica out.
-    let pool = "policy: round_robin\n    breaker: {failures: 3, window: 10s, open_for: 300ms, probes: 1, successes: 2}\n    outlier_detection: {enabled: false}";
-    let gw = Gw::start(&config(&[bad.url(), good.url()], pool, "")).await;
+    let gw = Gw::with(
+        Conf::over(&[bad.url(), good.url()])
+            .pool("policy", "round_robin")
+            .pool(
+                "breaker",
+                json!({"failures": 3, "window": "10s", "open_for": "300ms", "probes": 1, "successes": 2}),
+            )
+            .pool("outlier_detection", json!({"enabled": false})),
+    )
+    .await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     let send = || async { post(&c, &url, &chat(2, false), &[]).await };

@@ -3,15 +3,15 @@
 //! the debug route header survives any backend name, `max_concurrency` holds under a burst,
 //! and a health endpoint cannot make the gateway read without end.
 
-mod support;
-
+use crate::support::conf::Conf;
+use crate::support::sim::sample;
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use support::sim::sample;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -31,7 +31,7 @@ fn chat_request(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn headers_a_client_names_in_connection_are_not_sent_upstream() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[up.url()])).await;
     let c = client();
     let a = send(
         &c,
@@ -59,7 +59,7 @@ async fn headers_a_backend_names_in_connection_are_not_relayed() {
         body.len()
     ))
     .await;
-    let gw = Gw::start(&config(&[raw], "", "scrape: {enabled: false}")).await;
+    let gw = Gw::with(Conf::over(&[raw]).set("scrape", json!({"enabled": false}))).await;
     let a = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.headers.get("x-hop-reply").is_none(), "{:?}", a.headers);
@@ -71,7 +71,7 @@ async fn headers_a_backend_names_in_connection_are_not_relayed() {
 #[tokio::test]
 async fn forwarded_headers_carry_the_real_peer_not_the_clients_claim() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[up.url()])).await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     let forwarded = |up: &Mock| {

@@ -2,23 +2,22 @@
 //! timeout and the request fails over; a stream that goes quiet trips the idle timeout and a
 //! long one the total timeout, each ending in-band with its own error event.
 
-mod support;
+use crate::support::conf::{Conf, Pool};
+use crate::support::sim::*;
+use crate::support::*;
+use serde_json::json;
 
-use support::sim::*;
-use support::*;
-
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_hanging_replica_trips_the_ttft_timeout_and_the_request_fails_over() {
     let hung = replica(200.0, 21).await;
     let ok = replica(200.0, 22).await;
     faults(&hung, r#"{"hang": true}"#).await;
     // The pool allows 300 s; the hanging backend's own override is what fires.
-    let yaml = format!(
-        "models:\n  m:\n    policy: round_robin\n    backends:\n      - {{url: \"{}\", name: b0, timeouts: {{first_byte: 200ms}}}}\n      - {{url: \"{}\", name: b1}}\n",
-        hung.url(),
-        ok.url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let pool = Pool::default()
+        .set("policy", "round_robin")
+        .backend(json!({"url": hung.url(), "name": "b0", "timeouts": {"first_byte": "200ms"}}))
+        .backend(json!({"url": ok.url(), "name": "b1"}));
+    let gw = Gw::with(Conf::new().model("m", pool)).await;
     let c = client();
     let first = post(&c, &gw.url("/v1/chat/completions"), &chat(4, true), &[]).await;
     assert_eq!(
@@ -32,11 +31,11 @@ async fn a_hanging_replica_trips_the_ttft_timeout_and_the_request_fails_over() {
     assert_eq!((second.status.as_u16(), attempts(&second)), (200, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stream_that_goes_quiet_ends_with_the_idle_timeout_event() {
     // Fifty times slower than the modelled GPU: hundreds of ms between tokens.
     let slow = replica(0.02, 23).await;
-    let gw = Gw::start(&config(&[slow.url()], "timeouts: {idle: 50ms}", "")).await;
+    let gw = Gw::with(Conf::over(&[slow.url()]).pool("timeouts", json!({"idle": "50ms"}))).await;
     let a = post(
         &client(),
         &gw.url("/v1/chat/completions"),
@@ -68,10 +67,10 @@ async fn a_stream_that_goes_quiet_ends_with_the_idle_timeout_event() {
     assert_eq!(running, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_past_its_total_timeout_ends_with_the_total_timeout_event() {
     let r = replica(1.0, 24).await;
-    let gw = Gw::start(&config(&[r.url()], "timeouts: {total: 300ms}", "")).await;
+    let gw = Gw::with(Conf::over(&[r.url()]).pool("timeouts", json!({"total": "300ms"}))).await;
     let c = client();
     let a = post(&c, &gw.url("/v1/chat/completions"), &chat(2000, true), &[]).await;
     let (pieces, error, done) = stream_pieces(&a.body);
@@ -109,14 +108,12 @@ async fn stalling_json_mock() -> String {
     format!("http://{addr}")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_non_streamed_body_that_stalls_is_cut_by_the_idle_timeout_mock() {
     use http_body_util::BodyExt;
-    let gw = Gw::start(&config(
-        &[stalling_json_mock().await],
-        "timeouts: {idle: 100ms}",
-        "",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[stalling_json_mock().await]).pool("timeouts", json!({"idle": "100ms"})),
+    )
     .await;
     let req = http::Request::post(gw.url("/v1/chat/completions"))
         .header("content-type", "application/json")

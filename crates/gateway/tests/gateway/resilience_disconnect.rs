@@ -1,14 +1,13 @@
 //! A client that disconnects frees the backend at once: the gateway's in-flight count drops
 //! and the upstream request is cancelled, so the simulated engine stops generating for it.
 
-mod support;
-
+use crate::support::conf::Conf;
+use crate::support::sim::*;
+use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use std::time::Duration;
-use support::sim::*;
-use support::*;
 
 const IN_FLIGHT: &str = r#"switchyard_backend_in_flight{backend="b0",model="m"}"#;
 
@@ -24,11 +23,11 @@ async fn within(bound: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
     false
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_leaving_mid_stream_frees_the_gateway_slot_and_the_engine() {
     // Real time: 2000 tokens would take many seconds.
     let r = replica(1.0, 61).await;
-    let gw = Gw::start(&config(&[r.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[r.url()])).await;
     let c = client();
     let req = Request::post(gw.url("/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -52,11 +51,11 @@ async fn a_client_leaving_mid_stream_frees_the_gateway_slot_and_the_engine() {
     assert!(freed, "the slot and the engine's sequence were not freed");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_leaving_before_the_first_byte_frees_the_slot() {
     let r = replica(200.0, 62).await;
     faults(&r, r#"{"hang": true}"#).await;
-    let gw = Gw::start(&config(&[r.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[r.url()])).await;
     let url = gw.url("/v1/chat/completions");
     let pending = tokio::spawn(async move { post(&client(), &url, &chat(4, false), &[]).await });
     let seen = within(Duration::from_secs(3), async || {

@@ -8,8 +8,6 @@ use http_body_util::Full;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use crate::support::{send, Answer, Client};
 
@@ -52,44 +50,30 @@ pub struct FileGw {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub gw: std::sync::Arc<switchyard_gateway::Gateway>,
-    stop: Vec<oneshot::Sender<()>>,
+    /// Stops the gateway when dropped.
+    _running: switchyard_gateway::Running,
 }
 
 impl FileGw {
     pub async fn start(file: &TempConfig) -> FileGw {
-        let cfg = switchyard_gateway::config::load(&file.path).expect("valid test config");
-        let admin_listen = cfg.admin.as_ref().and_then(|a| a.listen);
-        let gw = switchyard_gateway::Gateway::with_source(cfg, &file.path);
-        let mut stop = Vec::new();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        stop.push(tx);
-        tokio::spawn(switchyard_gateway::serve(
-            gw.clone(),
-            listener,
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        let admin_addr = match admin_listen {
-            Some(a) => {
-                let l = TcpListener::bind(a).await.unwrap();
-                let admin_addr = l.local_addr().unwrap();
-                let (tx, rx) = oneshot::channel::<()>();
-                stop.push(tx);
-                tokio::spawn(switchyard_gateway::serve_admin(gw.clone(), l, async move {
-                    let _ = rx.await;
-                }));
-                Some(admin_addr)
-            }
-            None => None,
-        };
+        FileGw::start_with(file, |s| s).await
+    }
+
+    /// Starts with what `more` adds to the server (e.g. reloading on SIGHUP).
+    pub async fn start_with(
+        file: &TempConfig,
+        more: impl FnOnce(switchyard_gateway::Server) -> switchyard_gateway::Server,
+    ) -> FileGw {
+        let server = switchyard_gateway::Server::from_file(&file.path).expect("valid test config");
+        let running = more(server.listen(crate::support::LOOPBACK))
+            .start()
+            .await
+            .expect("the gateway starts");
         FileGw {
-            addr,
-            admin_addr,
-            gw,
-            stop,
+            addr: running.addr(),
+            admin_addr: running.admin_addr(),
+            gw: running.gateway().clone(),
+            _running: running,
         }
     }
 
@@ -100,14 +84,6 @@ impl FileGw {
     /// Where the admin API is: its own listener if any, else the main one.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin_addr.unwrap_or(self.addr), path)
-    }
-}
-
-impl Drop for FileGw {
-    fn drop(&mut self) {
-        for s in self.stop.drain(..) {
-            let _ = s.send(());
-        }
     }
 }
 

@@ -1,13 +1,10 @@
 //! Draining through the admin API: a drained backend gets no new request, the ones it has
 //! finish normally, and the drain call reports "drained" once they have.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::*;
 use http::StatusCode;
 use std::sync::Arc;
-use support::*;
 use tokio::sync::Notify;
 
 async fn chat(gw: &FileGw) -> Answer {

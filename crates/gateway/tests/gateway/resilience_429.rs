@@ -2,23 +2,19 @@
 //! again; and when every replica of a pool is cooling down, a request waits for one to come
 //! back instead of failing at once.
 
-mod support;
+use crate::support::conf::Conf;
+use crate::support::sim::*;
+use crate::support::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio::time::Instant;
 
-use std::time::{Duration, Instant};
-use support::sim::*;
-use support::*;
-
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again() {
     let limited = replica(200.0, 31).await;
     let ok = replica(200.0, 32).await;
     faults(&limited, r#"{"rate_limit": 1.0, "retry_after_s": 1}"#).await;
-    let gw = Gw::start(&config(
-        &[limited.url(), ok.url()],
-        "policy: round_robin",
-        "",
-    ))
-    .await;
+    let gw = Gw::with(Conf::over(&[limited.url(), ok.url()]).pool("policy", "round_robin")).await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     // The 429 comes after this instant, so its cooldown ends at least 1 s after it.
@@ -30,6 +26,8 @@ async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again()
     let mut during = Vec::new();
     while limited_at.elapsed() < Duration::from_millis(800) {
         during.push(post(&c, &url, &chat(2, false), &[]).await);
+        // Paused time: a request every 50 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(during.len() >= 2);
     let seen: Vec<(String, u32)> = during.iter().map(|a| (a.backend(), attempts(a))).collect();
@@ -44,6 +42,7 @@ async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again()
             limited_at.elapsed() < Duration::from_secs(10),
             "never came back"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
         back >= Duration::from_millis(900),
@@ -51,11 +50,11 @@ async fn a_429_cools_the_replica_down_for_its_retry_after_then_it_serves_again()
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn when_every_replica_cools_down_a_request_waits_for_one_instead_of_failing() {
     let only = replica(200.0, 33).await;
     faults(&only, r#"{"rate_limit": 1.0, "retry_after_s": 1}"#).await;
-    let gw = Gw::start(&config(&[only.url()], "", "retry: {cooldown_wait: 5s}")).await;
+    let gw = Gw::with(Conf::over(&[only.url()]).set("retry", json!({"cooldown_wait": "5s"}))).await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     let pending = tokio::spawn({
@@ -79,7 +78,7 @@ async fn when_every_replica_cools_down_a_request_waits_for_one_instead_of_failin
 
     // With no wait configured, the same situation answers at once with the 429.
     faults(&only, r#"{"rate_limit": 1.0}"#).await;
-    let gw = Gw::start(&config(&[only.url()], "", "retry: {cooldown_wait: 0}")).await;
+    let gw = Gw::with(Conf::over(&[only.url()]).set("retry", json!({"cooldown_wait": 0}))).await;
     let a = post(&c, &gw.url("/v1/chat/completions"), &chat(2, false), &[]).await;
     assert_eq!((a.status.as_u16(), attempts(&a)), (429, 1));
 }
@@ -87,17 +86,17 @@ async fn when_every_replica_cools_down_a_request_waits_for_one_instead_of_failin
 /// The wait for a cooled-down replica is cut at the request's total timeout: a replica back
 /// in 2 s is not waited for by a request with 300 ms in all, which gets the 429 at once
 /// (before the cap it waited the 2 s, then had no time left for the attempt).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_does_not_wait_for_a_cooldown_past_its_total_timeout() {
     let only = replica(200.0, 34).await;
     faults(&only, r#"{"rate_limit": 1.0, "retry_after_s": 2}"#).await;
-    let gw = Gw::start(&config(
-        &[only.url()],
-        "timeouts: {total: 300ms}",
-        "retry: {cooldown_wait: 5s}",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[only.url()])
+            .pool("timeouts", json!({"total": "300ms"}))
+            .set("retry", json!({"cooldown_wait": "5s"})),
+    )
     .await;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let a = post(
         &client(),
         &gw.url("/v1/chat/completions"),

@@ -2,14 +2,11 @@
 //! failed request; a broken file is rejected with the same message as `switchyard check` and
 //! the old config keeps serving; backends that survive keep their live state.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::*;
 use http::StatusCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use support::*;
 use switchyard_sim::http::{Replica, ReplicaConfig};
 use tokio::sync::Notify;
 

@@ -3,10 +3,9 @@
 //! prefix routing sees at most `limits.max_prompt_bytes` of the prompt. How much memory they
 //! cost is a benchmark's question (`bench/crafted-bodies.sh`), not a test's.
 
-mod support;
-
+use crate::support::conf::Conf;
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 /// The three shapes, each about `bytes` long.
 fn crafted(bytes: usize) -> Vec<(&'static str, String)> {
@@ -32,7 +31,7 @@ fn crafted(bytes: usize) -> Vec<(&'static str, String)> {
 #[tokio::test]
 async fn crafted_bodies_are_answered_and_forwarded_untouched() {
     let mock = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&[mock.url()], "policy: prefix_aware", "")).await;
+    let gw = Gw::with(Conf::over(&[mock.url()]).pool("policy", "prefix_aware")).await;
     let c = client();
     for (path, body) in crafted(4 << 20) {
         let a = post(&c, &gw.url(path), &body, &[]).await;

@@ -1,10 +1,9 @@
 //! Each policy's distribution, observed through the real gateway over loopback sockets with
 //! in-process mock upstreams.
 
-mod support;
-
+use crate::support::conf::Conf;
+use crate::support::*;
 use std::sync::Arc;
-use support::*;
 use tokio::sync::Notify;
 
 async fn mocks(n: usize, reply: Reply) -> Vec<Mock> {
@@ -33,7 +32,7 @@ async fn sequence(gw: &Gw, n: usize, headers: &[(&str, &str)]) -> Vec<String> {
 #[tokio::test]
 async fn round_robin_visits_each_backend_in_turn() {
     let m = mocks(3, Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&urls(&m), "policy: round_robin", "")).await;
+    let gw = Gw::with(Conf::over(&urls(&m)).pool("policy", "round_robin")).await;
     assert_eq!(
         sequence(&gw, 6, &[]).await,
         ["b0", "b1", "b2", "b0", "b1", "b2"]
@@ -54,7 +53,7 @@ async fn weighted_5_1_1_gives_the_exact_smooth_sequence() {
 #[tokio::test]
 async fn random_uses_every_backend() {
     let m = mocks(3, Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&urls(&m), "policy: random", "")).await;
+    let gw = Gw::with(Conf::over(&urls(&m)).pool("policy", "random")).await;
     let seq = sequence(&gw, 60, &[]).await;
     for b in ["b0", "b1", "b2"] {
         assert!(

@@ -3,12 +3,13 @@
 //! pass again, and then ramps up its share over the slow-start window instead of taking a
 //! full share at once.
 
-mod support;
-
-use std::time::{Duration, Instant};
-use support::sim::*;
-use support::*;
+use crate::support::conf::Conf;
+use crate::support::sim::*;
+use crate::support::*;
+use serde_json::json;
+use std::time::Duration;
 use switchyard_sim::http::Faults;
+use tokio::time::Instant;
 
 fn healthy(m: &str, b: &str) -> f64 {
     sample(
@@ -21,12 +22,22 @@ async fn ready(gw: &Gw) -> http::StatusCode {
     get(&client(), &gw.url("/ready")).await.status
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn health_checks_take_a_crashed_replica_out_and_bring_it_back_with_slow_start() {
     let a = replica(200.0, 51).await;
     let b = replica(200.0, 52).await;
-    let pool = "policy: round_robin\n    health_check: {interval: 20ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 2}\n    slow_start: 2s\n    breaker: {enabled: false}\n    outlier_detection: {enabled: false}";
-    let gw = Gw::start(&config(&[a.url(), b.url()], pool, "")).await;
+    let gw = Gw::with(
+        Conf::over(&[a.url(), b.url()])
+            .pool("policy", "round_robin")
+            .pool(
+                "health_check",
+                json!({"interval": "20ms", "timeout": "200ms", "unhealthy_threshold": 2, "healthy_threshold": 2}),
+            )
+            .pool("slow_start", "2s")
+            .pool("breaker", json!({"enabled": false}))
+            .pool("outlier_detection", json!({"enabled": false})),
+    )
+    .await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     until_metrics(&gw, "both up", |m| {
@@ -60,6 +71,8 @@ async fn health_checks_take_a_crashed_replica_out_and_bring_it_back_with_slow_st
         let r = post(&c, &url, &chat(1, false), &[]).await;
         assert_eq!(r.status, 200);
         served.push((up_at.elapsed(), r.backend() == "b0"));
+        // Paused time: one request every 20 ms, however busy the machine is.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let share = |from: u64, to: u64| {
         let window: Vec<bool> = served
@@ -74,9 +87,8 @@ async fn health_checks_take_a_crashed_replica_out_and_bring_it_back_with_slow_st
     let late = share(2200, 2800);
     // Round robin gives each 50%; ramping from 10% of that over 2 s (at most 20% of it in
     // the first 400 ms), the returning replica takes well under half early on, and its full
-    // half once the window has passed. The windows are 400 and 600 ms wide so that enough
-    // requests land in each even when the machine is busy with other tests (a 200 ms window
-    // once caught only 7 in CI).
+    // half once the window has passed. On tokio's paused clock the requests are paced at
+    // 20 ms, so 20 land in the first window and 30 in the last, whatever the machine's load.
     assert!(early < 0.3, "early share of the returning replica: {early}");
     assert!(
         (0.45..=0.55).contains(&late),

@@ -1,18 +1,10 @@
 //! Failover before the first byte: a request whose backend cannot serve it moves to the
 //! decision's next fallback; the response says how many attempts it took.
 
-mod support;
-
+use crate::support::conf::Conf;
+use crate::support::*;
 use http::StatusCode;
-use support::*;
-
-fn closed_port() -> String {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    format!("http://{addr}")
-}
+use serde_json::json;
 
 async fn run(gw: &Gw, n: usize) -> Vec<Answer> {
     let c = client();
@@ -34,12 +26,7 @@ fn attempts(a: &Answer) -> u32 {
 #[tokio::test]
 async fn a_dead_backend_is_skipped_and_every_request_succeeds() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(
-        &[closed_port(), up.url()],
-        "policy: round_robin",
-        "",
-    ))
-    .await;
+    let gw = Gw::with(Conf::over(&[closed_port(), up.url()]).pool("policy", "round_robin")).await;
     let answers = run(&gw, 6).await;
     assert!(answers
         .iter()
@@ -51,7 +38,7 @@ async fn a_dead_backend_is_skipped_and_every_request_succeeds() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retryable_statuses_and_hangs_fail_over() {
     // (reply, extra config, how often the bad backend is asked in 4 round-robin requests: on
     // each of its turns, except a 429, which also cools it down for a second).
@@ -95,7 +82,7 @@ async fn when_every_backend_refuses_the_last_answer_passes_through() {
     const BUSY: &str = r#"{"error":{"message":"overloaded","code":"busy"}}"#;
     let a = Mock::start(Reply::Json(StatusCode::SERVICE_UNAVAILABLE, BUSY)).await;
     let b = Mock::start(Reply::Json(StatusCode::SERVICE_UNAVAILABLE, BUSY)).await;
-    let gw = Gw::start(&config(&[a.url(), b.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[a.url(), b.url()])).await;
     let answer = &run(&gw, 1).await[0];
     assert_eq!(answer.status, 503);
     assert_eq!(answer.body, BUSY.as_bytes());
@@ -107,7 +94,7 @@ async fn when_every_backend_refuses_the_last_answer_passes_through() {
 async fn client_errors_are_not_retried() {
     let bad = Mock::start(Reply::Json(StatusCode::BAD_REQUEST, r#"{"error":"bad"}"#)).await;
     let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&[bad.url(), good.url()], "policy: round_robin", "")).await;
+    let gw = Gw::with(Conf::over(&[bad.url(), good.url()]).pool("policy", "round_robin")).await;
     let answer = &run(&gw, 1).await[0];
     assert_eq!((answer.status.as_u16(), attempts(answer)), (400, 1));
     assert_eq!(good.count(), 0);
@@ -116,11 +103,11 @@ async fn client_errors_are_not_retried() {
 #[tokio::test]
 async fn max_attempts_1_turns_failover_off() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(
-        &[closed_port(), up.url()],
-        "policy: round_robin",
-        "retry: {max_attempts: 1}",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[closed_port(), up.url()])
+            .pool("policy", "round_robin")
+            .set("retry", json!({"max_attempts": 1})),
+    )
     .await;
     let answers = run(&gw, 2).await;
     assert_eq!(answers[0].status, 502);
@@ -139,7 +126,7 @@ async fn dying_stream_upstream() -> String {
 
 #[tokio::test]
 async fn a_stream_that_breaks_midway_ends_with_an_sse_error_event_not_a_truncation() {
-    let gw = Gw::start(&config(&[dying_stream_upstream().await], "", "")).await;
+    let gw = Gw::with(Conf::over(&[dying_stream_upstream().await])).await;
     let c = client();
     let body = r#"{"model":"m","stream":true,"messages":[]}"#;
     let a = post(&c, &gw.url("/v1/chat/completions"), body, &[]).await;
@@ -166,17 +153,12 @@ async fn a_stream_that_breaks_midway_ends_with_an_sse_error_event_not_a_truncati
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_429_with_retry_after_cools_the_backend_down_for_that_long() {
     let limited = Mock::start(Reply::RateLimited("1")).await;
     let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(
-        &[limited.url(), good.url()],
-        "policy: round_robin",
-        "",
-    ))
-    .await;
-    let started = std::time::Instant::now();
+    let gw = Gw::with(Conf::over(&[limited.url(), good.url()]).pool("policy", "round_robin")).await;
+    let started = tokio::time::Instant::now();
     let first = &run(&gw, 1).await[0];
     assert_eq!((first.status.as_u16(), attempts(first)), (200, 2));
     // While it cools down, requests go straight to the other backend.
@@ -202,14 +184,18 @@ async fn a_429_with_retry_after_cools_the_backend_down_for_that_long() {
 #[tokio::test]
 async fn the_retry_budget_caps_failover_during_an_outage() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let extra = "retry: {budget_ratio: 0.25, min_per_second: 0, backoff_base: 0}";
     // Breaker and ejection off: this measures the budget alone (with them on, the dead
     // backend leaves rotation after five failures and few retries are needed at all).
-    let gw = Gw::start(&config(
-        &[closed_port(), up.url()],
-        "policy: round_robin\n    breaker: {enabled: false}\n    outlier_detection: {enabled: false}",
-        extra,
-    ))
+    let gw = Gw::with(
+        Conf::over(&[closed_port(), up.url()])
+            .pool("policy", "round_robin")
+            .pool("breaker", json!({"enabled": false}))
+            .pool("outlier_detection", json!({"enabled": false}))
+            .set(
+                "retry",
+                json!({"budget_ratio": 0.25, "min_per_second": 0, "backoff_base": 0}),
+            ),
+    )
     .await;
     let answers = run(&gw, 40).await;
     let ok = answers.iter().filter(|a| a.status == 200).count();
@@ -238,7 +224,7 @@ async fn the_retry_budget_caps_failover_during_an_outage() {
 /// backends answering 503, a 300 ms request whose backoff before a retry is drawn up to an
 /// hour (a draw under 300 ms has odds of 1 in 12,000) gets the 503 at once, after one
 /// attempt, instead of waiting to send a retry that has no time left.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_retry_whose_backoff_outlasts_the_total_timeout_is_not_made() {
     let a = Mock::start(Reply::Json(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -250,13 +236,16 @@ async fn a_retry_whose_backoff_outlasts_the_total_timeout_is_not_made() {
         r#"{"error":"busy"}"#,
     ))
     .await;
-    let gw = Gw::start(&config(
-        &[a.url(), b.url()],
-        "timeouts: {total: 300ms}",
-        "retry: {backoff_base: 3600s, backoff_max: 3600s}",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[a.url(), b.url()])
+            .pool("timeouts", json!({"total": "300ms"}))
+            .set(
+                "retry",
+                json!({"backoff_base": "3600s", "backoff_max": "3600s"}),
+            ),
+    )
     .await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let r = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers["x-switchyard-attempts"], "1");

@@ -2,12 +2,9 @@
 //! add or remove, a prompt whose prefix a kept backend holds goes back to that backend. Before,
 //! the pool's policy was rebuilt with an empty prefix index and every prefix was cold again.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 /// Six prompts with long, distinct prefixes (2,000 tokens each).
 fn prefixes() -> Vec<String> {

@@ -2,13 +2,10 @@
 //! traffic at once, a removed one takes none while its in-flight requests finish, and bad
 //! requests are refused with the reason.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::*;
 use http::StatusCode;
 use std::sync::Arc;
-use support::*;
 use tokio::sync::Notify;
 
 async fn backends_of(gw: &FileGw, n: usize) -> Vec<String> {

@@ -1,14 +1,14 @@
 //! The proxy path over real loopback sockets: byte-for-byte passthrough, incremental
 //! streaming, response headers, every error case, metrics and graceful shutdown.
 
-mod support;
-
+use crate::support::conf::Conf;
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 use tokio::sync::Notify;
 
 fn ok() -> Reply {
@@ -18,7 +18,7 @@ fn ok() -> Reply {
 #[tokio::test]
 async fn unknown_body_fields_and_headers_reach_the_upstream_byte_for_byte() {
     let up = Mock::start(ok()).await;
-    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[up.url()])).await;
     let body = r#"{ "model":"m",  "messages":[{"role":"user","content":"h\u00e9"}], "x_vendor":{"deep":[1,2.50,null]}, "temperature":0.7 }"#;
     let a = post(
         &client(),
@@ -72,7 +72,7 @@ async fn streaming_is_relayed_chunk_by_chunk_as_it_arrives() {
         gate: Some(gate.clone()),
     })
     .await;
-    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[up.url()])).await;
     let req = Request::post(gw.url("/v1/chat/completions"))
         .body(Full::new(Bytes::from_static(
             br#"{"model":"m","stream":true,"messages":[]}"#,
@@ -97,7 +97,7 @@ async fn streaming_is_relayed_chunk_by_chunk_as_it_arrives() {
 #[tokio::test]
 async fn request_id_is_kept_or_made_and_models_health_ready_metrics_answer() {
     let up = Mock::start(ok()).await;
-    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[up.url()])).await;
     let c = client();
     let a = post(
         &c,
@@ -138,7 +138,7 @@ async fn request_id_is_kept_or_made_and_models_health_ready_metrics_answer() {
 #[tokio::test]
 async fn every_gateway_error_has_its_status_and_stable_code() {
     let up = Mock::start(ok()).await;
-    let gw = Gw::start(&config(&[up.url()], "", "max_body_bytes: 1KiB")).await;
+    let gw = Gw::with(Conf::over(&[up.url()]).set("max_body_bytes", "1KiB")).await;
     let c = client();
     let chat = gw.url("/v1/chat/completions");
     let cases: Vec<(&str, u16, &str)> = vec![
@@ -181,7 +181,7 @@ async fn every_gateway_error_has_its_status_and_stable_code() {
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_413() {
     let up = Mock::start(ok()).await;
-    let gw = Gw::start(&config(&[up.url()], "", "max_body_bytes: 100")).await;
+    let gw = Gw::with(Conf::over(&[up.url()]).set("max_body_bytes", 100)).await;
     // A streamed body has no content-length; the limit must hold while reading.
     let (mut tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
@@ -205,7 +205,7 @@ async fn unreachable_upstream_is_502_and_slow_one_is_504() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gw = Gw::start(&config(&[format!("http://{closed}")], "", "")).await;
+    let gw = Gw::with(Conf::over(&[format!("http://{closed}")])).await;
     let a = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     assert_eq!(
         (a.status.as_u16(), a.error_code().as_str()),
@@ -213,7 +213,8 @@ async fn unreachable_upstream_is_502_and_slow_one_is_504() {
     );
 
     let hang = Mock::start(Reply::Hang).await;
-    let gw = Gw::start(&config(&[hang.url()], "", "timeouts: {first_byte: 200ms}")).await;
+    let gw =
+        Gw::with(Conf::over(&[hang.url()]).set("timeouts", json!({"first_byte": "200ms"}))).await;
     let a = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     assert_eq!(
         (a.status.as_u16(), a.error_code().as_str()),
@@ -227,7 +228,7 @@ async fn upstream_error_responses_pass_through_as_they_are() {
         r#"{"error":{"message":"slow down","type":"rate_limit","code":"rate_limited"}}"#;
     let up = Mock::start(Reply::Json(StatusCode::TOO_MANY_REQUESTS, LIMITED)).await;
     // No waiting for the cooldown to end: this is about what passes through when it fails.
-    let gw = Gw::start(&config(&[up.url()], "", "retry: {cooldown_wait: 0}")).await;
+    let gw = Gw::with(Conf::over(&[up.url()]).set("retry", json!({"cooldown_wait": 0}))).await;
     let a = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     assert_eq!(a.status, 429);
     assert_eq!(a.body, LIMITED.as_bytes());
@@ -305,7 +306,7 @@ async fn client_disconnect_frees_the_backend_slot() {
 async fn shutdown_stops_accepting_and_drains_in_flight_requests() {
     let hold = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(hold.clone())).await;
-    let mut gw = Gw::start(&config(&[up.url()], "", "drain_timeout: 10s")).await;
+    let mut gw = Gw::with(Conf::over(&[up.url()]).set("drain_timeout", "10s")).await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     let in_flight = tokio::spawn({

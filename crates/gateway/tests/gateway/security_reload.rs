@@ -3,12 +3,9 @@
 //! letting the client's own `Authorization` through, and values that would panic, overflow
 //! or exhaust memory are refused with their line and the fix while the old config serves.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::*;
 use http::{Request, StatusCode};
-use support::*;
 
 async fn get_unauthenticated(c: &Client, url: &str) -> Answer {
     send(c, Request::get(url).body(Default::default()).unwrap()).await

@@ -2,12 +2,9 @@
 //! main listener, and only its own listener when `admin.listen` is set. Refusals are
 //! OpenAI-shaped with stable codes.
 
-mod admin_support;
-mod support;
-
-use admin_support::*;
+use crate::admin_support::*;
+use crate::support::*;
 use http::{Request, StatusCode};
-use support::*;
 
 async fn get_with(c: &Client, url: &str, auth: Option<&str>) -> Answer {
     let mut b = Request::get(url);

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 /// A request as a mock upstream received it.
 #[derive(Debug, Clone)]
@@ -215,40 +215,59 @@ fn json(status: StatusCode, text: &'static str) -> Response<Body> {
         .unwrap()
 }
 
-/// A gateway running on 127.0.0.1:0.
+/// A gateway running on 127.0.0.1:0, started with [`switchyard_gateway::Server`].
 pub struct Gw {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    pub done: Option<tokio::task::JoinHandle<std::io::Result<switchyard_gateway::Drained>>>,
+    running: Option<switchyard_gateway::Running>,
 }
 
 impl Gw {
     pub async fn start(yaml: &str) -> Gw {
         let cfg = switchyard_gateway::config::parse(yaml, "test.yaml").expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let gw = switchyard_gateway::Gateway::new(cfg);
-        let (stop, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(switchyard_gateway::serve(gw, listener, async move {
-            let _ = rx.await;
-        }));
+        Gw::start_config(cfg).await
+    }
+
+    /// Starts a gateway running the typed test config `conf`.
+    pub async fn with(conf: conf::Conf) -> Gw {
+        Gw::start_config(conf.build()).await
+    }
+
+    /// Starts a gateway running `cfg`.
+    pub async fn start_config(cfg: switchyard_gateway::Config) -> Gw {
+        let running = switchyard_gateway::Server::from_config(cfg)
+            .listen(LOOPBACK)
+            .start()
+            .await
+            .expect("the gateway starts");
         Gw {
-            addr,
-            stop: Some(stop),
-            done: Some(done),
+            addr: running.addr(),
+            running: Some(running),
         }
+    }
+
+    /// The running gateway, to read its state.
+    pub fn gateway(&self) -> &std::sync::Arc<switchyard_gateway::Gateway> {
+        self.running.as_ref().expect("running").gateway()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Sends the shutdown signal; returns how the drain ended.
+    /// Shuts down (as SIGINT does); returns how the drain ended.
     pub async fn shutdown(&mut self) -> switchyard_gateway::Drained {
-        let _ = self.stop.take().unwrap().send(());
-        self.done.take().unwrap().await.unwrap().unwrap()
+        self.running
+            .take()
+            .expect("running")
+            .shutdown(switchyard_gateway::Stop::Now)
+            .await
+            .unwrap()
     }
 }
+
+/// Port 0 on loopback: the tests' listen address.
+pub const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// A YAML config with one model `m` over `urls`, with extra pool lines (`policy: ...`) and
 /// extra top-level lines.
@@ -322,16 +341,27 @@ pub async fn send(c: &Client, req: Request<Full<Bytes>>) -> Answer {
         .expect("gateway answered in full within 20s")
 }
 
+/// The url of a loopback port nothing listens on: connections to it are refused.
+pub fn closed_port() -> String {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    format!("http://{addr}")
+}
+
 pub const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
 
-/// Waits until `cond` holds, polling; fails after 10 s. For state changes with no event to
-/// await (such as a counter another task updates).
+/// Waits until `cond` holds, polling every millisecond; fails after 10 s (of tokio time, so
+/// virtual under a paused clock). For state changes with no event to await (such as a
+/// counter another task updates); the short interval keeps a test from idling for most of a
+/// poll once the change has happened.
 pub async fn eventually(mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
+    for _ in 0..10_000 {
         if cond() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     panic!("condition not met within 10s");
 }
@@ -348,17 +378,23 @@ pub async fn raw_upstream(reply: String) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.ends_with(b"}") {
-                match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // One task per connection: a probe or scrape that never sends a `}` (a GET) must
+            // not hold up the requests behind it.
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.ends_with(b"}") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
                 }
-            }
-            let _ = sock.write_all(reply.as_bytes()).await;
-            let _ = sock.shutdown().await;
+                let _ = sock.write_all(reply.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
         }
     });
     format!("http://{addr}")
 }
+pub mod conf;

@@ -2,17 +2,16 @@
 //! SSE error event, `[DONE]` and a clean end, never a retry (which could repeat tokens).
 //! A replica that fails before the first byte is failed over instead, invisibly.
 
-mod support;
+use crate::support::conf::Conf;
+use crate::support::sim::*;
+use crate::support::*;
 
-use support::sim::*;
-use support::*;
-
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_replica_dying_mid_stream_gives_an_error_event_and_a_clean_end_without_repeats() {
     let a = replica(200.0, 1).await;
     let b = replica(200.0, 2).await;
     faults(&a, r#"{"drop_after_tokens": 3}"#).await;
-    let gw = Gw::start(&config(&[a.url(), b.url()], "policy: round_robin", "")).await;
+    let gw = Gw::with(Conf::over(&[a.url(), b.url()]).pool("policy", "round_robin")).await;
     let c = client();
     // Round robin: the first request goes to the dying replica, the second to the healthy one.
     let broken = post(&c, &gw.url("/v1/chat/completions"), &chat(16, true), &[]).await;
@@ -49,11 +48,11 @@ async fn a_replica_dying_mid_stream_gives_an_error_event_and_a_clean_end_without
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn failures_before_the_first_byte_succeed_on_another_replica() {
     let a = replica(200.0, 3).await;
     let b = replica(200.0, 4).await;
-    let gw = Gw::start(&config(&[a.url(), b.url()], "policy: round_robin", "")).await;
+    let gw = Gw::with(Conf::over(&[a.url(), b.url()]).pool("policy", "round_robin")).await;
     let c = client();
     // Crashed (connection refused), then answering 500 on every request: both fail before
     // any byte reaches the client, so the other replica serves every request.
@@ -94,14 +93,12 @@ async fn headers_then_gone_mock() -> String {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stream_that_dies_before_its_first_event_fails_over_invisibly_mock() {
     let b = replica(200.0, 5).await;
-    let gw = Gw::start(&config(
-        &[headers_then_gone_mock().await, b.url()],
-        "policy: round_robin",
-        "",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[headers_then_gone_mock().await, b.url()]).pool("policy", "round_robin"),
+    )
     .await;
     let r = post(
         &client(),

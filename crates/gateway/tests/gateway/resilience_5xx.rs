@@ -1,12 +1,12 @@
 //! A replica answering 20% of requests with 500, behind two healthy ones: every request of a
 //! run succeeds, and the retries that made that happen stay within the retry budget.
 
-mod support;
+use crate::support::conf::Conf;
+use crate::support::sim::*;
+use crate::support::*;
+use serde_json::json;
 
-use support::sim::*;
-use support::*;
-
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn twenty_percent_5xx_loses_no_request_and_retries_stay_in_budget() {
     let flaky = replica(200.0, 11).await;
     let b = replica(200.0, 12).await;
@@ -14,11 +14,11 @@ async fn twenty_percent_5xx_loses_no_request_and_retries_stay_in_budget() {
     faults(&flaky, r#"{"error_rate": 0.2}"#).await;
     // No floor on the budget, so the share is what bounds the retries; the breaker and
     // outlier detection stay on, as in production.
-    let gw = Gw::start(&config(
-        &[flaky.url(), b.url(), c2.url()],
-        "policy: round_robin",
-        "retry: {budget_ratio: 0.2, min_per_second: 0}",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[flaky.url(), b.url(), c2.url()])
+            .pool("policy", "round_robin")
+            .set("retry", json!({"budget_ratio": 0.2, "min_per_second": 0})),
+    )
     .await;
     const REQUESTS: usize = 90;
     let c = client();
@@ -65,14 +65,22 @@ async fn twenty_percent_5xx_loses_no_request_and_retries_stay_in_budget() {
     assert_eq!(errors, 0.0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_replica_failing_every_request_is_ejected_but_never_the_last_one() {
     let bad = replica(200.0, 14).await;
     let also_bad = replica(200.0, 15).await;
     faults(&bad, r#"{"error_rate": 1.0}"#).await;
     // Breaker off: passive outlier detection alone.
-    let pool = "policy: round_robin\n    breaker: {enabled: false}\n    outlier_detection: {consecutive_failures: 3, base_ejection: 10s}";
-    let gw = Gw::start(&config(&[bad.url(), also_bad.url()], pool, "")).await;
+    let gw = Gw::with(
+        Conf::over(&[bad.url(), also_bad.url()])
+            .pool("policy", "round_robin")
+            .pool("breaker", json!({"enabled": false}))
+            .pool(
+                "outlier_detection",
+                json!({"consecutive_failures": 3, "base_ejection": "10s"}),
+            ),
+    )
+    .await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     for _ in 0..8 {

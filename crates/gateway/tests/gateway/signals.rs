@@ -2,33 +2,23 @@
 //! `switchyard sim` replicas over loopback, tokens in flight and latency averages from real
 //! requests, and the debug header that shows a decision.
 
-mod support;
-
+use crate::support::{client, config, eventually, get, post, Gw, Mock, Reply, CHAT};
 use std::sync::Arc;
-use support::{client, config, eventually, get, post, Mock, Reply, CHAT};
 use switchyard_gateway::fleet::ViewBuf;
-use switchyard_gateway::Gateway;
 use switchyard_sim::http::{Replica, ReplicaConfig};
 use switchyard_sim::profile;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-/// Boots a gateway on port 0 and keeps its handle, so tests can read its fleet view.
-async fn boot(yaml: &str) -> (Arc<Gateway>, String) {
-    let cfg = switchyard_gateway::config::parse(yaml, "test.yaml").expect("valid test config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let gw = Gateway::new(cfg);
-    tokio::spawn(switchyard_gateway::serve(
-        gw.clone(),
-        listener,
-        std::future::pending::<()>(),
-    ));
+/// Boots a gateway on port 0; the test keeps its handle to read its fleet view (dropping it
+/// stops the gateway).
+async fn boot(yaml: &str) -> (Gw, String) {
+    let gw = Gw::start(yaml).await;
+    let base = gw.url("");
     (gw, base)
 }
 
-fn view_of(gw: &Gateway) -> Vec<switchyard_core::BackendView> {
-    let snap = gw.snapshot();
+fn view_of(gw: &Gw) -> Vec<switchyard_core::BackendView> {
+    let snap = gw.gateway().snapshot();
     let pool = &snap.pools["m"];
     let mut buf = ViewBuf::new();
     pool.view(&mut buf, snap.now(), snap.config.scrape.max_age)
@@ -75,7 +65,7 @@ async fn scraped_vllm_and_dcgm_metrics_of_a_sim_replica_reach_the_fleet_view() {
 #[tokio::test]
 async fn a_backend_without_metrics_is_seen_without_reports() {
     // The mock answers /metrics with 404, as a server without metrics does.
-    let mock = Mock::start(Reply::Json(http::StatusCode::OK, support::OK_BODY)).await;
+    let mock = Mock::start(Reply::Json(http::StatusCode::OK, crate::support::OK_BODY)).await;
     let (gw, _) = boot(&config(&[mock.url()], "", "scrape: {interval: 20ms}")).await;
     eventually(|| mock.scrapes() >= 1).await;
     let v = view_of(&gw)[0];
@@ -84,8 +74,8 @@ async fn a_backend_without_metrics_is_seen_without_reports() {
 
 #[tokio::test]
 async fn metrics_url_none_turns_scraping_off() {
-    let off = Mock::start(Reply::Json(http::StatusCode::OK, support::OK_BODY)).await;
-    let on = Mock::start(Reply::Json(http::StatusCode::OK, support::OK_BODY)).await;
+    let off = Mock::start(Reply::Json(http::StatusCode::OK, crate::support::OK_BODY)).await;
+    let on = Mock::start(Reply::Json(http::StatusCode::OK, crate::support::OK_BODY)).await;
     let yaml = format!(
         "scrape: {{interval: 10ms}}\nmodels:\n  m:\n    backends:\n      - {{url: \"{}\", metrics_url: none}}\n      - {{url: \"{}\"}}\n",
         off.url(),
@@ -152,7 +142,7 @@ async fn streamed_answers_feed_time_per_output_token() {
 
 #[tokio::test]
 async fn debug_headers_show_the_policy_and_its_reason() {
-    let mock = Mock::start(Reply::Json(http::StatusCode::OK, support::OK_BODY)).await;
+    let mock = Mock::start(Reply::Json(http::StatusCode::OK, crate::support::OK_BODY)).await;
     let (_gw, base) = boot(&config(&[mock.url()], "", "debug_headers: true")).await;
     let a = post(&client(), &format!("{base}/v1/chat/completions"), CHAT, &[]).await;
     let route = a.headers["x-switchyard-route"].to_str().unwrap();
@@ -225,7 +215,7 @@ async fn a_simulated_replica_s_first_byte_is_its_first_token() {
     // Time scale 1: the replica cannot send its first token before `ttft` has passed, so
     // every first-byte signal of the gateway is at least that.
     let m = get(&client(), &format!("{base}/metrics")).await;
-    let ttfb = support::sim::sample(
+    let ttfb = crate::support::sim::sample(
         std::str::from_utf8(&m.body).unwrap(),
         r#"switchyard_time_to_first_byte_seconds_sum{backend="b0",model="m"}"#,
     );

@@ -2,10 +2,10 @@
 //! upstream stream is cut anywhere. Real sockets on 127.0.0.1 throughout; the upstreams that
 //! cut streams are raw sockets, since a well-behaved server cannot misbehave on cue.
 
-mod support;
-
+use crate::support::conf::Conf;
+use crate::support::*;
+use serde_json::json;
 use std::time::Duration;
-use support::*;
 use switchyard_gateway::body::STREAM_BROKEN_EVENT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,11 +93,12 @@ fn whole_events(stream: &[u8], cut: usize) -> &[u8] {
 /// breaker and outlier detection would rightly eject a backend that breaks every stream).
 async fn cut_gateway(stream: Vec<u8>, piece: usize) -> Gw {
     let up = cutting_upstream(stream, piece).await;
-    Gw::start(&config(
-        &[up],
-        "breaker: {enabled: false}\n    outlier_detection: {enabled: false}",
-        "retry: {max_attempts: 1}",
-    ))
+    Gw::with(
+        Conf::over(&[up])
+            .pool("breaker", json!({"enabled": false}))
+            .pool("outlier_detection", json!({"enabled": false}))
+            .set("retry", json!({"max_attempts": 1})),
+    )
     .await
 }
 
@@ -158,15 +159,11 @@ async fn read_to_close(sock: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_half_sent_header_is_cut_off_at_the_header_read_timeout_while_others_are_served() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(
-        &[up.url()],
-        "",
-        "limits: {header_read_timeout: 1s}",
-    ))
-    .await;
+    let gw =
+        Gw::with(Conf::over(&[up.url()]).set("limits", json!({"header_read_timeout": "1s"}))).await;
     let mut slow = Vec::new();
     for _ in 0..200 {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -188,13 +185,12 @@ async fn a_half_sent_header_is_cut_off_at_the_header_read_timeout_while_others_a
     assert!(closed.is_ok(), "every half-sent header was cut off");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_connection_that_sends_nothing_is_closed_and_an_idle_kept_alive_one_too() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(
-        &[up.url()],
-        "",
-        "limits: {header_read_timeout: 1s, keepalive_timeout: 1s}",
+    let gw = Gw::with(Conf::over(&[up.url()]).set(
+        "limits",
+        json!({"header_read_timeout": "1s", "keepalive_timeout": "1s"}),
     ))
     .await;
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
@@ -213,13 +209,12 @@ async fn a_connection_that_sends_nothing_is_closed_and_an_idle_kept_alive_one_to
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stalled_body_gets_408_and_a_huge_head_gets_431() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(
-        &[up.url()],
-        "",
-        "limits: {body_read_timeout: 500ms, max_header_bytes: 16KiB}",
+    let gw = Gw::with(Conf::over(&[up.url()]).set(
+        "limits",
+        json!({"body_read_timeout": "500ms", "max_header_bytes": "16KiB"}),
     ))
     .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -247,7 +242,7 @@ async fn a_stalled_body_gets_408_and_a_huge_head_gets_431() {
 #[tokio::test]
 async fn connections_past_the_cap_get_503_too_many_connections() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(&[up.url()], "", "limits: {max_connections: 2}")).await;
+    let gw = Gw::with(Conf::over(&[up.url()]).set("limits", json!({"max_connections": 2}))).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(TcpStream::connect(gw.addr).await.unwrap());
@@ -287,22 +282,22 @@ async fn eventually_ok(gw: &Gw, path: &str) -> String {
     panic!("no slot freed");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn on_sigterm_ready_fails_for_the_drain_delay_while_requests_are_still_served() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
     let yaml = config(&[up.url()], "", "drain_delay: 1s");
     let cfg = switchyard_gateway::config::parse(&yaml, "t.yaml").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let running = switchyard_gateway::Server::from_config(cfg)
+        .listen(LOOPBACK)
+        .start()
+        .await
+        .unwrap();
+    let addr = running.addr();
     let (term, termed) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(switchyard_gateway::serve(
-        switchyard_gateway::Gateway::new(cfg),
-        listener,
-        async move {
-            let _ = termed.await;
-            switchyard_gateway::Stop::Drain
-        },
-    ));
+    let done = tokio::spawn(running.until(async move {
+        let _ = termed.await;
+        switchyard_gateway::Stop::Drain
+    }));
     let c = client();
     let ready = format!("http://{addr}/ready");
     assert_eq!(get(&c, &ready).await.status, 200);
@@ -368,11 +363,11 @@ fn leave_spare_descriptors(spare: usize) -> (u64, u64) {
 #[tokio::test]
 async fn running_out_of_file_descriptors_is_not_the_backends_fault() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, r#"{"ok":true}"#)).await;
-    let gw = Gw::start(&config(
-        &[up.url()],
-        "breaker: {failures: 2}",
-        "scrape: {enabled: false}",
-    ))
+    let gw = Gw::with(
+        Conf::over(&[up.url()])
+            .pool("breaker", json!({"failures": 2}))
+            .set("scrape", json!({"enabled": false})),
+    )
     .await;
     // Room for the test's connection to the gateway and the gateway's end of it, none for
     // the gateway's connection upstream.
