@@ -199,18 +199,8 @@ impl SlotCaches {
     /// A copy for the pool after its members changed (see [`crate::routing::Moved`]): kept
     /// backends' slots at their new positions, those of backends that left dropped.
     pub fn remapped(&self, moved: &crate::routing::Moved) -> SlotCaches {
-        let inner = self.lock();
-        let mut out: Vec<Vec<Slot>> = Vec::new();
-        for (b, slots) in inner.iter().enumerate() {
-            if let Some(n) = moved.get(b) {
-                if out.len() <= n {
-                    out.resize_with(n + 1, Vec::new);
-                }
-                out[n] = slots.clone();
-            }
-        }
         SlotCaches {
-            inner: Mutex::new(out),
+            inner: Mutex::new(moved.remap(&self.lock())),
             tick: std::sync::atomic::AtomicU64::new(
                 self.tick.load(std::sync::atomic::Ordering::Relaxed),
             ),

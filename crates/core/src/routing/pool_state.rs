@@ -41,6 +41,21 @@ impl Moved {
     pub fn get(&self, old: usize) -> Option<usize> {
         self.to.get(old).copied().flatten()
     }
+
+    /// Per-backend values indexed by old position, at the new positions: those of backends
+    /// that left dropped, added backends' (and any gap) at their default.
+    pub fn remap<T: Clone + Default>(&self, old: &[T]) -> Vec<T> {
+        let mut out: Vec<T> = Vec::new();
+        for (b, v) in old.iter().enumerate() {
+            if let Some(n) = self.get(b) {
+                if out.len() <= n {
+                    out.resize_with(n + 1, T::default);
+                }
+                out[n] = v.clone();
+            }
+        }
+        out
+    }
 }
 
 /// Routing state of one pool, learned from traffic, owned by its policy. Every part is behind
@@ -79,19 +94,12 @@ impl PoolState {
     /// A copy for the pool after its members changed: what kept backends learned, at their new
     /// positions; what belonged to backends that left, dropped.
     pub fn carried(&self, moved: &Moved) -> PoolState {
-        let old = self
-            .current_weights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut current = Vec::new();
-        for (b, &w) in old.iter().enumerate() {
-            if let Some(n) = moved.get(b) {
-                if current.len() <= n {
-                    current.resize(n + 1, 0);
-                }
-                current[n] = w;
-            }
-        }
+        let current = moved.remap(
+            &self
+                .current_weights
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         PoolState {
             prefix_index: self.prefix_index.remapped(|b| moved.get(b)),
             slots: self.slots.remapped(moved),
