@@ -56,29 +56,8 @@ pub fn apply(spec: &mut PolicySpec, key: &str, v: &ParamValue) -> Result<(), Str
             msg.push_str(&switchyard_core::routing::takes(known));
             msg
         }
-        other => with_suggestion(other.to_string()),
+        other => other.to_string(),
     })
-}
-
-/// serde's "unknown field `x`, expected one of `a`, `b`" (a misspelt key inside a parameter,
-/// such as a scorer of `weights`) with the nearest expected name suggested.
-fn with_suggestion(mut msg: String) -> String {
-    let word = |s: &str| s.split('`').nth(1).map(str::to_owned);
-    let Some(field) = msg
-        .split_once("unknown field ")
-        .and_then(|(_, rest)| word(rest))
-    else {
-        return msg;
-    };
-    let Some((_, list)) = msg.split_once("expected one of ") else {
-        return msg;
-    };
-    let expected: Vec<&str> = list.split(", ").map(|w| w.trim_matches('`')).collect();
-    if let Some(near) = super::error::nearest(&field, &expected) {
-        let near = near.to_owned();
-        msg.push_str(&format!("; did you mean `{near}`?"));
-    }
-    msg
 }
 
 #[cfg(test)]
@@ -172,7 +151,10 @@ mod tests {
         let e = spec("least_loaded", &[("kv_weight", text("lots"))]).unwrap_err();
         assert!(e.contains("kv_weight must be a number"), "{e}");
         let e = spec("composite", &[("weights", weights(&[("prefx", 1.0)]))]).unwrap_err();
-        assert!(e.contains("did you mean `prefix`?"), "{e}");
+        assert!(
+            e.contains("unknown field `prefx`, expected one of `prefix`"),
+            "{e}"
+        );
         let e = spec("least_loaded", &[("kv_weight", num(-1.0))]).unwrap_err();
         assert!(e.contains("kv_weight"), "{e}");
         let e = spec("consistent_hash", &[("virtual_nodes", num(1.5))]).unwrap_err();
@@ -185,5 +167,13 @@ mod tests {
         let e = crate::config::parse(yaml, "c.yaml").unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
         assert!(e.message.contains("did you mean `decode_weight`?"), "{e}");
+        // A misspelt key inside a parameter gets the file's own suggestion, once.
+        let yaml = "models:\n  m:\n    policy: {name: composite, weights: {prefx: 1}}\n    backends:\n      - url: http://a:1\n";
+        let e = crate::config::parse(yaml, "c.yaml").unwrap_err();
+        assert_eq!(
+            e.message.matches("did you mean `prefix`?").count(),
+            1,
+            "{e}"
+        );
     }
 }
