@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::rng::SplitMix;
-use switchyard_core::routing::{Moved, SlowStart};
+use switchyard_core::routing::{Moved, PoolState, SlowStart};
 use switchyard_core::{
     BackendId, BackendView, EndpointKind, FleetView, OutlierDetector, Policy, PoolMember,
     RetryBudget,
@@ -459,7 +459,7 @@ impl Pool {
     /// state (the same `Arc`: in-flight count, cooldown, drain, health and breaker, signals),
     /// and so does the retry budget when its settings are unchanged. The new policy takes over
     /// what the previous one learned (prefix index, rotation) for kept backends, at their new
-    /// positions ([`Policy::inherit`]), so a reload leaves routing warm. A kept backend takes the new pool's breaker and slow-start settings and moves to its
+    /// positions ([`Policy::handover`]), so a reload leaves routing warm. A kept backend takes the new pool's breaker and slow-start settings and moves to its
     /// outlier detector, at its new position.
     pub fn build(cfg: &PoolConfig, ctx: &PoolContext<'_>, previous: Option<&Pool>) -> Self {
         let outlier: Option<SharedOutlier> = cfg
@@ -486,16 +486,16 @@ impl Pool {
                 quality: b.config.quality.map(|q| q as f32),
             })
             .collect();
-        let mut policy = cfg.policy.build(&members, ctx.seed);
-        if !cfg.slow_start.is_zero() {
-            policy = Box::new(SlowStart::new(policy, ctx.seed));
-        }
-        if let Some(p) = previous {
+        let state = previous.map_or_else(PoolState::default, |p| {
             let moved = Moved::new(p.backends.iter().map(|old| {
                 let at = cfg.backends.iter().position(|b| old.same_endpoint(b));
                 at.map(|i| BackendId(i as u32))
             }));
-            policy.inherit(p.policy.learned(), &moved);
+            p.policy.handover(&moved)
+        });
+        let mut policy = cfg.policy.rebuild(&members, ctx.seed, state);
+        if !cfg.slow_start.is_zero() {
+            policy = Box::new(SlowStart::new(policy, ctx.seed));
         }
         let retry = ctx.retry;
         Self {
