@@ -27,6 +27,7 @@ use crate::engine_kind::EngineCell;
 use crate::forward::{self, UpstreamClient};
 use crate::signals::{LiveSignals, TokenLoad};
 use crate::telemetry::{BackendMetrics, Metrics};
+use crate::upstream::IdleConns;
 
 /// Live numbers of one backend.
 #[derive(Debug)]
@@ -52,6 +53,9 @@ pub struct BackendState {
     /// requests routed at once cannot both take the last slot. Releases do not take it (they
     /// only make room), nor do backends without a cap.
     admission: Mutex<()>,
+    /// Idle keep-alive connections to it, when it is reached directly (plain `http`; see
+    /// [`crate::upstream`]). Kept with the state, so a reload does not close them.
+    pub conns: IdleConns,
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -70,6 +74,7 @@ impl BackendState {
             engine: EngineCell::default(),
             draining: AtomicBool::new(false),
             admission: Mutex::new(()),
+            conns: IdleConns::default(),
         }
     }
 

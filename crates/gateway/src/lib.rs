@@ -2,7 +2,7 @@
 //!
 //! A request flows through [`api`] (route, bounded body read, [`switchyard_core::RequestProfile`]),
 //! the pool's policy (a pure [`switchyard_core::Decision`] over a [`fleet`] snapshot), and
-//! [`forward`] (pooled upstream call, original bytes out, response relayed frame by frame by
+//! [`forward`] and [`upstream`] (pooled upstream call, original bytes out, response relayed frame by frame by
 //! [`body`]). [`telemetry`] counts everything; [`error`] maps every failure to an OpenAI-shaped
 //! answer; [`server`] owns the listener and graceful shutdown; [`config`] reads and validates
 //! the YAML file; [`reload`] swaps in a new config (file re-read, SIGHUP, admin changes) and
@@ -31,6 +31,7 @@ pub mod server;
 pub mod signals;
 pub mod sse;
 pub mod telemetry;
+pub mod upstream;
 
 pub use config::{Config, ConfigError};
 pub use gateway::Gateway;
