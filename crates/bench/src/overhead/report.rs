@@ -165,7 +165,8 @@ pub fn derive(paths: &[PathResult]) -> Derived {
     }
 }
 
-fn f(v: Option<f64>, digits: usize) -> String {
+/// `v` with `digits` decimals, or `-`.
+pub(super) fn f(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 

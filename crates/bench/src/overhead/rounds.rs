@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::report::PathResult;
+use super::report::{f, PathResult};
 use crate::stats::ratio;
 
 /// One path's throughput phase in one round.
@@ -87,10 +87,6 @@ pub fn medians(rows: &[RoundRow]) -> Vec<Medians> {
             }
         })
         .collect()
-}
-
-fn f(v: Option<f64>, digits: usize) -> String {
-    v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
 /// The Markdown section: every round, the medians, and Switchyard against nginx.
