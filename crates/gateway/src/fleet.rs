@@ -27,6 +27,7 @@ use crate::engine_kind::EngineCell;
 use crate::forward::{self, UpstreamClient};
 use crate::signals::{LiveSignals, TokenLoad};
 use crate::telemetry::{BackendMetrics, Metrics};
+use crate::upstream::IdleConns;
 
 /// Live numbers of one backend.
 #[derive(Debug)]
@@ -55,6 +56,9 @@ pub struct BackendState {
     /// requests routed at once cannot both take the last slot. Releases do not take it (they
     /// only make room), nor do backends without a cap.
     admission: Mutex<()>,
+    /// Idle keep-alive connections to it, when it is reached directly (plain `http`; see
+    /// [`crate::upstream`]). Kept with the state, so a reload does not close them.
+    pub conns: IdleConns,
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -74,6 +78,7 @@ impl BackendState {
             draining: AtomicBool::new(false),
             released: tokio::sync::Notify::new(),
             admission: Mutex::new(()),
+            conns: IdleConns::default(),
         }
     }
 

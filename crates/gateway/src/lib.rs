@@ -2,7 +2,7 @@
 //!
 //! A request flows through [`api`] (route, bounded body read, [`switchyard_core::RequestProfile`]),
 //! the pool's policy (a pure [`switchyard_core::Decision`] over a [`fleet`] snapshot), and
-//! [`forward`] (pooled upstream call, original bytes out, response relayed frame by frame by
+//! [`forward`] and [`upstream`] (pooled upstream call, original bytes out, response relayed frame by frame by
 //! [`body`]). [`telemetry`] counts everything; [`error`] maps every failure to an OpenAI-shaped
 //! answer; [`startup`] starts a gateway ([`Server`]: listeners, reloader, shutdown handle) and
 //! `server` runs its accept loop and graceful drain; [`config`] reads and validates the YAML
@@ -34,6 +34,7 @@ pub(crate) mod signals;
 pub(crate) mod sse;
 pub mod startup;
 pub(crate) mod telemetry;
+pub(crate) mod upstream;
 
 pub use config::{Config, ConfigError};
 pub use gateway::Gateway;

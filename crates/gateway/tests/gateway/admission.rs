@@ -3,13 +3,12 @@
 //! restart), 401/403, rate limits and their headers, and the per-pool waiting room (priority
 //! order, timeouts, shedding, fairness between tenants).
 
-
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use std::path::PathBuf;
 use std::sync::Arc;
-use crate::support::*;
 use tokio::sync::Notify;
 
 const ADMIN: &str = "admin-token-0123456789";
