@@ -116,7 +116,7 @@ class Fleet:
     def start(self, policy: str) -> None:
         a = self.args
         for i, url in enumerate(self.urls):
-            argv = ["nice", "-n", "15", a.llama_server, "-m", a.model_file,
+            argv = ["nice", "-n", str(a.nice), a.llama_server, "-m", a.model_file,
                     "-c", str(a.ctx * a.slots), "-np", str(a.slots), "-t", str(a.threads),
                     "--alias", MODEL, "--metrics", "--host", "127.0.0.1",
                     "--port", str(a.port + i)]
@@ -285,6 +285,7 @@ def replay(fleet: Fleet, args, docs: list, rate: float) -> dict:
     processed, cached = delta("llamacpp:prompt_tokens_total"), delta("llamacpp:prompt_tokens_cached_total")
     return {
         "requests": len(results), "errors": len(results) - len(ok), "wall_s": wall,
+        "error_kinds": sorted({r["error"][:200] for r in results if "error" in r})[:5],
         "ttft_p50_s": q(0.5), "ttft_p90_s": q(0.9), "ttft_p99_s": q(0.99),
         "e2e_p50_s": statistics.median(r["e2e_s"] for r in ok) if ok else None,
         "prompt_tokens_processed": processed, "prompt_tokens_cached": cached,
@@ -306,6 +307,8 @@ def main() -> int:
     p.add_argument("--slots", type=int, default=2)
     p.add_argument("--ctx", type=int, default=4096, help="context per slot")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--nice", type=int, default=0,
+                   help="niceness of the llama.cpp servers; keep other work on the machine nicer")
     p.add_argument("--cache-ram", type=int, default=None)
     p.add_argument("--docs", type=int, default=4)
     p.add_argument("--doc-words", type=int, default=250)
@@ -365,7 +368,7 @@ def write_markdown(report: dict, path: Path) -> None:
         "",
         f"`scripts/e2e-llamacpp` ({', '.join(f'{k}={v}' for k, v in a.items() if k not in ('llama_server', 'model_file', 'switchyard'))}).",
         "SmolLM2-135M-Instruct Q4_1 on llama.cpp (llama-cpp-python 0.3.36's vendored source), "
-        f"`-t {a['threads']}`, under `nice -n 15` on a shared 2-core machine; the gateway is a release build.",
+        f"`-t {a['threads']}`, servers under `nice -n {a['nice']}` on a shared 2-core machine (other work there ran under `nice -n 19`); the gateway is a release build.",
         "",
         f"Unloaded (idle servers, median of {u['samples']}): cold TTFT {u['cold_ttft_s']:.3f} s "
         f"(end {u['cold_e2e_s']:.3f} s), warm TTFT {u['warm_ttft_s']:.3f} s (end {u['warm_e2e_s']:.3f} s).",

@@ -212,7 +212,7 @@ pub enum DecisionsError {
 fn fleet_config(sc: &Scenario, seed: u64) -> FleetConfig {
     FleetConfig {
         backends: sc.backends.clone(),
-        policy: PolicySpec::RoundRobin,
+        policy: PolicySpec::default(),
         metrics_interval_s: 0.5,
         seed,
         model: "llama-3-8b".into(),

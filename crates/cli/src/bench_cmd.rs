@@ -61,6 +61,10 @@ pub struct OverheadArgs {
     /// Built-in generators only, no wrk, one rate, at most 50 open streams: for CI.
     #[arg(long)]
     smoke: bool,
+    /// Rounds of the max-throughput phase, paths interleaved; medians and issue 13's
+    /// targets are reported when more than one.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Do not run bench/install-peers.sh for missing peers.
     #[arg(long)]
     no_install: bool,
@@ -382,6 +386,7 @@ fn run_overhead(a: OverheadArgs) -> anyhow::Result<()> {
             a.open_streams
         },
         smoke: a.smoke,
+        rounds: a.rounds,
         install_script: (!a.no_install && a.install_script.is_file()).then_some(a.install_script),
         quiet: false,
         note: a.note,

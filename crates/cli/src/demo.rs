@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::rng::SplitMix;
-use switchyard_gateway::Gateway;
+use switchyard_gateway::{Gateway, Server, Stop};
 use switchyard_sim::http::{Replica, ReplicaConfig};
 use switchyard_sim::profile;
 use tokio::sync::Semaphore;
@@ -111,20 +111,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .replace("{backends}", &backends);
     let cfg = switchyard_gateway::config::parse(&yaml, "demo config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (try `switchyard demo --port 0` for a free port)",
-                cfg.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
-    let gw = Gateway::new(cfg);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(switchyard_gateway::serve(gw.clone(), listener, async {
-        let _ = stop_rx.await;
-    }));
+    let listen = cfg.listen;
+    let running = Server::from_config(cfg).start().await.with_context(|| {
+        format!(
+            "cannot start the gateway on {listen} (try `switchyard demo --port 0` for a free port)"
+        )
+    })?;
+    let addr = running.addr();
+    let gw = running.gateway().clone();
     print_banner(addr, &members);
     let traffic = (!args.no_traffic && args.rate > 0.0)
         .then(|| tokio::spawn(traffic(addr, args.rate.min(1000.0))));
@@ -156,8 +150,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(t) = traffic {
         t.abort();
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    let _ = running.shutdown(Stop::Now).await;
     drop(members);
     Ok(())
 }

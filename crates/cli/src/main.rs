@@ -12,11 +12,10 @@ mod demo;
 mod keys_cmd;
 mod sim_cmd;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use switchyard_gateway::{config, Drained, Gateway};
+use switchyard_gateway::{config, Drained, Server};
 
 /// A load balancer and gateway for LLM inference.
 #[derive(Debug, Parser)]
@@ -113,8 +112,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            // The override is applied at bind time, so the running config keeps the file's
-            // value and a reload does not report `listen` as changed.
             match run_serve(cfg, &config, listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -145,48 +142,31 @@ fn run_serve(
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let bind = listen.unwrap_or(cfg.listen);
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("cannot listen on {bind}"))?;
-        let addr = listener.local_addr()?;
-        let admin_listener = match cfg.admin.as_ref().and_then(|a| a.listen) {
-            Some(a) => Some(
-                tokio::net::TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("cannot listen on {a} (admin.listen)"))?,
-            ),
-            None => None,
-        };
         let admin_on_main = cfg.admin.as_ref().is_some_and(|a| a.listen.is_none());
-        let models: Vec<String> = cfg.models.iter().map(|m| format!("{} ({})", m.name, m.policy.name())).collect();
-        let gw = Gateway::with_source(cfg, path);
-        let hup = switchyard_gateway::reload::spawn_sighup_reloader(gw.clone())
-            .context("cannot install the SIGHUP handler")?;
-        tracing::info!(%addr, models = %models.join(", "), "switchyard listening; point OpenAI clients at http://{addr}/v1");
-        // The admin listener stops with the main one; its requests are short.
-        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = match admin_listener {
-            Some(l) => {
-                tracing::info!(addr = %l.local_addr()?, "admin API listening");
-                Some(tokio::spawn(switchyard_gateway::serve_admin(gw.clone(), l, async move {
-                    let _ = admin_stopped.await;
-                })))
-            }
-            None => {
-                if admin_on_main {
-                    tracing::info!("admin API on the main listener, behind its token");
-                }
-                None
-            }
-        };
-        let drained = switchyard_gateway::serve(gw, listener, switchyard_gateway::shutdown_signal()).await;
-        hup.abort();
-        let _ = admin_stop.send(());
-        if let Some(a) = admin {
-            let _ = a.await;
+        let models: Vec<String> = cfg
+            .models
+            .iter()
+            .map(|m| format!("{} ({})", m.name, m.policy.name()))
+            .collect();
+        let mut server = Server::from_config(cfg)
+            .reloads_from(path)
+            .reload_on_sighup();
+        // The override is applied at bind time, so the running config keeps the file's
+        // value and a reload does not report `listen` as changed.
+        if let Some(l) = listen {
+            server = server.listen(l);
         }
-        match drained? {
+        let running = server.start().await?;
+        let addr = running.addr();
+        tracing::info!(%addr, models = %models.join(", "), "switchyard listening; point OpenAI clients at http://{addr}/v1");
+        match running.admin_addr() {
+            Some(a) => tracing::info!(addr = %a, "admin API listening"),
+            None if admin_on_main => {
+                tracing::info!("admin API on the main listener, behind its token");
+            }
+            None => {}
+        }
+        match running.until(switchyard_gateway::shutdown_signal()).await? {
             Drained::Clean => tracing::info!("drained cleanly; bye"),
             Drained::TimedOut => tracing::warn!("drain timeout passed; remaining requests were cut"),
         }

@@ -196,6 +196,17 @@ impl SlotCaches {
 }
 
 impl SlotCaches {
+    /// A copy for the pool after its members changed (see [`crate::routing::Moved`]): kept
+    /// backends' slots at their new positions, those of backends that left dropped.
+    pub fn remapped(&self, moved: &crate::routing::Moved) -> SlotCaches {
+        SlotCaches {
+            inner: Mutex::new(moved.remap(&self.lock())),
+            tick: std::sync::atomic::AtomicU64::new(
+                self.tick.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        }
+    }
+
     /// `matched` (the prefix index's leading blocks per backend) as each backend's cache model
     /// has it: a slot backend's from its modelled slots, an opaque one's 0. `None` when every
     /// backend is paged, so the index's answer stands as it is.

@@ -45,126 +45,102 @@ pub struct CandidateScore {
     pub terms: Vec<(&'static str, f64)>,
 }
 
-/// Why a policy chose its primary backend. Shown in debug headers and logs.
+/// Why a policy chose its primary backend, shown in debug headers and logs as
+/// `policy: detail`. One shape for every policy, so a new policy needs no variant here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Next in rotation.
-    RoundRobin,
-    /// Drawn at random (weighted by configured weight).
-    Random,
-    /// Highest current weight in smooth weighted round robin.
-    SmoothWeighted,
-    /// Fewest requests in flight per unit of weight.
-    LeastConnections {
-        /// The chosen backend's in-flight count.
-        in_flight: u32,
-    },
-    /// Less loaded of two random candidates.
-    PowerOfTwo {
-        /// The candidate that lost.
-        other: BackendId,
-    },
-    /// The session key's home on the hash ring.
-    HashHome,
-    /// The key's home was over its load bound; the next node on the ring took it.
-    HashSpill {
-        /// The home node that was over its bound.
-        home: BackendId,
-    },
-    /// Least load in tokens (queue, running, KV use and the gateway's own tokens in flight).
-    LeastLoaded {
-        /// The chosen backend's load score, in tokens per unit of weight.
-        load_tokens: u64,
-    },
-    /// Lower expected latency x (in flight + 1) of two random candidates.
-    PeakEwma {
-        /// The candidate that lost.
-        other: BackendId,
-    },
-    /// Cheapest estimated prefill plus queued load: `cached_tokens` of the prompt are expected
-    /// to be in the chosen backend's prefix cache.
-    PrefixAffinity {
-        /// Prompt tokens expected to be cached there.
-        cached_tokens: u32,
-        /// Prompt tokens it is expected to prefill.
-        uncached_tokens: u32,
-    },
-    /// Best ranked of the backends within GPU and KV limits.
-    GpuAware {
-        /// Usable backends excluded by the limits.
-        excluded: u32,
-        /// Every usable backend was past a limit, so the least loaded of them was taken anyway.
-        degraded: bool,
-    },
-    /// Cheapest backend that fits the request's context window and the quality floor.
-    Cheapest {
-        /// The request's estimated price there, in millionths of a currency unit.
-        micro_cost: u64,
-    },
-    /// Lowest weighted sum of the configured scorers.
-    Composite,
-    /// A policy defined outside this crate (a benchmark baseline, a test probe), in its words.
-    External {
-        /// The policy's name.
-        policy: &'static str,
-        /// Why it chose.
-        why: &'static str,
-    },
+pub struct Reason {
+    /// The deciding policy's config name (`prefix_aware`), or a baseline's own name.
+    pub policy: &'static str,
+    /// What tipped the choice, in the policy's words.
+    pub detail: Detail,
+}
+
+/// Most numbers a [`Detail`] carries.
+pub const MAX_DETAIL_VALUES: usize = 2;
+
+/// A policy's reason in words: a fixed text whose `{}` placeholders are filled, in order, by
+/// up to [`MAX_DETAIL_VALUES`] numbers. Kept as text and numbers rather than formatted, so
+/// a decision allocates nothing; only showing it formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detail {
+    /// The text, with one `{}` per value.
+    template: &'static str,
+    /// The values, the first `len` of them used.
+    values: [u64; MAX_DETAIL_VALUES],
+    /// How many values are used.
+    len: u8,
+}
+
+impl Detail {
+    /// A detail without numbers.
+    pub const fn text(text: &'static str) -> Self {
+        Self {
+            template: text,
+            values: [0; MAX_DETAIL_VALUES],
+            len: 0,
+        }
+    }
+
+    /// A detail whose `{}` placeholders take `values` in order (at most
+    /// [`MAX_DETAIL_VALUES`]; more are dropped).
+    pub fn new(template: &'static str, values: &[u64]) -> Self {
+        let len = values.len().min(MAX_DETAIL_VALUES);
+        let mut v = [0; MAX_DETAIL_VALUES];
+        v[..len].copy_from_slice(&values[..len]);
+        Self {
+            template,
+            values: v,
+            len: len as u8,
+        }
+    }
+
+    /// The text before its placeholders are filled.
+    pub fn template(&self) -> &'static str {
+        self.template
+    }
+
+    /// The numbers, in placeholder order.
+    pub fn values(&self) -> &[u64] {
+        &self.values[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Display for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut values = self.values().iter();
+        let mut parts = self.template.split("{}");
+        if let Some(first) = parts.next() {
+            f.write_str(first)?;
+        }
+        for part in parts {
+            match values.next() {
+                Some(v) => write!(f, "{v}")?,
+                None => f.write_str("?")?,
+            }
+            f.write_str(part)?;
+        }
+        Ok(())
+    }
+}
+
+impl Reason {
+    /// `policy`'s reason.
+    pub fn new(policy: &'static str, detail: Detail) -> Self {
+        Self { policy, detail }
+    }
+
+    /// `policy`'s reason in fixed words.
+    pub const fn text(policy: &'static str, text: &'static str) -> Self {
+        Self {
+            policy,
+            detail: Detail::text(text),
+        }
+    }
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::RoundRobin => f.write_str("round_robin: next in rotation"),
-            Reason::Random => f.write_str("random: weighted draw"),
-            Reason::SmoothWeighted => f.write_str("weighted: highest current weight"),
-            Reason::LeastConnections { in_flight } => {
-                write!(f, "least_connections: {in_flight} in flight")
-            }
-            Reason::PowerOfTwo { other } => {
-                write!(f, "power_of_two: less loaded than candidate {}", other.0)
-            }
-            Reason::HashHome => f.write_str("consistent_hash: key's home node"),
-            Reason::HashSpill { home } => {
-                write!(
-                    f,
-                    "consistent_hash: home {} over load bound, spilled",
-                    home.0
-                )
-            }
-            Reason::LeastLoaded { load_tokens } => {
-                write!(f, "least_loaded: load {load_tokens} tokens per weight")
-            }
-            Reason::PeakEwma { other } => {
-                write!(
-                    f,
-                    "peak_ewma: lower latency x load than candidate {}",
-                    other.0
-                )
-            }
-            Reason::PrefixAffinity {
-                cached_tokens,
-                uncached_tokens,
-            } => write!(
-                f,
-                "prefix_aware: {cached_tokens} prompt tokens cached, {uncached_tokens} to prefill"
-            ),
-            Reason::GpuAware { excluded, degraded } => {
-                if *degraded {
-                    write!(
-                        f,
-                        "gpu_aware: all {excluded} past limits, least loaded taken"
-                    )
-                } else {
-                    write!(f, "gpu_aware: best ranked, {excluded} excluded by limits")
-                }
-            }
-            Reason::Cheapest { micro_cost } => {
-                write!(f, "cost: cheapest fit, {micro_cost} micro-units")
-            }
-            Reason::Composite => f.write_str("composite: lowest weighted score"),
-            Reason::External { policy, why } => write!(f, "{policy}: {why}"),
-        }
+        write!(f, "{}: {}", self.policy, self.detail)
     }
 }
 
@@ -202,5 +178,29 @@ impl Decision {
     /// Primary then fallbacks: the order in which to try backends.
     pub fn attempts(&self) -> impl Iterator<Item = BackendId> + '_ {
         std::iter::once(self.primary).chain(self.fallbacks.iter().copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detail_fills_its_placeholders_in_order() {
+        let r = Reason::new(
+            "prefix_aware",
+            Detail::new("{} prompt tokens cached, {} to prefill", &[32, 7]),
+        );
+        assert_eq!(
+            r.to_string(),
+            "prefix_aware: 32 prompt tokens cached, 7 to prefill"
+        );
+        assert_eq!(r.detail.values(), &[32, 7]);
+        assert_eq!(
+            Reason::text("round_robin", "next in rotation").to_string(),
+            "round_robin: next in rotation"
+        );
+        // A missing value shows as `?` rather than failing.
+        assert_eq!(Detail::new("{} and {}", &[1]).to_string(), "1 and ?");
     }
 }

@@ -76,8 +76,11 @@ fn plan(budget: &RetryBudget) -> FailoverPlan<'_> {
 
 /// A decision trying `ids` in order.
 fn decision(ids: &[u32]) -> Decision {
-    Decision::new(BackendId(ids[0]), Reason::RoundRobin)
-        .with_fallbacks(ids[1..].iter().map(|i| BackendId(*i)))
+    Decision::new(
+        BackendId(ids[0]),
+        Reason::text("round_robin", "next in rotation"),
+    )
+    .with_fallbacks(ids[1..].iter().map(|i| BackendId(*i)))
 }
 
 fn send(backend: u32, after: Duration, retry: bool) -> Step {

@@ -26,7 +26,7 @@ pub mod routing;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use cache_model::{CacheModel, SlotCaches};
-pub use decision::{CandidateScore, Decision, Explanation, Reason};
+pub use decision::{CandidateScore, Decision, Detail, Explanation, Reason};
 pub use ewma::PeakEwma;
 pub use failover::{FailoverPlan, FailoverSettings, GiveUp, Outcome, Progress, Step};
 pub use fleet::{

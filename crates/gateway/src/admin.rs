@@ -24,7 +24,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::api::json;
 use crate::body::GatewayBody;
@@ -37,8 +37,6 @@ use crate::gateway::{Gateway, Snapshot};
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 /// Longest `?wait=` a drain call may block.
 const MAX_DRAIN_WAIT: Duration = Duration::from_secs(600);
-/// How often a waiting drain call looks at the in-flight count.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Whether the main listener should hand `path` to the admin API: only when the admin API
 /// is configured without a listener of its own and with a token.
@@ -266,12 +264,9 @@ async fn drain(gw: &Gateway, name: &str, query: &Query) -> Result<Response<Gatew
     let (pool, b) = find(&snap, name, query.get("model"))?;
     b.state.set_draining(true);
     tracing::info!(model = %pool.name, backend = %b.name(), "draining backend");
-    let deadline = Instant::now() + wait;
-    while b.state.in_flight() > 0 && b.state.draining() && Instant::now() < deadline {
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
+    let drained = b.state.drained(tokio::time::Instant::now() + wait).await;
     let body = backend_json(&snap, pool, b);
-    let status = if b.state.in_flight() == 0 {
+    let status = if drained {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED

@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use switchyard_core::{EndpointKind, ParseLimits, RequestMeta, RequestProfile};
+use tokio::time::Instant;
 
 use crate::attempts;
 use crate::body::GatewayBody;
@@ -161,6 +161,10 @@ async fn read_body(
                 rest.extend_from_slice(&data);
             }
         }
+        if http_body::Body::is_end_stream(&body) {
+            // All declared bytes are in: no need to wait for the end to be reported.
+            break;
+        }
     }
     Ok(if rest.is_empty() {
         first.unwrap_or_default()
@@ -197,7 +201,7 @@ async fn proxy(
         Ok(caller) => caller,
         Err(e) => return refuse("", e),
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = match read_body(body, limit, declared, gw.config.limits.body_read_timeout).await {
         Ok(body) => body,
         Err(e) => return refuse("", e),
@@ -234,16 +238,17 @@ async fn proxy(
             Ok(admitted) => admitted,
             Err(e) => return refuse(&pool.name, e),
         };
+    let headers =
+        forward::prepare_headers(std::mem::take(&mut parts.headers), peer.ip(), request_id);
     let request = attempts::Request {
         gw,
         pool,
         profile: &profile,
         body: admitted.body(&body),
-        headers: &parts.headers,
+        headers: &headers,
         request_id,
         started,
         body_read,
-        peer: peer.ip(),
     };
     match attempts::run(&request).await {
         Ok(resp) => admitted.finish(resp),

@@ -20,19 +20,20 @@ use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchyard_core::failover::Target;
 use switchyard_core::{
     BackendId, Decision, FailoverPlan, FailoverSettings, GiveUp, Outcome, Progress, RequestProfile,
     Step,
 };
+use tokio::time::Instant;
 
 use crate::body::{GatewayBody, Limits, Relay};
 use crate::error::ApiError;
 use crate::fleet::{Backend, InFlightGuard, Pool, ViewBuf, DEFAULT_COOLDOWN};
 use crate::forward;
 use crate::gateway::Snapshot;
-use crate::{explain, signals};
+use crate::{explain, signals, upstream};
 
 /// One request on the proxy path, read once: everything its attempts need.
 pub struct Request<'a> {
@@ -45,7 +46,7 @@ pub struct Request<'a> {
     pub profile: &'a RequestProfile,
     /// The original body bytes.
     pub body: &'a Bytes,
-    /// The client's headers.
+    /// The headers to forward: the client's as [`forward::prepare_headers`] made them.
     pub headers: &'a HeaderMap,
     /// `x-request-id`.
     pub request_id: &'a HeaderValue,
@@ -53,8 +54,6 @@ pub struct Request<'a> {
     pub started: Instant,
     /// When its body had been read (for the overhead metric).
     pub body_read: Instant,
-    /// The client's address, appended to `X-Forwarded-For`.
-    pub peer: std::net::IpAddr,
 }
 
 /// How one attempt ended when it did not produce the client's response.
@@ -66,6 +65,16 @@ enum Failed {
     /// A retryable answer, kept to pass through if every attempt fails.
     Answer(hyper::Response<Incoming>, InFlightGuard, Option<Duration>),
 }
+
+/// What a successful attempt hands to the relay: the response head (and body), its first
+/// body frame, the backend's slot, and the direct connection to give back once the body
+/// has passed whole.
+type Answered = (
+    hyper::Response<Incoming>,
+    Option<Frame<Bytes>>,
+    InFlightGuard,
+    Option<upstream::Conn>,
+);
 
 /// What the plan sees of a pool.
 impl Target for Pool {
@@ -190,6 +199,7 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
             backend,
             guard,
             d.progress.attempts(),
+            None,
         ));
     }
     Err(d.failure.unwrap_or_else(|| ApiError::NoBackend {
@@ -224,9 +234,17 @@ impl<'a> Driver<'a> {
             return None;
         };
         let outcome = match self.attempt(target, backend, guard).await {
-            Ok((resp, first, guard)) => {
+            Ok((resp, first, guard, conn)) => {
                 let headers_at = Instant::now();
-                let r = relay(req, resp, first, backend, guard, self.progress.attempts());
+                let r = relay(
+                    req,
+                    resp,
+                    first,
+                    backend,
+                    guard,
+                    self.progress.attempts(),
+                    conn,
+                );
                 let before = self
                     .dispatched
                     .map_or(Duration::ZERO, |d| d - req.body_read);
@@ -258,24 +276,17 @@ impl<'a> Driver<'a> {
         pool: &Pool,
         backend: &Backend,
         mut guard: InFlightGuard,
-    ) -> Result<
-        (
-            hyper::Response<Incoming>,
-            Option<Frame<Bytes>>,
-            InFlightGuard,
-        ),
-        Failed,
-    > {
+    ) -> Result<Answered, Failed> {
         let (req, gw) = (self.req, self.req.gw);
         let n = self.progress.attempts();
+        let direct = upstream::direct(backend);
         let upstream = forward::upstream_request(
             backend,
             &pool.name,
             req.profile,
             req.body,
             req.headers,
-            req.request_id,
-            req.peer,
+            direct,
         )
         .map_err(|e| Failed::Error(unreachable(backend, e.to_string())))?;
         self.dispatched.get_or_insert_with(Instant::now);
@@ -299,15 +310,25 @@ impl<'a> Driver<'a> {
                 after: budget,
             })
         };
-        let client = backend.client(&gw.client);
-        let resp = match tokio::time::timeout_at(deadline, client.request(upstream)).await {
+        let sent = if direct {
+            tokio::time::timeout_at(deadline, upstream::send(backend, upstream))
+                .await
+                .map(|r| r.map(|(resp, conn)| (resp, Some(conn))))
+        } else {
+            let client = backend.client(&gw.client);
+            tokio::time::timeout_at(deadline, client.request(upstream))
+                .await
+                .map(|r| r.map(|resp| (resp, None)).map_err(upstream::Error::from))
+        };
+        let (resp, conn) = match sent {
             Err(_) => {
                 log("no first byte within the first-byte timeout", &"headers");
                 return Err(timed_out(&mut guard));
             }
             Ok(Err(e)) => {
-                let detail = error_chain(&e);
-                if let Some(what) = local_exhaustion(&e) {
+                let e: &(dyn std::error::Error + 'static) = &*e;
+                let detail = error_chain(e);
+                if let Some(what) = local_exhaustion(e) {
                     // The gateway's own shortage: the backend did nothing wrong, so its breaker
                     // and outlier state hear nothing, and no other backend would fare better.
                     tracing::error!(request_id = ?req.request_id, backend = %backend.name(), %detail, "cannot open an upstream connection: {what}");
@@ -321,7 +342,7 @@ impl<'a> Driver<'a> {
                 guard.outcome(false);
                 return Err(Failed::Error(unreachable(backend, detail)));
             }
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(sent)) => sent,
         };
         let status = resp.status();
         if retryable(status) {
@@ -343,7 +364,12 @@ impl<'a> Driver<'a> {
         let (head, mut incoming) = resp.into_parts();
         if http_body::Body::is_end_stream(&incoming) {
             guard.outcome(status.as_u16() < 500);
-            return Ok((hyper::Response::from_parts(head, incoming), None, guard));
+            return Ok((
+                hyper::Response::from_parts(head, incoming),
+                None,
+                guard,
+                conn,
+            ));
         }
         match tokio::time::timeout_at(deadline, incoming.frame()).await {
             Err(_) => {
@@ -359,7 +385,12 @@ impl<'a> Driver<'a> {
             Ok(first) => {
                 guard.outcome(status.as_u16() < 500);
                 let first = first.and_then(Result::ok);
-                Ok((hyper::Response::from_parts(head, incoming), first, guard))
+                Ok((
+                    hyper::Response::from_parts(head, incoming),
+                    first,
+                    guard,
+                    conn,
+                ))
             }
         }
     }
@@ -369,9 +400,7 @@ fn limits(backend: &Backend, started: Instant) -> Limits {
     let t = &backend.config.timeouts;
     Limits {
         idle: t.idle,
-        total: t
-            .total
-            .map(|d| (tokio::time::Instant::from_std(started) + d, d)),
+        total: t.total.map(|d| (started + d, d)),
     }
 }
 
@@ -403,7 +432,8 @@ fn unreachable(backend: &Backend, detail: String) -> ApiError {
 
 /// The client's response: upstream status and headers (hop-by-hop removed) plus ours, and the
 /// upstream body relayed as it arrives, its first frame (already read) first, within the
-/// backend's idle and total timeouts.
+/// backend's idle and total timeouts. `conn`, the direct connection it came on, goes back to
+/// the backend's idle list once the body has passed whole.
 fn relay(
     req: &Request<'_>,
     resp: hyper::Response<Incoming>,
@@ -411,13 +441,14 @@ fn relay(
     backend: &Backend,
     guard: InFlightGuard,
     attempts: u32,
+    conn: Option<upstream::Conn>,
 ) -> Response<GatewayBody> {
     let (mut head, incoming) = resp.into_parts();
     forward::clean_response_headers(&mut head.headers);
     head.headers
         .insert(forward::X_SWITCHYARD_BACKEND, backend.name_header.clone());
     head.headers
-        .insert(forward::X_SWITCHYARD_ATTEMPTS, HeaderValue::from(attempts));
+        .insert(forward::X_SWITCHYARD_ATTEMPTS, attempts_value(attempts));
     req.gw
         .metrics
         .count_answer(backend.state.metrics(), head.status);
@@ -430,8 +461,18 @@ fn relay(
     let non_gap = 2
         + u32::from(profile.kind == switchyard_core::EndpointKind::ChatCompletions)
         + u32::from(profile.include_usage);
-    let relay = Relay::new(incoming, first, req.started, (sse, non_gap), limits, guard);
+    let relay =
+        Relay::new(incoming, first, req.started, (sse, non_gap), limits, guard).reusing(conn);
     Response::from_parts(head, GatewayBody::Relay(relay))
+}
+
+/// `x-switchyard-attempts`: the common small counts as static values (no formatting).
+fn attempts_value(n: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
 }
 
 /// What ran out, when `e` failed for want of a local resource (the process's file

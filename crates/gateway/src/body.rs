@@ -17,11 +17,13 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio::time::Sleep;
 
 use crate::fleet::InFlightGuard;
 use crate::sse::EventFramer;
+use crate::upstream;
 
 /// A response body.
 // The relay is the common case; boxing it would cost an allocation per proxied request to
@@ -141,6 +143,9 @@ pub struct Relay {
     /// The backend's slot, released when the body ends or is dropped; also the way to its
     /// metrics and health.
     guard: InFlightGuard,
+    /// The direct connection the body arrives on (see [`crate::upstream`]): given back to
+    /// the backend's idle list when the body has passed whole, closed otherwise.
+    conn: Option<upstream::Conn>,
 }
 
 impl Relay {
@@ -169,6 +174,7 @@ impl Relay {
             limits,
             timers: None,
             guard,
+            conn: None,
         };
         if let Some(d) = first.as_ref().and_then(Frame::data_ref) {
             relay.first_byte();
@@ -183,6 +189,19 @@ impl Relay {
             other => other,
         };
         relay
+    }
+
+    /// Gives `conn` back to the backend when the body has passed whole.
+    pub fn reusing(mut self, conn: Option<upstream::Conn>) -> Self {
+        self.conn = conn;
+        self
+    }
+
+    /// Returns the connection to the backend's idle list.
+    fn give_back(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.guard.state().conns.put(conn);
+        }
     }
 
     /// What of an upstream data chunk goes to the client now: an SSE stream's whole events
@@ -211,6 +230,11 @@ impl Relay {
     /// Releases the slot and records the duration; `complete` when the whole body passed, so
     /// that a cut request does not enter the latency averages.
     fn finish(&mut self, complete: bool) {
+        if complete {
+            self.give_back();
+        } else {
+            self.conn = None;
+        }
         if self.guard.release() {
             let latency = self.started.elapsed();
             let state = self.guard.state();

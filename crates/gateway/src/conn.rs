@@ -270,6 +270,7 @@ impl OpenConnections {
     }
 
     /// How many are open.
+    #[cfg(test)]
     pub fn count(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }

@@ -106,7 +106,7 @@ impl EngineInfo {
     }
 
     /// As `/admin/backends` shows it.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub fn to_json(self) -> serde_json::Value {
         serde_json::json!({
             "kind": self.kind.name(),
             "source": match self.source {

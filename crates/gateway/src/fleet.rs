@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::rng::SplitMix;
-use switchyard_core::routing::{Moved, SlowStart};
+use switchyard_core::routing::{Moved, PoolState, SlowStart};
 use switchyard_core::{
     BackendId, BackendView, EndpointKind, FleetView, OutlierDetector, Policy, PoolMember,
     RetryBudget,
@@ -27,6 +27,7 @@ use crate::engine_kind::EngineCell;
 use crate::forward::{self, UpstreamClient};
 use crate::signals::{LiveSignals, TokenLoad};
 use crate::telemetry::{BackendMetrics, Metrics};
+use crate::upstream::IdleConns;
 
 /// Live numbers of one backend.
 #[derive(Debug)]
@@ -47,11 +48,17 @@ pub struct BackendState {
     /// Set by the admin API's drain: the backend takes no new request while its in-flight
     /// ones finish. Kept across reloads, since the state itself is.
     draining: AtomicBool,
+    /// Woken when a request of a draining backend ends, so a drain call that waits for the
+    /// last one wakes on the event instead of polling the count.
+    released: tokio::sync::Notify,
     /// Held by [`Backend::try_begin`] of a backend with a `max_concurrency`, so that checking
     /// the in-flight count against the cap and counting the new request are one step: two
     /// requests routed at once cannot both take the last slot. Releases do not take it (they
     /// only make room), nor do backends without a cap.
     admission: Mutex<()>,
+    /// Idle keep-alive connections to it, when it is reached directly (plain `http`; see
+    /// [`crate::upstream`]). Kept with the state, so a reload does not close them.
+    pub conns: IdleConns,
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -69,13 +76,18 @@ impl BackendState {
             signals: LiveSignals::default(),
             engine: EngineCell::default(),
             draining: AtomicBool::new(false),
+            released: tokio::sync::Notify::new(),
             admission: Mutex::new(()),
+            conns: IdleConns::default(),
         }
     }
 
     /// Starts (`true`) or ends (`false`) a drain: no new requests while it lasts.
     pub fn set_draining(&self, on: bool) {
         self.draining.store(on, Ordering::Relaxed);
+        if !on {
+            self.released.notify_waiters();
+        }
     }
 
     /// Whether the backend is being drained.
@@ -92,6 +104,24 @@ impl BackendState {
     /// Gateway time at which a 429 cooldown ends (zero when none ran).
     pub fn cool_until(&self) -> Duration {
         Duration::from_millis(self.cool_until_ms.load(Ordering::Relaxed))
+    }
+
+    /// Waits until no request is in flight, the drain is called off, or `deadline` passes;
+    /// true when none is left in flight.
+    pub async fn drained(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Registered before the check, so a release between the two is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.in_flight() == 0 || !self.draining() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                break;
+            }
+        }
+        self.in_flight() == 0
     }
 
     /// Requests in flight now.
@@ -370,6 +400,9 @@ impl InFlightGuard {
             self.state.metrics.in_flight.dec();
             self.state.signals.remove_tokens(self.tokens.total);
             self.first_byte();
+            if self.state.draining() {
+                self.state.released.notify_waiters();
+            }
         }
         was
     }
@@ -431,7 +464,7 @@ impl Pool {
     /// state (the same `Arc`: in-flight count, cooldown, drain, health and breaker, signals),
     /// and so does the retry budget when its settings are unchanged. The new policy takes over
     /// what the previous one learned (prefix index, rotation) for kept backends, at their new
-    /// positions ([`Policy::inherit`]), so a reload leaves routing warm. A kept backend takes the new pool's breaker and slow-start settings and moves to its
+    /// positions ([`Policy::handover`]), so a reload leaves routing warm. A kept backend takes the new pool's breaker and slow-start settings and moves to its
     /// outlier detector, at its new position.
     pub fn build(cfg: &PoolConfig, ctx: &PoolContext<'_>, previous: Option<&Pool>) -> Self {
         let outlier: Option<SharedOutlier> = cfg
@@ -458,16 +491,16 @@ impl Pool {
                 quality: b.config.quality.map(|q| q as f32),
             })
             .collect();
-        let mut policy = cfg.policy.build(&members, ctx.seed);
-        if !cfg.slow_start.is_zero() {
-            policy = Box::new(SlowStart::new(policy, ctx.seed));
-        }
-        if let Some(p) = previous {
+        let state = previous.map_or_else(PoolState::default, |p| {
             let moved = Moved::new(p.backends.iter().map(|old| {
                 let at = cfg.backends.iter().position(|b| old.same_endpoint(b));
                 at.map(|i| BackendId(i as u32))
             }));
-            policy.inherit(p.policy.learned(), &moved);
+            p.policy.handover(&moved)
+        });
+        let mut policy = cfg.policy.rebuild(&members, ctx.seed, state);
+        if !cfg.slow_start.is_zero() {
+            policy = Box::new(SlowStart::new(policy, ctx.seed));
         }
         let retry = ctx.retry;
         Self {

@@ -65,6 +65,15 @@ fn skip_header(name: &HeaderName) -> bool {
     )
 }
 
+/// Headers of [`skip_header`]'s list that are always set again on the way out (by
+/// [`prepare_headers`] or [`upstream_request`]), which replaces the client's values.
+fn replaced_header(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+}
+
 /// The header names a message's `Connection` header lists (RFC 9110 section 7.6.1: the
 /// sender declares them hop-by-hop), less `close` and `keep-alive`, which name no header to
 /// remove. Usually empty.
@@ -97,16 +106,60 @@ fn forwarded_for(client_headers: &HeaderMap, peer: IpAddr) -> Option<HeaderValue
     HeaderValue::try_from(list).ok()
 }
 
+/// The client's headers made ready to forward, once per request and in place (no header is
+/// copied or hashed again): hop-by-hop headers removed (the fixed list and those its
+/// `Connection` header names), `X-Forwarded-For` with `peer` appended, `X-Forwarded-Proto`
+/// and `x-request-id` set. What depends on the backend (its key, `Host`, `Content-Length`)
+/// is set per attempt by [`upstream_request`], replacing the client's values where they
+/// stand (so they are not removed here).
+pub fn prepare_headers(
+    mut headers: HeaderMap,
+    peer: IpAddr,
+    request_id: &HeaderValue,
+) -> HeaderMap {
+    let forwarded = forwarded_for(&headers, peer);
+    // One scan finds what must go; usually nothing.
+    let mut drop: SmallVec<[HeaderName; 4]> = headers
+        .keys()
+        .filter(|n| skip_header(n) && !replaced_header(n))
+        .cloned()
+        .collect();
+    if drop.contains(&header::CONNECTION) {
+        drop.extend(
+            connection_named(&headers)
+                .into_iter()
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+        );
+    }
+    for name in drop {
+        headers.remove(name);
+    }
+    // Inserting replaces every value the client sent under these names.
+    match forwarded {
+        Some(list) => {
+            headers.insert(X_FORWARDED_FOR, list);
+        }
+        None => {
+            headers.remove(X_FORWARDED_FOR);
+        }
+    }
+    // The listener speaks cleartext HTTP only; a client's own claim is not passed on.
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_REQUEST_ID, request_id.clone());
+    headers
+}
+
 /// The request to send to `backend`, a member of the pool serving `model` (the requested
-/// model, or a fallback model whose name the body must then carry), for the client at `peer`.
+/// model, or a fallback model whose name the body must then carry), with the request's
+/// headers as [`prepare_headers`] made them. The URI is origin-form (`/v1/...`) when
+/// `origin_form`, for a connection to the backend itself; absolute otherwise.
 pub fn upstream_request(
     backend: &Backend,
     model: &str,
     profile: &RequestProfile,
     body: &Bytes,
-    client_headers: &HeaderMap,
-    request_id: &HeaderValue,
-    peer: IpAddr,
+    prepared: &HeaderMap,
+    origin_form: bool,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
     let name = backend.config.upstream_model.as_deref().unwrap_or(model);
     let body = if name == profile.model {
@@ -114,39 +167,39 @@ pub fn upstream_request(
     } else {
         Bytes::from(profile.rewrite_model(body, name))
     };
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(backend.endpoint_uri(profile.kind)?)
-        .body(Full::new(body.clone()))?;
-    let headers = req.headers_mut();
-    headers.reserve(client_headers.len() + 5);
-    let hop_by_hop = connection_named(client_headers);
-    for (name, value) in client_headers {
-        // A backend with a key of its own never sees the client's (config refuses a key that
-        // cannot be sent, so `authorization` is then set).
-        if skip_header(name)
-            || (backend.config.api_key.is_some() && name == header::AUTHORIZATION)
-            || hop_by_hop
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(name.as_str()))
-        {
-            continue;
+    let len = body.len();
+    let mut uri = backend.endpoint_uri(profile.kind)?;
+    if origin_form {
+        if let Some(path) = uri.path_and_query().cloned() {
+            uri = http::Uri::from(path);
         }
-        headers.append(name.clone(), value.clone());
     }
-    if let Some(list) = forwarded_for(client_headers, peer) {
-        headers.insert(X_FORWARDED_FOR, list);
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    let mut headers = prepared.clone();
+    // A backend with a key of its own never sees the client's (config refuses a key that
+    // cannot be sent, so `authorization` is then set).
+    if backend.config.api_key.is_some() {
+        match &backend.authorization {
+            Some(auth) => {
+                headers.insert(header::AUTHORIZATION, auth.clone());
+            }
+            None => {
+                headers.remove(header::AUTHORIZATION);
+            }
+        }
     }
-    // The listener speaks cleartext HTTP only; a client's own claim is not passed on.
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(auth) = &backend.authorization {
-        headers.insert(header::AUTHORIZATION, auth.clone());
+    match &backend.host {
+        Some(host) => {
+            headers.insert(header::HOST, host.clone());
+        }
+        None => {
+            headers.remove(header::HOST);
+        }
     }
-    if let Some(host) = &backend.host {
-        headers.insert(header::HOST, host.clone());
-    }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    headers.insert(X_REQUEST_ID, request_id.clone());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    *req.headers_mut() = headers;
     Ok(req)
 }
 

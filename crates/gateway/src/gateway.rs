@@ -2,6 +2,10 @@
 //! pools behind an atomic swap ([`Snapshot`]), metrics, the clock every decision reads, and
 //! where the config came from (for reloads, see [`crate::reload`]).
 //!
+//! Each new snapshot is also published on a `watch` channel ([`Gateway::subscribe`]): health
+//! checks and scrapes wait on it to follow a change the moment it is installed, instead of
+//! polling. Requests read the atomic swap, which costs no lock.
+//!
 //! A request loads the current [`Snapshot`] once when it starts and uses it to the end, so a
 //! reload or an admin change never alters a request already running; backends that survive a
 //! change keep their live state (the same `Arc<BackendState>`).
@@ -13,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::fleet::{Pool, PoolContext};
@@ -133,6 +138,8 @@ impl Snapshot {
 pub struct Gateway {
     /// The current version of config and pools.
     live: ArcSwap<Snapshot>,
+    /// The same snapshots, published for background tasks that wait on a change.
+    published: watch::Sender<Arc<Snapshot>>,
     /// Metric families.
     pub metrics: Metrics,
     clock: Clock,
@@ -169,9 +176,10 @@ impl Gateway {
         let clock = Clock {
             started_unix: unix.as_secs(),
         };
-        let snapshot = Snapshot::build(config, None, &metrics, clock, seed);
+        let snapshot = Arc::new(Snapshot::build(config, None, &metrics, clock, seed));
         Arc::new(Self {
-            live: ArcSwap::from_pointee(snapshot),
+            live: ArcSwap::from(snapshot.clone()),
+            published: watch::Sender::new(snapshot),
             metrics,
             clock,
             source,
@@ -211,7 +219,14 @@ impl Gateway {
             }
         }
         self.live.store(next.clone());
+        self.published.send_replace(next.clone());
         next
+    }
+
+    /// A receiver of every snapshot installed from now on (it starts marked as seen, holding
+    /// the current one). Its `changed()` ends with an error once the gateway is gone.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.published.subscribe()
     }
 
     /// The config file a reload re-reads, if any.

@@ -11,14 +11,15 @@
 //! passed or failed checks lives in the backend's state, so it carries over either way, as
 //! does its up/down mark: a reload that changes nothing changes no check. Dropping the
 //! returned handle stops it all ([`crate::server::serve`] holds it for as long as it serves).
-//! The supervisor holds the gateway weakly, so it keeps no gateway alive.
+//! The supervisor holds only the gateway's snapshot channel, so it keeps no gateway alive.
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
@@ -51,33 +52,27 @@ struct Target {
 
 impl HealthChecker {
     /// Starts checking every backend whose pool or own config asks for it, and keeps doing
-    /// so across reloads and admin changes: a supervisor restarts the checks on the new
-    /// snapshot within [`FOLLOW_INTERVAL`] of a change. Must run inside a tokio runtime.
-    pub fn start(gw: &Arc<Gateway>) -> Self {
+    /// so across reloads and admin changes: a supervisor waits on the gateway's published
+    /// snapshots ([`Gateway::subscribe`]) and moves the checks to each new one as it is
+    /// installed. Must run inside a tokio runtime.
+    pub fn start(gw: &Gateway) -> Self {
         let mut tasks = JoinSet::new();
-        tasks.spawn(supervise(Arc::downgrade(gw)));
+        tasks.spawn(supervise(gw.subscribe()));
         Self { tasks }
     }
 }
 
-/// How often the supervisor looks for a new config snapshot.
-pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Runs the checks of the current snapshot, following its changes. Holds the gateway weakly:
-/// it stops when the gateway is gone.
-async fn supervise(gw: Weak<Gateway>) {
-    let mut generation = 0;
+/// Runs the checks of the current snapshot, following its changes. Holds only the snapshot
+/// channel: it stops when the gateway (the sender) is gone.
+async fn supervise(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
     let mut checks = Checks::default();
     loop {
-        let Some(snap) = gw.upgrade().map(|g| g.snapshot()) else {
-            return;
-        };
-        if snap.generation != generation {
-            generation = snap.generation;
-            checks.follow(&snap);
-        }
+        let snap = snapshots.borrow_and_update().clone();
+        checks.follow(&snap);
         drop(snap);
-        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        if snapshots.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The listener: accepts connections (HTTP/1.1 and cleartext HTTP/2), serves each with
 //! [`crate::api::handle`], and on shutdown stops accepting, lets in-flight requests finish
 //! within the drain timeout, then returns. [`serve_admin`] does the same for the admin API's
-//! own listener (`admin.listen`). While the main listener serves, active health checks
+//! own listener (`admin.listen`). Both are started through [`crate::startup::Server`]. While the main listener serves, active health checks
 //! ([`crate::health`]) and engine scrapes ([`crate::scrape`]) run in the background.
 
 use hyper::service::service_fn;
@@ -41,7 +41,7 @@ enum Face {
 /// Serves `listener` until `shutdown` resolves, then drains. A shutdown that resolves to
 /// [`Stop::Drain`] first answers `/ready` with 503 for the config's `drain_delay` while still
 /// accepting.
-pub async fn serve<S: Into<Stop>>(
+pub(crate) async fn serve<S: Into<Stop>>(
     gw: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = S>,
@@ -51,7 +51,7 @@ pub async fn serve<S: Into<Stop>>(
 
 /// Serves the admin API alone on `listener` (bound to `admin.listen`) until `shutdown`
 /// resolves, then drains.
-pub async fn serve_admin<S: Into<Stop>>(
+pub(crate) async fn serve_admin<S: Into<Stop>>(
     gw: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = S>,
@@ -69,7 +69,7 @@ async fn serve_face<S: Into<Stop>>(
     // Health checks and engine scrapes run while the main listener serves; both follow
     // reloads, and stop when their handles drop.
     let _background =
-        (face == Face::Main).then(|| (HealthChecker::start(&gw), crate::scrape::spawn(gw.clone())));
+        (face == Face::Main).then(|| (HealthChecker::start(&gw), crate::scrape::spawn(&gw)));
     let limits = gw.snapshot().config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The connection wrapper enforces the head and idle timeouts for both protocols; a head

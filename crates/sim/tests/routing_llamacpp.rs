@@ -13,7 +13,7 @@ use switchyard_sim::{profile, FleetConfig, RunReport, Workload};
 
 /// Two L4 replicas in slot mode, two slots each (`llama-server -np 2`).
 fn slot_fleet() -> FleetConfig {
-    let mut c = FleetConfig::uniform(&profile::l4_llama3_8b(), 2, PolicySpec::RoundRobin, 1);
+    let mut c = FleetConfig::uniform(&profile::l4_llama3_8b(), 2, PolicySpec::default(), 1);
     for b in &mut c.backends {
         b.engine = b.engine.clone().in_slot_mode(2);
     }

@@ -31,7 +31,7 @@ const OURS: &[&str] = &[
 ];
 
 fn l4_fleet() -> FleetConfig {
-    FleetConfig::uniform(&profile::l4_llama3_8b(), 4, PolicySpec::RoundRobin, 1)
+    FleetConfig::uniform(&profile::l4_llama3_8b(), 4, PolicySpec::default(), 1)
 }
 
 fn with(config: &FleetConfig, policy: &str, w: &Workload) -> RunReport {
@@ -272,7 +272,7 @@ fn latency_and_load_aware_policies_beat_capacity_weights_on_a_mixed_fleet() {
             (&profile::a100_llama3_8b(), 2),
             (&profile::l4_llama3_8b(), 2),
         ],
-        PolicySpec::RoundRobin,
+        PolicySpec::default(),
         1,
     );
     let weights: Vec<u32> = fleet.backends.iter().map(|b| b.weight).collect();
@@ -412,7 +412,7 @@ fn prefix_aware_beats_round_robin_and_sglang_on_saturated_multi_turn_chat() {
 /// on p90 (0.110 s against 0.111 s) here.
 #[test]
 fn prefix_aware_serves_1_5x_round_robin_throughput_on_saturated_chat() {
-    let fleet = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::RoundRobin, 1);
+    let fleet = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::default(), 1);
     let w = multi_turn(
         &MultiTurnSpec {
             sessions: 600,
@@ -472,7 +472,7 @@ fn prefix_aware_does_not_lose_throughput_on_decode_bound_chat() {
 /// cache and p90 was 0.087 s.
 #[test]
 fn prefix_aware_serves_more_agent_turns_per_second_on_h100s() {
-    let fleet = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::RoundRobin, 1);
+    let fleet = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::default(), 1);
     let w = agent_sessions(
         &AgentSpec {
             sessions: 400,

@@ -14,12 +14,16 @@
 //! 5. peak RSS (VmHWM over the proxy's process group); for Switchyard also RSS with
 //!    `--open-streams` streams held open.
 //!
+//! With `--rounds N` (N > 1), the throughput phase (step 2) of every path runs N times, the
+//! paths interleaved round by round (see [`rounds`]); the other phases run in round 1 only.
+//!
 //! `--smoke` runs the same code with the built-in generators only, no peers, one rate and a
 //! short duration, so CI can run it without installing anything.
 
 pub mod peers;
 pub mod procs;
 pub mod report;
+pub mod rounds;
 mod wrk;
 
 use std::net::SocketAddr;
@@ -53,6 +57,8 @@ pub struct OverheadConfig {
     pub open_streams: usize,
     /// Built-in generators only, one rate.
     pub smoke: bool,
+    /// Rounds of the throughput phase, paths interleaved (1: one pass, as before).
+    pub rounds: usize,
     /// Run this script for peers that are not installed (`bench/install-peers.sh`).
     pub install_script: Option<PathBuf>,
     /// No progress line.
@@ -160,13 +166,15 @@ fn rate_point(offered: f64, r: &LoadResult) -> RatePoint {
     }
 }
 
-/// Measures one path; errors become the path's error line.
+/// Measures one path (every phase when `full`, else the throughput phase only); errors
+/// become the path's error line.
 async fn measure(
     cfg: &OverheadConfig,
     peer: Option<Peer>,
     mock: SocketAddr,
     dir: &Path,
     progress: &mut Progress,
+    full: bool,
 ) -> Result<PathResult, String> {
     let name = peer.map_or("direct", Peer::name);
     let key = peers::master_key();
@@ -229,6 +237,15 @@ async fn measure(
         .map_or(0, Proc::cpu_ticks)
         .saturating_sub(ticks0);
     progress.step();
+    let tps = procs::ticks_per_second();
+    let cpu_s_per_1k = cpu_seconds_per_1k(ticks, tps, max.requests).filter(|_| proc.is_some());
+    if !full {
+        let mut r = PathResult::failed(name, String::new());
+        r.error = None;
+        r.throughput = Some(max);
+        r.cpu_s_per_1k = cpu_s_per_1k;
+        return Ok(r);
+    }
 
     let mut rates = Vec::new();
     let conns = cfg.connections.max(64);
@@ -269,12 +286,11 @@ async fn measure(
             .await;
         open_streams = Some((open, rss));
     }
-    let tps = procs::ticks_per_second();
     Ok(PathResult {
         path: name.to_owned(),
         error: None,
         throughput: Some(max.clone()),
-        cpu_s_per_1k: cpu_seconds_per_1k(ticks, tps, max.requests).filter(|_| proc.is_some()),
+        cpu_s_per_1k,
         rates,
         stream_rate,
         stream_ttfb_ms: ms(Percentiles::of(&s.ttfb_us)),
@@ -327,20 +343,33 @@ pub async fn run(cfg: &OverheadConfig, command: String) -> Result<OverheadRun, O
     let mut paths: Vec<Option<Peer>> = vec![None, Some(Peer::Switchyard)];
     paths.extend(cfg.peers.iter().map(|&p| Some(p)));
     let steps_per_path = 2 + sweep(cfg.rate, cfg.smoke).len();
-    let mut progress = Progress::new(paths.len() * steps_per_path, cfg.quiet);
+    let rounds = cfg.rounds.max(1);
+    let mut progress = Progress::new(paths.len() * (steps_per_path + rounds - 1), cfg.quiet);
     let mut results = Vec::new();
-    for peer in paths {
-        let name = peer.map_or("direct", Peer::name);
-        match measure(cfg, peer, mock_addr, &dir, &mut progress).await {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                progress.note(&format!("error: {name}: {e}"));
-                results.push(PathResult::failed(name, e));
+    let mut round_rows = Vec::new();
+    for round in 1..=rounds {
+        let full = round == 1;
+        for &peer in &paths {
+            let name = peer.map_or("direct", Peer::name);
+            let r = match measure(cfg, peer, mock_addr, &dir, &mut progress, full).await {
+                Ok(r) => r,
+                Err(e) => {
+                    progress.note(&format!("error: {name} (round {round}): {e}"));
+                    PathResult::failed(name, e)
+                }
+            };
+            round_rows.push(rounds::RoundRow::of(round, &r));
+            if full {
+                results.push(r);
             }
         }
     }
     progress.finish();
-    Ok(OverheadRun::new(cfg, command, results, notes))
+    let mut run = OverheadRun::new(cfg, command, results, notes);
+    if rounds > 1 {
+        run.rounds = round_rows;
+    }
+    Ok(run)
 }
 
 /// Removes the run's temp dir when the run ends, however it ends.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::rounds::RoundRow;
 use super::wrk::Throughput;
 use super::OverheadConfig;
 use crate::output::{write_results, RunMeta};
@@ -121,6 +122,8 @@ pub struct OverheadRun {
     pub paths: Vec<PathResult>,
     /// Ratios and added latencies.
     pub derived: Derived,
+    /// Every path's throughput phase per round, when run with more than one round.
+    pub rounds: Vec<RoundRow>,
 }
 
 fn find<'a>(paths: &'a [PathResult], name: &str) -> Option<&'a PathResult> {
@@ -162,7 +165,8 @@ pub fn derive(paths: &[PathResult]) -> Derived {
     }
 }
 
-fn f(v: Option<f64>, digits: usize) -> String {
+/// `v` with `digits` decimals, or `-`.
+pub(super) fn f(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
@@ -186,6 +190,7 @@ impl OverheadRun {
             notes,
             derived: derive(&paths),
             paths,
+            rounds: Vec::new(),
         }
     }
 
@@ -298,6 +303,13 @@ impl OverheadRun {
                 f(p.rss_idle_mb, 1),
                 f(p.rss_peak_mb, 1)
             );
+        }
+        if !self.rounds.is_empty() {
+            s.push_str(&super::rounds::markdown(
+                &self.rounds,
+                self.connections,
+                self.duration_s,
+            ));
         }
         s.push_str(&self.targets());
         let _ = writeln!(

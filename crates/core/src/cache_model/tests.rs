@@ -128,7 +128,7 @@ mod with_prefix_aware {
     use crate::routing::{
         PrefixAware, DEFAULT_DECODE_WEIGHT, DEFAULT_MAX_REPORT_AGE, DEFAULT_PREFILL_WEIGHT,
     };
-    use crate::{BackendView, CacheModel, Decision, FleetView, Policy, Reason};
+    use crate::{BackendView, CacheModel, Decision, FleetView, Policy};
 
     fn policy() -> PrefixAware {
         PrefixAware::new(
@@ -159,10 +159,8 @@ mod with_prefix_aware {
     }
 
     fn cached(d: &Decision) -> u32 {
-        match d.reason {
-            Reason::PrefixAffinity { cached_tokens, .. } => cached_tokens,
-            ref other => panic!("{other:?}"),
-        }
+        assert_eq!(d.reason.policy, "prefix_aware");
+        d.reason.detail.values()[0] as u32
     }
 
     fn pool(n: usize, cache: CacheModel) -> Vec<BackendView> {

@@ -8,6 +8,9 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+/// Most text reserved ahead of rendering; longer prompts grow as they render.
+const RESERVE_MAX: usize = 4096;
+
 /// The prompt text kept, and the size of the whole.
 #[derive(Debug)]
 pub(super) struct Renderer {
@@ -32,6 +35,14 @@ impl Renderer {
             cap,
             full: false,
         }
+    }
+
+    /// Sizes the text once for what `json` can render to (its rendering is rarely longer
+    /// than the JSON it comes from), so a small prompt is not grown piece by piece; at most
+    /// [`RESERVE_MAX`] ahead, so a body of skipped parts (images) reserves little.
+    fn reserve_for(&mut self, json: &str) {
+        let room = self.cap - self.text.len();
+        self.text.reserve(json.len().min(room).min(RESERVE_MAX));
     }
 
     fn push(&mut self, s: &str) {
@@ -95,6 +106,7 @@ impl Renderer {
     /// value of another shape adds nothing.
     pub(super) fn push_prompt_value(&mut self, raw: &RawValue) {
         let text = raw.get();
+        self.reserve_for(text);
         if text.starts_with('"') {
             self.push_json_str(text);
         } else if text.starts_with('[') {
@@ -105,6 +117,7 @@ impl Renderer {
 
     /// Appends every message of a chat `messages` array.
     pub(super) fn push_messages(&mut self, raw: &RawValue) -> Result<(), serde_json::Error> {
+        self.reserve_for(raw.get());
         let mut de = serde_json::Deserializer::from_str(raw.get());
         Each(MessageSeed(self)).deserialize(&mut de)?;
         de.end()

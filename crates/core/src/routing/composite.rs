@@ -19,22 +19,72 @@
 //! Reports older than `max_report_age` (2 s) stop counting. Source: the filter-and-weighted-
 //! scorer design of llm-d's inference scheduler and the Gateway API inference extension.
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use serde::Deserialize;
 use smallvec::SmallVec;
 
 use super::cost::request_price;
 use super::least_loaded::load_score;
 use super::prefix_aware::{cached_tokens, capacity_blocks, prompt_tokens};
 use super::signals::{expected_latency, fresh_engine, fresh_gpu, mean_expected_latency, rank};
-use super::{rotation_start, Learned, Moved, NoCandidate, Policy};
+use super::registry::{duration, non_negative, positive_age};
+use super::{rotation_start, Build, NoCandidate, Policy, PolicyParams, PoolState, Registration};
 use crate::fleet::{PoolMember, Price};
 use crate::prefix::PrefixIndex;
 use crate::{Decision, FleetView, Reason, RequestProfile};
 
+/// The name config uses.
+const NAME: &str = "composite";
+
+/// `composite`'s parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompositeParams {
+    /// The scorers' weights (`weights: {prefix: 1, queue: 1}`; scorers not named keep their
+    /// defaults).
+    pub weights: CompositeWeights,
+    /// Engine and GPU reports older than this stop counting.
+    #[serde(deserialize_with = "duration")]
+    pub max_report_age: Duration,
+}
+
+impl Default for CompositeParams {
+    fn default() -> Self {
+        Self {
+            weights: CompositeWeights::default(),
+            max_report_age: super::DEFAULT_MAX_REPORT_AGE,
+        }
+    }
+}
+
+impl PolicyParams for CompositeParams {
+    fn validate(&self) -> Result<(), String> {
+        let named = self.weights.named();
+        for (name, w) in named {
+            non_negative(name, w, 0.0)?;
+        }
+        if named.iter().all(|(_, w)| *w == 0.0) {
+            return Err(
+                "composite needs at least one scorer weight above 0 (prefix, queue, kv, latency, cost, gpu)".into(),
+            );
+        }
+        positive_age(self.max_report_age)
+    }
+
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(
+            Composite::new(self.weights, pool.members, self.max_report_age).with_state(pool.state),
+        )
+    }
+}
+
+/// `composite`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<CompositeParams>(NAME);
+
 /// The weight of each scorer of [`Composite`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CompositeWeights {
     /// Share of the prompt to prefill.
     pub prefix: f64,
@@ -82,9 +132,10 @@ impl CompositeWeights {
 pub struct Composite {
     weights: CompositeWeights,
     prices: Vec<Option<Price>>,
-    index: PrefixIndex,
+    /// The pool's state: its prefix index (used when `prefix` weighs) and the rotation
+    /// counter that breaks ties.
+    state: PoolState,
     max_report_age: Duration,
-    tie_break: AtomicU64,
 }
 
 impl Composite {
@@ -97,10 +148,19 @@ impl Composite {
         Self {
             weights,
             prices: members.iter().map(|m| m.price).collect(),
-            index: PrefixIndex::new(),
+            state: PoolState::default(),
             max_report_age,
-            tie_break: AtomicU64::new(0),
         }
+    }
+
+    /// The same policy on `state` (a rebuilt pool's). Without the `prefix` scorer it keeps no
+    /// prefix index, so it drops the one it was handed rather than pass on a stale one.
+    pub fn with_state(mut self, mut state: PoolState) -> Self {
+        if self.weights.prefix <= 0.0 {
+            state.prefix_index = PrefixIndex::new();
+        }
+        self.state = state;
+        self
     }
 }
 
@@ -117,22 +177,11 @@ struct Raw {
 
 impl Policy for Composite {
     fn name(&self) -> &'static str {
-        "composite"
+        NAME
     }
 
-    fn learned(&self) -> Learned<'_> {
-        Learned {
-            prefix_index: (self.weights.prefix > 0.0).then_some(&self.index),
-            ..Learned::default()
-        }
-    }
-
-    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
-        if self.weights.prefix > 0.0 {
-            if let Some(index) = previous.prefix_index(moved) {
-                self.index = index;
-            }
-        }
+    fn state(&self) -> Option<&PoolState> {
+        Some(&self.state)
     }
 
     fn decide(
@@ -145,7 +194,7 @@ impl Policy for Composite {
             return Err(NoCandidate);
         }
         let w = self.weights;
-        let start = rotation_start(&self.tie_break, n);
+        let start = rotation_start(&self.state.rotation, n);
         let blocks: &[u64] = if w.prefix > 0.0 {
             &request.prompt_blocks
         } else {
@@ -155,7 +204,7 @@ impl Policy for Composite {
         let unknown_latency = mean_expected_latency(fleet, request);
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
         let mut outcome = None;
-        self.index
+        self.state.prefix_index
             .match_and_record(blocks, &mut matched, |matched, _| {
                 let raw: SmallVec<[Raw; 64]> = fleet
                     .backends
@@ -223,7 +272,7 @@ impl Policy for Composite {
             });
         outcome
             .ok_or(NoCandidate)?
-            .decision(|_| Reason::Composite)
+            .decision(|_| Reason::text(NAME, "lowest weighted score"))
             .ok_or(NoCandidate)
     }
 }
@@ -309,6 +358,6 @@ mod tests {
             .unwrap();
         assert_eq!(d.primary, BackendId(1));
         assert_eq!(d.fallbacks.as_slice(), &[BackendId(0)]);
-        assert!(p.index.is_empty(), "no prefix index kept with prefix off");
+        assert!(p.state.prefix_index.is_empty(), "no prefix index kept with prefix off");
     }
 }

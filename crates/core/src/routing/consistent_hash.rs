@@ -11,10 +11,91 @@
 //! Use it to keep a conversation on the replica that holds its KV cache when no cache-aware
 //! policy is available. Parameters: `load_factor` (default 1.25), `virtual_nodes` (default 160).
 
+use serde::Deserialize;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{NoCandidate, Policy};
-use crate::{BackendId, Decision, FleetView, PoolMember, Reason, RequestProfile};
+use super::{Build, NoCandidate, Policy, PolicyParams, Registration};
+use crate::{BackendId, Decision, Detail, FleetView, PoolMember, Reason, RequestProfile};
+
+/// The name config uses.
+const NAME: &str = "consistent_hash";
+
+/// Default load bound: a node takes at most 1.25x the average.
+pub const DEFAULT_HASH_LOAD_FACTOR: f64 = 1.25;
+/// Default virtual nodes per unit of weight on the hash ring.
+pub const DEFAULT_HASH_VIRTUAL_NODES: u32 = 160;
+/// Most points a ring may hold (16 bytes each; built again on every reload or admin change):
+/// 16 MiB, the default 160 virtual nodes for weights summing to 6,553.
+pub const MAX_RING_POINTS: u64 = 1 << 20;
+
+/// `consistent_hash`'s parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsistentHashParams {
+    /// A node may take at most this multiple of the average load (> 1.0).
+    pub load_factor: f64,
+    /// Ring points per unit of backend weight (1 to 4096).
+    pub virtual_nodes: u32,
+}
+
+impl Default for ConsistentHashParams {
+    fn default() -> Self {
+        Self {
+            load_factor: DEFAULT_HASH_LOAD_FACTOR,
+            virtual_nodes: DEFAULT_HASH_VIRTUAL_NODES,
+        }
+    }
+}
+
+impl PolicyParams for ConsistentHashParams {
+    fn validate(&self) -> Result<(), String> {
+        let (load_factor, virtual_nodes) = (self.load_factor, self.virtual_nodes);
+        if !(load_factor.is_finite() && load_factor > 1.0) {
+            return Err(format!(
+                "load_factor must be a number above 1.0 (default {DEFAULT_HASH_LOAD_FACTOR}), got {load_factor}"
+            ));
+        }
+        if !(1..=4096).contains(&virtual_nodes) {
+            return Err(format!(
+                "virtual_nodes must be between 1 and 4096 (default {DEFAULT_HASH_VIRTUAL_NODES}), got {virtual_nodes}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A ring of `virtual_nodes x weight` points per backend must stay within
+    /// [`MAX_RING_POINTS`]: weights up to 4e9 parse, and 4e9 x 160 points would exhaust memory.
+    fn check_weights(&self, weights: &[u32]) -> Result<(), String> {
+        let virtual_nodes = self.virtual_nodes;
+        let weights: u64 = weights.iter().map(|&w| u64::from(w.max(1))).sum();
+        let points = u64::from(virtual_nodes).saturating_mul(weights);
+        if points <= MAX_RING_POINTS {
+            return Ok(());
+        }
+        Err(format!(
+            "consistent_hash would put {points} points on its hash ring (virtual_nodes {virtual_nodes} x weights summing to {weights}), more than the {MAX_RING_POINTS} it allows; weights are relative, so scale them down (e.g. 4 and 1 rather than 4000 and 1000), or lower virtual_nodes"
+        ))
+    }
+
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(BoundedConsistentHash::new(
+            pool.members,
+            self.load_factor,
+            self.virtual_nodes,
+        ))
+    }
+}
+
+/// `consistent_hash`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<ConsistentHashParams>(NAME);
+
+/// The key's home was over its load bound; the next node on the ring took it.
+fn spill(home: BackendId) -> Reason {
+    Reason::new(
+        NAME,
+        Detail::new("home {} over load bound, spilled", &[u64::from(home.0)]),
+    )
+}
 
 /// Bounded-load consistent hashing.
 #[derive(Debug)]
@@ -50,7 +131,7 @@ impl BoundedConsistentHash {
 
 impl Policy for BoundedConsistentHash {
     fn name(&self) -> &'static str {
-        "consistent_hash"
+        NAME
     }
 
     fn decide(
@@ -107,9 +188,9 @@ impl Policy for BoundedConsistentHash {
         // rounding ever allows it, the home takes the request.
         let primary = chosen.unwrap_or(home);
         let reason = if primary == home {
-            Reason::HashHome
+            Reason::text(NAME, "key's home node")
         } else {
-            Reason::HashSpill { home }
+            spill(home)
         };
         Ok(Decision::new(primary, reason).with_fallbacks(fallbacks))
     }
@@ -176,7 +257,7 @@ mod tests {
             .decide(&r, &FleetView::new(&pool, Duration::ZERO))
             .unwrap();
         assert_ne!(d.primary, home);
-        assert_eq!(d.reason, Reason::HashSpill { home });
+        assert_eq!(d.reason, spill(home));
         assert!(d.fallbacks.contains(&home));
     }
 }

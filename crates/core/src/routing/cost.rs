@@ -12,12 +12,39 @@
 //! `quality_floor` (default none). Source: the cost-based routing of LiteLLM's router and
 //! OpenRouter's price sort, with context-window and quality filters.
 
-use std::sync::atomic::AtomicU64;
+use serde::Deserialize;
 
 use super::signals::{own_tokens, rank, share, DEFAULT_OUTPUT_TOKENS};
-use super::{rotation_start, NoCandidate, Policy};
+use super::{rotation_start, Build, NoCandidate, Policy, PolicyParams, PoolState, Registration};
 use crate::fleet::{PoolMember, Price};
-use crate::{Decision, FleetView, Reason, RequestProfile};
+use crate::{Decision, Detail, FleetView, Reason, RequestProfile};
+
+/// The name config uses.
+const NAME: &str = "cost";
+
+/// `cost`'s parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CostParams {
+    /// Backends with a configured quality below this (or none) are excluded; none by default.
+    pub quality_floor: Option<f32>,
+}
+
+impl PolicyParams for CostParams {
+    fn validate(&self) -> Result<(), String> {
+        if self.quality_floor.is_some_and(|q| !q.is_finite()) {
+            return Err("quality_floor must be a finite number".into());
+        }
+        Ok(())
+    }
+
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(CostAware::new(pool.members, self.quality_floor).with_state(pool.state))
+    }
+}
+
+/// `cost`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<CostParams>(NAME);
 
 /// Cheapest fitting backend.
 #[derive(Debug)]
@@ -25,7 +52,8 @@ pub struct CostAware {
     /// Per member, in pool order: price, context window, quality.
     members: Vec<(Option<Price>, Option<u32>, Option<f32>)>,
     quality_floor: Option<f32>,
-    tie_break: AtomicU64,
+    /// The pool's state: its rotation counter breaks ties.
+    state: PoolState,
 }
 
 impl CostAware {
@@ -37,8 +65,14 @@ impl CostAware {
                 .map(|m| (m.price, m.context_window, m.quality))
                 .collect(),
             quality_floor,
-            tie_break: AtomicU64::new(0),
+            state: PoolState::default(),
         }
+    }
+
+    /// The same policy on `state` (a rebuilt pool's).
+    pub fn with_state(mut self, state: PoolState) -> Self {
+        self.state = state;
+        self
     }
 }
 
@@ -54,7 +88,11 @@ pub(crate) fn request_price(price: Option<Price>, request: &RequestProfile) -> f
 
 impl Policy for CostAware {
     fn name(&self) -> &'static str {
-        "cost"
+        NAME
+    }
+
+    fn state(&self) -> Option<&PoolState> {
+        Some(&self.state)
     }
 
     fn decide(
@@ -62,7 +100,7 @@ impl Policy for CostAware {
         request: &RequestProfile,
         fleet: &FleetView<'_>,
     ) -> Result<Decision, NoCandidate> {
-        let start = rotation_start(&self.tie_break, fleet.backends.len());
+        let start = rotation_start(&self.state.rotation, fleet.backends.len());
         let need = u64::from(request.estimated_input_tokens)
             + u64::from(request.max_output_tokens.unwrap_or(0));
         let ranked = rank(fleet, start, |b, terms| {
@@ -93,8 +131,9 @@ impl Policy for CostAware {
         });
         let best = ranked.top.first().map_or(0.0, |(k, _)| k.0);
         ranked
-            .decision(|_| Reason::Cheapest {
-                micro_cost: (best * 1e6).round().clamp(0.0, u64::MAX as f64) as u64,
+            .decision(|_| {
+                let micro_cost = (best * 1e6).round().clamp(0.0, u64::MAX as f64) as u64;
+                Reason::new(NAME, Detail::new("cheapest fit, {} micro-units", &[micro_cost]))
             })
             .ok_or(NoCandidate)
     }

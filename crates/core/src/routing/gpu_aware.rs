@@ -17,14 +17,19 @@
 //! filters of NVIDIA Dynamo's and llm-d's schedulers, and the KV-fit filter of the Gateway
 //! API inference extension.
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::least_loaded::{load_score, DEFAULT_KV_WEIGHT, DEFAULT_QUEUE_WEIGHT};
+use super::registry::{duration, positive_age};
 use super::signals::{fresh_engine, fresh_gpu, rank, Terms, DEFAULT_OUTPUT_TOKENS};
-use super::{rotation_start, NoCandidate, Policy};
+use super::{rotation_start, Build, NoCandidate, Policy, PolicyParams, PoolState, Registration};
 use crate::fleet::BackendView;
-use crate::{Decision, FleetView, Reason, RequestProfile};
+use crate::{Decision, Detail, FleetView, Reason, RequestProfile};
+
+/// The name config uses.
+const NAME: &str = "gpu_aware";
 
 /// Default utilization limit (off).
 pub const DEFAULT_MAX_UTILIZATION: f64 = 1.0;
@@ -33,8 +38,9 @@ pub const DEFAULT_MAX_MEMORY: f64 = 0.98;
 /// Default temperature limit, °C.
 pub const DEFAULT_MAX_TEMPERATURE_C: f64 = 85.0;
 
-/// Limits of [`GpuAware`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Limits of [`GpuAware`]: its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GpuLimits {
     /// Exclude above this utilization (0..1).
     pub max_utilization: f64,
@@ -43,6 +49,7 @@ pub struct GpuLimits {
     /// Exclude above this temperature, °C.
     pub max_temperature_c: f64,
     /// Ignore GPU and engine reports older than this.
+    #[serde(deserialize_with = "duration")]
     pub max_report_age: Duration,
 }
 
@@ -57,11 +64,56 @@ impl Default for GpuLimits {
     }
 }
 
+impl PolicyParams for GpuLimits {
+    fn validate(&self) -> Result<(), String> {
+        for (name, v, default) in [
+            (
+                "max_utilization",
+                self.max_utilization,
+                DEFAULT_MAX_UTILIZATION,
+            ),
+            ("max_memory", self.max_memory, DEFAULT_MAX_MEMORY),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return Err(format!(
+                    "{name} must be a share in (0, 1] (default {default}), got {v}"
+                ));
+            }
+        }
+        let t = self.max_temperature_c;
+        if !(t.is_finite() && t > 0.0 && t < 150.0) {
+            return Err(format!(
+                "max_temperature_c must be in (0, 150) degrees Celsius (default {DEFAULT_MAX_TEMPERATURE_C}), got {t}"
+            ));
+        }
+        positive_age(self.max_report_age)
+    }
+
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(GpuAware::new(*self).with_state(pool.state))
+    }
+}
+
+/// `gpu_aware`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<GpuLimits>(NAME);
+
+/// Why the primary was chosen: best ranked, or (`degraded`) the least loaded of backends all
+/// past a limit.
+fn gpu_reason(excluded: u32, degraded: bool) -> Reason {
+    let detail = if degraded {
+        Detail::new("all {} past limits, least loaded taken", &[u64::from(excluded)])
+    } else {
+        Detail::new("best ranked, {} excluded by limits", &[u64::from(excluded)])
+    };
+    Reason::new(NAME, detail)
+}
+
 /// GPU-limit filter, then least load.
 #[derive(Debug)]
 pub struct GpuAware {
     limits: GpuLimits,
-    tie_break: AtomicU64,
+    /// The pool's state: its rotation counter breaks ties.
+    state: PoolState,
 }
 
 impl GpuAware {
@@ -69,8 +121,14 @@ impl GpuAware {
     pub fn new(limits: GpuLimits) -> Self {
         Self {
             limits,
-            tie_break: AtomicU64::new(0),
+            state: PoolState::default(),
         }
+    }
+
+    /// The same policy on `state` (a rebuilt pool's).
+    pub fn with_state(mut self, state: PoolState) -> Self {
+        self.state = state;
+        self
     }
 
     /// Why `b` is excluded for `need` tokens, if it is: the term naming the limit and the value.
@@ -118,7 +176,11 @@ impl GpuAware {
 
 impl Policy for GpuAware {
     fn name(&self) -> &'static str {
-        "gpu_aware"
+        NAME
+    }
+
+    fn state(&self) -> Option<&PoolState> {
+        Some(&self.state)
     }
 
     fn decide(
@@ -126,7 +188,7 @@ impl Policy for GpuAware {
         request: &RequestProfile,
         fleet: &FleetView<'_>,
     ) -> Result<Decision, NoCandidate> {
-        let start = rotation_start(&self.tie_break, fleet.backends.len());
+        let start = rotation_start(&self.state.rotation, fleet.backends.len());
         let need = f64::from(request.estimated_input_tokens)
             + f64::from(request.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS));
         let mut excluded = 0u32;
@@ -142,10 +204,7 @@ impl Policy for GpuAware {
         });
         if !ranked.top.is_empty() {
             return ranked
-                .decision(|_| Reason::GpuAware {
-                    excluded,
-                    degraded: false,
-                })
+                .decision(|_| gpu_reason(excluded, false))
                 .ok_or(NoCandidate);
         }
         // Everything usable is past a limit: the least loaded of them anyway.
@@ -153,10 +212,7 @@ impl Policy for GpuAware {
         let mut fallback = rank(fleet, start, |b, _| Some((self.score(b, None), 0.0)));
         fallback.explanation = explanation;
         fallback
-            .decision(|_| Reason::GpuAware {
-                excluded,
-                degraded: true,
-            })
+            .decision(|_| gpu_reason(excluded, true))
             .ok_or(NoCandidate)
     }
 }
@@ -197,10 +253,7 @@ mod tests {
         assert_eq!(d.fallbacks.as_slice(), &[BackendId(3)]);
         assert_eq!(
             d.reason,
-            Reason::GpuAware {
-                excluded: 2,
-                degraded: false
-            }
+gpu_reason(2, false)
         );
         let e = d.explanation.unwrap();
         assert_eq!(e.candidates[0].terms, [("excluded_gpu_temperature", 91.0)]);
@@ -247,10 +300,7 @@ mod tests {
         assert_eq!(d.primary, BackendId(0));
         assert_eq!(
             d.reason,
-            Reason::GpuAware {
-                excluded: 2,
-                degraded: true
-            }
+gpu_reason(2, true)
         );
         pool.iter_mut().for_each(|b| b.usable = false);
         assert_eq!(

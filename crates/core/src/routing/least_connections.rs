@@ -5,16 +5,35 @@
 //! to the backends. Ties are broken by a rotating start so that idle backends share load
 //! instead of the first one taking every request. Parameter: each backend's `weight`.
 
-use std::sync::atomic::AtomicU64;
-
-use super::{by_load, rotation_start, NoCandidate, Policy};
+use super::{by_load, rotation_start, NoCandidate, Policy, PoolState};
 use crate::fleet::lighter;
-use crate::{Decision, FleetView, Reason, RequestProfile};
+use crate::{Decision, FleetView, Detail, Reason, RequestProfile};
+use serde::Deserialize;
+
+use super::{Build, PolicyParams, Registration};
+
+/// The name config uses.
+const NAME: &str = "least_connections";
+
+/// `least_connections` takes no parameters (each backend's `weight` counts).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeastConnectionsParams {}
+
+impl PolicyParams for LeastConnectionsParams {
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(LeastConnections::new().with_state(pool.state))
+    }
+}
+
+/// `least_connections`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<LeastConnectionsParams>(NAME);
 
 /// Least connections with rotating tie-break.
 #[derive(Debug, Default)]
 pub struct LeastConnections {
-    tie_break: AtomicU64,
+    /// The pool's state: its rotation counter breaks ties.
+    state: PoolState,
 }
 
 impl LeastConnections {
@@ -22,11 +41,21 @@ impl LeastConnections {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The same policy on `state` (a rebuilt pool's).
+    pub fn with_state(mut self, state: PoolState) -> Self {
+        self.state = state;
+        self
+    }
 }
 
 impl Policy for LeastConnections {
     fn name(&self) -> &'static str {
-        "least_connections"
+        NAME
+    }
+
+    fn state(&self) -> Option<&PoolState> {
+        Some(&self.state)
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {
@@ -34,7 +63,7 @@ impl Policy for LeastConnections {
         if n == 0 {
             return Err(NoCandidate);
         }
-        let start = rotation_start(&self.tie_break, n);
+        let start = rotation_start(&self.state.rotation, n);
         let mut best: Option<&crate::BackendView> = None;
         for k in 0..n {
             let b = &fleet.backends[(start + k) % n];
@@ -45,9 +74,10 @@ impl Policy for LeastConnections {
         let best = best.ok_or(NoCandidate)?;
         Ok(Decision::new(
             best.id,
-            Reason::LeastConnections {
-                in_flight: best.in_flight,
-            },
+            Reason::new(
+                NAME,
+                Detail::new("{} in flight", &[u64::from(best.in_flight)]),
+            ),
         )
         .with_fallbacks(by_load(fleet)))
     }

@@ -19,18 +19,64 @@
 //! metrics Kubernetes' Gateway API inference extension and llm-d's scorers read (queue depth,
 //! KV use), counted in tokens as the issue asks.
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use serde::Deserialize;
+
+use super::registry::{duration, non_negative, positive_age};
 use super::signals::{fresh_engine, own_tokens, rank, share, total_tokens, Terms};
-use super::{rotation_start, NoCandidate, Policy};
+use super::{rotation_start, Build, NoCandidate, Policy, PolicyParams, PoolState, Registration};
 use crate::fleet::{BackendView, EngineLoad};
-use crate::{Decision, FleetView, Reason, RequestProfile};
+use crate::{Decision, Detail, FleetView, Reason, RequestProfile};
+
+/// The name config uses.
+const NAME: &str = "least_loaded";
 
 /// Default weight of an engine-queued request relative to a running one.
 pub const DEFAULT_QUEUE_WEIGHT: f64 = 1.0;
 /// Default weight of KV-cache use.
 pub const DEFAULT_KV_WEIGHT: f64 = 1.0;
+
+/// `least_loaded`'s parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeastLoadedParams {
+    /// Weight of an engine-queued request relative to a running one (>= 0).
+    pub queue_weight: f64,
+    /// Weight of KV-cache use (>= 0).
+    pub kv_weight: f64,
+    /// Engine reports older than this stop counting.
+    #[serde(deserialize_with = "duration")]
+    pub max_report_age: Duration,
+}
+
+impl Default for LeastLoadedParams {
+    fn default() -> Self {
+        Self {
+            queue_weight: DEFAULT_QUEUE_WEIGHT,
+            kv_weight: DEFAULT_KV_WEIGHT,
+            max_report_age: super::DEFAULT_MAX_REPORT_AGE,
+        }
+    }
+}
+
+impl PolicyParams for LeastLoadedParams {
+    fn validate(&self) -> Result<(), String> {
+        non_negative("queue_weight", self.queue_weight, DEFAULT_QUEUE_WEIGHT)?;
+        non_negative("kv_weight", self.kv_weight, DEFAULT_KV_WEIGHT)?;
+        positive_age(self.max_report_age)
+    }
+
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(
+            LeastLoaded::new(self.queue_weight, self.kv_weight, self.max_report_age)
+                .with_state(pool.state),
+        )
+    }
+}
+
+/// `least_loaded`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<LeastLoadedParams>(NAME);
 
 /// Least load in tokens.
 #[derive(Debug)]
@@ -38,7 +84,8 @@ pub struct LeastLoaded {
     queue_weight: f64,
     kv_weight: f64,
     max_report_age: Duration,
-    tie_break: AtomicU64,
+    /// The pool's state: its rotation counter breaks ties.
+    state: PoolState,
 }
 
 impl LeastLoaded {
@@ -48,8 +95,14 @@ impl LeastLoaded {
             queue_weight,
             kv_weight,
             max_report_age,
-            tie_break: AtomicU64::new(0),
+            state: PoolState::default(),
         }
+    }
+
+    /// The same policy on `state` (a rebuilt pool's).
+    pub fn with_state(mut self, state: PoolState) -> Self {
+        self.state = state;
+        self
     }
 }
 
@@ -91,11 +144,15 @@ pub(crate) fn load_score(
 
 impl Policy for LeastLoaded {
     fn name(&self) -> &'static str {
-        "least_loaded"
+        NAME
+    }
+
+    fn state(&self) -> Option<&PoolState> {
+        Some(&self.state)
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {
-        let start = rotation_start(&self.tie_break, fleet.backends.len());
+        let start = rotation_start(&self.state.rotation, fleet.backends.len());
         let ranked = rank(fleet, start, |b, terms| {
             let engine = fresh_engine(b, self.max_report_age);
             Some((
@@ -105,8 +162,9 @@ impl Policy for LeastLoaded {
         });
         let best = ranked.top.first().map(|(k, _)| k.0).unwrap_or(0.0);
         ranked
-            .decision(|_| Reason::LeastLoaded {
-                load_tokens: best.max(0.0).min(u64::MAX as f64) as u64,
+            .decision(|_| {
+                let load = best.max(0.0).min(u64::MAX as f64) as u64;
+                Reason::new(NAME, Detail::new("load {} tokens per weight", &[load]))
             })
             .ok_or(NoCandidate)
     }

@@ -22,7 +22,27 @@ use super::signals::{expected_latency, mean_expected_latency, rank, share, Terms
 use super::{NoCandidate, Policy};
 use crate::fleet::BackendView;
 use crate::rng::SplitMix;
-use crate::{BackendId, Decision, FleetView, Reason, RequestProfile};
+use crate::{BackendId, Decision, FleetView, Detail, Reason, RequestProfile};
+use serde::Deserialize;
+
+use super::{Build, PolicyParams, Registration};
+
+/// The name config uses.
+const NAME: &str = "peak_ewma";
+
+/// `peak_ewma` takes no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeakEwmaParams {}
+
+impl PolicyParams for PeakEwmaParams {
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(PeakEwmaP2c::new(pool.seed))
+    }
+}
+
+/// `peak_ewma`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<PeakEwmaParams>(NAME);
 
 /// Power of two choices on peak-EWMA latency x load.
 #[derive(Debug)]
@@ -78,7 +98,7 @@ impl PeakEwmaP2c {
 
 impl Policy for PeakEwmaP2c {
     fn name(&self) -> &'static str {
-        "peak_ewma"
+        NAME
     }
 
     fn decide(
@@ -111,7 +131,10 @@ impl Policy for PeakEwmaP2c {
                 (a.id, b.id)
             }
         };
-        let mut d = Decision::new(win, Reason::PeakEwma { other: lose }).with_fallbacks(
+        let mut d = Decision::new(win, Reason::new(
+                NAME,
+                Detail::new("lower latency x load than candidate {}", &[u64::from(lose.0)]),
+            )).with_fallbacks(
             std::iter::once(lose).chain(ranked.top.iter().map(|&(_, id): &(_, BackendId)| id)),
         );
         if let Some(e) = ranked.explanation {

@@ -9,7 +9,27 @@
 use super::{by_load, NoCandidate, Policy};
 use crate::fleet::lighter;
 use crate::rng::SplitMix;
-use crate::{Decision, FleetView, Reason, RequestProfile};
+use crate::{Decision, FleetView, Detail, Reason, RequestProfile};
+use serde::Deserialize;
+
+use super::{Build, PolicyParams, Registration};
+
+/// The name config uses.
+const NAME: &str = "power_of_two";
+
+/// `power_of_two` takes no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerOfTwoParams {}
+
+impl PolicyParams for PowerOfTwoParams {
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(PowerOfTwo::new(pool.seed))
+    }
+}
+
+/// `power_of_two`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<PowerOfTwoParams>(NAME);
 
 /// Power of two random choices.
 #[derive(Debug)]
@@ -26,9 +46,17 @@ impl PowerOfTwo {
     }
 }
 
+/// Why the winner won: it was less loaded than `other`.
+fn less_loaded_than(other: crate::BackendId) -> Reason {
+    Reason::new(
+        NAME,
+        Detail::new("less loaded than candidate {}", &[u64::from(other.0)]),
+    )
+}
+
 impl Policy for PowerOfTwo {
     fn name(&self) -> &'static str {
-        "power_of_two"
+        NAME
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {
@@ -40,7 +68,7 @@ impl Policy for PowerOfTwo {
                 let only = nth(0).ok_or(NoCandidate)?;
                 return Ok(Decision::new(
                     only.id,
-                    Reason::PowerOfTwo { other: only.id },
+                    less_loaded_than(only.id),
                 ));
             }
             _ => {
@@ -54,7 +82,7 @@ impl Policy for PowerOfTwo {
         } else {
             (a, b)
         };
-        Ok(Decision::new(win.id, Reason::PowerOfTwo { other: lose.id })
+        Ok(Decision::new(win.id, less_loaded_than(lose.id))
             .with_fallbacks(std::iter::once(lose.id).chain(by_load(fleet))))
     }
 }

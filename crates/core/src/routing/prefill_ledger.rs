@@ -67,19 +67,10 @@ impl PrefillLedger {
 
     /// A copy for the pool after its members changed: kept backends' ledgers at their new
     /// positions, those of backends that left dropped.
-    pub(crate) fn remapped(&self, moved: &super::Moved) -> PrefillLedger {
+    pub(crate) fn remapped(&self, moved: &super::pool_state::Moved) -> PrefillLedger {
         let ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<VecDeque<(u32, u32)>> = Vec::new();
-        for (b, ledger) in ledgers.iter().enumerate() {
-            if let Some(n) = moved.get(b) {
-                if out.len() <= n {
-                    out.resize_with(n + 1, VecDeque::new);
-                }
-                out[n] = ledger.clone();
-            }
-        }
         PrefillLedger {
-            ledgers: Mutex::new(out),
+            ledgers: Mutex::new(moved.remap(&ledgers)),
         }
     }
 

@@ -75,20 +75,23 @@
 //! scorer, rebuilt as a single cost in tokens instead of their match-ratio and imbalance
 //! thresholds.
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use serde::Deserialize;
 use smallvec::SmallVec;
 
-use super::prefill_ledger::{Pending, PrefillLedger};
+use super::prefill_ledger::Pending;
+use super::registry::{duration, non_negative, positive_age};
 use super::signals::{
     expected_latency, fresh_engine, own_tokens, queued_prefill, rank, share, total_tokens, Terms,
 };
-use super::{rotation_start, Learned, Moved, NoCandidate, Policy};
-use crate::cache_model::SlotCaches;
+use super::{rotation_start, Build, NoCandidate, Policy, PolicyParams, PoolState, Registration};
 use crate::fleet::BackendView;
 use crate::prefix::{PrefixIndex, BLOCK_TOKENS, DEFAULT_BACKEND_BLOCKS, MAX_POOL_BLOCKS};
-use crate::{Decision, FleetView, Reason, RequestProfile};
+use crate::{Decision, Detail, FleetView, Reason, RequestProfile};
+
+/// The name config uses.
+const NAME: &str = "prefix_aware";
 
 /// Default weight of this request's own uncached prefill against queued prefill.
 pub const DEFAULT_PREFILL_WEIGHT: f64 = 2.0;
@@ -99,34 +102,87 @@ const EVICT_WEIGHT: f64 = 1.0;
 /// Default weight, per request running at the target, of a copied prefix token.
 pub const DEFAULT_COPY_WEIGHT: f64 = 0.25;
 
+/// `prefix_aware`'s parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefixAwareParams {
+    /// Weight of the request's own uncached prefill against queued prefill (> 0).
+    pub prefill_weight: f64,
+    /// Weight of a token in flight against a token to prefill (>= 0).
+    pub decode_weight: f64,
+    /// Weight, per request running at the target, of copying a prefix another backend
+    /// holds, divided by how often that prefix was reused (>= 0).
+    pub copy_weight: f64,
+    /// Engine reports older than this stop counting.
+    #[serde(deserialize_with = "duration")]
+    pub max_report_age: Duration,
+}
+
+impl Default for PrefixAwareParams {
+    fn default() -> Self {
+        Self {
+            prefill_weight: DEFAULT_PREFILL_WEIGHT,
+            decode_weight: DEFAULT_DECODE_WEIGHT,
+            copy_weight: DEFAULT_COPY_WEIGHT,
+            max_report_age: super::DEFAULT_MAX_REPORT_AGE,
+        }
+    }
+}
+
+impl PolicyParams for PrefixAwareParams {
+    fn validate(&self) -> Result<(), String> {
+        let prefill_weight = self.prefill_weight;
+        if !(prefill_weight.is_finite() && prefill_weight > 0.0) {
+            return Err(format!(
+                "prefill_weight must be a number above 0 (default {DEFAULT_PREFILL_WEIGHT}), got {prefill_weight}"
+            ));
+        }
+        non_negative("decode_weight", self.decode_weight, DEFAULT_DECODE_WEIGHT)?;
+        non_negative("copy_weight", self.copy_weight, DEFAULT_COPY_WEIGHT)?;
+        positive_age(self.max_report_age)
+    }
+
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(
+            PrefixAware::new(self.prefill_weight, self.decode_weight, self.max_report_age)
+                .with_copy_weight(self.copy_weight)
+                .with_state(pool.state),
+        )
+    }
+}
+
+/// `prefix_aware`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<PrefixAwareParams>(NAME);
+
 /// Prefix-cache-aware routing on one cost in tokens.
 #[derive(Debug)]
 pub struct PrefixAware {
-    index: PrefixIndex,
-    /// What slot backends' (llama.cpp's) slots hold; paged backends use `index`.
-    slots: SlotCaches,
-    /// Per backend: recent decisions' prompt and expected uncached tokens.
-    ledger: PrefillLedger,
+    /// The pool's state: its prefix index, the slot model of llama.cpp backends (paged ones
+    /// use the index), the prefill ledger, and the rotation counter that breaks ties.
+    state: PoolState,
     prefill_weight: f64,
     decode_weight: f64,
     copy_weight: f64,
     max_report_age: Duration,
-    tie_break: AtomicU64,
 }
 
 impl PrefixAware {
     /// A policy with an empty prefix index.
     pub fn new(prefill_weight: f64, decode_weight: f64, max_report_age: Duration) -> Self {
         Self {
-            index: PrefixIndex::new(),
-            slots: SlotCaches::new(),
-            ledger: PrefillLedger::default(),
+            state: PoolState::default(),
             prefill_weight,
             decode_weight,
             copy_weight: DEFAULT_COPY_WEIGHT,
             max_report_age,
-            tie_break: AtomicU64::new(0),
         }
+    }
+
+    /// The same policy on `state` (a rebuilt pool's): its prefix index, slot model and
+    /// ledger stay warm for kept backends.
+    pub fn with_state(mut self, state: PoolState) -> Self {
+        self.state = state;
+        self
     }
 
     /// The same policy with `copy_weight` instead of the default.
@@ -137,7 +193,7 @@ impl PrefixAware {
 
     /// The pool's prefix index (for inspection and tests).
     pub fn index(&self) -> &PrefixIndex {
-        &self.index
+        &self.state.prefix_index
     }
 }
 
@@ -163,24 +219,11 @@ pub(crate) fn cached_tokens(prompt: u64, matched: u32) -> u64 {
 
 impl Policy for PrefixAware {
     fn name(&self) -> &'static str {
-        "prefix_aware"
+        NAME
     }
 
-    fn learned(&self) -> Learned<'_> {
-        Learned {
-            prefix_index: Some(&self.index),
-            prefill_ledger: Some(&self.ledger),
-            ..Learned::default()
-        }
-    }
-
-    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
-        if let Some(index) = previous.prefix_index(moved) {
-            self.index = index;
-        }
-        if let Some(ledger) = previous.prefill_ledger {
-            self.ledger = ledger.remapped(moved);
-        }
+    fn state(&self) -> Option<&PoolState> {
+        Some(&self.state)
     }
 
     fn decide(
@@ -192,12 +235,12 @@ impl Policy for PrefixAware {
         if n == 0 {
             return Err(NoCandidate);
         }
-        let start = rotation_start(&self.tie_break, n);
+        let start = rotation_start(&self.state.rotation, n);
         let blocks = &request.prompt_blocks;
         let prompt = prompt_tokens(request, blocks.len());
         let mut matched: SmallVec<[u32; 64]> = SmallVec::from_elem(0, n);
         let mut pending: SmallVec<[Pending; 64]> = SmallVec::from_elem(Pending::default(), n);
-        self.ledger.uncached_pending(
+        self.state.ledger.uncached_pending(
             fleet.backends.iter().map(|b| b.prefill_tokens),
             prompt.max(1) as f64,
             &mut pending,
@@ -205,9 +248,9 @@ impl Policy for PrefixAware {
         let mut outcome = None;
         // Each backend's matched blocks by its engine's cache model, when not all are paged.
         let mut modelled = None;
-        self.index
+        self.state.prefix_index
             .match_and_record(blocks, &mut matched, |matched, reuse| {
-                modelled = self.slots.matched(fleet, blocks, matched);
+                modelled = self.state.slots.matched(fleet, blocks, matched);
                 let by_model: Option<SmallVec<[u32; 64]>> = modelled
                     .as_ref()
                     .map(|m| m.iter().map(|o| o.matched_blocks).collect());
@@ -268,17 +311,20 @@ impl Policy for PrefixAware {
                 .get(id.index())
                 .and_then(|b| expected_latency(b, request))
                 .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
-            self.slots.record_decision(fleet, id, blocks, latency);
+            self.state.slots.record_decision(fleet, id, blocks, latency);
             let cached = cached_tokens(prompt, matched[id.index()]);
-            self.ledger.record(id.index(), prompt, prompt - cached);
+            self.state.ledger.record(id.index(), prompt, prompt - cached);
         }
         ranked
             .decision(|id| {
                 let cached = cached_tokens(prompt, matched[id.index()]);
-                Reason::PrefixAffinity {
-                    cached_tokens: u32::try_from(cached).unwrap_or(u32::MAX),
-                    uncached_tokens: u32::try_from(prompt - cached).unwrap_or(u32::MAX),
-                }
+                Reason::new(
+                    NAME,
+                    Detail::new(
+                        "{} prompt tokens cached, {} to prefill",
+                        &[cached, prompt - cached],
+                    ),
+                )
             })
             .ok_or(NoCandidate)
     }

@@ -6,6 +6,26 @@
 use super::{by_load, NoCandidate, Policy};
 use crate::rng::SplitMix;
 use crate::{Decision, FleetView, Reason, RequestProfile};
+use serde::Deserialize;
+
+use super::{Build, PolicyParams, Registration};
+
+/// The name config uses.
+const NAME: &str = "random";
+
+/// `random` takes no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomParams {}
+
+impl PolicyParams for RandomParams {
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(Random::new(pool.seed))
+    }
+}
+
+/// `random`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<RandomParams>(NAME);
 
 /// Weighted random choice.
 #[derive(Debug)]
@@ -24,7 +44,7 @@ impl Random {
 
 impl Policy for Random {
     fn name(&self) -> &'static str {
-        "random"
+        NAME
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {
@@ -43,7 +63,7 @@ impl Policy for Random {
             point -= w;
         }
         let primary = primary.ok_or(NoCandidate)?;
-        Ok(Decision::new(primary, Reason::Random).with_fallbacks(by_load(fleet)))
+        Ok(Decision::new(primary, Reason::text(NAME, "weighted draw")).with_fallbacks(by_load(fleet)))
     }
 }
 

@@ -3,15 +3,36 @@
 //! Use it when backends are identical and requests are alike. No parameters. A backend that is
 //! not usable is skipped without disturbing the rotation of the others.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use super::{Learned, Moved, NoCandidate, Policy};
+use super::{NoCandidate, Policy, PoolState};
 use crate::{Decision, FleetView, Reason, RequestProfile};
+use serde::Deserialize;
+
+use super::{Build, PolicyParams, Registration};
+
+/// The name config uses.
+const NAME: &str = "round_robin";
+
+/// `round_robin` takes no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundRobinParams {}
+
+impl PolicyParams for RoundRobinParams {
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(RoundRobin::new().with_state(pool.state))
+    }
+}
+
+/// `round_robin`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<RoundRobinParams>(NAME);
 
 /// Round robin over usable backends.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
-    next: AtomicU64,
+    /// The pool's state: its rotation counter is the next backend's position.
+    state: PoolState,
 }
 
 impl RoundRobin {
@@ -19,24 +40,21 @@ impl RoundRobin {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The same policy going on from `state`'s rotation (a rebuilt pool's).
+    pub fn with_state(mut self, state: PoolState) -> Self {
+        self.state = state;
+        self
+    }
 }
 
 impl Policy for RoundRobin {
     fn name(&self) -> &'static str {
-        "round_robin"
+        NAME
     }
 
-    fn learned(&self) -> Learned<'_> {
-        Learned {
-            rotation: Some(self.next.load(Ordering::Relaxed)),
-            ..Learned::default()
-        }
-    }
-
-    fn inherit(&mut self, previous: Learned<'_>, _: &Moved) {
-        if let Some(next) = previous.rotation {
-            *self.next.get_mut() = next;
-        }
+    fn state(&self) -> Option<&PoolState> {
+        Some(&self.state)
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {
@@ -44,12 +62,12 @@ impl Policy for RoundRobin {
         if n == 0 {
             return Err(NoCandidate);
         }
-        let start = (self.next.fetch_add(1, Ordering::Relaxed) % n as u64) as usize;
+        let start = (self.state.rotation.fetch_add(1, Ordering::Relaxed) % n as u64) as usize;
         let mut order = (0..n)
             .map(|k| &fleet.backends[(start + k) % n])
             .filter(|b| b.usable);
         let primary = order.next().ok_or(NoCandidate)?.id;
-        Ok(Decision::new(primary, Reason::RoundRobin).with_fallbacks(order.map(|b| b.id)))
+        Ok(Decision::new(primary, Reason::text(NAME, "next in rotation")).with_fallbacks(order.map(|b| b.id)))
     }
 }
 

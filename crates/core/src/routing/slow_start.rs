@@ -17,7 +17,7 @@
 //! instead of scaling weights is what lets one wrapper serve every policy. Draws come from a
 //! seeded [`SplitMix`], so a run is reproducible.
 
-use super::{Learned, Moved, NoCandidate, Policy};
+use super::{NoCandidate, Policy, PoolState};
 use crate::rng::SplitMix;
 use crate::{Decision, FleetView, RequestProfile};
 
@@ -48,12 +48,8 @@ impl Policy for SlowStart {
         self.inner.name()
     }
 
-    fn learned(&self) -> Learned<'_> {
-        self.inner.learned()
-    }
-
-    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
-        self.inner.inherit(previous, moved);
+    fn state(&self) -> Option<&PoolState> {
+        self.inner.state()
     }
 
     fn decide(

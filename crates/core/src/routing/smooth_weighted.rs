@@ -6,57 +6,64 @@
 //! 5, 1, 1 give `a a b a c a a`. Use it for fleets of unequal capacity where load signals are
 //! not available. Parameter: each backend's `weight` (default 1).
 
-use std::sync::Mutex;
-
-use super::{Learned, Moved, NoCandidate, Policy};
+use super::{NoCandidate, Policy, PoolState};
 use crate::{Decision, FleetView, Reason, RequestProfile};
+use serde::Deserialize;
+
+use super::{Build, PolicyParams, Registration};
+
+/// The name config uses.
+const NAME: &str = "weighted";
+
+/// `weighted` takes no parameters (each backend's `weight` counts).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedParams {}
+
+impl PolicyParams for WeightedParams {
+    fn build(&self, pool: Build<'_>) -> Box<dyn Policy> {
+        Box::new(SmoothWeighted::new(pool.members.len()).with_state(pool.state))
+    }
+}
+
+/// `weighted`'s line in the policy table.
+pub(crate) const REGISTRATION: Registration = Registration::new::<WeightedParams>(NAME);
 
 /// Smooth weighted round robin.
 #[derive(Debug)]
 pub struct SmoothWeighted {
-    /// Current weight per backend, indexed like the pool. Held only for the arithmetic of one
-    /// pick; never across an await.
-    current: Mutex<Vec<i64>>,
+    /// The pool's state: its current weight per backend, indexed like the pool. Locked only
+    /// for the arithmetic of one pick; never across an await.
+    state: PoolState,
 }
 
 impl SmoothWeighted {
     /// State for a pool of `members` backends.
     pub fn new(members: usize) -> Self {
-        Self {
-            current: Mutex::new(vec![0; members]),
-        }
+        let state = PoolState::default();
+        *state.current_weights.lock().unwrap_or_else(|e| e.into_inner()) = vec![0; members];
+        Self { state }
+    }
+
+    /// The same policy on `state` (a rebuilt pool's): kept backends keep their current
+    /// weights, so the interleaving goes on where it was; added ones start at 0, as at
+    /// start-up.
+    pub fn with_state(self, state: PoolState) -> Self {
+        Self { state }
     }
 }
 
 impl Policy for SmoothWeighted {
     fn name(&self) -> &'static str {
-        "weighted"
+        NAME
     }
 
-    fn learned(&self) -> Learned<'_> {
-        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        Learned {
-            current_weights: Some(current.clone()),
-            ..Learned::default()
-        }
-    }
-
-    /// Kept backends keep their current weights, so the interleaving goes on where it was;
-    /// added ones start at 0, as at start-up.
-    fn inherit(&mut self, previous: Learned<'_>, moved: &Moved) {
-        let Some(old) = previous.current_weights else {
-            return;
-        };
-        let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
-        for (b, w) in old.into_iter().enumerate() {
-            if let Some(slot) = moved.get(b).and_then(|n| current.get_mut(n)) {
-                *slot = w;
-            }
-        }
+    fn state(&self) -> Option<&PoolState> {
+        Some(&self.state)
     }
 
     fn decide(&self, _: &RequestProfile, fleet: &FleetView<'_>) -> Result<Decision, NoCandidate> {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.state.current_weights.lock().unwrap_or_else(|e| e.into_inner());
         if current.len() != fleet.backends.len() {
             current.resize(fleet.backends.len(), 0);
         }
@@ -81,7 +88,7 @@ impl Policy for SmoothWeighted {
             .map(|b| (current[b.id.index()], b.id))
             .collect();
         rest.sort_by_key(|r| std::cmp::Reverse(r.0));
-        Ok(Decision::new(primary, Reason::SmoothWeighted)
+        Ok(Decision::new(primary, Reason::text(NAME, "highest current weight"))
             .with_fallbacks(rest.into_iter().map(|r| r.1)))
     }
 }

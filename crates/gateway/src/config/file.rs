@@ -359,7 +359,7 @@ impl ConfigFile {
                     };
                     PoolConfig {
                         name,
-                        policy: pool.policy.map_or(PolicySpec::RoundRobin, |p| p.0),
+                        policy: pool.policy.map_or_else(PolicySpec::default, |p| p.0),
                         fallbacks: pool.fallbacks,
                         breaker: BreakerFile::resolve(pool.breaker),
                         outlier: OutlierFile::resolve(pool.outlier_detection),

@@ -1,47 +1,25 @@
-//! A policy's parameters as written in `policy: {name: ..., key: value}`: which keys each
-//! policy takes, their types, and the error that names the key, the policy and the keys it
-//! does take. Values are range-checked by `PolicySpec::validate` in core; what depends on the
-//! pool's backends too (the size of a hash ring) is checked here once the pool is known.
+//! A policy's parameters as written in `policy: {name: ..., key: value}`, read into the
+//! policy's own parameters type (core's policy table owns the keys, types, defaults and
+//! ranges), with errors that name the key, the policy, the keys it does take and the nearest
+//! one; and what depends on the pool's backends too (the size of a hash ring), checked here
+//! once the pool is known.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::time::Duration;
-use switchyard_core::PolicySpec;
+use switchyard_core::{PolicySpec, PolicySpecError};
 
 use super::{Config, ConfigError, PoolConfig};
 
-/// Most points a `consistent_hash` ring may hold (16 bytes each; built again on every reload
-/// or admin change): 16 MiB, the default 160 virtual nodes for weights summing to 6,553.
-pub const MAX_RING_POINTS: u64 = 1 << 20;
-
-/// Why `pool`'s policy cannot be built over its backends, if it cannot: a `consistent_hash`
-/// ring of `virtual_nodes x weight` points per backend past [`MAX_RING_POINTS`] (weights
-/// up to 4e9 parse, and 4e9 x 160 points would exhaust memory). Returns the heaviest
-/// backend's weight, where the error is best shown, with the message.
+/// Why `pool`'s policy cannot be built over its backends, if it cannot (e.g. a
+/// `consistent_hash` ring past [`switchyard_core::routing::MAX_RING_POINTS`]). Returns the
+/// heaviest backend's weight, where the error is best shown, with the message.
 pub fn ring_problem(pool: &PoolConfig) -> Option<(u32, String)> {
-    let PolicySpec::ConsistentHash { virtual_nodes, .. } = pool.policy else {
-        return None;
-    };
-    let weights: u64 = pool
-        .backends
-        .iter()
-        .map(|b| u64::from(b.weight.max(1)))
-        .sum();
-    let points = u64::from(virtual_nodes).saturating_mul(weights);
-    if points <= MAX_RING_POINTS {
-        return None;
-    }
-    let heaviest = pool.backends.iter().map(|b| b.weight).max().unwrap_or(1);
-    Some((
-        heaviest,
-        format!(
-            "models.{}: consistent_hash would put {points} points on its hash ring (virtual_nodes {virtual_nodes} x weights summing to {weights}), more than the {MAX_RING_POINTS} it allows; weights are relative, so scale them down (e.g. 4 and 1 rather than 4000 and 1000), or lower virtual_nodes",
-            pool.name
-        ),
-    ))
+    let weights: Vec<u32> = pool.backends.iter().map(|b| b.weight).collect();
+    let problem = pool.policy.check_weights(&weights).err()?;
+    let heaviest = weights.iter().copied().max().unwrap_or(1);
+    Some((heaviest, format!("models.{}: {problem}", pool.name)))
 }
 
-/// Every `consistent_hash` pool's ring can be built (see [`ring_problem`]); the error is
+/// Every pool's policy can be built over its backends (see [`ring_problem`]); the error is
 /// located at the heaviest backend's `weight`.
 pub fn check_rings(config: &Config, origin: &str, text: &str) -> Result<(), ConfigError> {
     for pool in &config.models {
@@ -59,153 +37,46 @@ pub fn check_rings(config: &Config, origin: &str, text: &str) -> Result<(), Conf
     Ok(())
 }
 
-/// One parameter's value: a number, a duration or name (text), or a map of weights.
+/// One parameter's value as written (a number, a duration or name, a map of weights), handed
+/// to the policy's parameters type to read.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum ParamValue {
-    /// `0.5`
-    Number(f64),
-    /// `2s`, `500ms`
-    Text(String),
-    /// `{prefix: 1, queue: 1}`
-    Weights(BTreeMap<String, f64>),
-}
+#[serde(transparent)]
+pub struct ParamValue(pub serde_json::Value);
 
-/// The keys each policy takes, for error messages.
-pub fn keys_of(spec: &PolicySpec) -> &'static [&'static str] {
-    match spec {
-        PolicySpec::ConsistentHash { .. } => &["load_factor", "virtual_nodes"],
-        PolicySpec::LeastLoaded { .. } => &["queue_weight", "kv_weight", "max_report_age"],
-        PolicySpec::PrefixAware { .. } => &[
-            "prefill_weight",
-            "decode_weight",
-            "copy_weight",
-            "max_report_age",
-        ],
-        PolicySpec::GpuAware { .. } => &[
-            "max_utilization",
-            "max_memory",
-            "max_temperature_c",
-            "max_report_age",
-        ],
-        PolicySpec::Cost { .. } => &["quality_floor"],
-        PolicySpec::Composite { .. } => &["weights", "max_report_age"],
-        _ => &[],
-    }
-}
-
-fn number(key: &str, v: &ParamValue) -> Result<f64, String> {
-    match v {
-        ParamValue::Number(x) => Ok(*x),
-        _ => Err(format!("{key} must be a number")),
-    }
-}
-
-fn duration(key: &str, v: &ParamValue) -> Result<Duration, String> {
-    match v {
-        ParamValue::Number(x) => {
-            super::values::seconds_f64(*x, x).map_err(|e| format!("{key}: {e}"))
-        }
-        ParamValue::Text(s) => super::values::parse_duration(s).map_err(|e| format!("{key}: {e}")),
-        ParamValue::Weights(_) => Err(format!("{key} must be a duration such as 2s or 500ms")),
-    }
-}
-
-/// Sets parameter `key` of `spec` to `v`.
+/// Sets parameter `key` of `spec` to `v`; the error names the key, and for a misspelt one the
+/// nearest key and every key the policy takes.
 pub fn apply(spec: &mut PolicySpec, key: &str, v: &ParamValue) -> Result<(), String> {
-    let name = spec.name();
-    let unknown = |spec: &PolicySpec| {
-        let keys = keys_of(spec);
-        let mut msg = format!("policy '{name}' has no parameter `{key}`");
-        if let Some(near) = super::error::nearest(key, keys) {
-            msg.push_str(&format!("; did you mean `{near}`?"));
-        }
-        if keys.is_empty() {
-            msg.push_str("; it takes no parameters");
-        } else {
-            msg.push_str(&format!("; it takes {}", keys.join(", ")));
-        }
-        msg
-    };
-    match (&mut *spec, key) {
-        (PolicySpec::ConsistentHash { load_factor, .. }, "load_factor") => {
-            *load_factor = number(key, v)?
-        }
-        (PolicySpec::ConsistentHash { virtual_nodes, .. }, "virtual_nodes") => {
-            let x = number(key, v)?;
-            if x.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&x) {
-                return Err(format!("virtual_nodes must be a whole number, got {x}"));
+    spec.set(key, v.0.clone()).map_err(|e| match e {
+        PolicySpecError::UnknownParameter { policy, key, known } => {
+            let mut msg = format!("policy '{policy}' has no parameter `{key}`");
+            if let Some(near) = super::error::nearest(&key, known) {
+                msg.push_str(&format!("; did you mean `{near}`?"));
             }
-            *virtual_nodes = x as u32;
+            msg.push_str("; ");
+            msg.push_str(&switchyard_core::routing::takes(known));
+            msg
         }
-        (PolicySpec::LeastLoaded { queue_weight, .. }, "queue_weight") => {
-            *queue_weight = number(key, v)?
-        }
-        (PolicySpec::LeastLoaded { kv_weight, .. }, "kv_weight") => *kv_weight = number(key, v)?,
-        (PolicySpec::PrefixAware { prefill_weight, .. }, "prefill_weight") => {
-            *prefill_weight = number(key, v)?
-        }
-        (PolicySpec::PrefixAware { decode_weight, .. }, "decode_weight") => {
-            *decode_weight = number(key, v)?
-        }
-        (PolicySpec::PrefixAware { copy_weight, .. }, "copy_weight") => {
-            *copy_weight = number(key, v)?
-        }
-        (PolicySpec::GpuAware { limits }, "max_utilization") => {
-            limits.max_utilization = number(key, v)?
-        }
-        (PolicySpec::GpuAware { limits }, "max_memory") => limits.max_memory = number(key, v)?,
-        (PolicySpec::GpuAware { limits }, "max_temperature_c") => {
-            limits.max_temperature_c = number(key, v)?
-        }
-        (PolicySpec::GpuAware { limits }, "max_report_age") => {
-            limits.max_report_age = duration(key, v)?
-        }
-        (PolicySpec::Cost { quality_floor }, "quality_floor") => {
-            *quality_floor = Some(number(key, v)? as f32)
-        }
-        (
-            PolicySpec::LeastLoaded { max_report_age, .. }
-            | PolicySpec::PrefixAware { max_report_age, .. }
-            | PolicySpec::Composite { max_report_age, .. },
-            "max_report_age",
-        ) => *max_report_age = duration(key, v)?,
-        (PolicySpec::Composite { weights, .. }, "weights") => {
-            let ParamValue::Weights(map) = v else {
-                return Err(
-                    "weights is a map of scorer to weight, e.g. {prefix: 1, queue: 1, kv: 0.5}"
-                        .into(),
-                );
-            };
-            const SCORERS: &[&str] = &["prefix", "queue", "kv", "latency", "cost", "gpu"];
-            for (scorer, w) in map {
-                let slot = match scorer.as_str() {
-                    "prefix" => &mut weights.prefix,
-                    "queue" => &mut weights.queue,
-                    "kv" => &mut weights.kv,
-                    "latency" => &mut weights.latency,
-                    "cost" => &mut weights.cost,
-                    "gpu" => &mut weights.gpu,
-                    other => {
-                        let mut msg = format!("unknown scorer `{other}` in weights");
-                        if let Some(near) = super::error::nearest(other, SCORERS) {
-                            msg.push_str(&format!("; did you mean `{near}`?"));
-                        }
-                        msg.push_str(&format!("; scorers are {}", SCORERS.join(", ")));
-                        return Err(msg);
-                    }
-                };
-                *slot = *w;
-            }
-        }
-        (spec, _) => return Err(unknown(spec)),
-    }
-    Ok(())
+        other => other.to_string(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    use switchyard_core::routing::{CompositeParams, PrefixAwareParams};
+
+    fn num(x: f64) -> ParamValue {
+        ParamValue(serde_json::json!(x))
+    }
+    fn text(s: &str) -> ParamValue {
+        ParamValue(serde_json::json!(s))
+    }
+    fn weights(w: &[(&str, f64)]) -> ParamValue {
+        let map: BTreeMap<&str, f64> = w.iter().copied().collect();
+        ParamValue(serde_json::json!(map))
+    }
 
     fn spec(name: &str, params: &[(&str, ParamValue)]) -> Result<PolicySpec, String> {
         let mut s = PolicySpec::from_name(name).map_err(|e| e.to_string())?;
@@ -218,29 +89,31 @@ mod tests {
 
     #[test]
     fn every_parameterised_policy_takes_its_keys() {
-        use ParamValue::*;
         let s = spec(
             "prefix_aware",
             &[
-                ("decode_weight", Number(0.2)),
-                ("copy_weight", Number(0.5)),
-                ("max_report_age", Text("3s".into())),
+                ("decode_weight", num(0.2)),
+                ("copy_weight", num(0.5)),
+                ("max_report_age", text("3s")),
             ],
         )
         .unwrap();
-        assert!(
-            matches!(s, PolicySpec::PrefixAware { decode_weight, copy_weight, max_report_age, .. }
-            if decode_weight == 0.2 && copy_weight == 0.5 && max_report_age == Duration::from_secs(3))
+        let p = s.params::<PrefixAwareParams>().unwrap();
+        assert_eq!(
+            (p.decode_weight, p.copy_weight, p.max_report_age),
+            (0.2, 0.5, Duration::from_secs(3))
         );
-        let w: BTreeMap<String, f64> = [("prefix".to_string(), 2.0), ("cost".to_string(), 1.0)]
-            .into_iter()
-            .collect();
-        let s = spec("composite", &[("weights", Weights(w))]).unwrap();
-        assert!(matches!(s, PolicySpec::Composite { weights, .. }
-            if weights.prefix == 2.0 && weights.cost == 1.0 && weights.queue == 1.0));
-        assert!(spec("gpu_aware", &[("max_temperature_c", Number(80.0))]).is_ok());
-        assert!(spec("cost", &[("quality_floor", Number(0.5))]).is_ok());
-        assert!(spec("least_loaded", &[("kv_weight", Number(2.0))]).is_ok());
+        let s = spec(
+            "composite",
+            &[("weights", weights(&[("prefix", 2.0), ("cost", 1.0)]))],
+        )
+        .unwrap();
+        let w = s.params::<CompositeParams>().unwrap().weights;
+        assert!(w.prefix == 2.0 && w.cost == 1.0 && w.queue == 1.0);
+        assert!(spec("gpu_aware", &[("max_temperature_c", num(80.0))]).is_ok());
+        assert!(spec("cost", &[("quality_floor", num(0.5))]).is_ok());
+        assert!(spec("least_loaded", &[("kv_weight", num(2.0))]).is_ok());
+        assert!(spec("consistent_hash", &[("virtual_nodes", num(1.0))]).is_ok());
     }
 
     #[test]
@@ -270,23 +143,37 @@ mod tests {
 
     #[test]
     fn wrong_keys_and_values_are_named_with_the_fix() {
-        use ParamValue::*;
-        let e = spec("prefix_aware", &[("decode_wieght", Number(1.0))]).unwrap_err();
+        let e = spec("prefix_aware", &[("decode_wieght", num(1.0))]).unwrap_err();
         assert!(e.contains("did you mean `decode_weight`?"), "{e}");
-        let e = spec("round_robin", &[("load_factor", Number(2.0))]).unwrap_err();
+        assert!(e.contains("it takes prefill_weight, decode_weight"), "{e}");
+        let e = spec("round_robin", &[("load_factor", num(2.0))]).unwrap_err();
         assert!(e.contains("takes no parameters"), "{e}");
-        let e = spec("least_loaded", &[("kv_weight", Text("lots".into()))]).unwrap_err();
-        assert!(e.contains("must be a number"), "{e}");
-        let e = spec(
-            "composite",
-            &[(
-                "weights",
-                Weights([("prefx".into(), 1.0)].into_iter().collect()),
-            )],
-        )
-        .unwrap_err();
-        assert!(e.contains("did you mean `prefix`?"), "{e}");
-        let e = spec("least_loaded", &[("kv_weight", Number(-1.0))]).unwrap_err();
+        let e = spec("least_loaded", &[("kv_weight", text("lots"))]).unwrap_err();
+        assert!(e.contains("kv_weight must be a number"), "{e}");
+        let e = spec("composite", &[("weights", weights(&[("prefx", 1.0)]))]).unwrap_err();
+        assert!(
+            e.contains("unknown field `prefx`, expected one of `prefix`"),
+            "{e}"
+        );
+        let e = spec("least_loaded", &[("kv_weight", num(-1.0))]).unwrap_err();
         assert!(e.contains("kv_weight"), "{e}");
+        let e = spec("consistent_hash", &[("virtual_nodes", num(1.5))]).unwrap_err();
+        assert!(e.contains("virtual_nodes must be a whole number"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_parameter_in_a_file_is_located_and_named() {
+        let yaml = "models:\n  m:\n    policy: {name: prefix_aware, decode_wieght: 1}\n    backends:\n      - url: http://a:1\n";
+        let e = crate::config::parse(yaml, "c.yaml").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("did you mean `decode_weight`?"), "{e}");
+        // A misspelt key inside a parameter gets the file's own suggestion, once.
+        let yaml = "models:\n  m:\n    policy: {name: composite, weights: {prefx: 1}}\n    backends:\n      - url: http://a:1\n";
+        let e = crate::config::parse(yaml, "c.yaml").unwrap_err();
+        assert_eq!(
+            e.message.matches("did you mean `prefix`?").count(),
+            1,
+            "{e}"
+        );
     }
 }

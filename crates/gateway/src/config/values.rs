@@ -205,6 +205,14 @@ pub fn api_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EnvString>, D::
 /// Why `key` cannot be sent as `Authorization: Bearer <key>`, if it cannot. Never quotes the
 /// key.
 pub(crate) fn api_key_problem(key: &str) -> Option<String> {
+    if key.trim().is_empty() {
+        // Most often `${NAME}` with NAME set but empty: sending `Bearer ` would get a 401 from
+        // the backend at the first request instead of an error here.
+        return Some(
+            "api_key is empty; set the environment variable it names, or remove api_key if the backend needs none"
+                .to_owned(),
+        );
+    }
     // What an HTTP header value may not hold (RFC 9110 section 5.5): control characters
     // other than tab.
     let bad = |c: char| (c.is_ascii_control() && c != '\t') || c == '\u{7f}';
@@ -427,6 +435,10 @@ mod tests {
     #[test]
     fn api_keys_that_cannot_be_a_header_are_refused_without_being_shown() {
         assert_eq!(api_key_problem("sk-abc123"), None);
+        assert!(api_key_problem("").unwrap().starts_with("api_key is empty"));
+        assert!(api_key_problem("  ")
+            .unwrap()
+            .starts_with("api_key is empty"));
         assert_eq!(api_key_problem("sk-with\ttab"), None);
         let e = api_key_problem("sk-secret\r").unwrap();
         assert!(

@@ -26,6 +26,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{fetch, Fetched};
@@ -33,7 +34,7 @@ use crate::clock;
 use crate::engine_kind::{EngineInfo, EngineKind, KindSource};
 use crate::fleet::Backend;
 use crate::forward::UpstreamClient;
-use crate::gateway::Gateway;
+use crate::gateway::Snapshot;
 
 /// Time between two passes over the backends still to detect.
 const PASS_INTERVAL: Duration = Duration::from_secs(1);
@@ -163,11 +164,12 @@ struct Backoff {
 
 /// Detects every backend of the current config that is not yet known, one pass a second,
 /// until the task is aborted (with its [`super::Scraper`]).
-pub(super) async fn run(gw: Arc<Gateway>) {
+pub(super) async fn run(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
     // Keyed by the backend's live state, which a reload keeps for a kept backend.
     let mut backoff: HashMap<usize, Backoff> = HashMap::new();
     loop {
-        let snap = gw.snapshot();
+        let snap = snapshots.borrow_and_update().clone();
+        let next_pass = tokio::time::Instant::now() + PASS_INTERVAL;
         let timeout = snap.config.scrape.timeout;
         let now = clock::now();
         let mut pass = JoinSet::new();
@@ -227,7 +229,9 @@ pub(super) async fn run(gw: Arc<Gateway>) {
                 b.next_try = clock::now() + wait;
             }
         }
-        tokio::time::sleep(PASS_INTERVAL).await;
+        if !super::until_due_or_changed(next_pass, &mut snapshots).await {
+            return;
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 pub mod detect;
 mod parse;
 
-pub use parse::{parse, EngineSample, GpuSample, Scraped};
+pub use parse::{parse, EngineSample, GpuSample};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -22,12 +22,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::clock;
 use crate::fleet::BackendState;
 use crate::forward::UpstreamClient;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Snapshot};
 
 /// Longest wait between two attempts on a backend whose scrapes fail.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -50,10 +51,22 @@ impl Drop for Scraper {
 
 /// Starts scraping the gateway's backends and detecting their engines ([`detect`]). Must be
 /// called inside a tokio runtime.
-pub fn spawn(gw: Arc<Gateway>) -> Scraper {
+pub fn spawn(gw: &Gateway) -> Scraper {
     Scraper {
-        task: tokio::spawn(run(gw.clone())),
-        detector: tokio::spawn(detect::run(gw)),
+        task: tokio::spawn(run(gw.subscribe())),
+        detector: tokio::spawn(detect::run(gw.subscribe())),
+    }
+}
+
+/// Waits until `deadline` or a new snapshot, whichever comes first. False once the gateway
+/// is gone (the loop should end).
+pub(crate) async fn until_due_or_changed(
+    deadline: tokio::time::Instant,
+    snapshots: &mut watch::Receiver<Arc<Snapshot>>,
+) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep_until(deadline) => true,
+        changed = snapshots.changed() => changed.is_ok(),
     }
 }
 
@@ -156,13 +169,13 @@ enum Kind {
     Gpu,
 }
 
-async fn run(gw: Arc<Gateway>) {
+async fn run(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
     let mut backoff = Backoffs::default();
     let mut current = HashSet::new();
     loop {
-        // Each round reads the current snapshot, so a reload's new backends and new settings
-        // take effect at the next round.
-        let snap = gw.snapshot();
+        // Each round reads the current snapshot, and a new one starts a round at once, so a
+        // reload's new backends and new settings take effect when it is installed.
+        let snap = snapshots.borrow_and_update().clone();
         let settings = snap.config.scrape;
         let next_round = tokio::time::Instant::now() + settings.interval;
         let now = clock::now();
@@ -198,7 +211,9 @@ async fn run(gw: Arc<Gateway>) {
             };
             backoff.record(key, ok, state, settings.interval);
         }
-        tokio::time::sleep_until(next_round).await;
+        if !until_due_or_changed(next_round, &mut snapshots).await {
+            return;
+        }
     }
 }
 

@@ -68,7 +68,7 @@ mod tests {
                 if fleet.backends.iter().all(|b| b.cache == CacheModel::Paged) {
                     Ok(Decision::new(
                         BackendId(0),
-                        switchyard_core::Reason::RoundRobin,
+                        switchyard_core::Reason::text("probe", "first backend"),
                     ))
                 } else {
                     Err(NoCandidate)

@@ -25,7 +25,7 @@
 //! use switchyard_sim::{fleet, profile, workload, FleetConfig};
 //! use switchyard_core::PolicySpec;
 //!
-//! let config = FleetConfig::uniform(&profile::a100_llama3_8b(), 2, PolicySpec::RoundRobin, 1);
+//! let config = FleetConfig::uniform(&profile::a100_llama3_8b(), 2, PolicySpec::default(), 1);
 //! let w = workload::shared_prefix(&workload::SharedPrefixSpec { requests: 20, ..Default::default() }, 1);
 //! let policy = Box::new(SglangCacheAware::new(SglangConfig::default()));
 //! let report = fleet::run_with(&config, &w, policy).unwrap();
@@ -160,14 +160,10 @@ impl Policy for SglangCacheAware {
         drop(state);
         let mut rest = usable.clone();
         rest.sort_by_key(|b| (b.in_flight, b.id.0));
-        Ok(Decision::new(
-            chosen.id,
-            Reason::External {
-                policy: "sglang_cache_aware",
-                why,
-            },
+        Ok(
+            Decision::new(chosen.id, Reason::text("sglang_cache_aware", why))
+                .with_fallbacks(rest.iter().map(|b| b.id)),
         )
-        .with_fallbacks(rest.iter().map(|b| b.id)))
     }
 }
 

@@ -15,7 +15,7 @@ fn ten_thousand_requests_through_round_robin_quickly_and_reproducibly() {
         },
         42,
     );
-    let config = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::RoundRobin, 7);
+    let config = FleetConfig::uniform(&profile::h100_llama3_8b(), 4, PolicySpec::default(), 7);
     let a = run(&config, &workload).unwrap();
     let s = &a.summary;
     assert_eq!(s.completed, 10_000);
@@ -36,8 +36,14 @@ fn same_seed_same_report_other_seed_another() {
         rate: 30.0,
         ..SharedPrefixSpec::default()
     };
-    let config =
-        |seed| FleetConfig::uniform(&profile::a100_llama3_8b(), 3, PolicySpec::PowerOfTwo, seed);
+    let config = |seed| {
+        FleetConfig::uniform(
+            &profile::a100_llama3_8b(),
+            3,
+            PolicySpec::from_name("power_of_two").unwrap(),
+            seed,
+        )
+    };
     let w = shared_prefix(&spec, 1);
     let a = run(&config(1), &w).unwrap();
     assert_eq!(a, run(&config(1), &w).unwrap());
@@ -64,7 +70,7 @@ fn session_affinity_raises_the_prefix_hit_rate_of_multi_turn_chat() {
         3,
     );
     let p = profile::h100_llama3_8b();
-    let rr = run(&FleetConfig::uniform(&p, 4, PolicySpec::RoundRobin, 1), &w).unwrap();
+    let rr = run(&FleetConfig::uniform(&p, 4, PolicySpec::default(), 1), &w).unwrap();
     let ch = run(
         &FleetConfig::uniform(&p, 4, PolicySpec::from_name("consistent_hash").unwrap(), 1),
         &w,
@@ -85,7 +91,7 @@ fn heterogeneous_fleet_least_connections_favours_the_fast_backend() {
     let mut config = FleetConfig::uniform(
         &profile::h100_llama3_8b(),
         1,
-        PolicySpec::LeastConnections,
+        PolicySpec::from_name("least_connections").unwrap(),
         1,
     );
     let slow = profile::l4_llama3_8b();
@@ -116,7 +122,7 @@ fn capped_backends_queue_at_the_gateway_and_too_long_requests_are_rejected() {
     let mut config = FleetConfig::uniform(
         &profile::h100_llama3_8b(),
         2,
-        PolicySpec::LeastConnections,
+        PolicySpec::from_name("least_connections").unwrap(),
         1,
     );
     for b in &mut config.backends {
@@ -143,15 +149,15 @@ fn capped_backends_queue_at_the_gateway_and_too_long_requests_are_rejected() {
 #[test]
 fn bad_fleets_are_refused() {
     let w = Workload::default();
-    let mut c = FleetConfig::uniform(&profile::h100_llama3_8b(), 0, PolicySpec::RoundRobin, 1);
+    let mut c = FleetConfig::uniform(&profile::h100_llama3_8b(), 0, PolicySpec::default(), 1);
     assert_eq!(run(&c, &w), Err(FleetError::NoBackends));
-    c = FleetConfig::uniform(&profile::h100_llama3_8b(), 1, PolicySpec::RoundRobin, 1);
+    c = FleetConfig::uniform(&profile::h100_llama3_8b(), 1, PolicySpec::default(), 1);
     c.metrics_interval_s = 0.0;
     assert_eq!(run(&c, &w), Err(FleetError::BadInterval));
     c.metrics_interval_s = 1.0;
     c.backends[0].engine.num_gpu_blocks = 1;
     assert!(matches!(run(&c, &w), Err(FleetError::Engine { .. })));
-    let empty = FleetConfig::uniform(&profile::h100_llama3_8b(), 1, PolicySpec::RoundRobin, 1);
+    let empty = FleetConfig::uniform(&profile::h100_llama3_8b(), 1, PolicySpec::default(), 1);
     assert_eq!(run(&empty, &w).unwrap().summary.completed, 0);
     let mut unsorted = sharegpt_like(&ShareGptSpec::default(), 1);
     unsorted.requests.swap(3, 4);
@@ -202,7 +208,7 @@ fn policies_see_engine_reports_no_older_than_the_scrape_interval() {
         },
         3,
     );
-    let mut config = FleetConfig::uniform(&profile::l4_llama3_8b(), 2, PolicySpec::RoundRobin, 1);
+    let mut config = FleetConfig::uniform(&profile::l4_llama3_8b(), 2, PolicySpec::default(), 1);
     config.metrics_interval_s = 0.25;
     let probe = std::sync::Arc::new(Probe::default());
     let report = run_with(&config, &workload, Box::new(ProbeHandle(probe.clone()))).unwrap();
@@ -264,7 +270,7 @@ fn policies_see_tokens_in_flight_the_prefill_queue_latency_and_gpu_gauges() {
     };
     // A -> 0 at 0; B -> 1 while A prefills; C -> 0 while A decodes; D -> 1 when all is done.
     let w = Workload::new(vec![req(0.0, 1), req(1e-4, 2), req(1.0, 3), req(60.0, 4)]);
-    let config = FleetConfig::uniform(&profile::h100_llama3_8b(), 2, PolicySpec::RoundRobin, 1);
+    let config = FleetConfig::uniform(&profile::h100_llama3_8b(), 2, PolicySpec::default(), 1);
     let probe = ViewRecorder::default();
     let seen = probe.seen.clone();
     let r = run_with(&config, &w, Box::new(probe)).unwrap();

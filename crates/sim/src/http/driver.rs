@@ -8,8 +8,9 @@
 //! else touches the engine, so no lock is ever held across an `.await`.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::metrics::{Histogram, E2E_BUCKETS, TTFT_BUCKETS};
 use crate::{Engine, EngineConfig, EngineEvent, EngineMetrics, RequestId, SimRequest, SubmitError};
@@ -49,7 +50,9 @@ pub struct Snapshot {
     pub prefix_caching: bool,
 }
 
-/// Simulated time: wall time since `epoch` times `scale`.
+/// Simulated time: wall time since `epoch` times `scale`. Read from tokio's clock (the
+/// system's in a normal build), so a replica inside a test on tokio's paused clock runs on
+/// the paused time, as the gateway under test does.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     epoch: Instant,
@@ -191,7 +194,7 @@ async fn run(
             }
             continue;
         };
-        let sleep = tokio::time::sleep_until(d.clock.instant_at(step.stats.end).into());
+        let sleep = tokio::time::sleep_until(d.clock.instant_at(step.stats.end));
         tokio::pin!(sleep);
         loop {
             tokio::select! {

@@ -10,8 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchyard_core::rng::SplitMix;
+use tokio::time::Instant;
 
 /// The faults a replica injects. Every field defaults to "no fault".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,640 @@
+//! Admission over real loopback sockets and a real SQLite file: API keys (config and run
+//! time, hashed in the store, revoked and rotated through the admin API, surviving a
+//! restart), 401/403, rate limits and their headers, and the per-pool waiting room (priority
+//! order, timeouts, shedding, fairness between tenants).
+
+use crate::support::*;
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+const ADMIN: &str = "admin-token-0123456789";
+const KEY_A: &str = "sk-test-tenant-a-0123456789";
+const KEY_B: &str = "sk-test-tenant-b-0123456789";
+
+/// A fresh directory for one test's database.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sy-admission-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts that `a` is the gateway's refusal with `status` and `code`.
+fn refused(a: &Answer, status: u16, code: &str) {
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (status, code),
+        "{:?}",
+        a.body
+    );
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+async fn chat(c: &Client, gw: &Gw, model: &str, headers: &[(&str, &str)]) -> Answer {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    post(c, &gw.url("/v1/chat/completions"), &body, headers).await
+}
+
+async fn admin(c: &Client, gw: &Gw, method: Method, path: &str, body: &str) -> Answer {
+    let req = Request::builder()
+        .method(method)
+        .uri(gw.url(path))
+        .header("authorization", bearer(ADMIN))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    send(c, req).await
+}
+
+/// A config with models `m` and `other` on `url`, auth with two config keys, and `extra`
+/// top-level lines.
+fn auth_config(url: &str, db: Option<&std::path::Path>, key_extra: &str, extra: &str) -> String {
+    let db = db.map_or(String::new(), |p| format!("  db: {}\n", p.display()));
+    format!(
+        "admin:\n  token: {ADMIN}\nauth:\n{db}  tenants:\n    team-a: {{}}\n    team-b: {{}}\n  keys:\n    - {{key: {KEY_A}, tenant: team-a, models: [m]{key_extra}}}\n    - {{key: {KEY_B}, tenant: team-b}}\n{extra}\nmodels:\n  m:\n    backends:\n      - {{url: \"{url}\", name: b0, max_concurrency: 1}}\n  other:\n    backends:\n      - {{url: \"{url}\", name: b1}}\n"
+    )
+}
+
+#[tokio::test]
+async fn missing_unknown_and_wrong_model_keys_are_refused_and_good_ones_pass() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let gw = Gw::start(&auth_config(&up.url(), None, "", "")).await;
+    let c = client();
+
+    let a = chat(&c, &gw, "m", &[]).await;
+    refused(&a, 401, "invalid_api_key");
+    assert_eq!(a.headers["www-authenticate"], "Bearer");
+    let a = chat(
+        &c,
+        &gw,
+        "m",
+        &[("authorization", "Bearer sk-nope-nope-nope-nope")],
+    )
+    .await;
+    refused(&a, 401, "invalid_api_key");
+    // A bad key learns nothing about the models: 401 before 404.
+    let a = chat(&c, &gw, "no-such-model", &[]).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(up.count(), 0);
+
+    let a = chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))]).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let a = chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await;
+    assert_eq!(a.status, 200, "x-api-key is accepted too");
+    let a = chat(&c, &gw, "other", &[("authorization", &bearer(KEY_A))]).await;
+    refused(&a, 403, "model_not_allowed");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn run_time_keys_are_hashed_in_sqlite_revoked_rotated_and_survive_a_restart() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let dir = temp_dir("lifecycle");
+    let db = dir.join("keys.db");
+    let yaml = auth_config(&up.url(), Some(&db), "", "");
+    let mut gw = Gw::start(&yaml).await;
+    let c = client();
+
+    let made = admin(
+        &c,
+        &gw,
+        Method::POST,
+        "/admin/keys",
+        r#"{"tenant":"team-b","models":["m"],"priority":"high","rpm":100}"#,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let key = made.json()["key"].as_str().unwrap().to_owned();
+    let id = made.json()["info"]["id"].as_i64().unwrap();
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &bearer(&key))])
+            .await
+            .status,
+        200
+    );
+
+    // Listed without the key; the file does not hold it either.
+    let list = admin(&c, &gw, Method::GET, "/admin/keys", "").await;
+    assert_eq!(list.status, 200);
+    assert!(!String::from_utf8_lossy(&list.body).contains(&key));
+    assert_eq!(list.json()["keys"][0]["prefix"], &key[..10]);
+    let raw = std::fs::read(&db).unwrap();
+    assert!(!raw.windows(key.len()).any(|w| w == key.as_bytes()));
+
+    // Unknown tenants and models are refused at creation.
+    let bad = admin(
+        &c,
+        &gw,
+        Method::POST,
+        "/admin/keys",
+        r#"{"tenant":"nobody"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+
+    // It survives a restart.
+    gw.shutdown().await;
+    let mut gw = Gw::start(&yaml).await;
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &bearer(&key))])
+            .await
+            .status,
+        200
+    );
+
+    // Rotation: the new key works, the old one no longer does.
+    let rotated = admin(
+        &c,
+        &gw,
+        Method::POST,
+        &format!("/admin/keys/{id}/rotate"),
+        "",
+    )
+    .await;
+    assert_eq!(rotated.status, 201, "{:?}", rotated.body);
+    let new_key = rotated.json()["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, key);
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &bearer(&key))])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &bearer(&new_key))])
+            .await
+            .status,
+        200
+    );
+    let new_id = rotated.json()["info"]["id"].as_i64().unwrap();
+
+    // Revocation is immediate, and sticks across a restart.
+    let revoked = admin(
+        &c,
+        &gw,
+        Method::DELETE,
+        &format!("/admin/keys/{new_id}"),
+        "",
+    )
+    .await;
+    assert_eq!(revoked.status, 200);
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &bearer(&new_key))])
+            .await
+            .status,
+        401
+    );
+    gw.shutdown().await;
+    let gw = Gw::start(&yaml).await;
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &bearer(&new_key))])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))])
+            .await
+            .status,
+        200
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn rpm_limit_answers_429_with_retry_after_and_ratelimit_headers() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let gw = Gw::start(&auth_config(&up.url(), None, ", rpm: 2, tpm: 100000", "")).await;
+    let c = client();
+    let auth = bearer(KEY_A);
+    let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.headers["x-ratelimit-limit-requests"], "2");
+    assert_eq!(a.headers["x-ratelimit-remaining-requests"], "1");
+    assert_eq!(a.headers["x-ratelimit-limit-tokens"], "100000");
+    let left: u64 = a.headers["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left < 100_000, "the request's estimate was taken: {left}");
+    assert!(a.headers.contains_key("x-ratelimit-reset-requests"));
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &auth)]).await.status,
+        200
+    );
+    let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
+    refused(&a, 429, "rate_limit_exceeded");
+    let after: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&after), "{after}");
+    assert_eq!(up.count(), 2);
+    // Another key is not affected.
+    assert_eq!(
+        chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn max_concurrent_counts_a_request_until_its_body_ends() {
+    let release = Arc::new(Notify::new());
+    let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let gw = Arc::new(Gw::start(&auth_config(&up.url(), None, ", max_concurrent: 1", "")).await);
+    let c = client();
+    let held = {
+        let (c, gw) = (c.clone(), gw.clone());
+        tokio::spawn(async move { chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))]).await })
+    };
+    eventually(|| up.count() == 1).await;
+    let a = chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))]).await;
+    refused(&a, 429, "rate_limit_exceeded");
+    release.notify_one();
+    assert_eq!(held.await.unwrap().status, 200);
+    release.notify_one();
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))])
+            .await
+            .status,
+        200
+    );
+}
+
+/// Requests waiting in model `m`'s queue at `level`, from the admin API.
+async fn waiting(c: &Client, gw: &Gw, level: &str) -> u64 {
+    admin(c, gw, Method::GET, "/admin/queues", "").await.json()["queues"]["m"][level]
+        .as_u64()
+        .unwrap()
+}
+
+/// Polls until `n` requests wait at `level`.
+async fn until_waiting(c: &Client, gw: &Gw, level: &str, n: u64) {
+    for _ in 0..1000 {
+        if waiting(c, gw, level).await == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} never waited at {level}");
+}
+
+fn spawn_chat(
+    c: &Client,
+    gw: &Arc<Gw>,
+    headers: Vec<(&'static str, String)>,
+) -> tokio::task::JoinHandle<Answer> {
+    let (c, gw) = (c.clone(), gw.clone());
+    tokio::spawn(async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        chat(&c, &gw, "m", &h).await
+    })
+}
+
+/// Lets the request held at the mock finish, then each of the `n - 1` that follow it, one
+/// at a time (a held request waits for one notification each).
+async fn serve_one_by_one(up: &Mock, release: &Notify, n: usize) {
+    let start = up.count();
+    for i in 0..n {
+        release.notify_one();
+        if i + 1 < n {
+            eventually(|| up.count() > start + i).await;
+        }
+    }
+}
+
+/// The `x-test` header of each request the mock received, in order.
+fn order(up: &Mock) -> Vec<String> {
+    up.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.headers
+                .get("x-test")
+                .map_or(String::new(), |v| v.to_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_pool_queues_and_serves_the_most_urgent_first() {
+    let release = Arc::new(Notify::new());
+    let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let yaml = config(&[up.url()], "", "admission: {aging: 0}")
+        .replace("name: b0}", "name: b0, max_concurrency: 1}");
+    let gw = Arc::new(Gw::start(&format!("admin: {{token: {ADMIN}}}\n{yaml}")).await);
+    let c = client();
+    let first = spawn_chat(&c, &gw, vec![("x-test", "first".into())]);
+    eventually(|| up.count() == 1).await;
+    let batch = spawn_chat(
+        &c,
+        &gw,
+        vec![("x-test", "batch".into()), ("x-priority", "batch".into())],
+    );
+    until_waiting(&c, &gw, "batch", 1).await;
+    let normal = spawn_chat(&c, &gw, vec![("x-test", "normal".into())]);
+    until_waiting(&c, &gw, "normal", 1).await;
+    // Without auth a request may lower its level, and "critical" is not a lowering of normal.
+    let asked_up = spawn_chat(
+        &c,
+        &gw,
+        vec![
+            ("x-test", "asked-up".into()),
+            ("x-priority", "critical".into()),
+        ],
+    );
+    until_waiting(&c, &gw, "normal", 2).await;
+    assert_eq!(
+        up.count(),
+        1,
+        "the backend never gets more than its max_concurrency"
+    );
+    serve_one_by_one(&up, &release, 4).await;
+    for h in [first, batch, normal, asked_up] {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(order(&up), ["first", "normal", "asked-up", "batch"]);
+}
+
+#[tokio::test]
+async fn a_request_waits_at_most_its_level_timeout_and_a_full_queue_sheds_the_least_urgent() {
+    let release = Arc::new(Notify::new());
+    let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let yaml = config(
+        &[up.url()],
+        "",
+        "admission:\n  max_waiting: 1\n  levels:\n    low: {timeout: 300ms}",
+    )
+    .replace("name: b0}", "name: b0, max_concurrency: 1}");
+    let gw = Arc::new(Gw::start(&format!("admin: {{token: {ADMIN}}}\n{yaml}")).await);
+    let c = client();
+    let first = spawn_chat(&c, &gw, vec![("x-test", "first".into())]);
+    eventually(|| up.count() == 1).await;
+
+    // A low request times out after 300 ms.
+    let a = chat(&c, &gw, "m", &[("x-priority", "low")]).await;
+    refused(&a, 429, "queue_timeout");
+    assert_eq!(a.headers["retry-after"], "1");
+
+    // The queue holds one: a batch request waits, a normal one takes its place.
+    let batch = spawn_chat(
+        &c,
+        &gw,
+        vec![("x-test", "batch".into()), ("x-priority", "batch".into())],
+    );
+    until_waiting(&c, &gw, "batch", 1).await;
+    let normal = spawn_chat(&c, &gw, vec![("x-test", "normal".into())]);
+    let shed = batch.await.unwrap();
+    refused(&shed, 429, "queue_full");
+    // Another batch request finds nothing less urgent to shed.
+    let a = chat(&c, &gw, "m", &[("x-priority", "batch")]).await;
+    assert_eq!(a.error_code(), "queue_full");
+    serve_one_by_one(&up, &release, 2).await;
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(normal.await.unwrap().status, 200);
+    assert_eq!(order(&up), ["first", "normal"]);
+    let m = sim::metrics(&gw).await;
+    let refused = "switchyard_admission_refused_total";
+    assert_eq!(
+        series(&m, refused, &["code=\"queue_timeout\"", "priority=\"low\""]),
+        1.0
+    );
+    assert_eq!(
+        series(&m, refused, &["code=\"queue_full\"", "priority=\"batch\""]),
+        2.0
+    );
+    let waiting = "switchyard_admission_waiting";
+    assert_eq!(
+        series(&m, waiting, &["model=\"m\"", "priority=\"normal\""]),
+        0.0
+    );
+}
+
+/// The value of the sample of metric `name` whose labels include every one of `labels`.
+fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in metrics"))
+}
+
+#[tokio::test]
+async fn tenants_take_turns_in_the_queue_whoever_queued_first() {
+    let release = Arc::new(Notify::new());
+    let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let gw = Arc::new(Gw::start(&auth_config(&up.url(), None, "", "admission: {aging: 0}")).await);
+    let c = client();
+    let key = |k: &str| ("authorization", bearer(k));
+    let first = spawn_chat(&c, &gw, vec![key(KEY_A), ("x-test", "a".into())]);
+    eventually(|| up.count() == 1).await;
+    // Tenant A queues four requests before tenant B's two arrive.
+    let mut waiting_all = vec![first];
+    for i in 1..=4 {
+        waiting_all.push(spawn_chat(
+            &c,
+            &gw,
+            vec![key(KEY_A), ("x-test", "a".into())],
+        ));
+        until_waiting(&c, &gw, "normal", i).await;
+    }
+    for i in 5..=6 {
+        waiting_all.push(spawn_chat(
+            &c,
+            &gw,
+            vec![key(KEY_B), ("x-test", "b".into())],
+        ));
+        until_waiting(&c, &gw, "normal", i).await;
+    }
+    serve_one_by_one(&up, &release, 7).await;
+    for h in waiting_all {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    // First in the queue order, B would go last; VTC gives B its share as soon as it waits.
+    assert_eq!(order(&up), ["a", "a", "b", "a", "b", "a", "a"]);
+}
+
+const STREAM: [&str; 3] = [
+    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}\n\n",
+    "data: [DONE]\n\n",
+];
+
+#[tokio::test]
+async fn a_metered_stream_asks_for_usage_invisibly_and_the_usage_reconciles_tpm() {
+    let up = Mock::start(Reply::Sse {
+        chunks: STREAM.to_vec(),
+        gate: None,
+    })
+    .await;
+    let gw = Gw::start(&auth_config(&up.url(), None, ", tpm: 1000", "")).await;
+    let c = client();
+    let body = r#"{"model":"m","stream":true,"max_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
+    let auth = [("authorization", bearer(KEY_A))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = post(&c, &gw.url("/v1/chat/completions"), body, &auth).await;
+    assert_eq!(a.status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&up.last().body).unwrap();
+    assert_eq!(
+        seen["stream_options"]["include_usage"], true,
+        "asked upstream"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        format!("{}{}", STREAM[0], STREAM[2]),
+        "the client never sees the usage chunk it did not ask for"
+    );
+    // The estimate (prompt + 500) came back down to the 10 tokens used, so a second request
+    // of the same estimate fits in the 1000 tokens per minute.
+    let a = post(&c, &gw.url("/v1/chat/completions"), body, &auth).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let left: u64 = a.headers["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left >= 400, "{left}");
+
+    // A client that asked for usage gets it, untouched.
+    let asked =
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let a = post(&c, &gw.url("/v1/chat/completions"), asked, &auth).await;
+    assert_eq!(String::from_utf8_lossy(&a.body), STREAM.concat());
+    assert_eq!(up.last().body, asked.as_bytes());
+}
+
+/// The recorded spend rows, from the admin API.
+async fn spend_rows(c: &Client, gw: &Gw) -> Vec<serde_json::Value> {
+    admin(c, gw, Method::GET, "/admin/keys/spend", "")
+        .await
+        .json()["spend"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn a_spent_budget_answers_insufficient_quota_and_stays_spent_after_a_restart() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let dir = temp_dir("budget");
+    let db = dir.join("keys.db");
+    // One token costs 1; each answer of the mock uses 2 tokens; the key may spend 3 a month.
+    let yaml = auth_config(&up.url(), Some(&db), ", budget: 3", "").replace(
+        "name: b0, max_concurrency: 1}",
+        "name: b0, max_concurrency: 1, price: {input: 1000000, output: 1000000}}",
+    );
+    let mut gw = Gw::start(&yaml).await;
+    let c = client();
+    let auth = bearer(KEY_A);
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &auth)]).await.status,
+        200
+    );
+    assert_eq!(
+        chat(&c, &gw, "m", &[("authorization", &auth)]).await.status,
+        200
+    );
+    let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
+    refused(&a, 429, "insufficient_quota");
+    // Another key of another tenant still has its own budget (none).
+    assert_eq!(
+        chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await.status,
+        200
+    );
+
+    // Written behind the request path, within about a second.
+    let mut rows = Vec::new();
+    for _ in 0..300 {
+        rows = spend_rows(&c, &gw).await;
+        if rows
+            .iter()
+            .filter(|r| r["model"] == "m")
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum::<u64>()
+            >= 4
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let team_a = rows
+        .iter()
+        .find(|r| r["scope"] == "tenant:team-a")
+        .expect("tenant row");
+    assert_eq!(team_a["requests"], 2);
+    assert_eq!(team_a["cost"], 4.0);
+    assert_eq!(
+        (
+            team_a["prompt_tokens"].as_u64(),
+            team_a["completion_tokens"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert!(rows
+        .iter()
+        .any(|r| r["scope"].as_str().unwrap().starts_with("key:") && r["cost"] == 4.0));
+
+    gw.shutdown().await;
+    let gw = Gw::start(&yaml).await;
+    let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
+    assert_eq!(
+        a.error_code(),
+        "insufficient_quota",
+        "spend survived the restart"
+    );
+    assert_eq!(up.count(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn debug_headers_show_the_admission_decision_in_the_route_header() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let gw = Gw::start(&auth_config(
+        &up.url(),
+        None,
+        ", priority: high",
+        "debug_headers: true\nadmission: {}",
+    ))
+    .await;
+    let c = client();
+    let a = chat(
+        &c,
+        &gw,
+        "m",
+        &[("authorization", &bearer(KEY_A)), ("x-priority", "low")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let route = a.headers["x-switchyard-route"].to_str().unwrap();
+    assert!(
+        route.contains("admission: priority=low tenant=team-a waited_ms=0"),
+        "{route}"
+    );
+}
+
+#[tokio::test]
+async fn a_model_limit_holds_for_every_caller_and_only_that_model() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let extra = "admission:\n  model_limits:\n    m: {rpm: 1}";
+    let gw = Gw::start(&auth_config(&up.url(), None, "", extra)).await;
+    let c = client();
+    let a = chat(&c, &gw, "m", &[("x-api-key", KEY_A)]).await;
+    assert_eq!(a.headers["x-ratelimit-remaining-requests"], "0");
+    let a = chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await;
+    refused(&a, 429, "rate_limit_exceeded");
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("model's rpm"));
+    assert_eq!(
+        chat(&c, &gw, "other", &[("x-api-key", KEY_B)]).await.status,
+        200
+    );
+}
