@@ -91,7 +91,7 @@ mod tests {
         let base = FleetConfig::uniform(
             &switchyard_sim::profile::l4_llama3_8b(),
             4,
-            switchyard_core::PolicySpec::RoundRobin,
+            switchyard_core::PolicySpec::default(),
             1,
         );
         let (config, gate) = setup(&sc, base, Some(7));
@@ -106,7 +106,7 @@ mod tests {
             FleetConfig::uniform(
                 &switchyard_sim::profile::l4_llama3_8b(),
                 2,
-                switchyard_core::PolicySpec::RoundRobin,
+                switchyard_core::PolicySpec::default(),
                 1,
             ),
             None,

@@ -37,7 +37,8 @@ pub(super) enum Lobby<'a> {
     Fifo(VecDeque<Pending>),
     /// Core's admission queue; `held` keeps each waiting request's payload by index.
     Admission {
-        queue: AdmissionQueue,
+        /// Boxed: it is much larger than the FIFO.
+        queue: Box<AdmissionQueue>,
         classes: &'a [Class],
         held: HashMap<u64, Pending>,
     },
@@ -54,7 +55,7 @@ impl<'a> Lobby<'a> {
         match admission {
             None => Lobby::Fifo(VecDeque::new()),
             Some(a) => Lobby::Admission {
-                queue: AdmissionQueue::new(a.settings.clone(), &a.tenant_weights),
+                queue: Box::new(AdmissionQueue::new(a.settings.clone(), &a.tenant_weights)),
                 classes: &a.classes,
                 held: HashMap::new(),
             },
@@ -158,7 +159,7 @@ impl<'a> Lobby<'a> {
             Lobby::Admission { queue, held, .. } => {
                 let mut out: Vec<usize> = held.drain().map(|(_, p)| p.index).collect();
                 out.sort_unstable();
-                *queue = AdmissionQueue::new(queue.settings().clone(), &[]);
+                **queue = AdmissionQueue::new(queue.settings().clone(), &[]);
                 out
             }
         }
