@@ -62,19 +62,9 @@ impl RunMeta {
 /// `(YYYY-MM-DD, HH:MM)` in UTC for seconds since the Unix epoch (civil-from-days, proleptic
 /// Gregorian calendar).
 pub fn utc_date_time(secs: u64) -> (String, String) {
-    let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     (
-        format!("{year:04}-{month:02}-{day:02}"),
+        switchyard_core::calendar::date_of(secs),
         format!("{:02}:{:02}", rem / 3600, rem % 3600 / 60),
     )
 }

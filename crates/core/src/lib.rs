@@ -12,6 +12,7 @@ pub mod admission;
 pub mod backoff;
 pub mod breaker;
 pub mod cache_model;
+pub mod calendar;
 pub mod decision;
 pub mod ewma;
 pub mod failover;

@@ -67,18 +67,9 @@ pub struct Budget {
     pub period: Period,
 }
 
-/// `YYYY-MM-DD` (UTC) of unix seconds (Howard Hinnant's civil-from-days).
+/// `YYYY-MM-DD` (UTC) of unix seconds.
 pub fn day_of(unix: u64) -> String {
-    let z = (unix / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    switchyard_core::calendar::date_of(unix)
 }
 
 /// What one scope (a key or a tenant) spent in its budget's current period.

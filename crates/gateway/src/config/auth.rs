@@ -215,21 +215,15 @@ pub(crate) fn expiry(v: &serde_norway::Value) -> Result<u64, String> {
         return Ok(n);
     }
     let s = v.as_str().ok_or_else(bad)?;
-    let mut parts = s.trim().splitn(3, '-').map(str::parse::<i64>);
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
+    let mut parts = s.trim().splitn(3, '-');
+    let mut num = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    let (Some(y), Some(m), Some(d)) = (num(), num(), num()) else {
         return Err(bad());
     };
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if !(1970..=9999).contains(&y) {
         return Err(bad());
     }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = switchyard_core::calendar::days_from_civil(i64::from(y), m, d).ok_or_else(bad)?;
     u64::try_from(days * 86_400).map_err(|_| bad())
 }
 
@@ -381,6 +375,10 @@ mod tests {
         assert_eq!(expiry(&v("2000-03-01")), Ok(951_868_800));
         assert_eq!(expiry(&v("2027-01-31")), Ok(1_801_353_600));
         assert!(expiry(&v("2027-13-01")).is_err());
+        assert!(
+            expiry(&v("2027-02-30")).is_err(),
+            "a day the month does not have"
+        );
         assert!(expiry(&v("tomorrow")).is_err());
     }
 }
