@@ -292,49 +292,29 @@ async fn admit_inner(
         }
     }
 
-    // Limits: the key's, then its tenant's; a refusal by the second gives the first back.
-    let mut grant = None;
-    if let Some(l) = key.as_ref().and_then(|k| k.limits.as_ref()) {
-        let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match l.try_acquire(tokens, now) {
-            Ok(g) => grant = Some(g),
-            Err(t) => return Err(limited("key", t)),
-        }
-    }
+    // Limits: the key's, its tenant's, then the model's; a refusal by a later one gives the
+    // earlier ones back.
     let tenant_limits = tenant_rec.and_then(|t| t.limits.as_ref());
-    if let Some(l) = tenant_limits {
-        let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match l.try_acquire(tokens, now) {
-            Ok(g) => {
-                grant.get_or_insert(g);
-            }
-            Err(t) => {
-                drop(l);
-                if let Some(kl) = key.as_ref().and_then(|k| k.limits.as_ref()) {
-                    kl.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .undo(tokens);
-                }
-                return Err(limited("tenant", t));
-            }
-        }
-    }
     let model_limit = adm.model_limits.get(&pool.name);
-    if let Some(l) = model_limit {
-        let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match l.try_acquire(tokens, now) {
+    let scopes = [
+        ("key", key.as_ref().and_then(|k| k.limits.as_ref())),
+        ("tenant", tenant_limits),
+        ("model", model_limit),
+    ];
+    let lock = |l| std::sync::Mutex::lock(l).unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut grant = None;
+    for (i, &(scope, limits)) in scopes.iter().enumerate() {
+        let Some(l) = limits else { continue };
+        let taken = lock(l).try_acquire(tokens, now);
+        match taken {
             Ok(g) => {
                 grant.get_or_insert(g);
             }
             Err(t) => {
-                drop(l);
-                let limits = key.as_ref().and_then(|k| k.limits.as_ref());
-                for held in limits.into_iter().chain(tenant_limits) {
-                    held.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .undo(tokens);
+                for held in scopes[..i].iter().filter_map(|&(_, l)| l) {
+                    lock(held).undo(tokens);
                 }
-                return Err(limited("model", t));
+                return Err(limited(scope, t));
             }
         }
     }
