@@ -78,10 +78,25 @@ struct Slot {
 /// Where a prompt would land on a slot backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotPick {
-    /// The slot the server would choose.
+    /// The slot the server would choose, or the gateway names.
     pub slot: usize,
     /// Leading blocks of the prompt that slot holds.
     pub matched_blocks: u32,
+    /// The gateway names the slot (llama.cpp's `id_slot`): it holds the prompt's prefix.
+    pub pinned: bool,
+}
+
+/// When a slot is chosen and whether the gateway steers it (see [`SlotCaches::pick`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Steering {
+    /// The decision's time.
+    pub now: Duration,
+    /// `None`: the server chooses among its idle slots, as llama.cpp does by itself. `Some`:
+    /// the gateway names the slot holding the prompt's prefix (llama.cpp's `id_slot`), even
+    /// one still busy when it is expected to be free within this long, where llama.cpp
+    /// holds the request until the slot frees instead of giving it another slot and
+    /// overwriting the prompt that slot holds.
+    pub max_wait: Option<Duration>,
 }
 
 /// What the slot model predicts for one backend of a decision.
@@ -119,27 +134,33 @@ impl SlotCaches {
     }
 
     /// The slot backend `backend` (with `slots` slots and `in_flight` of the gateway's
-    /// requests running) would give a prompt of `blocks`, and how many of its leading blocks
-    /// that slot holds.
-    pub fn pick(&self, backend: usize, slots: u32, in_flight: u32, blocks: &[u64]) -> SlotPick {
+    /// requests running) would give a prompt of `blocks`, or the gateway would name under
+    /// `steering`, and how many of its leading blocks that slot holds.
+    pub fn pick(
+        &self,
+        backend: usize,
+        (slots, in_flight): (u32, u32),
+        blocks: &[u64],
+        steering: Steering,
+    ) -> SlotPick {
         let inner = self.lock();
         let empty = Vec::new();
         let table = inner.get(backend).unwrap_or(&empty);
-        pick_in(table, slots, in_flight, blocks)
+        pick_in(table, (slots, in_flight), blocks, steering)
     }
 
     /// [`pick`](Self::pick) and what it would evict (see [`SlotOutcome`]).
     pub fn outcome(
         &self,
         backend: usize,
-        slots: u32,
-        in_flight: u32,
+        (slots, in_flight): (u32, u32),
         blocks: &[u64],
+        steering: Steering,
     ) -> SlotOutcome {
         let inner = self.lock();
         let empty = Vec::new();
         let table = inner.get(backend).unwrap_or(&empty);
-        let pick = pick_in(table, slots, in_flight, blocks);
+        let pick = pick_in(table, (slots, in_flight), blocks, steering);
         let Some(held) = table.get(pick.slot).map(|s| &s.blocks) else {
             return SlotOutcome {
                 matched_blocks: pick.matched_blocks,
@@ -165,15 +186,17 @@ impl SlotCaches {
     }
 
     /// Records that `blocks` went to `backend`'s slot [`pick`](Self::pick) chose for them,
-    /// keeping at most `ctx_tokens` of them; the request is expected to end at `busy_until`.
+    /// keeping at most `ctx_tokens` of them, and returns that choice; the request is expected
+    /// to take `latency` once it has the slot (a steered request waiting for a busy slot gets
+    /// it when its current request is expected to end).
     pub fn record(
         &self,
         backend: usize,
-        (slots, ctx_tokens): (u32, u32),
-        in_flight: u32,
+        (slots, ctx_tokens, in_flight): (u32, u32, u32),
         blocks: &[u64],
-        busy_until: Duration,
-    ) {
+        steering: Steering,
+        latency: Duration,
+    ) -> SlotPick {
         let tick = 1 + self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.lock();
         if inner.len() <= backend {
@@ -185,13 +208,19 @@ impl SlotCaches {
         if table.len() != n {
             *table = vec![Slot::default(); n];
         }
-        let at = pick_in(table, slots, in_flight, blocks).slot;
+        let pick = pick_in(table, (slots, in_flight), blocks, steering);
         let keep = (ctx_tokens as usize / BLOCK_TOKENS).min(blocks.len());
-        let slot = &mut table[at];
+        let slot = &mut table[pick.slot];
         slot.blocks.clear();
         slot.blocks.extend_from_slice(&blocks[..keep]);
         slot.last_used = tick;
-        slot.busy_until = busy_until;
+        let start = if pick.pinned {
+            slot.busy_until.max(steering.now)
+        } else {
+            steering.now
+        };
+        slot.busy_until = start + latency;
+        pick
     }
 }
 
@@ -215,7 +244,12 @@ impl SlotCaches {
         fleet: &FleetView<'_>,
         blocks: &[u64],
         matched: &[u32],
+        max_wait: Option<Duration>,
     ) -> Option<SmallVec<[SlotOutcome; 64]>> {
+        let steering = Steering {
+            now: fleet.now,
+            max_wait,
+        };
         if fleet.backends.iter().all(|b| b.cache == CacheModel::Paged) {
             return None;
         }
@@ -234,7 +268,7 @@ impl SlotCaches {
                 CacheModel::Paged => {}
                 CacheModel::Opaque => m.matched_blocks = 0,
                 CacheModel::Slots { slots, .. } => {
-                    *m = self.outcome(b.id.index(), slots, b.in_flight, blocks);
+                    *m = self.outcome(b.id.index(), (slots, b.in_flight), blocks, steering);
                 }
             }
         }
@@ -242,76 +276,108 @@ impl SlotCaches {
     }
 
     /// Records a decision for `chosen` when it is a slot backend; the request is expected to
-    /// take `latency` there.
+    /// take `latency` there. Returns the slot to name to the server when the request is
+    /// steered to one (see [`Steering::max_wait`]).
     pub fn record_decision(
         &self,
         fleet: &FleetView<'_>,
         chosen: BackendId,
         blocks: &[u64],
         latency: Option<Duration>,
-    ) {
-        let Some(b) = fleet.backends.get(chosen.index()) else {
-            return;
+        max_wait: Option<Duration>,
+    ) -> Option<u32> {
+        let b = fleet.backends.get(chosen.index())?;
+        let CacheModel::Slots { slots, ctx_tokens } = b.cache else {
+            return None;
         };
-        if let CacheModel::Slots { slots, ctx_tokens } = b.cache {
-            let until = fleet.now + latency.unwrap_or_default();
-            self.record(
-                chosen.index(),
-                (slots, ctx_tokens),
-                b.in_flight,
-                blocks,
-                until,
-            );
-        }
+        let steering = Steering {
+            now: fleet.now,
+            max_wait,
+        };
+        let pick = self.record(
+            chosen.index(),
+            (slots, ctx_tokens, b.in_flight),
+            blocks,
+            steering,
+            latency.unwrap_or_default(),
+        );
+        pick.pinned
+            .then(|| u32::try_from(pick.slot).unwrap_or(u32::MAX))
     }
 }
 
-/// llama.cpp's choice among `table`'s idle slots (see the module docs). The gateway's
-/// `in_flight` requests hold the slots expected to end last (ties: the most recently used);
-/// when every slot is busy the request waits for the one expected to end first.
-fn pick_in(table: &[Slot], slots: u32, in_flight: u32, blocks: &[u64]) -> SlotPick {
+/// llama.cpp's choice among `table`'s idle slots (see the module docs), or the gateway's when
+/// `steering` names one. The gateway's `in_flight` requests hold the slots expected to end
+/// last (ties: the most recently used); when every slot is busy the request waits for the one
+/// expected to end first.
+fn pick_in(
+    table: &[Slot],
+    (slots, in_flight): (u32, u32),
+    blocks: &[u64],
+    steering: Steering,
+) -> SlotPick {
     let n = slots.clamp(1, MAX_SLOTS) as usize;
     if table.len() != n {
         // Never used (or resized): every slot is empty; llama.cpp takes the first.
         return SlotPick {
             slot: 0,
             matched_blocks: 0,
+            pinned: false,
         };
     }
     let mut order: Vec<usize> = (0..n).collect();
     // Expected to end last first (ties: most recently used first).
     let key = |i: usize| (table[i].busy_until, table[i].last_used);
     order.sort_by_key(|&b| std::cmp::Reverse(key(b)));
-    let busy = (in_flight as usize).min(n);
-    let idle: &[usize] = if busy < n {
-        &order[busy..]
-    } else {
-        &order[n - 1..]
+    let busy = (in_flight as usize).min(n - 1);
+    let (busy, idle) = order.split_at(busy);
+    // The slot sharing the largest fraction of the prompt, over the similarity threshold.
+    let similar = |candidates: &mut dyn Iterator<Item = usize>| {
+        let mut best: Option<(f64, usize, usize)> = None;
+        for i in candidates {
+            if table[i].blocks.is_empty() || blocks.is_empty() {
+                continue;
+            }
+            let lcp = common_prefix(&table[i].blocks, blocks);
+            let sim = lcp as f64 / blocks.len() as f64;
+            if sim > DEFAULT_SLOT_SIMILARITY && best.is_none_or(|(s, _, _)| sim > s) {
+                best = Some((sim, i, lcp));
+            }
+        }
+        best
     };
-    let mut best: Option<(f64, usize, usize)> = None;
+    let mut best = similar(&mut idle.iter().copied());
+    if let Some(max_wait) = steering.max_wait {
+        // A busy slot freeing soon that holds more of the prompt than any idle one.
+        let soon = steering.now + max_wait;
+        let mut waiting = busy
+            .iter()
+            .copied()
+            .filter(|&i| table[i].busy_until <= soon);
+        if let Some(b) = similar(&mut waiting) {
+            if best.is_none_or(|(s, _, _)| b.0 > s) {
+                best = Some(b);
+            }
+        }
+    }
+    if let Some((_, slot, lcp)) = best {
+        return SlotPick {
+            slot,
+            matched_blocks: u32::try_from(lcp).unwrap_or(u32::MAX),
+            pinned: steering.max_wait.is_some(),
+        };
+    }
     // The least recently used of the idle slots, when none is similar enough.
     let lru = idle
         .iter()
         .copied()
         .min_by_key(|&i| table[i].last_used)
         .unwrap_or(0);
-    for &i in idle {
-        let lcp = common_prefix(&table[i].blocks, blocks);
-        if table[i].blocks.is_empty() || blocks.is_empty() {
-            continue;
-        }
-        let sim = lcp as f64 / blocks.len() as f64;
-        if sim > DEFAULT_SLOT_SIMILARITY && best.is_none_or(|(s, _, _)| sim > s) {
-            best = Some((sim, i, lcp));
-        }
-    }
-    let (slot, lcp) = match best {
-        Some((_, i, lcp)) => (i, lcp),
-        None => (lru, common_prefix(&table[lru].blocks, blocks)),
-    };
     SlotPick {
-        slot,
-        matched_blocks: u32::try_from(lcp).unwrap_or(u32::MAX),
+        slot: lru,
+        matched_blocks: u32::try_from(common_prefix(&table[lru].blocks, blocks))
+            .unwrap_or(u32::MAX),
+        pinned: false,
     }
 }
 

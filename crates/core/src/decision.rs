@@ -23,6 +23,9 @@ pub struct Decision {
     ///
     /// [`FleetView::explain`]: crate::FleetView::explain
     pub explanation: Option<Box<Explanation>>,
+    /// The slot of `primary` to ask for (llama.cpp's `id_slot`), when the policy steers the
+    /// request to the slot holding its prompt ([`crate::cache_model::Steering`]).
+    pub slot: Option<u32>,
 }
 
 /// How a scoring policy saw each candidate: lower `score` is better unless the policy says
@@ -152,6 +155,7 @@ impl Decision {
             fallbacks: SmallVec::new(),
             reason,
             explanation: None,
+            slot: None,
         }
     }
 
@@ -172,6 +176,12 @@ impl Decision {
     /// Attaches an explanation.
     pub fn with_explanation(mut self, explanation: Explanation) -> Self {
         self.explanation = Some(Box::new(explanation));
+        self
+    }
+
+    /// Names the primary's slot to ask for (see [`Decision::slot`]).
+    pub fn with_slot(mut self, slot: Option<u32>) -> Self {
+        self.slot = slot;
         self
     }
 

@@ -159,7 +159,12 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
                     now = gw.now();
                     continue;
                 };
-                if let Some(resp) = d.send(target, backend).await {
+                // The llama.cpp slot holding the prompt, when the policy named one.
+                let slot = decision
+                    .as_ref()
+                    .filter(|d| d.primary == backend.id)
+                    .and_then(|d| d.slot);
+                if let Some(resp) = d.send(target, backend, slot).await {
                     let mut resp = resp;
                     if gw.config.debug_headers {
                         if let Some(decision) = &decision {
@@ -224,7 +229,12 @@ fn decide(
 impl<'a> Driver<'a> {
     /// Sends the plan's attempt to `backend` of `target` and reports how it ended; returns
     /// the client's response when it is the one.
-    async fn send(&mut self, target: &Pool, backend: &'a Backend) -> Option<Response<GatewayBody>> {
+    async fn send(
+        &mut self,
+        target: &Pool,
+        backend: &'a Backend,
+        slot: Option<u32>,
+    ) -> Option<Response<GatewayBody>> {
         let (req, gw) = (self.req, self.req.gw);
         // The breaker admits and counts in one step: a half-open backend whose probe slots
         // filled since this request was routed is refused here, not sent to.
@@ -233,7 +243,7 @@ impl<'a> Driver<'a> {
                 .report(&mut self.progress, Outcome::Refused, gw.now());
             return None;
         };
-        let outcome = match self.attempt(target, backend, guard).await {
+        let outcome = match self.attempt(target, backend, guard, slot).await {
             Ok((resp, first, guard, conn)) => {
                 let headers_at = Instant::now();
                 let r = relay(
@@ -276,15 +286,19 @@ impl<'a> Driver<'a> {
         pool: &Pool,
         backend: &Backend,
         mut guard: InFlightGuard,
+        slot: Option<u32>,
     ) -> Result<Answered, Failed> {
         let (req, gw) = (self.req, self.req.gw);
         let n = self.progress.attempts();
         let direct = upstream::direct(backend);
+        // llama.cpp's `id_slot`: the server holds the request for that slot (a client's own
+        // `id_slot` stands).
+        let slotted = slot.and_then(|s| forward::with_field(req.body, "id_slot", &s.to_string()));
         let upstream = forward::upstream_request(
             backend,
             &pool.name,
             req.profile,
-            req.body,
+            slotted.as_ref().unwrap_or(req.body),
             req.headers,
             direct,
         )

@@ -153,6 +153,29 @@ pub fn prepare_headers(
 /// model, or a fallback model whose name the body must then carry), with the request's
 /// headers as [`prepare_headers`] made them. The URI is origin-form (`/v1/...`) when
 /// `origin_form`, for a connection to the backend itself; absolute otherwise.
+/// `body` (a JSON object) with the top-level field `"key": value` (`value` is JSON text)
+/// added, or `None` when `key` appears in it already (the client's value stands) or it is not
+/// a JSON object.
+pub(crate) fn with_field(body: &Bytes, key: &str, value: &str) -> Option<Bytes> {
+    let quoted = [b"\"", key.as_bytes(), b"\""].concat();
+    if body.windows(quoted.len()).any(|w| w == quoted) {
+        return None;
+    }
+    let end = body.iter().rposition(|&b| b == b'}')?;
+    let head = &body[..end];
+    let empty = head.iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let mut out = bytes::BytesMut::with_capacity(body.len() + quoted.len() + value.len() + 2);
+    out.extend_from_slice(head);
+    if !empty {
+        out.extend_from_slice(b",");
+    }
+    out.extend_from_slice(&quoted);
+    out.extend_from_slice(b":");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Some(out.freeze())
+}
+
 pub fn upstream_request(
     backend: &Backend,
     model: &str,

@@ -116,6 +116,12 @@ pub struct PrefixAwareParams {
     /// Engine reports older than this stop counting.
     #[serde(deserialize_with = "duration")]
     pub max_report_age: Duration,
+    /// On llama.cpp backends, how long a request may wait for the busy slot holding its
+    /// prompt rather than take another slot and overwrite the prompt that one holds; the
+    /// gateway then names the slot (`id_slot`). 0 (the default): the server picks its slot
+    /// as it would alone. About one cold prefill of the shared prompts is a good value.
+    #[serde(deserialize_with = "duration")]
+    pub slot_wait: Duration,
 }
 
 impl Default for PrefixAwareParams {
@@ -125,6 +131,7 @@ impl Default for PrefixAwareParams {
             decode_weight: DEFAULT_DECODE_WEIGHT,
             copy_weight: DEFAULT_COPY_WEIGHT,
             max_report_age: super::DEFAULT_MAX_REPORT_AGE,
+            slot_wait: Duration::ZERO,
         }
     }
 }
@@ -146,6 +153,7 @@ impl PolicyParams for PrefixAwareParams {
         Box::new(
             PrefixAware::new(self.prefill_weight, self.decode_weight, self.max_report_age)
                 .with_copy_weight(self.copy_weight)
+                .with_slot_wait(self.slot_wait)
                 .with_state(pool.state),
         )
     }
@@ -164,6 +172,8 @@ pub struct PrefixAware {
     decode_weight: f64,
     copy_weight: f64,
     max_report_age: Duration,
+    /// [`PrefixAwareParams::slot_wait`]; `None`: llama.cpp picks slots itself.
+    slot_wait: Option<Duration>,
 }
 
 impl PrefixAware {
@@ -175,6 +185,7 @@ impl PrefixAware {
             decode_weight,
             copy_weight: DEFAULT_COPY_WEIGHT,
             max_report_age,
+            slot_wait: None,
         }
     }
 
@@ -188,6 +199,13 @@ impl PrefixAware {
     /// The same policy with `copy_weight` instead of the default.
     pub fn with_copy_weight(mut self, copy_weight: f64) -> Self {
         self.copy_weight = copy_weight;
+        self
+    }
+
+    /// The same policy steering llama.cpp requests to the slot holding their prompt when it
+    /// frees within `wait` (zero: never; see [`PrefixAwareParams::slot_wait`]).
+    pub fn with_slot_wait(mut self, wait: Duration) -> Self {
+        self.slot_wait = (!wait.is_zero()).then_some(wait);
         self
     }
 
@@ -250,7 +268,7 @@ impl Policy for PrefixAware {
         let mut modelled = None;
         self.state.prefix_index
             .match_and_record(blocks, &mut matched, |matched, reuse| {
-                modelled = self.state.slots.matched(fleet, blocks, matched);
+                modelled = self.state.slots.matched(fleet, blocks, matched, self.slot_wait);
                 let by_model: Option<SmallVec<[u32; 64]>> = modelled
                     .as_ref()
                     .map(|m| m.iter().map(|o| o.matched_blocks).collect());
@@ -305,13 +323,17 @@ impl Policy for PrefixAware {
         if let Some(m) = modelled {
             matched = m.iter().map(|o| o.matched_blocks).collect();
         }
+        let mut slot = None;
         if let Some(&(_, id)) = ranked.top.first() {
             let latency = fleet
                 .backends
                 .get(id.index())
                 .and_then(|b| expected_latency(b, request))
                 .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
-            self.state.slots.record_decision(fleet, id, blocks, latency);
+            slot = self
+                .state
+                .slots
+                .record_decision(fleet, id, blocks, latency, self.slot_wait);
             let cached = cached_tokens(prompt, matched[id.index()]);
             self.state.ledger.record(id.index(), prompt, prompt - cached);
         }
@@ -326,6 +348,7 @@ impl Policy for PrefixAware {
                     ),
                 )
             })
+            .map(|d| d.with_slot(slot))
             .ok_or(NoCandidate)
     }
 }

@@ -140,7 +140,8 @@ fn an_unknown_or_mistyped_parameter_is_named() {
                     "prefill_weight",
                     "decode_weight",
                     "copy_weight",
-                    "max_report_age"
+                    "max_report_age",
+                    "slot_wait"
                 ]
             );
         }

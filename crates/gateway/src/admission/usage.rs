@@ -33,20 +33,7 @@ struct Carrier {
 /// done without changing what the client asked (it already has `stream_options`, or is not a
 /// JSON object).
 pub fn with_include_usage(body: &Bytes) -> Option<Bytes> {
-    if body.windows(16).any(|w| w == b"\"stream_options\"") {
-        return None;
-    }
-    let end = body.iter().rposition(|&b| b == b'}')?;
-    let head = &body[..end];
-    let empty = head.iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    let mut out = BytesMut::with_capacity(body.len() + 48);
-    out.extend_from_slice(head);
-    if !empty {
-        out.extend_from_slice(b",");
-    }
-    out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
-    out.extend_from_slice(&body[end..]);
-    Some(out.freeze())
+    crate::forward::with_field(body, "stream_options", r#"{"include_usage":true}"#)
 }
 
 /// Watches a response body go by for its usage.

@@ -136,3 +136,54 @@ fn an_unknown_engine_name_is_refused_with_the_known_ones() {
     .to_string();
     assert!(e.contains("llamacpp") && e.contains("ollama"), "{e}");
 }
+
+/// The JSON body the mock upstream last received.
+fn last_body(up: &Mock) -> serde_json::Value {
+    serde_json::from_slice(&up.last().body).expect("a JSON body upstream")
+}
+
+/// A chat request about document `doc` (about 600 tokens) with question `q`.
+fn about(doc: u32, q: u32) -> String {
+    let text: String = (0..2400u32)
+        .map(|i| char::from(b'a' + ((i * 31 + doc * 7919) % 26) as u8))
+        .collect();
+    format!(
+        r#"{{"model":"m","messages":[{{"role":"system","content":"{text}"}},{{"role":"user","content":"question {q}"}}]}}"#
+    )
+}
+
+#[tokio::test]
+async fn with_a_slot_wait_a_llamacpp_request_names_the_slot_holding_its_document() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let gw = Gw::start(&format!(
+        "models:\n  m:\n    policy: {{name: prefix_aware, slot_wait: 10s}}\n    backends:\n      - {{url: \"{}\", name: b0, engine: llamacpp}}\n",
+        up.url()
+    ))
+    .await;
+    // The configured kind takes effect with the first probe.
+    for _ in 0..200 {
+        let snap = gw.gateway().snapshot();
+        let mut buf = ViewBuf::new();
+        let view = snap.pools["m"].view(&mut buf, snap.now(), snap.config.scrape.max_age);
+        if matches!(view.backends[0].cache, CacheModel::Slots { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    let mut sent = Vec::new();
+    for body in [about(1, 1), about(2, 2), about(1, 3), about(2, 4)] {
+        assert_eq!(post(&c, &url, &body, &[]).await.status, 200);
+        sent.push(last_body(&up)["id_slot"].clone());
+    }
+    // No slot held a document at first; then each goes back to the slot that holds it.
+    assert!(sent[0].is_null() && sent[1].is_null(), "{sent:?}");
+    assert!(sent[2].is_u64() && sent[3].is_u64(), "{sent:?}");
+    assert_ne!(sent[2], sent[3]);
+    // The body is otherwise the client's, and a client's own `id_slot` stands.
+    assert_eq!(last_body(&up)["messages"][1]["content"], "question 4");
+    let own = about(1, 5).replacen('{', r#"{"id_slot":7,"#, 1);
+    assert_eq!(post(&c, &url, &own, &[]).await.status, 200);
+    assert_eq!(last_body(&up)["id_slot"], 7);
+}
