@@ -111,6 +111,12 @@ pub enum Mode {
     Admission {
         /// The per-backend cap, when not the default.
         max_in_flight: Option<u32>,
+        /// The gateway's `engine_queue_threshold`: a backend whose last scraped engine queue
+        /// holds more than this many waiting requests counts as full.
+        queue_threshold: Option<u32>,
+        /// A backend whose requests not yet past their first token hold this many prompt
+        /// tokens counts as full.
+        prefill_tokens: Option<u64>,
     },
 }
 
@@ -244,9 +250,17 @@ fn play(
     let policy = Box::new(TimedHandle(timed.clone()));
     let report = match mode {
         Mode::Off => run_with(&fleet_config(sc, seed), &sc.workload, policy),
-        Mode::Admission { max_in_flight } => {
-            let (config, gate): (FleetConfig, Admission) =
-                admission::setup(sc, fleet_config(sc, seed), max_in_flight);
+        Mode::Admission {
+            max_in_flight,
+            queue_threshold,
+            prefill_tokens,
+        } => {
+            let (config, gate): (FleetConfig, Admission) = admission::setup(
+                sc,
+                fleet_config(sc, seed),
+                max_in_flight,
+                (queue_threshold, prefill_tokens),
+            );
             run_admitted(&config, &sc.workload, policy, &gate)
         }
     }
@@ -358,7 +372,7 @@ pub fn evaluate(
         .collect();
     let (policy, max_in_flight) = match mode {
         Mode::Off => (c.name.clone(), None),
-        Mode::Admission { max_in_flight } => (
+        Mode::Admission { max_in_flight, .. } => (
             format!("{} +admission", c.name),
             Some(max_in_flight.unwrap_or_else(|| admission::default_cap(sc))),
         ),

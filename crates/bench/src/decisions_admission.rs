@@ -45,16 +45,20 @@ fn level(label: Option<&str>) -> Priority {
     }
 }
 
-/// `config` with every backend capped at `max_in_flight` (or [`default_cap`]), and the
-/// admission stage for `sc`'s requests.
+/// `config` with every backend capped at `max_in_flight` (or [`default_cap`]) and, with a
+/// `queue_threshold`, counted full while its scraped engine queue holds more than that many
+/// (the gateway's `engine_queue_threshold`); and the admission stage for `sc`'s requests.
 pub fn setup(
     sc: &Scenario,
     mut config: FleetConfig,
     max_in_flight: Option<u32>,
+    (queue_threshold, prefill_tokens): (Option<u32>, Option<u64>),
 ) -> (FleetConfig, Admission) {
     let cap = max_in_flight.unwrap_or_else(|| default_cap(sc)).max(1);
     for b in &mut config.backends {
         b.max_in_flight = Some(cap);
+        b.max_waiting = queue_threshold.map(|t| t.saturating_add(1));
+        b.max_prefill_tokens = prefill_tokens;
     }
     let mut names: Vec<&str> = sc.tags.iter().filter_map(|t| t.tenant.as_deref()).collect();
     names.sort_unstable();
@@ -94,8 +98,12 @@ mod tests {
             switchyard_core::PolicySpec::default(),
             1,
         );
-        let (config, gate) = setup(&sc, base, Some(7));
+        let (config, gate) = setup(&sc, base, Some(7), (Some(0), Some(4096)));
         assert!(config.backends.iter().all(|b| b.max_in_flight == Some(7)));
+        assert!(config
+            .backends
+            .iter()
+            .all(|b| (b.max_waiting, b.max_prefill_tokens) == (Some(1), Some(4096))));
         assert_eq!(gate.classes.len(), sc.workload.len());
         let tenants: std::collections::BTreeSet<u32> =
             gate.classes.iter().map(|c| c.tenant.0).collect();
@@ -110,6 +118,7 @@ mod tests {
                 1,
             ),
             None,
+            (None, None),
         );
         for (c, t) in gate.classes.iter().zip(&p.tags) {
             assert_eq!(c.priority, level(t.priority));

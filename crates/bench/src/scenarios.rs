@@ -101,6 +101,7 @@ fn backends(list: &[(Profile, u32, usize)]) -> Vec<BackendSpec> {
                 engine: p.engine_config(),
                 max_in_flight: None,
                 max_waiting: None,
+                max_prefill_tokens: None,
             });
         }
     }

@@ -109,6 +109,14 @@ pub struct DecisionsArgs {
     /// cache holds at the workload's mean size).
     #[arg(long)]
     admission_cap: Option<u32>,
+    /// With admission: the gateway's `engine_queue_threshold`, a backend whose scraped engine
+    /// queue holds more waiting requests than this counts as full (default: none).
+    #[arg(long)]
+    admission_queue_threshold: Option<u32>,
+    /// With admission: a backend whose requests not yet past their first token hold this many
+    /// prompt tokens counts as full (the gateway's `max_prefill_tokens`; default: none).
+    #[arg(long)]
+    admission_prefill_tokens: Option<u64>,
     /// Where result files go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -129,8 +137,16 @@ pub enum AdmissionFlag {
 }
 
 impl AdmissionFlag {
-    fn modes(self, cap: Option<u32>) -> Vec<decisions::Mode> {
-        let on = decisions::Mode::Admission { max_in_flight: cap };
+    fn modes(
+        self,
+        cap: Option<u32>,
+        (queue_threshold, prefill_tokens): (Option<u32>, Option<u64>),
+    ) -> Vec<decisions::Mode> {
+        let on = decisions::Mode::Admission {
+            max_in_flight: cap,
+            queue_threshold,
+            prefill_tokens,
+        };
         match self {
             AdmissionFlag::Off => vec![decisions::Mode::Off],
             AdmissionFlag::On => vec![on],
@@ -269,7 +285,10 @@ fn run_decisions(a: DecisionsArgs) -> anyhow::Result<()> {
     let size = if a.quick { Size::Quick } else { Size::Full };
     let started = std::time::Instant::now();
     let runs = if a.check_determinism { 2 } else { 1 };
-    let modes = a.admission.modes(a.admission_cap);
+    let modes = a.admission.modes(
+        a.admission_cap,
+        (a.admission_queue_threshold, a.admission_prefill_tokens),
+    );
     let mut progress = Progress::new(runs * names.len() * contenders.len() * modes.len(), false);
     let first = decisions::run_all(&names, size, a.seed, a.load, &contenders, &modes, |l| {
         progress.show(l);

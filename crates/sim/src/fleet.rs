@@ -299,11 +299,16 @@ impl Driver<'_> {
     /// Whether some backend has room now: under its concurrency cap, its last scraped
     /// queue under its threshold (the gateway admission stage's test).
     fn room(&self, t: f64) -> bool {
-        self.config
-            .backends
-            .iter()
-            .enumerate()
-            .any(|(i, b)| backend_view(i, b, self.in_flight[i], &self.scraped[i], t).usable)
+        self.config.backends.iter().enumerate().any(|(i, b)| {
+            backend_view(
+                i,
+                b,
+                (self.in_flight[i], self.live[i].prefill_tokens),
+                &self.scraped[i],
+                t,
+            )
+            .usable
+        })
     }
 
     /// Delivers engine `i`'s step events at `t` and starts its next step.
@@ -427,7 +432,13 @@ impl Driver<'_> {
     fn dispatch(&mut self, p: Pending, t: f64) -> Option<Pending> {
         self.views.clear();
         for (i, b) in self.config.backends.iter().enumerate() {
-            let mut view = backend_view(i, b, self.in_flight[i], &self.scraped[i], t);
+            let mut view = backend_view(
+                i,
+                b,
+                (self.in_flight[i], self.live[i].prefill_tokens),
+                &self.scraped[i],
+                t,
+            );
             let live = &self.live[i];
             view.in_flight_tokens = live.in_flight_tokens;
             view.prefill_tokens = live.prefill_tokens;

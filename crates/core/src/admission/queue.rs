@@ -1,7 +1,10 @@
 //! A pool's admission queue: where requests wait while every backend is full.
 //!
 //! Order: the most urgent level first, with aging: a request that has waited `aging` moves up
-//! one level for the choice (not for its deadline), so batch work is not starved forever.
+//! one level for the choice (not for its deadline), so batch work is not starved forever by
+//! the levels between. Aging lifts a request to `high` at most, never to `critical`: under
+//! overload every old request would otherwise reach the top and, being older, go before every
+//! new critical one, and critical traffic would wait as long as batch.
 //! Within a level, tenants share by the [`VirtualTokenCounter`]: the oldest request of the
 //! waiting tenant that was served least goes first. Each level has its own queue timeout and
 //! length limit, and the queue a total; when the total is reached a new request takes the
@@ -216,7 +219,12 @@ impl AdmissionQueue {
             } else {
                 (now.saturating_sub(w.arrived).as_nanos() / aging.as_nanos()) as usize
             };
-            w.priority.index().saturating_sub(lift)
+            let lifted = w.priority.index().saturating_sub(lift);
+            if w.priority == Priority::Critical {
+                lifted
+            } else {
+                lifted.max(Priority::High.index())
+            }
         };
         let (_, id, i) = self
             .levels

@@ -54,6 +54,22 @@ fn aging_lifts_a_long_waiting_batch_request() {
 }
 
 #[test]
+fn aging_never_lifts_a_request_over_a_critical_one() {
+    let mut q = queue(QueueSettings {
+        aging: s(10),
+        ..QueueSettings::default()
+    });
+    // Waited 100 s: ten levels' worth, but it stops at High.
+    q.push(w(1, Priority::Batch, 0, 0)).unwrap();
+    q.push(w(2, Priority::Critical, 0, 99)).unwrap();
+    q.push(w(3, Priority::High, 0, 99)).unwrap();
+    let order: Vec<u64> = std::iter::from_fn(|| q.pop(s(100)).map(|w| w.id)).collect();
+    // The critical request first though it came last; then the aged batch one, older than the
+    // high one at the same level.
+    assert_eq!(order, [2, 1, 3]);
+}
+
+#[test]
 fn tenants_share_a_level_by_tokens() {
     let mut q = queue(QueueSettings::default());
     // Tenant 0 queued ten requests before tenant 1's two arrived.

@@ -48,12 +48,31 @@ struct State {
     next_id: u64,
 }
 
+/// When a backend counts as full for admission, besides its `max_concurrency`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FullWhen {
+    /// Its engine reports more waiting requests than this (scraped, so lagged).
+    pub engine_queue_threshold: Option<u32>,
+    /// The prompt tokens of its requests still waiting for their first byte are at least this
+    /// (the gateway's own count): a burst of long prompts then waits in the queue, where
+    /// fairness orders it, instead of in the engine, where it delays every later request.
+    pub max_prefill_tokens: Option<u64>,
+}
+
+impl FullWhen {
+    /// Whether fullness can end without a request ending (a scrape, a first byte), so
+    /// waiters recheck now and then instead of only on a release.
+    fn changes_alone(&self) -> bool {
+        self.engine_queue_threshold.is_some() || self.max_prefill_tokens.is_some()
+    }
+}
+
 /// One pool's waiting room.
 #[derive(Debug)]
 pub struct Gate {
     state: Mutex<State>,
-    /// Engines reporting more waiting requests than this count as full.
-    engine_queue_threshold: Option<u32>,
+    /// What makes a backend full besides `max_concurrency`.
+    full_when: FullWhen,
     /// `switchyard_admission_waiting` of this model, per level.
     gauges: [prometheus::IntGauge; 5],
 }
@@ -79,7 +98,7 @@ impl Gate {
     pub fn new(
         settings: QueueSettings,
         weights: &[f64],
-        engine_queue_threshold: Option<u32>,
+        full_when: FullWhen,
         gauges: [prometheus::IntGauge; 5],
     ) -> Self {
         Self {
@@ -88,7 +107,7 @@ impl Gate {
                 waiters: HashMap::new(),
                 next_id: 0,
             }),
-            engine_queue_threshold,
+            full_when,
             gauges,
         }
     }
@@ -106,14 +125,19 @@ impl Gate {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether `b`'s engine reports a queue past the threshold.
+    /// Whether `b`'s engine reports a queue past the threshold, or its prompts waiting for a
+    /// first byte reach the prefill limit.
     fn engine_busy(&self, b: &Backend, now: Duration, max_age: Duration) -> bool {
-        self.engine_queue_threshold.is_some_and(|t| {
-            b.state
-                .signals
-                .engine(now, max_age)
-                .is_some_and(|e| e.waiting > t)
-        })
+        let signals = &b.state.signals;
+        let queued = self
+            .full_when
+            .engine_queue_threshold
+            .is_some_and(|t| signals.engine(now, max_age).is_some_and(|e| e.waiting > t));
+        queued
+            || self
+                .full_when
+                .max_prefill_tokens
+                .is_some_and(|max| signals.prefill_tokens() >= max)
     }
 
     /// Whether a request can go to `pool` now: some backend has room, or none is merely
@@ -204,7 +228,7 @@ impl Gate {
     ) -> Option<Verdict> {
         loop {
             let left = deadline.saturating_sub(now());
-            let step = if self.engine_queue_threshold.is_some() {
+            let step = if self.full_when.changes_alone() {
                 left.min(ENGINE_RECHECK)
             } else {
                 left

@@ -123,8 +123,7 @@ impl Admission {
                                 .waiting
                                 .with_label_values(&[p.name.as_str(), l.name()])
                         });
-                        let gate =
-                            Gate::new(a.queue.clone(), &weights, a.engine_queue_threshold, gauges);
+                        let gate = Gate::new(a.queue.clone(), &weights, a.full_when, gauges);
                         (p.name.clone(), Arc::new(gate))
                     })
                     .collect()

@@ -21,6 +21,7 @@
 //!   aging: 10s
 //!   max_waiting: 2000
 //!   engine_queue_threshold: 8            # an engine with more waiting counts as full
+//!   max_prefill_tokens: 4096             # so do this many prompt tokens awaiting a first byte
 //!   model_limits:                        # per model, over every caller
 //!     llama: {rpm: 6000, tpm: 2000000, max_concurrent: 200}
 //!   levels:
@@ -115,9 +116,10 @@ pub struct TenantSpec {
 pub struct Admission {
     /// Levels, aging, total.
     pub queue: QueueSettings,
-    /// An engine reporting more requests waiting than this counts as full; `None`: only
-    /// `max_concurrency` makes a backend full.
-    pub engine_queue_threshold: Option<u32>,
+    /// What makes a backend full besides `max_concurrency`: an engine reporting more
+    /// requests waiting than `engine_queue_threshold`, prompts waiting for their first byte
+    /// reaching `max_prefill_tokens`; neither by default.
+    pub full_when: crate::admission::gate::FullWhen,
     /// Limits per model over every caller (`model_limits: {llama: {rpm: 600}}`).
     pub model_limits: BTreeMap<String, RateLimitSpec>,
 }
@@ -301,6 +303,8 @@ struct AdmissionRaw {
     #[serde(default)]
     engine_queue_threshold: Option<u32>,
     #[serde(default)]
+    max_prefill_tokens: Option<u64>,
+    #[serde(default)]
     levels: BTreeMap<String, LevelRaw>,
     #[serde(default)]
     model_limits: BTreeMap<String, ModelLimitsRaw>,
@@ -329,6 +333,12 @@ struct LevelRaw {
 impl<'de> Deserialize<'de> for Admission {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = AdmissionRaw::deserialize(d)?;
+        if raw.max_prefill_tokens == Some(0) {
+            return Err(de::Error::custom(
+                "admission.max_prefill_tokens must be at least 1: at 0 every backend would \
+                 always count as full",
+            ));
+        }
         let mut queue = QueueSettings::default();
         if let Some(a) = raw.aging {
             queue.aging = a.0;
@@ -358,7 +368,10 @@ impl<'de> Deserialize<'de> for Admission {
         }
         Ok(Admission {
             queue,
-            engine_queue_threshold: raw.engine_queue_threshold,
+            full_when: crate::admission::gate::FullWhen {
+                engine_queue_threshold: raw.engine_queue_threshold,
+                max_prefill_tokens: raw.max_prefill_tokens,
+            },
             model_limits,
         })
     }

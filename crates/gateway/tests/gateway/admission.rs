@@ -416,6 +416,33 @@ async fn a_request_waits_at_most_its_level_timeout_and_a_full_queue_sheds_the_le
     );
 }
 
+#[tokio::test]
+async fn prompts_awaiting_their_first_byte_past_max_prefill_tokens_make_a_backend_full() {
+    let release = Arc::new(Notify::new());
+    let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let yaml = config(&[up.url()], "", "admission: {max_prefill_tokens: 1}");
+    let gw = Arc::new(Gw::start(&format!("admin: {{token: {ADMIN}}}\n{yaml}")).await);
+    let c = client();
+    // The first request's prompt waits for its first byte at the mock: the backend is full.
+    let first = spawn_chat(&c, &gw, vec![("x-test", "first".into())]);
+    eventually(|| up.count() == 1).await;
+    let second = spawn_chat(&c, &gw, vec![("x-test", "second".into())]);
+    until_waiting(&c, &gw, "normal", 1).await;
+    assert_eq!(up.count(), 1, "no max_concurrency, yet the second waits");
+    serve_one_by_one(&up, &release, 2).await;
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(second.await.unwrap().status, 200);
+    assert_eq!(order(&up), ["first", "second"]);
+    // Zero would hold every request forever: refused at load.
+    let e = switchyard_gateway::config::parse(
+        "admission: {max_prefill_tokens: 0}\nmodels:\n  m:\n    backends:\n      - {url: \"http://127.0.0.1:1\"}\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("max_prefill_tokens must be at least 1"), "{e}");
+}
+
 /// The value of the sample of metric `name` whose labels include every one of `labels`.
 fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics

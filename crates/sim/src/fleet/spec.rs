@@ -22,6 +22,9 @@ pub struct BackendSpec {
     /// Treat it as not usable while its last scraped `num_waiting` is at least this (a lagged
     /// signal, as a gateway's would be).
     pub max_waiting: Option<u32>,
+    /// Treat it as not usable while the prompt tokens of the gateway's requests there that
+    /// have not had their first token are at least this (the gateway's own count, not lagged).
+    pub max_prefill_tokens: Option<u64>,
 }
 
 /// A fleet run's parameters.
@@ -53,6 +56,7 @@ impl FleetConfig {
                     engine: engine.clone(),
                     max_in_flight: None,
                     max_waiting: None,
+                    max_prefill_tokens: None,
                 })
                 .collect(),
             policy,
@@ -86,6 +90,7 @@ impl FleetConfig {
                     engine: p.engine_config(),
                     max_in_flight: None,
                     max_waiting: None,
+                    max_prefill_tokens: None,
                 });
             }
         }

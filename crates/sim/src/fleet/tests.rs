@@ -101,6 +101,7 @@ fn heterogeneous_fleet_least_connections_favours_the_fast_backend() {
         engine: slow.engine_config(),
         max_in_flight: None,
         max_waiting: None,
+        max_prefill_tokens: None,
     });
     let w = sharegpt_like(
         &ShareGptSpec {

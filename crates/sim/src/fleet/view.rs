@@ -43,11 +43,14 @@ impl Live {
 pub(super) fn backend_view(
     i: usize,
     spec: &BackendSpec,
-    in_flight: u32,
+    (in_flight, prefill_tokens): (u32, u64),
     scraped: &EngineMetrics,
     now: f64,
 ) -> BackendView {
-    let under_cap = spec.max_in_flight.is_none_or(|cap| in_flight < cap);
+    let under_cap = spec.max_in_flight.is_none_or(|cap| in_flight < cap)
+        && spec
+            .max_prefill_tokens
+            .is_none_or(|cap| prefill_tokens < cap);
     let queue_ok = spec
         .max_waiting
         .is_none_or(|limit| scraped.num_waiting < limit);
