@@ -117,6 +117,8 @@ pub enum Mode {
         /// A backend whose requests not yet past their first token hold this many prompt
         /// tokens counts as full.
         prefill_tokens: Option<u64>,
+        /// Of each backend's cap, requests kept for critical ones.
+        critical_reserve: u32,
     },
 }
 
@@ -254,12 +256,13 @@ fn play(
             max_in_flight,
             queue_threshold,
             prefill_tokens,
+            critical_reserve,
         } => {
             let (config, gate): (FleetConfig, Admission) = admission::setup(
                 sc,
                 fleet_config(sc, seed),
                 max_in_flight,
-                (queue_threshold, prefill_tokens),
+                (queue_threshold, prefill_tokens, critical_reserve),
             );
             run_admitted(&config, &sc.workload, policy, &gate)
         }

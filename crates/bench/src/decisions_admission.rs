@@ -47,12 +47,14 @@ fn level(label: Option<&str>) -> Priority {
 
 /// `config` with every backend capped at `max_in_flight` (or [`default_cap`]) and, with a
 /// `queue_threshold`, counted full while its scraped engine queue holds more than that many
-/// (the gateway's `engine_queue_threshold`); and the admission stage for `sc`'s requests.
+/// (the gateway's `engine_queue_threshold`), or with `prefill_tokens` while its prompts
+/// awaiting a first token hold that many (`max_prefill_tokens`); and the admission stage for
+/// `sc`'s requests, keeping `critical_reserve` of each cap for critical ones.
 pub fn setup(
     sc: &Scenario,
     mut config: FleetConfig,
     max_in_flight: Option<u32>,
-    (queue_threshold, prefill_tokens): (Option<u32>, Option<u64>),
+    (queue_threshold, prefill_tokens, critical_reserve): (Option<u32>, Option<u64>, u32),
 ) -> (FleetConfig, Admission) {
     let cap = max_in_flight.unwrap_or_else(|| default_cap(sc)).max(1);
     for b in &mut config.backends {
@@ -80,6 +82,7 @@ pub fn setup(
         settings: QueueSettings::default(),
         tenant_weights: vec![1.0; names.len()],
         classes,
+        critical_reserve,
     };
     (config, gate)
 }
@@ -98,13 +101,14 @@ mod tests {
             switchyard_core::PolicySpec::default(),
             1,
         );
-        let (config, gate) = setup(&sc, base, Some(7), (Some(0), Some(4096)));
+        let (config, gate) = setup(&sc, base, Some(7), (Some(0), Some(4096), 2));
         assert!(config.backends.iter().all(|b| b.max_in_flight == Some(7)));
         assert!(config
             .backends
             .iter()
             .all(|b| (b.max_waiting, b.max_prefill_tokens) == (Some(1), Some(4096))));
         assert_eq!(gate.classes.len(), sc.workload.len());
+        assert_eq!(gate.critical_reserve, 2);
         let tenants: std::collections::BTreeSet<u32> =
             gate.classes.iter().map(|c| c.tenant.0).collect();
         assert_eq!(tenants.len(), 6);
@@ -118,7 +122,7 @@ mod tests {
                 1,
             ),
             None,
-            (None, None),
+            (None, None, 0),
         );
         for (c, t) in gate.classes.iter().zip(&p.tags) {
             assert_eq!(c.priority, level(t.priority));

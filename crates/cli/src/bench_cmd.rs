@@ -117,6 +117,10 @@ pub struct DecisionsArgs {
     /// prompt tokens counts as full (the gateway's `max_prefill_tokens`; default: none).
     #[arg(long)]
     admission_prefill_tokens: Option<u64>,
+    /// With admission: of each backend's cap, requests kept for critical ones (the gateway's
+    /// `critical_reserve`; default 0).
+    #[arg(long, default_value_t = 0)]
+    admission_critical_reserve: u32,
     /// Where result files go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -140,12 +144,13 @@ impl AdmissionFlag {
     fn modes(
         self,
         cap: Option<u32>,
-        (queue_threshold, prefill_tokens): (Option<u32>, Option<u64>),
+        (queue_threshold, prefill_tokens, critical_reserve): (Option<u32>, Option<u64>, u32),
     ) -> Vec<decisions::Mode> {
         let on = decisions::Mode::Admission {
             max_in_flight: cap,
             queue_threshold,
             prefill_tokens,
+            critical_reserve,
         };
         match self {
             AdmissionFlag::Off => vec![decisions::Mode::Off],
@@ -287,7 +292,11 @@ fn run_decisions(a: DecisionsArgs) -> anyhow::Result<()> {
     let runs = if a.check_determinism { 2 } else { 1 };
     let modes = a.admission.modes(
         a.admission_cap,
-        (a.admission_queue_threshold, a.admission_prefill_tokens),
+        (
+            a.admission_queue_threshold,
+            a.admission_prefill_tokens,
+            a.admission_critical_reserve,
+        ),
     );
     let mut progress = Progress::new(runs * names.len() * contenders.len() * modes.len(), false);
     let first = decisions::run_all(&names, size, a.seed, a.load, &contenders, &modes, |l| {

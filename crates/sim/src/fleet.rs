@@ -282,7 +282,11 @@ impl Driver<'_> {
             self.reject(index, t);
         }
         loop {
-            if self.queue.is_admission() && !self.room(t) {
+            let reserve = self
+                .queue
+                .peek(t)
+                .map_or(0, |i| self.queue.reserve_against(i));
+            if self.queue.is_admission() && !self.room(t, reserve) {
                 break;
             }
             let Some(p) = self.queue.pop(t) else { break };
@@ -296,19 +300,38 @@ impl Driver<'_> {
         }
     }
 
-    /// Whether some backend has room now: under its concurrency cap, its last scraped
-    /// queue under its threshold (the gateway admission stage's test).
-    fn room(&self, t: f64) -> bool {
-        self.config.backends.iter().enumerate().any(|(i, b)| {
-            backend_view(
-                i,
-                b,
-                (self.in_flight[i], self.live[i].prefill_tokens),
-                &self.scraped[i],
-                t,
-            )
-            .usable
-        })
+    /// Whether some backend has room now for a request that may not use `reserve` of its
+    /// concurrency cap: under that cap, its last scraped queue under its threshold (the
+    /// gateway admission stage's test).
+    fn room(&self, t: f64, reserve: u32) -> bool {
+        (0..self.config.backends.len()).any(|i| self.view(i, t, reserve).usable)
+    }
+
+    /// Backend `i` as the gateway sees it at `t` for a request that may not use `reserve` of
+    /// its concurrency cap.
+    fn view(&self, i: usize, t: f64, reserve: u32) -> BackendView {
+        let b = &self.config.backends[i];
+        let in_flight = self.in_flight[i];
+        // All but one of the cap at most.
+        let reserve = b
+            .max_in_flight
+            .map_or(0, |cap| reserve.min(cap.saturating_sub(1)));
+        let mut view = backend_view(
+            i,
+            b,
+            (
+                in_flight.saturating_add(reserve),
+                self.live[i].prefill_tokens,
+            ),
+            &self.scraped[i],
+            t,
+        );
+        let live = &self.live[i];
+        view.in_flight = in_flight;
+        view.in_flight_tokens = live.in_flight_tokens;
+        view.prefill_tokens = live.prefill_tokens;
+        view.latency = live.latency();
+        view
     }
 
     /// Delivers engine `i`'s step events at `t` and starts its next step.
@@ -394,11 +417,13 @@ impl Driver<'_> {
         };
         // Behind others already queued, or queued itself if no backend is usable.
         let max_output = req.max_output_tokens;
-        let wait = if !self.queue.is_empty() || (self.queue.is_admission() && !self.room(t)) {
-            Some(p)
-        } else {
-            self.dispatch(p, t)
-        };
+        let reserve = self.queue.reserve_against(index);
+        let wait =
+            if !self.queue.is_empty() || (self.queue.is_admission() && !self.room(t, reserve)) {
+                Some(p)
+            } else {
+                self.dispatch(p, t)
+            };
         if let Some(p) = wait {
             for index in self.queue.push(p, max_output, t).refused {
                 self.reject(index, t);
@@ -430,19 +455,10 @@ impl Driver<'_> {
     /// Decides and submits. Gives the request back if no backend is usable now.
     #[must_use]
     fn dispatch(&mut self, p: Pending, t: f64) -> Option<Pending> {
+        let reserve = self.queue.reserve_against(p.index);
         self.views.clear();
-        for (i, b) in self.config.backends.iter().enumerate() {
-            let mut view = backend_view(
-                i,
-                b,
-                (self.in_flight[i], self.live[i].prefill_tokens),
-                &self.scraped[i],
-                t,
-            );
-            let live = &self.live[i];
-            view.in_flight_tokens = live.in_flight_tokens;
-            view.prefill_tokens = live.prefill_tokens;
-            view.latency = live.latency();
+        for i in 0..self.config.backends.len() {
+            let view = self.view(i, t, reserve);
             self.views.push(view);
         }
         let fleet = FleetView::new(&self.views, Duration::from_secs_f64(t));

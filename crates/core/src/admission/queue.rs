@@ -210,8 +210,30 @@ impl AdmissionQueue {
         Ok(Entered { shed })
     }
 
+    /// The request [`pop`](Self::pop) would take at `now`, left in line.
+    pub fn peek(&self, now: Duration) -> Option<Waiting> {
+        let (id, i) = self.next(now)?;
+        let level = &self.levels[i];
+        level
+            .tenants
+            .iter()
+            .find_map(|(_, q)| q.front().filter(|w| w.id == id))
+            .copied()
+    }
+
     /// Takes the request to serve next at `now`, and charges its tenant.
     pub fn pop(&mut self, now: Duration) -> Option<Waiting> {
+        let (id, i) = self.next(now)?;
+        let level = &mut self.levels[i];
+        let w = level.queue(level_tenant(level, id)?).pop_front()?;
+        level.len -= 1;
+        level.vtc.serve(w.tenant, w.input_tokens, w.output_tokens);
+        self.len -= 1;
+        Some(w)
+    }
+
+    /// The id and level index of the request to serve next at `now`.
+    fn next(&self, now: Duration) -> Option<(u64, usize)> {
         let aging = self.settings.aging;
         let rank = |w: &Waiting| {
             let lift = if aging.is_zero() {
@@ -232,12 +254,7 @@ impl AdmissionQueue {
             .enumerate()
             .filter_map(|(i, l)| l.head().map(|w| ((rank(w), w.arrived, i), w.id, i)))
             .min_by_key(|(key, _, _)| *key)?;
-        let level = &mut self.levels[i];
-        let w = level.queue(level_tenant(level, id)?).pop_front()?;
-        level.len -= 1;
-        level.vtc.serve(w.tenant, w.input_tokens, w.output_tokens);
-        self.len -= 1;
-        Some(w)
+        Some((id, i))
     }
 
     /// Takes `id` out of line (its client went away); `None` when it is not waiting.

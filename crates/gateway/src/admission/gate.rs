@@ -57,6 +57,9 @@ pub struct FullWhen {
     /// (the gateway's own count): a burst of long prompts then waits in the queue, where
     /// fairness orders it, instead of in the engine, where it delays every later request.
     pub max_prefill_tokens: Option<u64>,
+    /// Of each backend's `max_concurrency`, requests only critical ones may take (all but one
+    /// at most), so a critical request finds room while lower levels fill the rest.
+    pub critical_reserve: u32,
 }
 
 impl FullWhen {
@@ -142,17 +145,25 @@ impl Gate {
 
     /// Whether a request can go to `pool` now: some backend has room, or none is merely
     /// full (all are out for other reasons, which routing answers as it does without a queue).
-    fn room(&self, pool: &Pool, now: Duration, max_age: Duration) -> bool {
+    /// A request below critical may not use the last `critical_reserve` of a backend's
+    /// `max_concurrency` (all but one at most).
+    fn room(&self, pool: &Pool, now: Duration, max_age: Duration, priority: Priority) -> bool {
+        let reserve = if priority == Priority::Critical {
+            0
+        } else {
+            self.full_when.critical_reserve
+        };
         let mut full = false;
         for b in &pool.backends {
             let busy = self.engine_busy(b, now, max_age);
-            if b.usable(now) && !busy {
+            let capped = b
+                .config
+                .max_concurrency
+                .is_some_and(|c| b.state.in_flight() >= c.saturating_sub(reserve).max(1));
+            if b.usable(now) && !busy && !capped {
                 return true;
             }
-            full |= busy
-                || b.config
-                    .max_concurrency
-                    .is_some_and(|c| b.state.in_flight() >= c);
+            full |= busy || capped;
         }
         !full
     }
@@ -171,7 +182,7 @@ impl Gate {
         let arrived = now();
         let (id, rx, timeout) = {
             let mut s = self.lock();
-            if s.queue.is_empty() && self.room(ask.pool, arrived, ask.max_age) {
+            if s.queue.is_empty() && self.room(ask.pool, arrived, ask.max_age, ask.priority) {
                 return Ok(Duration::ZERO);
             }
             let id = s.next_id;
@@ -194,9 +205,12 @@ impl Gate {
                     }
                 }
             }
-            self.publish(&s);
             let (tx, rx) = oneshot::channel();
             s.waiters.insert(id, tx);
+            // There may be room for it though not for those before it (a critical request
+            // while lower levels wait for the reserve): let go whoever may go now.
+            self.let_go(&mut s, ask.pool, arrived, ask.max_age);
+            self.publish(&s);
             let timeout = s.queue.settings().levels[ask.priority.index()].timeout;
             (id, rx, timeout)
         };
@@ -257,7 +271,16 @@ impl Gate {
     /// A slot freed (or might have): lets the next waiting request go if there is room.
     pub fn pump(&self, pool: &Pool, now: Duration, max_age: Duration) {
         let mut s = self.lock();
-        while !s.queue.is_empty() && self.room(pool, now, max_age) {
+        self.let_go(&mut s, pool, now, max_age);
+        self.publish(&s);
+    }
+
+    /// Lets the next waiting request go while there is room for it (under the lock).
+    fn let_go(&self, s: &mut State, pool: &Pool, now: Duration, max_age: Duration) {
+        while let Some(next) = s.queue.peek(now) {
+            if !self.room(pool, now, max_age, next.priority) {
+                break;
+            }
             let Some(w) = s.queue.pop(now) else { break };
             if let Some(tx) = s.waiters.remove(&w.id) {
                 if tx.send(Verdict::Go).is_ok() {
@@ -265,7 +288,6 @@ impl Gate {
                 }
             }
         }
-        self.publish(&s);
     }
 }
 

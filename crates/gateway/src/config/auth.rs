@@ -22,6 +22,7 @@
 //!   max_waiting: 2000
 //!   engine_queue_threshold: 8            # an engine with more waiting counts as full
 //!   max_prefill_tokens: 4096             # so do this many prompt tokens awaiting a first byte
+//!   critical_reserve: 2                  # of each max_concurrency, kept for critical requests
 //!   model_limits:                        # per model, over every caller
 //!     llama: {rpm: 6000, tpm: 2000000, max_concurrent: 200}
 //!   levels:
@@ -305,6 +306,8 @@ struct AdmissionRaw {
     #[serde(default)]
     max_prefill_tokens: Option<u64>,
     #[serde(default)]
+    critical_reserve: u32,
+    #[serde(default)]
     levels: BTreeMap<String, LevelRaw>,
     #[serde(default)]
     model_limits: BTreeMap<String, ModelLimitsRaw>,
@@ -371,6 +374,7 @@ impl<'de> Deserialize<'de> for Admission {
             full_when: crate::admission::gate::FullWhen {
                 engine_queue_threshold: raw.engine_queue_threshold,
                 max_prefill_tokens: raw.max_prefill_tokens,
+                critical_reserve: raw.critical_reserve,
             },
             model_limits,
         })

@@ -443,6 +443,45 @@ async fn prompts_awaiting_their_first_byte_past_max_prefill_tokens_make_a_backen
     assert!(e.contains("max_prefill_tokens must be at least 1"), "{e}");
 }
 
+#[tokio::test]
+async fn critical_reserve_keeps_the_last_of_max_concurrency_for_critical_requests() {
+    let release = Arc::new(Notify::new());
+    let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let yaml = auth_config(
+        &up.url(),
+        None,
+        ", priority: critical",
+        "admission: {critical_reserve: 1}",
+    )
+    .replace(
+        "name: b0, max_concurrency: 1}",
+        "name: b0, max_concurrency: 2}",
+    );
+    let gw = Arc::new(Gw::start(&yaml).await);
+    let c = client();
+    let key = |k: &str| ("authorization", bearer(k));
+    let first = spawn_chat(&c, &gw, vec![key(KEY_B), ("x-test", "normal-1".into())]);
+    eventually(|| up.count() == 1).await;
+    // One of two in flight: a normal request finds the backend full, its last slot kept.
+    let second = spawn_chat(&c, &gw, vec![key(KEY_B), ("x-test", "normal-2".into())]);
+    until_waiting(&c, &gw, "normal", 1).await;
+    // A critical one takes it at once.
+    let critical = spawn_chat(&c, &gw, vec![key(KEY_A), ("x-test", "critical".into())]);
+    eventually(|| up.count() == 2).await;
+    assert_eq!(waiting(&c, &gw, "normal").await, 1);
+    // With one of two in flight the normal one still waits: the last slot is kept.
+    release.notify_one();
+    eventually(|| first.is_finished() || critical.is_finished()).await;
+    assert_eq!((up.count(), waiting(&c, &gw, "normal").await), (2, 1));
+    release.notify_one();
+    eventually(|| up.count() == 3).await;
+    release.notify_one();
+    for h in [first, second, critical] {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(order(&up), ["normal-1", "critical", "normal-2"]);
+}
+
 /// The value of the sample of metric `name` whose labels include every one of `labels`.
 fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics

@@ -20,6 +20,9 @@ pub struct Admission {
     /// One per workload request, in workload order; requests past its end are
     /// [`Class::default`].
     pub classes: Vec<Class>,
+    /// Requests of each backend's concurrency cap kept for critical ones: others find a
+    /// backend full this many below its cap (the gateway's `critical_reserve`).
+    pub critical_reserve: u32,
 }
 
 /// A request's level and tenant, as its key would give them.
@@ -41,6 +44,8 @@ pub(super) enum Lobby<'a> {
         queue: Box<AdmissionQueue>,
         classes: &'a [Class],
         held: HashMap<u64, Pending>,
+        /// [`Admission::critical_reserve`].
+        reserve: u32,
     },
 }
 
@@ -58,6 +63,7 @@ impl<'a> Lobby<'a> {
                 queue: Box::new(AdmissionQueue::new(a.settings.clone(), &a.tenant_weights)),
                 classes: &a.classes,
                 held: HashMap::new(),
+                reserve: a.critical_reserve,
             },
         }
     }
@@ -66,6 +72,34 @@ impl<'a> Lobby<'a> {
     /// out, so a request is charged to its tenant only when it goes).
     pub(super) fn is_admission(&self) -> bool {
         matches!(self, Lobby::Admission { .. })
+    }
+
+    /// Of each backend's cap, how many request `index` may not use (kept for critical ones).
+    pub(super) fn reserve_against(&self, index: usize) -> u32 {
+        match self {
+            Lobby::Fifo(_) => 0,
+            Lobby::Admission {
+                classes, reserve, ..
+            } => {
+                let class = classes.get(index).copied().unwrap_or_default();
+                if class.priority == Priority::Critical {
+                    0
+                } else {
+                    *reserve
+                }
+            }
+        }
+    }
+
+    /// The request [`Lobby::pop`] would give at `t`, by workload index.
+    pub(super) fn peek(&self, t: f64) -> Option<usize> {
+        match self {
+            Lobby::Fifo(q) => q.front().map(|p| p.index),
+            Lobby::Admission { queue, held, .. } => {
+                let w = queue.peek(Duration::from_secs_f64(t))?;
+                held.get(&w.id).map(|p| p.index)
+            }
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -88,6 +122,7 @@ impl<'a> Lobby<'a> {
                 queue,
                 classes,
                 held,
+                ..
             } => {
                 let class = classes.get(p.index).copied().unwrap_or_default();
                 let w = Waiting {
