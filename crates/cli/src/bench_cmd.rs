@@ -43,7 +43,8 @@ pub enum BenchCommand {
 /// `switchyard bench overhead` flags.
 #[derive(Debug, clap::Args)]
 pub struct OverheadArgs {
-    /// Peer proxies to compare against: nginx, haproxy, litellm (comma-separated).
+    /// Peer proxies to compare against: nginx, haproxy, litellm, and switchyard-auth
+    /// (Switchyard with auth, limits and admission on) (comma-separated).
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Seconds of each throughput and headline-rate phase (fractions allowed).
@@ -394,7 +395,7 @@ fn run_overhead(a: OverheadArgs) -> anyhow::Result<()> {
         match Peer::parse(p) {
             Some(peer) if !peers.contains(&peer) => peers.push(peer),
             Some(_) => {}
-            None => bail!("unknown peer '{p}'; known: nginx, haproxy, litellm"),
+            None => bail!("unknown peer '{p}'; known: nginx, haproxy, litellm, switchyard-auth"),
         }
     }
     let rate_ok = a.rate.is_finite() && a.rate > 0.0;

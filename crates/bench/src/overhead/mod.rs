@@ -178,7 +178,7 @@ async fn measure(
 ) -> Result<PathResult, String> {
     let name = peer.map_or("direct", Peer::name);
     let key = peers::master_key();
-    let uses_key = peer == Some(Peer::Litellm);
+    let uses_key = matches!(peer, Some(Peer::Litellm | Peer::SwitchyardAuth));
     let (addr, mut proc) = match peer {
         None => (mock, None),
         Some(p) => {

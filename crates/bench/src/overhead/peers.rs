@@ -6,6 +6,9 @@
 //! - nginx: `proxy_pass` to an `upstream` block with `keepalive`, `proxy_buffering off` (so a
 //!   stream passes through as it comes), one worker per core.
 //! - HAProxy: `mode http`, `http-reuse always`, one thread per core.
+//! - Switchyard with auth (`switchyard-auth`): the same, with `auth:` on, one key with rpm,
+//!   tpm and max_concurrent limits far above the run's rate (so every request pays the key
+//!   lookup, the limits and the admission gate, and none is refused) and `admission:` on.
 //! - LiteLLM proxy (`litellm[proxy]==1.106.2` from a venv in the cache dir): one model routed
 //!   to the mock as an OpenAI-compatible backend; it needs a master key (`sk-` and 48 hex
 //!   digits, sent by the load generator as a bearer token) and
@@ -20,6 +23,8 @@ use std::process::Command;
 pub enum Peer {
     /// Switchyard, the binary under test.
     Switchyard,
+    /// Switchyard with auth, limits and admission on.
+    SwitchyardAuth,
     /// nginx.
     Nginx,
     /// HAProxy.
@@ -36,6 +41,7 @@ impl Peer {
     pub fn name(self) -> &'static str {
         match self {
             Peer::Switchyard => "switchyard",
+            Peer::SwitchyardAuth => "switchyard-auth",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
             Peer::Litellm => "litellm",
@@ -48,6 +54,7 @@ impl Peer {
             "nginx" => Some(Peer::Nginx),
             "haproxy" => Some(Peer::Haproxy),
             "litellm" => Some(Peer::Litellm),
+            "switchyard-auth" => Some(Peer::SwitchyardAuth),
             _ => None,
         }
     }
@@ -90,7 +97,7 @@ pub fn on_path(prog: &str) -> bool {
 /// Whether the peer's program is installed.
 pub fn installed(peer: Peer) -> bool {
     match peer {
-        Peer::Switchyard => true,
+        Peer::Switchyard | Peer::SwitchyardAuth => true,
         Peer::Nginx => on_path("nginx"),
         Peer::Haproxy => on_path("haproxy"),
         Peer::Litellm => litellm_bin().is_file(),
@@ -127,11 +134,18 @@ pub fn command(
 ) -> std::io::Result<Command> {
     let listen = format!("127.0.0.1:{port}");
     match peer {
-        Peer::Switchyard => {
-            let cfg = dir.join("switchyard.yaml");
+        Peer::Switchyard | Peer::SwitchyardAuth => {
+            let cfg = dir.join(format!("{}.yaml", peer.name()));
+            let auth = if peer == Peer::SwitchyardAuth {
+                format!(
+                    "auth:\n  tenants:\n    bench: {{rpm: 100000000, tpm: 100000000000}}\n  keys:\n    - {{key: {key}, tenant: bench, rpm: 100000000, tpm: 100000000000, max_concurrent: 100000}}\nadmission: {{}}\n"
+                )
+            } else {
+                String::new()
+            };
             std::fs::write(
                 &cfg,
-                format!("listen: {listen}\nmodels:\n  m:\n    backends:\n      - url: http://{upstream}\n"),
+                format!("listen: {listen}\n{auth}models:\n  m:\n    backends:\n      - url: http://{upstream}\n"),
             )?;
             let mut c = Command::new(switchyard);
             c.arg("serve")
@@ -219,7 +233,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sy-peers-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        for p in [Peer::Switchyard, Peer::Nginx, Peer::Haproxy, Peer::Litellm] {
+        for p in [
+            Peer::Switchyard,
+            Peer::SwitchyardAuth,
+            Peer::Nginx,
+            Peer::Haproxy,
+            Peer::Litellm,
+        ] {
             command(p, &dir, 1234, up, Path::new("/bin/true"), "sk-x").unwrap();
         }
         let nginx = std::fs::read_to_string(dir.join("nginx/nginx.conf")).unwrap();

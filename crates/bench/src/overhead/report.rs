@@ -97,6 +97,8 @@ pub struct Derived {
     pub throughput_vs_haproxy: Option<f64>,
     /// Switchyard max req/s over direct.
     pub throughput_vs_direct: Option<f64>,
+    /// Switchyard with auth, limits and admission on, max req/s over Switchyard's without.
+    pub auth_vs_open: Option<f64>,
     /// Per path: (path, added p50 ms, added p99 ms) at the headline rate, against direct.
     pub added_at_rate_ms: Vec<(String, f64, f64)>,
     /// Per path: (path, added TTFB p50 ms, added p99 ms) when streaming, against direct.
@@ -160,6 +162,7 @@ pub fn derive(paths: &[PathResult]) -> Derived {
         throughput_vs_litellm: vs("litellm"),
         throughput_vs_haproxy: vs("haproxy"),
         throughput_vs_direct: vs("direct"),
+        auth_vs_open: rps("switchyard-auth").and_then(|a| ratio(a, sy)),
         added_at_rate_ms,
         added_ttfb_ms,
     }
@@ -243,6 +246,13 @@ impl OverheadRun {
             f(d.throughput_vs_haproxy, 2),
             f(d.throughput_vs_direct, 2)
         );
+        if d.auth_vs_open.is_some() {
+            let _ = writeln!(
+                s,
+                "With auth, limits and admission on (`switchyard-auth`): **{}x** its throughput without.",
+                f(d.auth_vs_open, 3)
+            );
+        }
         let _ = writeln!(
             s,
             "\n## Latency at {:.0} requests/s offered (open loop, from the scheduled send time)\n\n| path | achieved/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | non-2xx + errors | unsent |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|",

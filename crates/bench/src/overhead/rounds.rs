@@ -147,6 +147,20 @@ pub fn markdown(rows: &[RoundRow], connections: usize, duration_s: f64) -> Strin
             mark(p99.map(|r| r <= 1.5)),
         );
     }
+    if let (Some(auth), Some(open)) = (get("switchyard-auth"), get("switchyard")) {
+        let tput = auth.rps.zip(open.rps).and_then(|(a, b)| ratio(a, b));
+        let verdict = match tput.map(|r| r >= 0.95) {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            s,
+            "
+With auth, limits and admission on (issue 14; medians): throughput {}x Switchyard's without (target >= 0.95: {verdict}).",
+            f(tput, 3),
+        );
+    }
     s
 }
 
@@ -173,6 +187,9 @@ mod tests {
             row(2, "nginx", 50.0, 0.020, 2.0),
             row(3, "switchyard", 95.0, 0.031, 2.9),
             row(3, "nginx", 99.0, 0.026, 2.0),
+            row(1, "switchyard-auth", 88.0, 0.031, 3.1),
+            row(2, "switchyard-auth", 12.0, 0.051, 9.1),
+            row(3, "switchyard-auth", 90.0, 0.032, 3.0),
         ];
         let m = medians(&rows);
         assert_eq!(m[0].path, "switchyard");
@@ -189,6 +206,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("<= 1.2x nginx | 1.19 | met |"), "{md}");
+        // 88 (median of 88, 12, 90) over 90 (median of 90, 10, 95).
+        assert!(
+            md.contains("throughput 0.978x Switchyard's without (target >= 0.95: met)"),
+            "{md}"
+        );
         assert_eq!(median([Some(1.0), None, Some(3.0)].into_iter()), Some(2.0));
         assert_eq!(median(std::iter::empty()), None);
     }

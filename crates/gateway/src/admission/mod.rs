@@ -453,23 +453,41 @@ impl Admitted {
 
 /// `x-ratelimit-*` as OpenAI sends them.
 fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
-    let mut put = |name: &'static str, v: Option<u64>| {
+    use http::header::HeaderName;
+    // Names built once (a `&str` name is parsed again on every insert).
+    const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+    const REMAINING_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-requests");
+    const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+    const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+    const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+    const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+    h.reserve(6);
+    for (name, v) in [
+        (LIMIT_REQUESTS, g.limit_requests),
+        (REMAINING_REQUESTS, g.remaining_requests),
+        (LIMIT_TOKENS, g.limit_tokens),
+        (REMAINING_TOKENS, g.remaining_tokens),
+    ] {
         if let Some(v) = v {
             h.insert(name, HeaderValue::from(v));
         }
-    };
-    put("x-ratelimit-limit-requests", g.limit_requests);
-    put("x-ratelimit-remaining-requests", g.remaining_requests);
-    put("x-ratelimit-limit-tokens", g.limit_tokens);
-    put("x-ratelimit-remaining-tokens", g.remaining_tokens);
+    }
     for (name, d) in [
-        ("x-ratelimit-reset-requests", g.reset_requests),
-        ("x-ratelimit-reset-tokens", g.reset_tokens),
+        (RESET_REQUESTS, g.reset_requests),
+        (RESET_TOKENS, g.reset_tokens),
     ] {
-        if let Some(v) =
-            d.and_then(|d| HeaderValue::from_str(&format!("{:.3}s", d.as_secs_f64())).ok())
-        {
-            h.insert(name, v);
+        if let Some(d) = d {
+            // Seconds with millisecond precision ("1.250s"), written without a String.
+            let mut buf = [0u8; 32];
+            let mut w = std::io::Cursor::new(&mut buf[..]);
+            let ms = d.subsec_millis();
+            if std::io::Write::write_fmt(&mut w, format_args!("{}.{ms:03}s", d.as_secs())).is_ok() {
+                let n = w.position() as usize;
+                if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
+                    h.insert(name, v);
+                }
+            }
         }
     }
 }
