@@ -112,6 +112,24 @@ fn push_turn(turns: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
     turns.push(json!({"role": role, "content": blocks}));
 }
 
+/// A tool's `name` and `description` with its JSON schema, read from `from`'s `schema` key
+/// and written under `to` (an object schema with no properties when it has none): the one
+/// shape difference between a chat `function` and a Messages tool.
+pub(crate) fn tool_spec(from: &Value, schema: &str, to: &str) -> Map<String, Value> {
+    let mut tool = Map::new();
+    let name = from.get("name").cloned().unwrap_or_else(|| "".into());
+    tool.insert("name".into(), name);
+    if let Some(d) = from.get("description") {
+        tool.insert("description".into(), d.clone());
+    }
+    let schema = from
+        .get(schema)
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    tool.insert(to.into(), schema);
+    tool
+}
+
 /// `tool_choice` and `parallel_tool_calls` as Anthropic's `tool_choice`.
 fn tool_choice(choice: Option<&Value>, parallel: Option<bool>) -> Option<Value> {
     let mut out = match choice {
@@ -205,22 +223,7 @@ pub fn request_to_messages(chat: &[u8], model: &str) -> Result<Translated, Strin
         let tools: Vec<Value> = tools
             .iter()
             .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut tool = Map::new();
-                tool.insert(
-                    "name".into(),
-                    f.get("name").cloned().unwrap_or_else(|| "".into()),
-                );
-                if let Some(d) = f.get("description") {
-                    tool.insert("description".into(), d.clone());
-                }
-                let schema = f
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-                tool.insert("input_schema".into(), schema);
-                Value::Object(tool)
-            })
+            .map(|f| Value::Object(tool_spec(f, "parameters", "input_schema")))
             .collect();
         if !tools.is_empty() {
             out.insert("tools".into(), Value::Array(tools));

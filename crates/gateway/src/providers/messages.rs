@@ -150,15 +150,7 @@ pub fn request_to_chat(body: &[u8]) -> Result<Vec<u8>, String> {
             .iter()
             .filter(|t| t.get("input_schema").is_some())
             .map(|t| {
-                let mut f = Map::new();
-                f.insert(
-                    "name".into(),
-                    t.get("name").cloned().unwrap_or_else(|| "".into()),
-                );
-                if let Some(d) = t.get("description") {
-                    f.insert("description".into(), d.clone());
-                }
-                f.insert("parameters".into(), t["input_schema"].clone());
+                let f = super::anthropic::tool_spec(t, "input_schema", "parameters");
                 json!({"type": "function", "function": f})
             })
             .collect();
