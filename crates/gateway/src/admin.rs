@@ -211,6 +211,7 @@ fn backend_json(snap: &Snapshot, pool: &Pool, b: &Backend) -> Value {
         "weight": b.config.weight,
         "max_concurrency": b.config.max_concurrency,
         "upstream_model": b.config.upstream_model,
+        "provider": b.config.provider.name(),
         "has_api_key": b.config.api_key.is_some(),
         "requests_finished": m.duration.get_sample_count(),
         "mean_duration_s": mean(&m.duration),

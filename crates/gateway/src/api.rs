@@ -21,6 +21,7 @@ use crate::body::GatewayBody;
 use crate::error::ApiError;
 use crate::forward;
 use crate::gateway::{Gateway, Snapshot};
+use crate::providers::ClientApi;
 
 /// Longest client-sent `x-request-id` kept as is; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -39,9 +40,15 @@ pub async fn handle(
         _ => gw.new_request_id(),
     };
     let kind = match (req.method(), req.uri().path()) {
-        (&Method::POST, "/v1/chat/completions") => Some(EndpointKind::ChatCompletions),
-        (&Method::POST, "/v1/completions") => Some(EndpointKind::Completions),
-        (&Method::POST, "/v1/embeddings") => Some(EndpointKind::Embeddings),
+        (&Method::POST, "/v1/chat/completions") => {
+            Some((EndpointKind::ChatCompletions, ClientApi::OpenAi))
+        }
+        (&Method::POST, "/v1/completions") => Some((EndpointKind::Completions, ClientApi::OpenAi)),
+        (&Method::POST, "/v1/embeddings") => Some((EndpointKind::Embeddings, ClientApi::OpenAi)),
+        // Anthropic's Messages API, served as chat completions by any pool.
+        (&Method::POST, "/v1/messages") => {
+            Some((EndpointKind::ChatCompletions, ClientApi::Anthropic))
+        }
         _ => None,
     };
     let snap = gw.snapshot();
@@ -66,7 +73,7 @@ fn local(gateway: &Gateway, gw: &Snapshot, req: &Request<Incoming>) -> Response<
             allowed: "GET",
         }
         .into_response(),
-        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => {
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/messages" => {
             ApiError::MethodNotAllowed {
                 path: path.to_owned(),
                 allowed: "POST",
@@ -173,11 +180,11 @@ async fn read_body(
     })
 }
 
-/// The proxy path. Every error is answered here, counted under the model it was for (none
-/// until the model is known).
+/// The proxy path. Every error is answered here, in the shape of the API the client called,
+/// counted under the model it was for (none until the model is known).
 async fn proxy(
     gw: &Arc<Snapshot>,
-    kind: EndpointKind,
+    (kind, client): (EndpointKind, ClientApi),
     peer: SocketAddr,
     req: Request<Incoming>,
     request_id: &HeaderValue,
@@ -186,7 +193,7 @@ async fn proxy(
     let refuse = |model: &str, e: ApiError| {
         gw.metrics.count(model, "", e.status());
         tracing::debug!(request_id = ?request_id, code = e.code(), "{e}");
-        e.into_response()
+        e.into_response_for(client)
     };
     let limit = gw.config.max_body_bytes;
     let declared = req
@@ -202,9 +209,19 @@ async fn proxy(
         Err(e) => return refuse("", e),
     };
     let (mut parts, body) = req.into_parts();
-    let body = match read_body(body, limit, declared, gw.config.limits.body_read_timeout).await {
+    let original = match read_body(body, limit, declared, gw.config.limits.body_read_timeout).await
+    {
         Ok(body) => body,
         Err(e) => return refuse("", e),
+    };
+    // A Messages request is made a chat request once: profiled, routed and admitted as one,
+    // sent as one to OpenAI-compatible backends, and as the client's own to Anthropic ones.
+    let body = match client {
+        ClientApi::OpenAi => original.clone(),
+        ClientApi::Anthropic => match crate::providers::messages::request_to_chat(&original) {
+            Ok(chat) => Bytes::from(chat),
+            Err(why) => return refuse("", ApiError::Untranslatable(why)),
+        },
     };
     let body_read = Instant::now();
 
@@ -245,6 +262,8 @@ async fn proxy(
         pool,
         profile: &profile,
         body: admitted.body(&body),
+        client,
+        original: &original,
         headers: &headers,
         request_id,
         started,

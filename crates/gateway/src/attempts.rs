@@ -33,6 +33,7 @@ use crate::error::ApiError;
 use crate::fleet::{Backend, InFlightGuard, Pool, ViewBuf, DEFAULT_COOLDOWN};
 use crate::forward;
 use crate::gateway::Snapshot;
+use crate::providers::{ClientApi, Direction, Translate};
 use crate::{explain, signals, upstream};
 
 /// One request on the proxy path, read once: everything its attempts need.
@@ -44,8 +45,12 @@ pub struct Request<'a> {
     pub pool: &'a Pool,
     /// Its profile.
     pub profile: &'a RequestProfile,
-    /// The original body bytes.
+    /// The chat-completions body to send (the client's, or its Messages request made chat).
     pub body: &'a Bytes,
+    /// The API the client called: its answer and errors come back in that shape.
+    pub client: ClientApi,
+    /// The body as the client sent it (a Messages client's, passed to `anthropic` backends).
+    pub original: &'a Bytes,
     /// The headers to forward: the client's as [`forward::prepare_headers`] made them.
     pub headers: &'a HeaderMap,
     /// `x-request-id`.
@@ -62,18 +67,25 @@ enum Failed {
     Local(ApiError),
     /// No usable answer (connect error, timeout, broken before the first byte).
     Error(ApiError),
-    /// A retryable answer, kept to pass through if every attempt fails.
-    Answer(hyper::Response<Incoming>, InFlightGuard, Option<Duration>),
+    /// A retryable answer, kept to pass through if every attempt fails, with how it is
+    /// translated back.
+    Answer(
+        hyper::Response<Incoming>,
+        InFlightGuard,
+        Option<Duration>,
+        Option<Direction>,
+    ),
 }
 
 /// What a successful attempt hands to the relay: the response head (and body), its first
-/// body frame, the backend's slot, and the direct connection to give back once the body
-/// has passed whole.
+/// body frame, the backend's slot, the direct connection to give back once the body
+/// has passed whole, and how the answer is translated back.
 type Answered = (
     hyper::Response<Incoming>,
     Option<Frame<Bytes>>,
     InFlightGuard,
     Option<upstream::Conn>,
+    Option<Direction>,
 );
 
 /// What the plan sees of a pool.
@@ -103,7 +115,12 @@ struct Driver<'a> {
     /// The last attempt's error, answered if nothing better comes.
     failure: Option<ApiError>,
     /// The last retryable answer, passed through if every attempt fails.
-    held: Option<(hyper::Response<Incoming>, &'a Backend, InFlightGuard)>,
+    held: Option<(
+        hyper::Response<Incoming>,
+        &'a Backend,
+        InFlightGuard,
+        Option<Direction>,
+    )>,
     /// When the first attempt went out (for the overhead metric).
     dispatched: Option<Instant>,
 }
@@ -196,7 +213,7 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
         }
         now = gw.now();
     }
-    if let Some((resp, backend, guard)) = d.held {
+    if let Some((resp, backend, guard, direction)) = d.held {
         return Ok(relay(
             req,
             resp,
@@ -204,7 +221,7 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
             backend,
             guard,
             d.progress.attempts(),
-            None,
+            (None, direction),
         ));
     }
     Err(d.failure.unwrap_or_else(|| ApiError::NoBackend {
@@ -244,7 +261,7 @@ impl<'a> Driver<'a> {
             return None;
         };
         let outcome = match self.attempt(target, backend, guard, slot).await {
-            Ok((resp, first, guard, conn)) => {
+            Ok((resp, first, guard, conn, direction)) => {
                 let headers_at = Instant::now();
                 let r = relay(
                     req,
@@ -253,7 +270,7 @@ impl<'a> Driver<'a> {
                     backend,
                     guard,
                     self.progress.attempts(),
-                    conn,
+                    (conn, direction),
                 );
                 let before = self
                     .dispatched
@@ -271,8 +288,8 @@ impl<'a> Driver<'a> {
                 self.failure = Some(e);
                 Outcome::Local
             }
-            Err(Failed::Answer(resp, guard, retry_after)) => {
-                self.held = Some((resp, backend, guard));
+            Err(Failed::Answer(resp, guard, retry_after, direction)) => {
+                self.held = Some((resp, backend, guard, direction));
                 Outcome::Answered { retry_after }
             }
         };
@@ -294,15 +311,24 @@ impl<'a> Driver<'a> {
         // llama.cpp's `id_slot`: the server holds the request for that slot (a client's own
         // `id_slot` stands).
         let slotted = slot.and_then(|s| forward::with_field(req.body, "id_slot", &s.to_string()));
-        let upstream = forward::upstream_request(
-            backend,
-            &pool.name,
-            req.profile,
-            slotted.as_ref().unwrap_or(req.body),
-            req.headers,
-            direct,
-        )
-        .map_err(|e| Failed::Error(unreachable(backend, e.to_string())))?;
+        let outbound = forward::Outbound {
+            client: req.client,
+            profile: req.profile,
+            body: slotted.as_ref().unwrap_or(req.body),
+            original: req.original,
+        };
+        let (upstream, direction) =
+            forward::upstream_request(backend, &pool.name, &outbound, req.headers, direct)
+                .map_err(|e| match e {
+                    forward::OutboundError::Http(e) => {
+                        Failed::Error(unreachable(backend, e.to_string()))
+                    }
+                    // The request itself cannot go to this kind of backend: no other attempt
+                    // would fare better.
+                    forward::OutboundError::Untranslatable(why) => {
+                        Failed::Local(ApiError::Untranslatable(why))
+                    }
+                })?;
         self.dispatched.get_or_insert_with(Instant::now);
         // The first byte must come within `first_byte`, and within what is left of `total`.
         let first_byte = backend.config.timeouts.first_byte;
@@ -371,7 +397,7 @@ impl<'a> Driver<'a> {
             } else {
                 guard.outcome(false);
             }
-            return Err(Failed::Answer(resp, guard, retry_after));
+            return Err(Failed::Answer(resp, guard, retry_after, direction));
         }
         // Read the first frame before committing: until then a failure can still fail over.
         // Its time to first byte is recorded by the relay it is handed to.
@@ -383,6 +409,7 @@ impl<'a> Driver<'a> {
                 None,
                 guard,
                 conn,
+                direction,
             ));
         }
         match tokio::time::timeout_at(deadline, incoming.frame()).await {
@@ -404,6 +431,7 @@ impl<'a> Driver<'a> {
                     first,
                     guard,
                     conn,
+                    direction,
                 ))
             }
         }
@@ -446,8 +474,9 @@ fn unreachable(backend: &Backend, detail: String) -> ApiError {
 
 /// The client's response: upstream status and headers (hop-by-hop removed) plus ours, and the
 /// upstream body relayed as it arrives, its first frame (already read) first, within the
-/// backend's idle and total timeouts. `conn`, the direct connection it came on, goes back to
-/// the backend's idle list once the body has passed whole.
+/// backend's idle and total timeouts, translated back to the client's API when `direction`
+/// says so. `conn`, the direct connection it came on, goes back to the backend's idle list
+/// once the body has passed whole.
 fn relay(
     req: &Request<'_>,
     resp: hyper::Response<Incoming>,
@@ -455,7 +484,7 @@ fn relay(
     backend: &Backend,
     guard: InFlightGuard,
     attempts: u32,
-    conn: Option<upstream::Conn>,
+    (conn, direction): (Option<upstream::Conn>, Option<Direction>),
 ) -> Response<GatewayBody> {
     let (mut head, incoming) = resp.into_parts();
     forward::clean_response_headers(&mut head.headers);
@@ -475,8 +504,17 @@ fn relay(
     let non_gap = 2
         + u32::from(profile.kind == switchyard_core::EndpointKind::ChatCompletions)
         + u32::from(profile.include_usage);
-    let relay =
-        Relay::new(incoming, first, req.started, (sse, non_gap), limits, guard).reusing(conn);
+    let mut relay = Relay::new(incoming, first, req.started, (sse, non_gap), limits, guard)
+        .reusing(conn)
+        .for_client(req.client);
+    if let Some(direction) = direction {
+        // The translated body has another length than the upstream's.
+        head.headers.remove(header::CONTENT_LENGTH);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        relay = relay.translating(Translate::new(direction, sse, head.status, created));
+    }
     Response::from_parts(head, GatewayBody::Relay(relay))
 }
 

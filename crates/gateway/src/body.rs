@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio::time::Sleep;
 
 use crate::fleet::InFlightGuard;
+use crate::providers::{ClientApi, Translate};
 use crate::sse::EventFramer;
 use crate::upstream;
 
@@ -146,6 +147,13 @@ pub struct Relay {
     /// The direct connection the body arrives on (see [`crate::upstream`]): given back to
     /// the backend's idle list when the body has passed whole, closed otherwise.
     conn: Option<upstream::Conn>,
+    /// Turns the answer into the client's API as it passes, when the backend speaks another
+    /// (see [`crate::providers`]); `None`: relayed as it is.
+    translate: Option<Box<Translate>>,
+    /// The translator has had the end of the body and said its last words.
+    translate_done: bool,
+    /// The API the client called: the shape of the event that ends a broken stream.
+    client: ClientApi,
 }
 
 impl Relay {
@@ -175,6 +183,9 @@ impl Relay {
             timers: None,
             guard,
             conn: None,
+            translate: None,
+            translate_done: false,
+            client: ClientApi::OpenAi,
         };
         if let Some(d) = first.as_ref().and_then(Frame::data_ref) {
             relay.first_byte();
@@ -197,6 +208,44 @@ impl Relay {
         self
     }
 
+    /// Answers a client of `client`'s API (errors that end a stream take its shape).
+    pub fn for_client(mut self, client: ClientApi) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// Translates the answer with `t` from here on, the first frame (already read) included.
+    pub fn translating(mut self, t: Translate) -> Self {
+        self.translate = Some(Box::new(t));
+        let first = match self.first.take() {
+            Some(f) if f.is_data() => f.into_data().ok(),
+            Some(other) => {
+                self.first = Some(other);
+                None
+            }
+            None => None,
+        };
+        let ended = self.inner.as_ref().is_none_or(Body::is_end_stream);
+        let out = self.translated(first, ended);
+        if out.is_some() {
+            self.first = out.map(Frame::data);
+        }
+        self
+    }
+
+    /// `data` (whole events of a stream, or any bytes of a JSON answer) through the
+    /// translator, if there is one, with the translator's last words when the body `ended`.
+    fn translated(&mut self, data: Option<Bytes>, ended: bool) -> Option<Bytes> {
+        let Some(t) = self.translate.as_mut() else {
+            return data;
+        };
+        let mut out = data.map(|d| t.push(&d)).unwrap_or_default();
+        if ended && !std::mem::replace(&mut self.translate_done, true) {
+            out.extend(t.finish());
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
     /// Returns the connection to the backend's idle list.
     fn give_back(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -208,13 +257,14 @@ impl Relay {
     /// (a trailing partial one waits for its end, or for the end of the body), any other
     /// body's bytes as they are.
     fn frame_out(&mut self, data: Bytes) -> Option<Bytes> {
+        let ended = self.inner.as_ref().is_none_or(Body::is_end_stream);
         if !self.sse {
-            return Some(data);
+            return self.translated(Some(data), ended);
         }
         let out = self.framer.push(data);
-        if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+        if ended {
             // The body ends with this chunk: what is held goes out with it.
-            return match (out, self.framer.finish()) {
+            let out = match (out, self.framer.finish()) {
                 (Some(a), Some(b)) => {
                     let mut all = bytes::BytesMut::with_capacity(a.len() + b.len());
                     all.extend_from_slice(&a);
@@ -223,8 +273,9 @@ impl Relay {
                 }
                 (a, b) => a.or(b),
             };
+            return self.translated(out, true);
         }
-        out
+        self.translated(out, false)
     }
 
     /// Releases the slot and records the duration; `complete` when the whole body passed, so
@@ -292,9 +343,11 @@ impl Relay {
         self.finish(false);
         self.ended = true;
         if self.sse {
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                e.event().as_bytes(),
-            )))))
+            let event = match self.client {
+                ClientApi::OpenAi => Bytes::from_static(e.event().as_bytes()),
+                ClientApi::Anthropic => crate::providers::anthropic_stream_error(&e.to_string()),
+            };
+            Poll::Ready(Some(Ok(Frame::data(event))))
         } else {
             Poll::Ready(Some(Err(e)))
         }
@@ -325,7 +378,8 @@ impl Relay {
                     self.finish(true);
                     self.inner = None;
                     // A clean end: a trailing partial event goes out as the upstream sent it.
-                    return Poll::Ready(self.framer.finish().map(|b| Ok(Frame::data(b))));
+                    let rest = self.framer.finish();
+                    return Poll::Ready(self.translated(rest, true).map(|b| Ok(Frame::data(b))));
                 }
                 Poll::Ready(Some(Ok(f))) => {
                     if let Some(d) = f.data_ref() {
@@ -418,6 +472,7 @@ impl Body for GatewayBody {
                 r.ended
                     || (r.first.is_none()
                         && r.framer.is_empty()
+                        && (r.translate.is_none() || r.translate_done)
                         && r.inner.as_ref().is_none_or(Body::is_end_stream))
             }
         }
@@ -428,6 +483,8 @@ impl Body for GatewayBody {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
             GatewayBody::Held(inner, _) => inner.size_hint(),
+            // A translated body's length is not the upstream's.
+            GatewayBody::Relay(r) if r.translate.is_some() => SizeHint::new(),
             GatewayBody::Relay(r) => {
                 let first = r
                     .first

@@ -9,6 +9,7 @@ use std::time::Duration;
 use switchyard_core::ProfileError;
 
 use crate::body::GatewayBody;
+use crate::providers::ClientApi;
 
 /// An error the gateway answers itself.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,7 @@ pub enum ApiError {
         after: Duration,
     },
     /// No such endpoint.
-    #[error("no endpoint {method} {path}; see GET /v1/models, POST /v1/chat/completions, /v1/completions, /v1/embeddings")]
+    #[error("no endpoint {method} {path}; see GET /v1/models, POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages")]
     NotFound {
         /// Request method.
         method: String,
@@ -187,6 +188,9 @@ pub enum ApiError {
     /// The key store (`auth.db`) could not be used.
     #[error("the key store is not available: {0}")]
     KeyStore(String),
+    /// The request cannot be put in the API of the backend (or the endpoint) it is for.
+    #[error("the request cannot be translated: {0}")]
+    Untranslatable(String),
 }
 
 fn in_model(model: &Option<String>) -> String {
@@ -225,6 +229,7 @@ impl ApiError {
             | ApiError::QueueFull { .. }
             | ApiError::InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::KeyStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Untranslatable(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -258,6 +263,7 @@ impl ApiError {
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::InsufficientQuota { .. } => "insufficient_quota",
             ApiError::KeyStore(_) => "key_store_unavailable",
+            ApiError::Untranslatable(_) => "untranslatable_request",
         }
     }
 
@@ -291,11 +297,26 @@ impl ApiError {
 
     /// The response, ready to send.
     pub fn into_response(self) -> Response<GatewayBody> {
+        self.into_response_for(ClientApi::OpenAi)
+    }
+
+    /// The response in the shape of the API `client` called: OpenAI's
+    /// `{"error": {"message", "type", "param", "code"}}`, or Anthropic's
+    /// `{"type": "error", "error": {"type", "message"}}` (its type from the status).
+    pub fn into_response_for(self, client: ClientApi) -> Response<GatewayBody> {
         let status = self.status();
-        let body = serde_json::json!({
-            "error": { "message": self.to_string(), "type": self.kind(), "param": self.param(), "code": self.code() }
-        });
-        let mut resp = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
+        let body = match client {
+            ClientApi::OpenAi => serde_json::json!({
+                "error": { "message": self.to_string(), "type": self.kind(), "param": self.param(), "code": self.code() }
+            })
+            .to_string()
+            .into_bytes(),
+            ClientApi::Anthropic => crate::providers::anthropic_error(
+                crate::providers::anthropic_error_type(status),
+                &self.to_string(),
+            ),
+        };
+        let mut resp = Response::new(GatewayBody::full(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(

@@ -162,9 +162,12 @@ pub struct Backend {
     pub config: BackendConfig,
     /// `x-switchyard-backend` header value, built once.
     pub name_header: HeaderValue,
-    /// `Authorization` header to send instead of the client's, built once and marked
-    /// sensitive so it is never printed.
+    /// `Authorization` header for the gateway's own calls to it (health checks, engine
+    /// probes) of an `openai` backend, built once and marked sensitive so it is never printed.
     pub authorization: Option<HeaderValue>,
+    /// Its key in the header its provider takes, sent instead of the client's, built once
+    /// and marked sensitive.
+    pub credential: Option<(http::header::HeaderName, HeaderValue)>,
     /// Live counters and metric handles.
     pub state: Arc<BackendState>,
     /// Its own upstream client when its connect timeout differs from the gateway's (the
@@ -213,24 +216,29 @@ impl Backend {
                 BackendHealth::new(id, pool.breaker, outlier, pool.slow_start, metrics.clone());
             Arc::new(BackendState::new(metrics, health))
         });
-        let authorization = cfg.api_key.as_ref().and_then(|k| {
-            let mut v = HeaderValue::try_from(format!("Bearer {k}")).ok()?;
-            v.set_sensitive(true);
-            Some(v)
-        });
+        let credential = cfg
+            .api_key
+            .as_ref()
+            .and_then(|k| cfg.provider.credential(k));
+        let authorization = match cfg.provider {
+            crate::providers::Provider::OpenAi => credential.as_ref().map(|(_, v)| v.clone()),
+            _ => None,
+        };
         let mut backend = Self {
             id,
             name_header: HeaderValue::try_from(cfg.name.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             config: cfg.clone(),
             authorization,
+            credential,
             state,
             client: (cfg.timeouts.connect != ctx.default_connect)
                 .then(|| forward::client(&cfg.timeouts)),
             endpoint_uris: [None, None, None],
             host: None,
         };
-        backend.endpoint_uris = ENDPOINTS.map(|kind| backend.uri(kind.path()).ok());
+        backend.endpoint_uris =
+            ENDPOINTS.map(|kind| backend.uri(&cfg.provider.path(kind, &cfg.base_path)).ok());
         backend.host = backend.endpoint_uris[0].as_ref().and_then(host_header);
         backend
     }
@@ -241,7 +249,7 @@ impl Backend {
         let built = ENDPOINTS.iter().position(|k| *k == kind);
         match built.and_then(|i| self.endpoint_uris[i].as_ref()) {
             Some(uri) => Ok(uri.clone()),
-            None => self.uri(kind.path()),
+            None => self.uri(&self.config.provider.path(kind, &self.config.base_path)),
         }
     }
 

@@ -19,6 +19,7 @@ use switchyard_core::RequestProfile;
 
 use crate::config::Timeouts;
 use crate::fleet::Backend;
+use crate::providers::{self, ClientApi, Direction, Outgoing, Provider};
 
 /// The upstream HTTP client: keep-alive connection pools per backend, HTTP and HTTPS.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -149,10 +150,6 @@ pub fn prepare_headers(
     headers
 }
 
-/// The request to send to `backend`, a member of the pool serving `model` (the requested
-/// model, or a fallback model whose name the body must then carry), with the request's
-/// headers as [`prepare_headers`] made them. The URI is origin-form (`/v1/...`) when
-/// `origin_form`, for a connection to the backend itself; absolute otherwise.
 /// `body` (a JSON object) with the top-level field `"key": value` (`value` is JSON text)
 /// added, or `None` when `key` appears in it already (the client's value stands) or it is not
 /// a JSON object.
@@ -176,43 +173,82 @@ pub(crate) fn with_field(body: &Bytes, key: &str, value: &str) -> Option<Bytes> 
     Some(out.freeze())
 }
 
+/// What one request sends upstream, whatever the backend: its client's API, its profile,
+/// the chat body (a Messages request made chat, for a Messages client) and the client's own
+/// body.
+pub struct Outbound<'a> {
+    /// The API the client called.
+    pub client: ClientApi,
+    /// Its profile (of the chat body).
+    pub profile: &'a RequestProfile,
+    /// The chat-completions body (the client's, or translated from Messages).
+    pub body: &'a Bytes,
+    /// The body as the client sent it (the same bytes as `body` for OpenAI clients).
+    pub original: &'a Bytes,
+}
+
+/// Why no upstream request could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The URI could not be built.
+    #[error("{0}")]
+    Http(#[from] http::Error),
+    /// The request cannot be put in the backend's API.
+    #[error("{0}")]
+    Untranslatable(String),
+}
+
+/// The request to send to `backend`, a member of the pool serving `model` (the requested
+/// model, or a fallback model whose name the body must then carry), with the request's
+/// headers as [`prepare_headers`] made them and the backend's provider's own, and how its
+/// answer is translated back to the client. The URI is origin-form (`/v1/...`) when
+/// `origin_form`, for a connection to the backend itself; absolute otherwise.
 pub fn upstream_request(
     backend: &Backend,
     model: &str,
-    profile: &RequestProfile,
-    body: &Bytes,
+    outbound: &Outbound<'_>,
     prepared: &HeaderMap,
     origin_form: bool,
-) -> Result<Request<Full<Bytes>>, http::Error> {
+) -> Result<(Request<Full<Bytes>>, Option<Direction>), OutboundError> {
+    let profile = outbound.profile;
     let name = backend.config.upstream_model.as_deref().unwrap_or(model);
-    let body = if name == profile.model {
-        body.clone()
-    } else {
-        Bytes::from(profile.rewrite_model(body, name))
+    let provider = &backend.config.provider;
+    let out = match provider {
+        Provider::Anthropic => providers::to_anthropic(
+            outbound.client,
+            outbound.body,
+            outbound.original,
+            name,
+            &profile.model,
+        )
+        .map_err(OutboundError::Untranslatable)?,
+        _ => Outgoing {
+            body: if name == profile.model {
+                outbound.body.clone()
+            } else {
+                Bytes::from(profile.rewrite_model(outbound.body, name))
+            },
+            direction: providers::direction(outbound.client, provider, false),
+        },
     };
-    let len = body.len();
+    let len = out.body.len();
     let mut uri = backend.endpoint_uri(profile.kind)?;
     if origin_form {
         if let Some(path) = uri.path_and_query().cloned() {
             uri = http::Uri::from(path);
         }
     }
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(Full::new(out.body));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri;
     let mut headers = prepared.clone();
-    // A backend with a key of its own never sees the client's (config refuses a key that
-    // cannot be sent, so `authorization` is then set).
-    if backend.config.api_key.is_some() {
-        match &backend.authorization {
-            Some(auth) => {
-                headers.insert(header::AUTHORIZATION, auth.clone());
-            }
-            None => {
-                headers.remove(header::AUTHORIZATION);
-            }
-        }
+    if out.direction.is_some() {
+        // A translated answer must arrive as plain bytes to be read.
+        headers.remove(header::ACCEPT_ENCODING);
     }
+    // A backend with a key of its own never sees the client's (config refuses a key that
+    // cannot be sent, so `credential` is then set).
+    provider.set_headers(&mut headers, backend.credential.as_ref());
     match &backend.host {
         Some(host) => {
             headers.insert(header::HOST, host.clone());
@@ -223,7 +259,7 @@ pub fn upstream_request(
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     *req.headers_mut() = headers;
-    Ok(req)
+    Ok((req, out.direction))
 }
 
 /// Header names the gateway reads or sets on every request, built at compile time (a

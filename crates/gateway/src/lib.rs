@@ -27,6 +27,7 @@ pub mod fleet;
 pub(crate) mod forward;
 pub mod gateway;
 pub(crate) mod health;
+pub mod providers;
 pub(crate) mod reload;
 pub(crate) mod scrape;
 pub(crate) mod server;

@@ -12,11 +12,11 @@ use serde::Deserialize;
 /// Tokens a response used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
-    #[serde(default)]
+    /// Prompt tokens (`input_tokens` in an Anthropic answer).
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u32,
-    /// Output tokens.
-    #[serde(default)]
+    /// Output tokens (`output_tokens` in an Anthropic answer).
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u32,
 }
 
@@ -27,6 +27,38 @@ struct Carrier {
     usage: Option<Usage>,
     #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
+    /// An Anthropic `message_start` event carries the prompt's usage in its message.
+    #[serde(default)]
+    message: Option<Inner>,
+}
+
+/// The message of an Anthropic `message_start` event.
+#[derive(Deserialize)]
+struct Inner {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+impl Usage {
+    /// Both counts, each the larger of `self`'s and `other`'s: an Anthropic stream reports
+    /// prompt tokens at its start and output tokens at its end; an OpenAI answer reports
+    /// both once.
+    fn merged(self, other: Option<Usage>) -> Usage {
+        let o = other.unwrap_or_default();
+        Usage {
+            prompt_tokens: self.prompt_tokens.max(o.prompt_tokens),
+            completion_tokens: self.completion_tokens.max(o.completion_tokens),
+        }
+    }
+}
+
+/// The `data:` line of one SSE event (after an `event:` line, if any), trimmed.
+fn data_of(event: &[u8]) -> &[u8] {
+    event
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"data:"))
+        .map(<[u8]>::trim_ascii)
+        .unwrap_or_default()
 }
 
 /// `body` with `"stream_options": {"include_usage": true}` added, or `None` when it cannot be
@@ -71,14 +103,11 @@ impl Meter {
         let mut kept = BytesMut::new();
         let mut dropped = false;
         for event in split_events(&data) {
-            let payload = event
-                .strip_prefix(b"data:")
-                .map(<[u8]>::trim_ascii)
-                .unwrap_or_default();
+            let payload = data_of(event);
             if mentions_usage(event) {
                 if let Ok(c) = serde_json::from_slice::<Carrier>(payload) {
-                    if let Some(u) = c.usage {
-                        self.usage = Some(u);
+                    if let Some(u) = c.usage.or(c.message.and_then(|m| m.usage)) {
+                        self.usage = Some(u.merged(self.usage));
                         if self.strip && c.choices.as_ref().is_some_and(Vec::is_empty) {
                             dropped = true;
                             continue;
@@ -168,6 +197,36 @@ mod tests {
             "the client asked for it"
         );
         assert_eq!(asked.usage.map(|u| u.completion_tokens), Some(3));
+    }
+
+    #[test]
+    fn an_anthropic_stream_gives_its_usage_from_start_and_delta() {
+        let mut m = Meter {
+            sse: true,
+            ..Meter::default()
+        };
+        let events = Bytes::from_static(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":17}}\n\n",
+        );
+        assert_eq!(m.observe(events.clone()), events);
+        assert_eq!(
+            m.usage,
+            Some(Usage {
+                prompt_tokens: 25,
+                completion_tokens: 17
+            })
+        );
+        let mut json = Meter::default();
+        json.observe(Bytes::from_static(
+            br#"{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}"#,
+        ));
+        assert_eq!(
+            json.usage,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
     }
 
     #[test]

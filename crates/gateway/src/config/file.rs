@@ -12,6 +12,7 @@ use super::resilience::{self, BreakerFile, HealthCheckFile, OutlierFile};
 use super::routing::{default_metrics_uri, MetricsUrl, PriceFile, ScrapeFile};
 use super::values::{BackendUrl, ByteSize, EnvString, PolicyValue, Seconds};
 use super::{BackendConfig, Config, PoolConfig};
+use crate::providers::{Provider, ProviderKind};
 use switchyard_core::{backoff, retry_budget, PolicySpec};
 
 /// The whole file.
@@ -187,6 +188,12 @@ pub struct BackendFile {
     /// detected.
     #[serde(default)]
     pub engine: Option<crate::engine_kind::EngineKind>,
+    /// The API it speaks: `openai` (default), `anthropic` or `azure`.
+    #[serde(default)]
+    pub provider: Option<ProviderKind>,
+    /// Azure's `api-version` query value (only with `provider: azure`).
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 impl BackendFile {
@@ -196,9 +203,58 @@ impl BackendFile {
             .unwrap_or_else(|| self.url.authority.to_string())
     }
 
+    /// The runtime form of `provider:` (and `api_version:`).
+    fn provider(&self) -> Provider {
+        match self.provider.unwrap_or_default() {
+            ProviderKind::Openai => Provider::OpenAi,
+            ProviderKind::Anthropic => Provider::Anthropic,
+            ProviderKind::Azure => Provider::Azure {
+                api_version: self
+                    .api_version
+                    .clone()
+                    .unwrap_or_else(|| crate::providers::DEFAULT_AZURE_API_VERSION.to_owned()),
+            },
+        }
+    }
+
+    /// A problem with `provider:` and `api_version:` together, if any.
+    fn provider_problem(&self) -> Option<String> {
+        let kind = self.provider.unwrap_or_default();
+        let version = self.api_version.as_deref()?;
+        if kind != ProviderKind::Azure {
+            return Some(format!(
+                "backend '{}' has api_version but is not `provider: azure`; remove api_version or set the provider",
+                self.name()
+            ));
+        }
+        let ok = !version.is_empty()
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        (!ok).then(|| {
+            format!(
+                "backend '{}' has api_version '{version}'; write a version like 2024-10-21 (letters, digits, '-' and '.')",
+                self.name()
+            )
+        })
+    }
+
     /// The runtime form: this backend's settings over its pool's `defaults`.
     pub fn into_backend_config(self, defaults: &BackendDefaults) -> BackendConfig {
+        let provider = self.provider();
+        // A hosted API has no engine to detect and no metrics page: unless the config says
+        // otherwise, it is neither probed nor scraped.
+        let hosted = provider != Provider::OpenAi;
+        let metrics_url = match self.metrics_url.clone() {
+            None if hosted => Some(MetricsUrl::Off),
+            other => other,
+        };
+        let engine = match self.engine {
+            None if hosted => Some(crate::engine_kind::EngineKind::Hosted),
+            other => other,
+        };
         BackendConfig {
+            provider,
             timeouts: defaults.timeouts.overridden_by(self.timeouts).resolve(),
             health_check: resilience::health_check(
                 defaults.health_check.as_ref(),
@@ -206,7 +262,7 @@ impl BackendFile {
             ),
             name: self.name(),
             metrics_uri: default_metrics_uri(
-                self.metrics_url.as_ref(),
+                metrics_url.as_ref(),
                 &self.url.scheme,
                 &self.url.authority,
                 &self.url.base_path,
@@ -228,8 +284,8 @@ impl BackendFile {
             max_concurrency: self.max_concurrency,
             upstream_model: self.model,
             api_key: self.api_key.map(|k| k.0),
-            engine: self.engine,
-            probe: !matches!(self.metrics_url, Some(MetricsUrl::Off)),
+            engine,
+            probe: !matches!(metrics_url, Some(MetricsUrl::Off)),
         }
     }
 }
@@ -271,6 +327,9 @@ impl<'de> Deserialize<'de> for Backends {
                             "backend '{}' has max_concurrency 0, so it could never take a request; remove the key for no cap",
                             b.name()
                         )));
+                    }
+                    if let Some(problem) = b.provider_problem() {
+                        return Err(de::Error::custom(problem));
                     }
                     let name = b.name();
                     if let Some(i) = out.iter().position(|o| o.name() == name) {

@@ -164,8 +164,11 @@ pub struct BackendConfig {
     pub max_concurrency: Option<u32>,
     /// The model name the backend expects, when it differs from the pool name.
     pub upstream_model: Option<String>,
-    /// Sent as `Authorization: Bearer ...` instead of the client's header.
+    /// Sent instead of the client's key, in the header its provider takes
+    /// (`Authorization: Bearer`, `x-api-key`, `api-key`).
     pub api_key: Option<String>,
+    /// The API it speaks (`provider:`): how requests are sent to it and answers read back.
+    pub provider: crate::providers::Provider,
     /// Where the engine's Prometheus metrics are scraped; `None` for not at all.
     pub metrics_uri: Option<http::Uri>,
     /// Where a GPU exporter (DCGM) for this backend is scraped, if anywhere.

@@ -16,6 +16,7 @@ mod engine_detect;
 mod failover;
 mod front_door;
 mod policies;
+mod providers;
 mod proxy;
 mod resilience_429;
 mod resilience_5xx;

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 /// A request as a mock upstream received it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// Path and query.
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -147,7 +148,11 @@ async fn answer(
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     seen.lock().unwrap().push(Seen {
-        path: parts.uri.path().to_owned(),
+        // With the query, if any (an Azure backend's `api-version`).
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
         headers: parts.headers,
         body,
     });
