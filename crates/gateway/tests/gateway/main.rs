@@ -15,6 +15,7 @@ mod crafted_bodies;
 mod engine_detect;
 mod failover;
 mod front_door;
+mod observability;
 mod policies;
 mod providers;
 mod proxy;
