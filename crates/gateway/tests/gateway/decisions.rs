@@ -19,6 +19,21 @@ fn log_path(name: &str) -> std::path::PathBuf {
     dir.join("decisions.jsonl")
 }
 
+/// Sends `n` chat requests with ids `{prefix}-0..`, each answered `want`.
+async fn chats(c: &Client, gw: &FileGw, prefix: &str, n: usize, want: StatusCode) {
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let a = post(
+            c,
+            &gw.url("/v1/chat/completions"),
+            CHAT,
+            &[("x-request-id", &id)],
+        )
+        .await;
+        assert_eq!(a.status, want);
+    }
+}
+
 fn top(path: &std::path::Path) -> String {
     format!(
         "admin: {{token: {TOKEN}}}\ndecision_log: {{sample: 0, path: \"{}\"}}",
@@ -33,17 +48,7 @@ async fn admin_decisions_serves_the_last_n_newest_last_behind_the_token() {
     let file = TempConfig::new(&config(&[up.url()], "", &top(&path)));
     let gw = FileGw::start(&file).await;
     let c = client();
-    for i in 0..3 {
-        let id = format!("req-{i}");
-        let a = post(
-            &c,
-            &gw.url("/v1/chat/completions"),
-            CHAT,
-            &[("x-request-id", &id)],
-        )
-        .await;
-        assert_eq!(a.status, StatusCode::OK);
-    }
+    chats(&c, &gw, "req", 3, StatusCode::OK).await;
     let url = gw.admin_url("/admin/decisions?last=2");
     let refused = send(
         &c,
@@ -87,17 +92,7 @@ async fn at_sample_zero_every_failed_request_is_written() {
     let file = TempConfig::new(&config(&[up.url()], "", &top(&path)));
     let gw = FileGw::start(&file).await;
     let c = client();
-    for i in 0..4 {
-        let id = format!("bad-{i}");
-        let a = post(
-            &c,
-            &gw.url("/v1/chat/completions"),
-            CHAT,
-            &[("x-request-id", &id)],
-        )
-        .await;
-        assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    }
+    chats(&c, &gw, "bad", 4, StatusCode::BAD_REQUEST).await;
     // The writer is a background thread: wait (bounded) for its lines.
     let until = Instant::now() + Duration::from_secs(10);
     let lines = loop {
