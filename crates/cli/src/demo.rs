@@ -10,16 +10,17 @@
 //! engine, mean time to first token (simulated), prefix-cache hit rate, KV-cache use and GPU
 //! utilization. SIGINT or SIGTERM stops everything and exits 0.
 
+use crate::table::{Live, Row};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchyard_core::rng::SplitMix;
 use switchyard_gateway::{Gateway, Server, Stop};
 use switchyard_sim::http::{Replica, ReplicaConfig};
@@ -125,25 +126,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let shutdown = switchyard_gateway::shutdown_signal();
     tokio::pin!(shutdown);
-    let tty = std::io::stdout().is_terminal();
-    let started = Instant::now();
+    let mut live = Live::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let mut drawn = 0;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = tick.tick() => {
-                let rows = rows(&gw, &members).await;
-                let mut out = std::io::stdout().lock();
-                if tty {
-                    let _ = out.write_all(table(&rows, drawn).as_bytes());
-                    drawn = rows.len() + 1;
-                } else {
-                    let _ = writeln!(out, "{}", line(started.elapsed(), &rows));
-                }
-                let _ = out.flush();
-            }
+            _ = tick.tick() => live.draw(&rows(&gw, &members).await),
         }
     }
     println!("\nstopping: draining the gateway, then the simulated fleet");
@@ -187,19 +176,6 @@ Gateway metrics: http://{addr}/metrics   Ctrl-C to stop.
     let _ = out.flush();
 }
 
-/// One backend's numbers for the table.
-struct Row {
-    name: &'static str,
-    requests: u64,
-    in_flight: u32,
-    running: u32,
-    waiting: u32,
-    ttft_ms: Option<f64>,
-    hit_rate: f64,
-    kv: f64,
-    gpu_util: f64,
-}
-
 async fn rows(gw: &Gateway, members: &[Member]) -> Vec<Row> {
     let snap = gw.snapshot();
     let pool = snap.pools.get(MODEL);
@@ -211,89 +187,30 @@ async fn rows(gw: &Gateway, members: &[Member]) -> Vec<Row> {
         let snap = m.replica.snapshot().await;
         rows.push(match snap {
             Some(s) => Row {
-                name: m.name,
+                name: m.name.to_owned(),
                 requests: s.requests_received,
                 in_flight,
                 running: s.engine.num_running,
                 waiting: s.engine.num_waiting,
                 ttft_ms: s.ttft.mean().map(|t| t * 1e3),
-                hit_rate: s.engine.prefix_cache_hit_rate(),
+                hit_rate: Some(s.engine.prefix_cache_hit_rate()),
                 kv: s.engine.kv_usage,
                 gpu_util: s.engine.gpu.utilization_pct,
             },
             None => Row {
-                name: m.name,
+                name: m.name.to_owned(),
                 requests: 0,
                 in_flight,
                 running: 0,
                 waiting: 0,
                 ttft_ms: None,
-                hit_rate: 0.0,
+                hit_rate: None,
                 kv: 0.0,
                 gpu_util: 0.0,
             },
         });
     }
     rows
-}
-
-fn ttft(r: &Row) -> String {
-    r.ttft_ms.map_or("-".into(), |t| format!("{t:.0}ms"))
-}
-
-/// The table, redrawn in place over the `drawn` lines printed last time.
-fn table(rows: &[Row], drawn: usize) -> String {
-    let mut s = String::new();
-    if drawn > 0 {
-        let _ = write!(s, "\x1b[{drawn}A");
-    }
-    let _ = writeln!(
-        s,
-        "\x1b[2K\x1b[1m{:<8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>6} {:>6}\x1b[0m",
-        "backend",
-        "requests",
-        "in-flight",
-        "running",
-        "waiting",
-        "TTFT avg",
-        "prefix hit",
-        "KV",
-        "GPU"
-    );
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "\x1b[2K{:<8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9.0}% {:>5.1}% {:>5.0}%",
-            r.name,
-            r.requests,
-            r.in_flight,
-            r.running,
-            r.waiting,
-            ttft(r),
-            r.hit_rate * 100.0,
-            r.kv * 100.0,
-            r.gpu_util
-        );
-    }
-    s
-}
-
-/// One plain line per second, when stdout is not a terminal.
-fn line(elapsed: Duration, rows: &[Row]) -> String {
-    let mut s = format!("t={}s", elapsed.as_secs());
-    for r in rows {
-        let _ = write!(
-            s,
-            " | {} req={} inflight={} ttft={} hit={:.0}% kv={:.1}%",
-            r.name,
-            r.requests,
-            r.in_flight,
-            ttft(r),
-            r.hit_rate * 100.0,
-            r.kv * 100.0
-        );
-    }
-    s
 }
 
 /// System prompts the built-in traffic shares, so prefix caching has something to find.

@@ -11,6 +11,8 @@ mod chaos_report;
 mod demo;
 mod keys_cmd;
 mod sim_cmd;
+mod table;
+mod top;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,6 +26,10 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `switchyard_gateway=debug` (also RUST_LOG).
     #[arg(long, global = true, default_value = "info", env = "SWITCHYARD_LOG")]
     log: String,
+    /// Log line format: `text` for people, `json` (one object per line, with the request id
+    /// as a field) for log collectors.
+    #[arg(long, global = true, default_value = "text", env = "SWITCHYARD_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +62,8 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// API keys of a running gateway (list, create, revoke, rotate) through its admin API.
     Keys(keys_cmd::KeysArgs),
+    /// The demo's live backend table for a running gateway, through its admin API.
+    Top(top::TopArgs),
     /// Benchmarks: overhead against peer proxies, routing decisions, trace replay.
     Bench {
         #[command(subcommand)]
@@ -67,24 +75,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws a table on stdout: keep the log quiet unless asked otherwise.
     let log = match cli.command {
-        Command::Demo(_) | Command::Chaos(_) | Command::Bench { .. } if cli.log == "info" => {
+        Command::Demo(_) | Command::Chaos(_) | Command::Bench { .. } | Command::Top(_)
+            if cli.log == "info" =>
+        {
             "warn".to_owned()
         }
         _ => cli.log.clone(),
     };
     let filter = std::env::var("RUST_LOG").unwrap_or(log);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let env_filter =
+        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        fmt.json().with_current_span(false).init();
+    } else {
+        fmt.init();
+    }
     match cli.command {
         Command::Sim(args) => finish(sim_cmd::run(args)),
         Command::Demo(args) => finish(demo::run(args)),
         Command::Chaos(args) => finish(chaos::run(args)),
         Command::Bench { command } => finish(bench_cmd::run(command)),
         Command::Keys(args) => finish(keys_cmd::run(args)),
+        Command::Top(args) => finish(top::run(args)),
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 let backends: usize = cfg.models.iter().map(|m| m.backends.len()).sum();

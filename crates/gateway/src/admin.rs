@@ -8,6 +8,7 @@
 //! | `POST /admin/backends/{name}/drain` | no new requests; `?wait=30s` answers once in-flight reached 0 |
 //! | `POST /admin/backends/{name}/undrain` | takes requests again |
 //! | `POST /admin/reload` | re-reads the config file (as SIGHUP does) |
+//! | `GET /admin/decisions?last=N` | the last N routing records, newest last (see [`crate::decisions`]) |
 //! | `GET /admin/queues` | requests waiting in each model's admission queue, per priority |
 //! | `/admin/keys...` | API keys: list, create, revoke, rotate (see [`crate::admission::admin`]) |
 //!
@@ -136,6 +137,8 @@ async fn route(gw: &Gateway, req: Request<Incoming>) -> Result<Response<GatewayB
             Ok(ok(serde_json::to_value(outcome?).unwrap_or(Value::Null)))
         }
         (["admin", "reload"], _) => wrong("POST"),
+        (["admin", "decisions"], &Method::GET) => decisions(&gw.snapshot(), &query),
+        (["admin", "decisions"], _) => wrong("GET"),
         (["admin", "queues"], &Method::GET) => {
             Ok(ok(crate::admission::admin::queues(&gw.snapshot())))
         }
@@ -156,6 +159,23 @@ async fn route(gw: &Gateway, req: Request<Incoming>) -> Result<Response<GatewayB
             path,
         }),
     }
+}
+
+/// Records `GET /admin/decisions` serves when `last` is not given.
+const DEFAULT_LAST_DECISIONS: usize = 100;
+
+/// `GET /admin/decisions?last=N`: `{"decisions": [...]}`, newest last.
+fn decisions(snap: &Snapshot, query: &Query) -> Result<Response<GatewayBody>, ApiError> {
+    let last = match query.get("last") {
+        None => DEFAULT_LAST_DECISIONS,
+        Some(n) => n.parse::<usize>().map_err(|_| ApiError::InvalidParam {
+            param: "last",
+            message: format!("last={n} is not a count; write e.g. last=100"),
+        })?,
+    };
+    let records = snap.decisions.last(last);
+    let list: Vec<&crate::decisions::Record> = records.iter().map(|r| &**r).collect();
+    Ok(ok(json!({ "decisions": list })))
 }
 
 fn ok(v: Value) -> Response<GatewayBody> {
@@ -218,6 +238,15 @@ fn backend_json(snap: &Snapshot, pool: &Pool, b: &Backend) -> Value {
         "mean_ttfb_s": mean(&m.ttfb),
         "stream_errors": m.stream_errors.get(),
         "engine": b.state.engine.get().map(|e| e.to_json()),
+        "load": b.state.signals.engine(now, snap.config.scrape.max_age).map(|l| json!({
+            "running": l.running,
+            "waiting": l.waiting,
+            "kv_usage": l.kv_usage,
+        })),
+        "gpu": b.state.signals.gpu(now, snap.config.scrape.max_age).map(|g| json!({
+            "utilization": g.utilization,
+            "temperature_c": g.temperature_c,
+        })),
     })
 }
 

@@ -250,10 +250,18 @@ async fn proxy(
         );
     };
 
+    let sampled = gw.decisions.sampled();
+    let start = crate::decisions::Start {
+        id: request_id.to_str().unwrap_or("?"),
+        model: &pool.name,
+        policy: pool.policy.name(),
+        started,
+        sampled,
+    };
     let admitted =
         match crate::admission::admit(gw, caller, pool, &profile, &parts.headers, &body).await {
             Ok(admitted) => admitted,
-            Err(e) => return refuse(&pool.name, e),
+            Err(e) => return crate::decisions::attach(&gw.decisions, start, refuse(&pool.name, e)),
         };
     let headers =
         forward::prepare_headers(std::mem::take(&mut parts.headers), peer.ip(), request_id);
@@ -268,9 +276,11 @@ async fn proxy(
         request_id,
         started,
         body_read,
+        explain: sampled,
     };
-    match attempts::run(&request).await {
+    let resp = match attempts::run(&request).await {
         Ok(resp) => admitted.finish(resp),
         Err(e) => refuse(&pool.name, e),
-    }
+    };
+    crate::decisions::attach(&gw.decisions, start, resp)
 }

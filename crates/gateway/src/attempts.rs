@@ -59,6 +59,8 @@ pub struct Request<'a> {
     pub started: Instant,
     /// When its body had been read (for the overhead metric).
     pub body_read: Instant,
+    /// Have the policy explain its scores (the decision log will write this record).
+    pub explain: bool,
 }
 
 /// How one attempt ended when it did not produce the client's response.
@@ -154,7 +156,7 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
     let mut decision: Option<Decision> = None;
     loop {
         match d.plan.next(&mut d.progress, target, decision.as_ref(), now) {
-            Step::Decide => decision = decide(gw, target, req.profile, now),
+            Step::Decide => decision = decide(gw, target, req.profile, now, req.explain),
             Step::Wait { until } => {
                 let wait = until.saturating_sub(gw.now());
                 tracing::debug!(request_id = ?req.request_id, model = %target.name, wait_s = wait.as_secs_f64(), "every backend is cooling down; waiting for one");
@@ -191,6 +193,12 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
                             );
                         }
                     }
+                    resp.extensions_mut().insert(crate::decisions::Routed::new(
+                        target,
+                        backend.name(),
+                        decision.as_ref(),
+                        d.progress.attempts(),
+                    ));
                     if let Some(decision) = &decision {
                         tracing::debug!(request_id = ?req.request_id, model = %target.name, backend = %backend.name(), reason = %decision.reason, attempts = d.progress.attempts(), "routed");
                     }
@@ -235,11 +243,12 @@ fn decide(
     target: &Pool,
     profile: &RequestProfile,
     now: Duration,
+    explain: bool,
 ) -> Option<Decision> {
     let mut buf = ViewBuf::new();
     let view = target
         .view(&mut buf, now, gw.config.scrape.max_age)
-        .explaining(gw.config.debug_headers);
+        .explaining(gw.config.debug_headers || explain);
     target.policy.decide(profile, &view).ok()
 }
 

@@ -39,6 +39,8 @@ pub enum GatewayBody {
     /// A body that holds its request's admission slot (concurrency limits, the pool's
     /// waiting room) until it ends or is dropped; see [`crate::admission`].
     Held(Box<GatewayBody>, crate::admission::Permit),
+    /// A body whose end completes its request's decision record (see [`crate::decisions`]).
+    Logged(Box<GatewayBody>, Box<crate::decisions::Pending>),
 }
 
 impl GatewayBody {
@@ -461,13 +463,21 @@ impl Body for GatewayBody {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GatewayBody::Relay(r) => r.poll_relay(cx),
             GatewayBody::Held(inner, permit) => permit.poll(inner, cx),
+            GatewayBody::Logged(inner, pending) => {
+                let polled = Pin::new(&mut **inner).poll_frame(cx);
+                let out = polled.map(|f| f.map(|r| r.map(|frame| pending.observe(frame))));
+                if matches!(out, Poll::Ready(None)) || inner.is_end_stream() {
+                    pending.end();
+                }
+                out
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Full(b) => b.is_none(),
-            GatewayBody::Held(inner, _) => inner.is_end_stream(),
+            GatewayBody::Held(inner, _) | GatewayBody::Logged(inner, _) => inner.is_end_stream(),
             GatewayBody::Relay(r) => {
                 r.ended
                     || (r.first.is_none()
@@ -482,7 +492,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
-            GatewayBody::Held(inner, _) => inner.size_hint(),
+            GatewayBody::Held(inner, _) | GatewayBody::Logged(inner, _) => inner.size_hint(),
             // A translated body's length is not the upstream's.
             GatewayBody::Relay(r) if r.translate.is_some() => SizeHint::new(),
             GatewayBody::Relay(r) => {

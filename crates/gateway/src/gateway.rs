@@ -59,6 +59,9 @@ pub struct Snapshot {
     pub generation: u64,
     /// Keys, limits and waiting rooms; `None` when `auth:` and `admission:` are both off.
     pub admission: Option<std::sync::Arc<crate::admission::Admission>>,
+    /// Recent routing records and their writer; started with the first version and kept by
+    /// every later one (a reload does not change `decision_log:`).
+    pub decisions: Arc<crate::decisions::DecisionLog>,
     clock: Clock,
 }
 
@@ -102,7 +105,16 @@ impl Snapshot {
             clock.now(),
             &metrics.admission,
         );
+        let decisions = match previous {
+            Some(p) => p.decisions.clone(),
+            None => Arc::new(crate::decisions::DecisionLog::start(
+                &config.decision_log,
+                metrics.decisions_dropped.clone(),
+                seed,
+            )),
+        };
         Self {
+            decisions,
             config,
             pools,
             model_names,

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// `switchyard_local_errors_total`: upstream attempts that failed for want of a local
     /// resource (file descriptors, ports), not counted against any backend.
     pub local_errors: IntCounter,
+    /// `switchyard_decision_log_dropped_total`: decision records not written because the
+    /// writer's channel was full.
+    pub decisions_dropped: IntCounter,
     /// Admission: per priority and per configured tenant.
     pub admission: crate::admission::metrics::AdmissionMetrics,
 }
@@ -181,6 +184,11 @@ impl Metrics {
             "Client connections answered 503 and closed because limits.max_connections were open.",
         )
         .expect("valid metric");
+        let decisions_dropped = IntCounter::new(
+            "switchyard_decision_log_dropped_total",
+            "Decision log records dropped because the writer's channel was full.",
+        )
+        .expect("valid metric");
         let local_errors = IntCounter::new(
             "switchyard_local_errors_total",
             "Upstream attempts that failed for want of a local resource (file descriptors, ports, memory); not counted against the backend.",
@@ -190,6 +198,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_rejected.clone()),
             Box::new(local_errors.clone()),
+            Box::new(decisions_dropped.clone()),
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
             Box::new(in_flight.clone()),
@@ -219,6 +228,7 @@ impl Metrics {
             transitions,
             connections_rejected,
             local_errors,
+            decisions_dropped,
             overhead,
         }
     }

@@ -55,6 +55,9 @@ pub struct ConfigFile {
     /// Admission queue; none when absent.
     #[serde(default)]
     pub admission: Option<super::auth::Admission>,
+    /// Per-request routing records; only in memory when absent.
+    #[serde(default)]
+    pub decision_log: Option<super::DecisionLogConfig>,
     /// Model name -> pool.
     pub models: BTreeMap<String, PoolFile>,
 }
@@ -386,6 +389,7 @@ impl ConfigFile {
             admin: self.admin,
             auth: self.auth,
             admission: self.admission,
+            decision_log: self.decision_log.unwrap_or_default(),
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),

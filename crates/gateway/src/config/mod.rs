@@ -16,6 +16,7 @@
 
 mod admin;
 pub mod auth;
+pub mod decision_log;
 mod error;
 pub mod file;
 pub mod limits;
@@ -25,6 +26,7 @@ pub mod routing;
 mod values;
 
 pub use admin::{Access, Admin, Secret};
+pub use decision_log::DecisionLogConfig;
 pub use error::ConfigError;
 pub use limits::Limits;
 pub use resilience::HealthCheck;
@@ -80,6 +82,8 @@ pub struct Config {
     pub auth: Option<auth::Auth>,
     /// The per-pool waiting room; `None`: requests go straight to routing (as before).
     pub admission: Option<auth::Admission>,
+    /// Where each request's routing record goes, and how many stay in memory.
+    pub decision_log: DecisionLogConfig,
     /// One pool per model name, sorted by name.
     pub models: Vec<PoolConfig>,
 }
@@ -297,6 +301,44 @@ mod tests {
         let e = err("listen: nowhere\nmodels: {}\n");
         assert!(e.message.contains("ip:port"), "{e}");
         assert!(err("").message.contains("empty"));
+    }
+
+    #[test]
+    fn decision_log_is_off_by_default_and_validated() {
+        let base = "models:\n  m:\n    backends:\n      - url: http://a:1\n";
+        let off = parse(base, "c.yaml").unwrap().decision_log;
+        assert_eq!(off.sink, None);
+        assert_eq!(off.ring, decision_log::DEFAULT_RING);
+        let on = parse(
+            &format!("decision_log: {{sample: 0.1, path: /tmp/d.jsonl, max_bytes: 1MB, keep: 3, ring: 50}}\n{base}"),
+            "c.yaml",
+        )
+        .unwrap()
+        .decision_log;
+        assert_eq!(on.sample, 0.1);
+        assert_eq!(on.ring, 50);
+        assert_eq!(
+            on.sink,
+            Some(decision_log::Sink::File {
+                path: "/tmp/d.jsonl".into(),
+                max_bytes: 1_000_000,
+                keep: 3
+            })
+        );
+        let out = parse(&format!("decision_log: {{path: stdout}}\n{base}"), "c.yaml").unwrap();
+        assert_eq!(out.decision_log.sink, Some(decision_log::Sink::Stdout));
+        for (bad, says) in [
+            ("{sample: 1.5}", "from 0 to 1"),
+            ("{ring: 0}", "out of range"),
+            ("{path: \"\"}", "path is empty"),
+            ("{path: /tmp/x, keep: 0}", "keep is 0"),
+            ("{path: /tmp/x, max_bytes: 10}", "at least 1KB"),
+            ("{keep: 2}", "add `path:`"),
+            ("{smaple: 0.1}", "smaple"),
+        ] {
+            let e = err(&format!("decision_log: {bad}\n{base}"));
+            assert!(e.message.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

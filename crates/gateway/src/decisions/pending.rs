@@ -1,0 +1,183 @@
+//! A request's record in the making: started with what routing knew, finished by the
+//! response body when it ends (or is dropped because the client left), where TTFT, duration
+//! and the usage are known.
+
+use bytes::Bytes;
+use http::Response;
+use http_body::Frame;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+use super::{Attempt, DecisionLog, Record, Score};
+use crate::admission::usage::Meter;
+use crate::body::GatewayBody;
+use crate::fleet::Pool;
+use switchyard_core::Decision;
+
+/// What the routing left on a successful response (in its extensions) for the record.
+#[derive(Debug, Clone, Default)]
+pub struct Routed {
+    /// The backend that answered.
+    pub backend: String,
+    /// The policy's reason.
+    pub reason: Option<String>,
+    /// Candidates' scores, when the policy explained them.
+    pub scores: Vec<Score>,
+    /// Attempts made before the answer (failed ones first, the answering one last).
+    pub attempts: u32,
+}
+
+impl Routed {
+    /// The record's view of `decision`, taken by `backend` of `pool` after `attempts` tries.
+    pub fn new(pool: &Pool, backend: &str, decision: Option<&Decision>, attempts: u32) -> Self {
+        let scores = decision
+            .and_then(|d| d.explanation.as_ref())
+            .map(|ex| {
+                ex.candidates
+                    .iter()
+                    .map(|c| Score {
+                        backend: pool.backend(c.id).map_or("?", |b| b.name()).to_owned(),
+                        score: c.score,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            backend: backend.to_owned(),
+            reason: decision.map(|d| format!("{}: {}", pool.policy.name(), d.reason)),
+            scores,
+            attempts,
+        }
+    }
+}
+
+/// What the proxy knows when a request starts.
+#[derive(Debug)]
+pub struct Start<'a> {
+    /// The request id.
+    pub id: &'a str,
+    /// Requested model (the pool's name).
+    pub model: &'a str,
+    /// The pool's policy name.
+    pub policy: &'a str,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Whether the record is written when the request succeeds.
+    pub sampled: bool,
+}
+
+/// The record riding on the response body until it ends.
+#[derive(Debug)]
+pub struct Pending {
+    log: Arc<DecisionLog>,
+    record: Record,
+    sampled: bool,
+    started: Instant,
+    meter: Meter,
+    done: bool,
+}
+
+/// Wraps `resp`'s body so that its end hands the request's record to `log`.
+pub fn attach(
+    log: &Arc<DecisionLog>,
+    start: Start<'_>,
+    mut resp: Response<GatewayBody>,
+) -> Response<GatewayBody> {
+    let status = resp.status().as_u16();
+    let routed = resp.extensions_mut().remove::<Routed>();
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(start.started.elapsed())
+        .as_millis() as u64;
+    let (backend, reason, scores, attempts) = match routed {
+        Some(r) => {
+            let mut attempts: Vec<Attempt> = (1..r.attempts)
+                .map(|_| Attempt {
+                    backend: "?".into(),
+                    outcome: "failed".into(),
+                    status: None,
+                })
+                .collect();
+            attempts.push(Attempt {
+                backend: r.backend.clone(),
+                outcome: if status < 400 { "ok" } else { "error" }.into(),
+                status: Some(status),
+            });
+            (Some(r.backend), r.reason, r.scores, attempts)
+        }
+        None => (None, None, Vec::new(), Vec::new()),
+    };
+    let sse = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let pending = Pending {
+        log: log.clone(),
+        record: Record {
+            id: start.id.to_owned(),
+            at_ms,
+            model: start.model.to_owned(),
+            route: start.model.to_owned(),
+            policy: start.policy.to_owned(),
+            backend,
+            reason,
+            scores,
+            attempts,
+            status,
+            prompt_tokens: None,
+            completion_tokens: None,
+            ttft_ms: None,
+            duration_ms: 0.0,
+            cost: None,
+        },
+        sampled: start.sampled,
+        started: start.started,
+        meter: Meter {
+            sse,
+            ..Meter::default()
+        },
+        done: false,
+    };
+    resp.map(|body| GatewayBody::Logged(Box::new(body), Box::new(pending)))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Pending {
+    /// Looks at one frame on its way to the client (first byte, usage).
+    pub fn observe(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
+        match frame.into_data() {
+            Ok(data) => {
+                if self.record.ttft_ms.is_none() {
+                    self.record.ttft_ms = Some(ms(self.started.elapsed()));
+                }
+                Frame::data(self.meter.observe(data))
+            }
+            Err(other) => other,
+        }
+    }
+
+    /// The body ended (or was dropped): the record is complete.
+    pub fn end(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.record.duration_ms = ms(self.started.elapsed());
+        if let Some(u) = self.meter.usage {
+            self.record.prompt_tokens = Some(u64::from(u.prompt_tokens));
+            self.record.completion_tokens = Some(u64::from(u.completion_tokens));
+        }
+        let record = std::mem::take(&mut self.record);
+        self.log.record(record, self.sampled);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
