@@ -250,6 +250,20 @@ pub fn request_to_messages(chat: &[u8], model: &str) -> Result<Translated, Strin
     })
 }
 
+/// A chat `assistant` message of `text` and tool `calls` (content null when it is only calls).
+pub(crate) fn assistant_message(text: String, calls: Vec<Value>) -> Value {
+    let content: Value = if text.is_empty() && !calls.is_empty() {
+        Value::Null
+    } else {
+        text.into()
+    };
+    let mut message = json!({"role": "assistant", "content": content});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    message
+}
+
 /// Anthropic's `stop_reason` as a chat `finish_reason`.
 pub fn finish_reason(stop_reason: &str) -> &'static str {
     match stop_reason {
@@ -314,15 +328,7 @@ pub fn response_to_chat(body: &[u8], created: u64) -> Vec<u8> {
             }
         }
     }
-    let content: Value = if text.is_empty() && !calls.is_empty() {
-        Value::Null
-    } else {
-        text.into()
-    };
-    let mut message = json!({"role": "assistant", "content": content});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
+    let message = assistant_message(text, calls);
     let finish = msg
         .get("stop_reason")
         .and_then(Value::as_str)

@@ -75,16 +75,7 @@ fn turn(role: &str, content: Option<&Value>, out: &mut Vec<Value>) {
             .iter()
             .filter_map(|p| p.get("text").and_then(Value::as_str))
             .collect();
-        let content: Value = if text.is_empty() && !calls.is_empty() {
-            Value::Null
-        } else {
-            text.into()
-        };
-        let mut m = json!({"role": "assistant", "content": content});
-        if !calls.is_empty() {
-            m["tool_calls"] = Value::Array(calls);
-        }
-        out.push(m);
+        out.push(super::anthropic::assistant_message(text, calls));
     } else if !parts.is_empty() {
         // Text alone goes as a string: every chat server takes that form.
         let content: Value = if parts.iter().all(|p| p["type"] == "text") {
