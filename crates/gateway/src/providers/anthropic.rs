@@ -79,7 +79,7 @@ fn content_blocks(content: Option<&Value>) -> Vec<Value> {
 
 /// An assistant tool call as a `tool_use` block; arguments that are not a JSON object
 /// become an empty input.
-fn tool_use(call: &Value) -> Value {
+pub(crate) fn tool_use(call: &Value) -> Value {
     let function = call.get("function");
     let args = function
         .and_then(|f| f.get("arguments"))

@@ -222,21 +222,7 @@ pub fn response_to_messages(body: &[u8]) -> Vec<u8> {
         content.push(json!({"type": "text", "text": text}));
     }
     if let Some(Value::Array(calls)) = message.and_then(|m| m.get("tool_calls")) {
-        for c in calls {
-            let f = c.get("function");
-            let input = f
-                .and_then(|f| f.get("arguments"))
-                .and_then(Value::as_str)
-                .and_then(|a| serde_json::from_str::<Value>(a).ok())
-                .filter(Value::is_object)
-                .unwrap_or_else(|| json!({}));
-            content.push(json!({
-                "type": "tool_use",
-                "id": c.get("id").cloned().unwrap_or_else(|| "".into()),
-                "name": f.and_then(|f| f.get("name")).cloned().unwrap_or_else(|| "".into()),
-                "input": input,
-            }));
-        }
+        content.extend(calls.iter().map(super::anthropic::tool_use));
     }
     let stop = choice
         .get("finish_reason")
