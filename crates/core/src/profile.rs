@@ -259,6 +259,24 @@ impl RequestProfile {
         })
     }
 
+    /// The text of the last user message of a chat request (as far as the prompt was kept),
+    /// or the whole prompt of a completions or embeddings request: what content rules and
+    /// intent classes read. Empty when a chat request has no user message.
+    pub fn last_user_text(&self) -> &str {
+        if self.kind != EndpointKind::ChatCompletions {
+            return &self.prompt;
+        }
+        const MARK: &str = "<|user|>\n";
+        let Some(at) = self.prompt.rfind(MARK) else {
+            return "";
+        };
+        let rest = &self.prompt[at + MARK.len()..];
+        // The message ends where the next one starts, or with the newline after it.
+        let end = rest.find("\n<|").unwrap_or(rest.len());
+        let text = &rest[..end];
+        text.strip_suffix('\n').unwrap_or(text)
+    }
+
     /// The body with the `model` value replaced by `name`, every other byte as it was.
     pub fn rewrite_model(&self, body: &[u8], name: &str) -> Vec<u8> {
         let quoted = serde_json::to_string(name).unwrap_or_else(|_| format!("\"{name}\""));

@@ -63,6 +63,22 @@ pub async fn handle(
     resp
 }
 
+/// Appends how `routes:` chose the pool to `x-switchyard-route` (after the policy's
+/// explanation when debug headers are on).
+fn add_route_note(resp: &mut Response<GatewayBody>, note: &str) {
+    let value = match resp
+        .headers()
+        .get("x-switchyard-route")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(existing) => format!("{existing}; {note}"),
+        None => note.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::try_from(value) {
+        resp.headers_mut().insert("x-switchyard-route", v);
+    }
+}
+
 /// The endpoints the gateway answers itself.
 fn local(gateway: &Gateway, gw: &Snapshot, req: &Request<Incoming>) -> Response<GatewayBody> {
     let path = req.uri().path();
@@ -123,10 +139,19 @@ pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
     r
 }
 
+/// The model names clients may ask for: every pool's, and every `routes:` alias, sorted.
+fn served_names(gw: &Snapshot) -> Vec<&str> {
+    let mut names: Vec<&str> = gw.model_names.iter().map(String::as_str).collect();
+    if let Some(routes) = &gw.config.routes {
+        names.extend(routes.aliases.keys().map(String::as_str));
+        names.sort_unstable();
+    }
+    names
+}
+
 fn models_body(gw: &Snapshot) -> Bytes {
-    let data: Vec<serde_json::Value> = gw
-        .model_names
-        .iter()
+    let data: Vec<serde_json::Value> = served_names(gw)
+        .into_iter()
         .map(|m| serde_json::json!({"id": m, "object": "model", "created": gw.started_unix(), "owned_by": "switchyard"}))
         .collect();
     Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
@@ -239,8 +264,27 @@ async fn proxy(
         Ok(profile) => profile,
         Err(e) => return refuse("", e.into()),
     };
-    let Some(pool) = gw.pools.get(&profile.model) else {
-        let available = gw.model_names.join(", ");
+    let routed = match &gw.config.routes {
+        None => None,
+        Some(routes) => {
+            let asked = crate::routes::Asked {
+                headers: &parts.headers,
+                tenant: caller.tenant(gw),
+                key: caller.key_scope(),
+                client: peer.ip(),
+                unix_secs: crate::admission::unix_now(),
+            };
+            let classify = |_text: &str| std::future::ready(None);
+            Some(
+                routes
+                    .resolve(&profile, &asked, request_id.as_bytes(), classify)
+                    .await,
+            )
+        }
+    };
+    let wanted = routed.as_ref().map_or(profile.model.as_str(), |r| r.pool);
+    let Some(pool) = gw.pools.get(wanted) else {
+        let available = served_names(gw).join(", ");
         return refuse(
             "",
             ApiError::ModelNotFound {
@@ -251,9 +295,26 @@ async fn proxy(
     };
 
     let sampled = gw.decisions.sampled();
+    let explained = routed.as_ref().and_then(crate::routes::Routed::explain);
+    if let Some(r) = &routed {
+        if let crate::routes::How::Rule { name, .. } = r.how {
+            gw.metrics
+                .routes
+                .routed
+                .with_label_values(&[name, r.pool])
+                .inc();
+        } else if r.how == crate::routes::How::Alias {
+            gw.metrics
+                .routes
+                .routed
+                .with_label_values(&["alias", r.pool])
+                .inc();
+        }
+    }
     let start = crate::decisions::Start {
         id: request_id.to_str().unwrap_or("?"),
-        model: &pool.name,
+        model: &profile.model,
+        route: explained.as_deref().unwrap_or(&pool.name),
         policy: pool.policy.name(),
         started,
         sampled,
@@ -279,7 +340,22 @@ async fn proxy(
         explain: sampled,
     };
     let resp = match attempts::run(&request).await {
-        Ok(resp) => admitted.finish(resp),
+        Ok(mut resp) => {
+            if let Some(text) = &explained {
+                add_route_note(&mut resp, text);
+            }
+            if let Some(shadow) = routed.as_ref().and_then(|r| r.mirror) {
+                crate::routes::mirror::spawn(crate::routes::mirror::Copy {
+                    snap: gw.clone(),
+                    pool: shadow.to_owned(),
+                    profile: profile.clone(),
+                    body: body.clone(),
+                    headers: headers.clone(),
+                    request_id: request_id.clone(),
+                });
+            }
+            admitted.finish(resp)
+        }
         Err(e) => refuse(&pool.name, e),
     };
     crate::decisions::attach(&gw.decisions, start, resp)

@@ -30,6 +30,7 @@ pub mod gateway;
 pub(crate) mod health;
 pub mod providers;
 pub(crate) mod reload;
+pub(crate) mod routes;
 pub(crate) mod scrape;
 pub(crate) mod server;
 pub(crate) mod signals;

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub decisions_dropped: IntCounter,
     /// Admission: per priority and per configured tenant.
     pub admission: crate::admission::metrics::AdmissionMetrics,
+    /// Routes: requests per rule, mirrored copies.
+    pub routes: crate::routes::metrics::RouteMetrics,
 }
 
 /// Handles for one backend, resolved once.
@@ -213,8 +215,10 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         let admission = crate::admission::metrics::AdmissionMetrics::new(&registry);
+        let routes = crate::routes::metrics::RouteMetrics::new(&registry);
         Self {
             admission,
+            routes,
             registry,
             requests,
             duration,

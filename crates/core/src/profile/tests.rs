@@ -373,3 +373,26 @@ fn a_message_of_the_wrong_shape_is_invalid_json() {
     }
     assert!(parse(r#"{"model":"m","messages":null}"#).is_ok());
 }
+
+#[test]
+fn last_user_text_is_the_last_user_message_or_the_whole_prompt() {
+    let p = parse(
+        r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},
+            {"role":"user","content":"first\nline two"},{"role":"assistant","content":"ok"},
+            {"role":"user","content":[{"type":"text","text":"Write a haiku"}]},
+            {"role":"assistant","content":"pre"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(p.last_user_text(), "Write a haiku");
+    let p = parse(r#"{"model":"m","messages":[{"role":"user","content":"a\nb"}]}"#).unwrap();
+    assert_eq!(p.last_user_text(), "a\nb");
+    let p = parse(r#"{"model":"m","messages":[{"role":"system","content":"s"}]}"#).unwrap();
+    assert_eq!(p.last_user_text(), "");
+    let p = RequestProfile::parse(
+        EndpointKind::Completions,
+        br#"{"model":"m","prompt":"Once upon"}"#,
+        RequestMeta::default(),
+    )
+    .unwrap();
+    assert_eq!(p.last_user_text(), "Once upon");
+}

@@ -169,6 +169,19 @@ pub struct Caller {
     key: Option<Arc<KeyRecord>>,
 }
 
+impl Caller {
+    /// Its key's tenant's name, when auth is on.
+    pub fn tenant<'a>(&self, snap: &'a Snapshot) -> Option<&'a str> {
+        let keys = snap.admission.as_ref()?.keys.as_ref()?;
+        Some(keys.tenant(self.key.as_ref()?.tenant)?.name.as_str())
+    }
+
+    /// What names its key without revealing it (`key:<id>` or a hash prefix).
+    pub fn key_scope(&self) -> Option<&str> {
+        self.key.as_ref().map(|k| k.scope.as_str())
+    }
+}
+
 /// Checks the request's key (when auth is on). Reads headers only.
 pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let Some(keys) = snap.admission.as_ref().and_then(|a| a.keys.as_ref()) else {
@@ -267,7 +280,8 @@ async fn admit_inner(
     };
     let key = caller.key;
     if let Some(k) = &key {
-        if !k.allows(&pool.name) {
+        // The name it asked for, or the model a route chose for it.
+        if !k.allows(&pool.name) && !k.allows(&profile.model) {
             return Err(ApiError::ModelNotAllowed {
                 model: pool.name.clone(),
             });

@@ -51,10 +51,22 @@ impl ConfigError {
     /// An error found after parsing: located at the first line that mentions `needle` after
     /// a `fallbacks` key (or not located, if none does).
     pub(crate) fn at_text(origin: &str, text: &str, needle: &str, message: String) -> Self {
+        Self::at_text_after(origin, text, "fallbacks", needle, message)
+    }
+
+    /// An error found after parsing: located at the first line that mentions `needle` on or
+    /// after the first line that mentions `key` (or not located, if none does).
+    pub(crate) fn at_text_after(
+        origin: &str,
+        text: &str,
+        key: &str,
+        needle: &str,
+        message: String,
+    ) -> Self {
         let mut seen_key = false;
         let mut at = None;
         for (i, line) in text.lines().enumerate() {
-            seen_key |= line.contains("fallbacks");
+            seen_key |= line.contains(key);
             if seen_key {
                 if let Some(col) = line.find(needle) {
                     at = Some((i + 1, col + 1));

@@ -58,6 +58,9 @@ pub struct ConfigFile {
     /// Per-request routing records; only in memory when absent.
     #[serde(default)]
     pub decision_log: Option<super::DecisionLogConfig>,
+    /// Aliases, rules, splits and mirrors; requests go to the pool they name when absent.
+    #[serde(default)]
+    pub routes: Option<super::routes::Routes>,
     /// Model name -> pool.
     pub models: BTreeMap<String, PoolFile>,
 }
@@ -390,6 +393,7 @@ impl ConfigFile {
             auth: self.auth,
             admission: self.admission,
             decision_log: self.decision_log.unwrap_or_default(),
+            routes: self.routes,
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),

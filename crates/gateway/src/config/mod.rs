@@ -22,6 +22,7 @@ pub mod file;
 pub mod limits;
 pub mod policy;
 pub mod resilience;
+pub mod routes;
 pub mod routing;
 mod values;
 
@@ -84,6 +85,8 @@ pub struct Config {
     pub admission: Option<auth::Admission>,
     /// Where each request's routing record goes, and how many stay in memory.
     pub decision_log: DecisionLogConfig,
+    /// Aliases, rules, splits and mirrors; `None`: a request goes to the pool it names.
+    pub routes: Option<routes::Routes>,
     /// One pool per model name, sorted by name.
     pub models: Vec<PoolConfig>,
 }
@@ -206,6 +209,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         serde_norway::from_str(text).map_err(|e| ConfigError::from_yaml(origin, text, &e))?;
     let config = file.into_config();
     check_fallbacks(&config, origin, text)?;
+    check_routes(&config, origin, text)?;
     policy::check_rings(&config, origin, text)?;
     Ok(config)
 }
@@ -233,6 +237,37 @@ fn check_fallbacks(config: &Config, origin: &str, text: &str) -> Result<(), Conf
                 format!("models.{}.fallbacks: {problem}", pool.name),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Every pool `routes:` names is configured, and no alias hides a pool.
+fn check_routes(config: &Config, origin: &str, text: &str) -> Result<(), ConfigError> {
+    let Some(routes) = &config.routes else {
+        return Ok(());
+    };
+    let names: Vec<&str> = config.models.iter().map(|p| p.name.as_str()).collect();
+    for alias in routes.aliases.keys() {
+        if names.contains(&alias.as_str()) {
+            return Err(ConfigError::at_text_after(
+                origin,
+                text,
+                "routes",
+                alias,
+                format!("routes.aliases.{alias}: '{alias}' is already a model in `models:`; an alias cannot hide it (rename the alias or the model)"),
+            ));
+        }
+    }
+    for (at, pool) in routes.pools_named() {
+        if names.contains(&pool) {
+            continue;
+        }
+        let mut m = format!("{at}: unknown model '{pool}'");
+        if let Some(near) = error::nearest(pool, &names) {
+            m.push_str(&format!("; did you mean '{near}'?"));
+        }
+        m.push_str(&format!(" Known models: {}", names.join(", ")));
+        return Err(ConfigError::at_text_after(origin, text, "routes", pool, m));
     }
     Ok(())
 }

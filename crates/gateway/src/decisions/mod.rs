@@ -53,7 +53,8 @@ pub struct Record {
     pub at_ms: u64,
     /// Requested model.
     pub model: String,
-    /// The route taken (the pool's name for now).
+    /// The route taken: the serving model's name, or how a `routes:` alias or rule chose it
+    /// (`route: rule=<name> [arm=<i>] pool=<model> ...`).
     pub route: String,
     /// Routing policy name.
     pub policy: String,

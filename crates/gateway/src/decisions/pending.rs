@@ -57,8 +57,10 @@ impl Routed {
 pub struct Start<'a> {
     /// The request id.
     pub id: &'a str,
-    /// Requested model (the pool's name).
+    /// The model the client asked for.
     pub model: &'a str,
+    /// How it was routed: the serving pool's name, or the route's explanation.
+    pub route: &'a str,
     /// The pool's policy name.
     pub policy: &'a str,
     /// When the request arrived.
@@ -119,7 +121,7 @@ pub fn attach(
             id: start.id.to_owned(),
             at_ms,
             model: start.model.to_owned(),
-            route: start.model.to_owned(),
+            route: start.route.to_owned(),
             policy: start.policy.to_owned(),
             backend,
             reason,

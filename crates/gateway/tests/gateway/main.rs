@@ -28,6 +28,7 @@ mod resilience_fallback;
 mod resilience_health;
 mod resilience_stream_drop;
 mod resilience_timeouts;
+mod routes;
 mod routing_state;
 mod security_proxy;
 mod security_reload;
