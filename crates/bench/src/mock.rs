@@ -6,6 +6,10 @@
 //! A request body may carry `"mock_hold_ms": N` (unknown fields pass through proxies): the
 //! stream then stays open N ms after its first chunk, which is how the benchmark holds
 //! thousands of streams open to measure a proxy's memory. `GET /health` answers 200.
+//!
+//! `POST /v1/messages` answers in Anthropic's Messages shapes instead (a message, or its event
+//! stream), so the same run can time a path through an `anthropic` backend, translation
+//! included, beside the OpenAI one.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +30,36 @@ pub const COMPLETION: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion"
 
 const CHUNK: &str = "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":null}]}\n\n";
 const LAST: &str = "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+/// The non-streaming Messages answer.
+pub const MESSAGE: &str = r#"{"id":"msg_mock","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}"#;
+
+const MESSAGE_START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":1,\"output_tokens\":0}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+const MESSAGE_DELTA: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+const MESSAGE_END: &str = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":4}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+/// What one API's answers look like: the whole answer, and a stream's first event, each
+/// later chunk and its end.
+struct Shapes {
+    whole: &'static str,
+    first: &'static str,
+    chunk: &'static str,
+    last: &'static str,
+}
+
+const OPENAI: Shapes = Shapes {
+    whole: COMPLETION,
+    first: CHUNK,
+    chunk: CHUNK,
+    last: LAST,
+};
+
+const ANTHROPIC: Shapes = Shapes {
+    whole: MESSAGE,
+    first: MESSAGE_START,
+    chunk: MESSAGE_DELTA,
+    last: MESSAGE_END,
+};
 
 /// Chunks after the first one in a stream.
 const MORE_CHUNKS: u32 = 3;
@@ -99,6 +133,11 @@ async fn handle(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible
             b"ok",
         )))));
     }
+    let shapes = if req.uri().path() == "/v1/messages" {
+        &ANTHROPIC
+    } else {
+        &OPENAI
+    };
     let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -112,7 +151,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible
     let ask: Ask = serde_json::from_slice(&body).unwrap_or_default();
     if !ask.stream {
         let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(
-            COMPLETION.as_bytes(),
+            shapes.whole.as_bytes(),
         ))));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -123,7 +162,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(4);
     tokio::spawn(async move {
         if tx
-            .send_data(Bytes::from_static(CHUNK.as_bytes()))
+            .send_data(Bytes::from_static(shapes.first.as_bytes()))
             .await
             .is_err()
         {
@@ -135,14 +174,14 @@ async fn handle(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible
         for _ in 0..MORE_CHUNKS {
             tokio::time::sleep(CHUNK_GAP).await;
             if tx
-                .send_data(Bytes::from_static(CHUNK.as_bytes()))
+                .send_data(Bytes::from_static(shapes.chunk.as_bytes()))
                 .await
                 .is_err()
             {
                 return;
             }
         }
-        let _ = tx.send_data(Bytes::from_static(LAST.as_bytes())).await;
+        let _ = tx.send_data(Bytes::from_static(shapes.last.as_bytes())).await;
     });
     let mut r = Response::new(Either::Right(body));
     r.headers_mut().insert(

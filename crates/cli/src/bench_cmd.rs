@@ -43,8 +43,9 @@ pub enum BenchCommand {
 /// `switchyard bench overhead` flags.
 #[derive(Debug, clap::Args)]
 pub struct OverheadArgs {
-    /// Peer proxies to compare against: nginx, haproxy, litellm, and switchyard-auth
-    /// (Switchyard with auth, limits and admission on) (comma-separated).
+    /// Peer proxies to compare against: nginx, haproxy, litellm, switchyard-auth
+    /// (Switchyard with auth, limits and admission on) and switchyard-anthropic (Switchyard
+    /// with the mock as an `anthropic` backend: translation's cost) (comma-separated).
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Seconds of each throughput and headline-rate phase (fractions allowed).

@@ -25,6 +25,9 @@ pub enum Peer {
     Switchyard,
     /// Switchyard with auth, limits and admission on.
     SwitchyardAuth,
+    /// Switchyard in front of the mock as an `anthropic` backend: every chat completion is
+    /// translated to a Messages request and its answer back.
+    SwitchyardAnthropic,
     /// nginx.
     Nginx,
     /// HAProxy.
@@ -42,6 +45,7 @@ impl Peer {
         match self {
             Peer::Switchyard => "switchyard",
             Peer::SwitchyardAuth => "switchyard-auth",
+            Peer::SwitchyardAnthropic => "switchyard-anthropic",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
             Peer::Litellm => "litellm",
@@ -55,6 +59,7 @@ impl Peer {
             "haproxy" => Some(Peer::Haproxy),
             "litellm" => Some(Peer::Litellm),
             "switchyard-auth" => Some(Peer::SwitchyardAuth),
+            "switchyard-anthropic" => Some(Peer::SwitchyardAnthropic),
             _ => None,
         }
     }
@@ -97,7 +102,7 @@ pub fn on_path(prog: &str) -> bool {
 /// Whether the peer's program is installed.
 pub fn installed(peer: Peer) -> bool {
     match peer {
-        Peer::Switchyard | Peer::SwitchyardAuth => true,
+        Peer::Switchyard | Peer::SwitchyardAuth | Peer::SwitchyardAnthropic => true,
         Peer::Nginx => on_path("nginx"),
         Peer::Haproxy => on_path("haproxy"),
         Peer::Litellm => litellm_bin().is_file(),
@@ -134,7 +139,7 @@ pub fn command(
 ) -> std::io::Result<Command> {
     let listen = format!("127.0.0.1:{port}");
     match peer {
-        Peer::Switchyard | Peer::SwitchyardAuth => {
+        Peer::Switchyard | Peer::SwitchyardAuth | Peer::SwitchyardAnthropic => {
             let cfg = dir.join(format!("{}.yaml", peer.name()));
             let auth = if peer == Peer::SwitchyardAuth {
                 format!(
@@ -143,9 +148,14 @@ pub fn command(
             } else {
                 String::new()
             };
+            let provider = if peer == Peer::SwitchyardAnthropic {
+                "\n        provider: anthropic"
+            } else {
+                ""
+            };
             std::fs::write(
                 &cfg,
-                format!("listen: {listen}\n{auth}models:\n  m:\n    backends:\n      - url: http://{upstream}\n"),
+                format!("listen: {listen}\n{auth}models:\n  m:\n    backends:\n      - url: http://{upstream}{provider}\n"),
             )?;
             let mut c = Command::new(switchyard);
             c.arg("serve")

@@ -99,6 +99,11 @@ pub struct Derived {
     pub throughput_vs_direct: Option<f64>,
     /// Switchyard with auth, limits and admission on, max req/s over Switchyard's without.
     pub auth_vs_open: Option<f64>,
+    /// Through an `anthropic` backend over through an `openai` one, both against the same
+    /// mock in the same run: added p50 ms at the headline rate (translation's cost).
+    pub translation_p50_ms: Option<f64>,
+    /// The same for a stream's time to first byte.
+    pub translation_ttfb_p50_ms: Option<f64>,
     /// Per path: (path, added p50 ms, added p99 ms) at the headline rate, against direct.
     pub added_at_rate_ms: Vec<(String, f64, f64)>,
     /// Per path: (path, added TTFB p50 ms, added p99 ms) when streaming, against direct.
@@ -163,9 +168,17 @@ pub fn derive(paths: &[PathResult]) -> Derived {
         throughput_vs_haproxy: vs("haproxy"),
         throughput_vs_direct: vs("direct"),
         auth_vs_open: rps("switchyard-auth").and_then(|a| ratio(a, sy)),
+        translation_p50_ms: over_switchyard(&added_at_rate_ms, "switchyard-anthropic"),
+        translation_ttfb_p50_ms: over_switchyard(&added_ttfb_ms, "switchyard-anthropic"),
         added_at_rate_ms,
         added_ttfb_ms,
     }
+}
+
+/// `path`'s added p50 minus Switchyard's, from `(path, p50, p99)` rows.
+fn over_switchyard(rows: &[(String, f64, f64)], path: &str) -> Option<f64> {
+    let p50 = |n: &str| rows.iter().find(|r| r.0 == n).map(|r| r.1);
+    Some(p50(path)? - p50("switchyard")?)
 }
 
 /// `v` with `digits` decimals, or `-`.
@@ -251,6 +264,15 @@ impl OverheadRun {
                 s,
                 "With auth, limits and admission on (`switchyard-auth`): **{}x** its throughput without.",
                 f(d.auth_vs_open, 3)
+            );
+        }
+        if d.translation_p50_ms.is_some() || d.translation_ttfb_p50_ms.is_some() {
+            let _ = writeln!(
+                s,
+                "Translation through an `anthropic` backend (`switchyard-anthropic` minus `switchyard`, same mock, same run): **{} ms** added p50 at {:.0} requests/s, {} ms added p50 time to first byte when streaming.",
+                f(d.translation_p50_ms, 3),
+                self.rate,
+                f(d.translation_ttfb_p50_ms, 3)
             );
         }
         let _ = writeln!(
@@ -486,5 +508,18 @@ mod tests {
             .unwrap();
         assert!((sy.1 - 0.3).abs() < 1e-12 && (sy.2 - 0.5).abs() < 1e-12);
         assert_eq!(d.added_ttfb_ms.len(), 3);
+        assert_eq!(d.translation_p50_ms, None, "no anthropic path, no figure");
+    }
+
+    #[test]
+    fn translation_cost_is_the_anthropic_path_over_the_openai_one() {
+        let paths = vec![
+            path("direct", 100_000.0, 0.2, 0.5),
+            path("switchyard", 27_000.0, 0.5, 1.0),
+            path("switchyard-anthropic", 25_000.0, 0.62, 1.3),
+        ];
+        let d = derive(&paths);
+        assert!((d.translation_p50_ms.unwrap() - 0.12).abs() < 1e-9);
+        assert!((d.translation_ttfb_p50_ms.unwrap() - 0.12).abs() < 1e-9);
     }
 }
