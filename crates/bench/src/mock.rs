@@ -181,7 +181,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible
                 return;
             }
         }
-        let _ = tx.send_data(Bytes::from_static(shapes.last.as_bytes())).await;
+        let _ = tx
+            .send_data(Bytes::from_static(shapes.last.as_bytes()))
+            .await;
     });
     let mut r = Response::new(Either::Right(body));
     r.headers_mut().insert(

@@ -20,6 +20,7 @@
 //! `--smoke` runs the same code with the built-in generators only, no peers, one rate and a
 //! short duration, so CI can run it without installing anything.
 
+pub mod declog;
 pub mod peers;
 pub mod procs;
 pub mod report;
@@ -286,6 +287,10 @@ async fn measure(
             .await;
         open_streams = Some((open, rss));
     }
+    let decision_log = match peer {
+        Some(Peer::SwitchyardDeclog) => Some(declog::check(addr, dir).await?),
+        _ => None,
+    };
     Ok(PathResult {
         path: name.to_owned(),
         error: None,
@@ -299,6 +304,7 @@ async fn measure(
         rss_peak_mb: rss_peak_kib.map(|k| k as f64 / 1024.0),
         open_streams: open_streams.map(|(n, _)| n),
         rss_open_streams_mb: open_streams.map(|(_, k)| k as f64 / 1024.0),
+        decision_log,
     })
 }
 

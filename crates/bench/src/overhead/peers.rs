@@ -28,6 +28,8 @@ pub enum Peer {
     /// Switchyard in front of the mock as an `anthropic` backend: every chat completion is
     /// translated to a Messages request and its answer back.
     SwitchyardAnthropic,
+    /// Switchyard writing every request's decision record to a file.
+    SwitchyardDeclog,
     /// nginx.
     Nginx,
     /// HAProxy.
@@ -46,6 +48,7 @@ impl Peer {
             Peer::Switchyard => "switchyard",
             Peer::SwitchyardAuth => "switchyard-auth",
             Peer::SwitchyardAnthropic => "switchyard-anthropic",
+            Peer::SwitchyardDeclog => "switchyard-declog",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
             Peer::Litellm => "litellm",
@@ -60,6 +63,7 @@ impl Peer {
             "litellm" => Some(Peer::Litellm),
             "switchyard-auth" => Some(Peer::SwitchyardAuth),
             "switchyard-anthropic" => Some(Peer::SwitchyardAnthropic),
+            "switchyard-declog" => Some(Peer::SwitchyardDeclog),
             _ => None,
         }
     }
@@ -102,7 +106,10 @@ pub fn on_path(prog: &str) -> bool {
 /// Whether the peer's program is installed.
 pub fn installed(peer: Peer) -> bool {
     match peer {
-        Peer::Switchyard | Peer::SwitchyardAuth | Peer::SwitchyardAnthropic => true,
+        Peer::Switchyard
+        | Peer::SwitchyardAuth
+        | Peer::SwitchyardAnthropic
+        | Peer::SwitchyardDeclog => true,
         Peer::Nginx => on_path("nginx"),
         Peer::Haproxy => on_path("haproxy"),
         Peer::Litellm => litellm_bin().is_file(),
@@ -139,11 +146,23 @@ pub fn command(
 ) -> std::io::Result<Command> {
     let listen = format!("127.0.0.1:{port}");
     match peer {
-        Peer::Switchyard | Peer::SwitchyardAuth | Peer::SwitchyardAnthropic => {
+        Peer::Switchyard
+        | Peer::SwitchyardAuth
+        | Peer::SwitchyardAnthropic
+        | Peer::SwitchyardDeclog => {
             let cfg = dir.join(format!("{}.yaml", peer.name()));
             let auth = if peer == Peer::SwitchyardAuth {
                 format!(
                     "auth:\n  tenants:\n    bench: {{rpm: 100000000, tpm: 100000000000}}\n  keys:\n    - {{key: {key}, tenant: bench, rpm: 100000000, tpm: 100000000000, max_concurrent: 100000}}\nadmission: {{}}\n"
+                )
+            } else {
+                String::new()
+            };
+            let log = if peer == Peer::SwitchyardDeclog {
+                // Large enough not to rotate past `keep` in a run: every line is checked.
+                format!(
+                    "decision_log: {{sample: 1.0, path: {}, max_bytes: 4GB}}\n",
+                    dir.join(super::declog::FILE).display()
                 )
             } else {
                 String::new()
@@ -155,7 +174,7 @@ pub fn command(
             };
             std::fs::write(
                 &cfg,
-                format!("listen: {listen}\n{auth}models:\n  m:\n    backends:\n      - url: http://{upstream}{provider}\n"),
+                format!("listen: {listen}\n{auth}{log}models:\n  m:\n    backends:\n      - url: http://{upstream}{provider}\n"),
             )?;
             let mut c = Command::new(switchyard);
             c.arg("serve")

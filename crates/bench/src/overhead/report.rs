@@ -60,6 +60,8 @@ pub struct PathResult {
     pub open_streams: Option<usize>,
     /// RSS with those streams open, MB.
     pub rss_open_streams_mb: Option<f64>,
+    /// What the decision log held after the load (`switchyard-declog` only).
+    pub decision_log: Option<super::declog::DecisionLogCheck>,
 }
 
 impl PathResult {
@@ -78,6 +80,7 @@ impl PathResult {
             rss_peak_mb: None,
             open_streams: None,
             rss_open_streams_mb: None,
+            decision_log: None,
         }
     }
 
@@ -99,6 +102,9 @@ pub struct Derived {
     pub throughput_vs_direct: Option<f64>,
     /// Switchyard with auth, limits and admission on, max req/s over Switchyard's without.
     pub auth_vs_open: Option<f64>,
+    /// Switchyard logging every decision, over Switchyard not logging: (max req/s ratio,
+    /// achieved-at-the-headline-rate ratio).
+    pub declog_vs_off: Option<(f64, f64)>,
     /// Through an `anthropic` backend over through an `openai` one, both against the same
     /// mock in the same run: added p50 ms at the headline rate (translation's cost).
     pub translation_p50_ms: Option<f64>,
@@ -144,6 +150,11 @@ pub fn derive(paths: &[PathResult]) -> Derived {
             .and_then(|p| p.throughput.as_ref())
             .map(|t| t.rps)
     };
+    let achieved = |n: &str| {
+        find(paths, n)
+            .and_then(|p| p.headline())
+            .map(|h| h.achieved)
+    };
     let sy = rps("switchyard").unwrap_or(f64::NAN);
     let vs = |n: &str| rps(n).and_then(|b| ratio(sy, b));
     let direct = find(paths, "direct");
@@ -168,6 +179,9 @@ pub fn derive(paths: &[PathResult]) -> Derived {
         throughput_vs_haproxy: vs("haproxy"),
         throughput_vs_direct: vs("direct"),
         auth_vs_open: rps("switchyard-auth").and_then(|a| ratio(a, sy)),
+        declog_vs_off: rps("switchyard-declog")
+            .and_then(|a| ratio(a, sy))
+            .zip(achieved("switchyard-declog").and_then(|a| ratio(a, achieved("switchyard")?))),
         translation_p50_ms: over_switchyard(&added_at_rate_ms, "switchyard-anthropic"),
         translation_ttfb_p50_ms: over_switchyard(&added_ttfb_ms, "switchyard-anthropic"),
         added_at_rate_ms,
@@ -265,6 +279,29 @@ impl OverheadRun {
                 "With auth, limits and admission on (`switchyard-auth`): **{}x** its throughput without.",
                 f(d.auth_vs_open, 3)
             );
+        }
+        if let Some((max, at_rate)) = d.declog_vs_off {
+            let check = find(&self.paths, "switchyard-declog").and_then(|p| p.decision_log.clone());
+            let _ = writeln!(
+                s,
+                "With the decision log on at a 100% sample (`switchyard-declog`): **{at_rate:.3}x** the requests/s achieved at {:.0} offered, {max:.3}x the max throughput.",
+                self.rate
+            );
+            if let Some(c) = check {
+                let _ = writeln!(
+                    s,
+                    "Its log: {} lines, {} unparsable, {} drops counted, {} requests answered: {}.",
+                    c.lines,
+                    c.unparsable,
+                    c.dropped,
+                    c.answered,
+                    if c.holds() {
+                        "every request is a parsed line or a counted drop"
+                    } else {
+                        "**lines and drops do not account for every request**"
+                    }
+                );
+            }
         }
         if d.translation_p50_ms.is_some() || d.translation_ttfb_p50_ms.is_some() {
             let _ = writeln!(

@@ -315,9 +315,11 @@ impl RuleRaw {
         }
         let at = format!("routes rule '{name}'");
         let to = match (self.to, self.split) {
-            (Some(_), Some(_)) => return Err(format!(
+            (Some(_), Some(_)) => {
+                return Err(format!(
                 "{at} has both `to:` and `split:`; keep one (a split names its pools in its arms)"
-            )),
+            ))
+            }
             (Some(to), None) => {
                 if self.sticky.is_some() {
                     return Err(format!("{at}: `sticky:` applies to a `split:`"));
