@@ -238,6 +238,9 @@ async fn measure(
         .map_or(0, Proc::cpu_ticks)
         .saturating_sub(ticks0);
     progress.step();
+    // Back to back on one connection: what one request costs on the path, no queueing.
+    let seq = loadgen::closed_loop(&plain, 1, (cfg.duration / 2).min(Duration::from_secs(5))).await;
+    let sequential_p50_ms = Percentiles::of(&seq.latency_us).map(|p| p.p50 / 1000.0);
     let tps = procs::ticks_per_second();
     let cpu_s_per_1k = cpu_seconds_per_1k(ticks, tps, max.requests).filter(|_| proc.is_some());
     if !full {
@@ -245,6 +248,7 @@ async fn measure(
         r.error = None;
         r.throughput = Some(max);
         r.cpu_s_per_1k = cpu_s_per_1k;
+        r.sequential_p50_ms = sequential_p50_ms;
         return Ok(r);
     }
 
@@ -304,6 +308,7 @@ async fn measure(
         rss_peak_mb: rss_peak_kib.map(|k| k as f64 / 1024.0),
         open_streams: open_streams.map(|(n, _)| n),
         rss_open_streams_mb: open_streams.map(|(_, k)| k as f64 / 1024.0),
+        sequential_p50_ms,
         decision_log,
     })
 }
@@ -373,6 +378,11 @@ pub async fn run(cfg: &OverheadConfig, command: String) -> Result<OverheadRun, O
     progress.finish();
     let mut run = OverheadRun::new(cfg, command, results, notes);
     if rounds > 1 {
+        let med = rounds::medians(&round_rows);
+        let seq = |n: &str| med.iter().find(|m| m.path == n)?.sequential_p50_ms;
+        if let (Some(a), Some(s)) = (seq("switchyard-anthropic"), seq("switchyard")) {
+            run.derived.translation_p50_ms = Some(a - s);
+        }
         run.rounds = round_rows;
     }
     Ok(run)

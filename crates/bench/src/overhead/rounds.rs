@@ -23,6 +23,8 @@ pub struct RoundRow {
     pub cpu_s_per_1k: Option<f64>,
     /// Closed-loop p99 at max throughput, ms.
     pub p99_ms: Option<f64>,
+    /// Median latency of back-to-back requests on one connection, ms.
+    pub sequential_p50_ms: Option<f64>,
 }
 
 impl RoundRow {
@@ -35,6 +37,7 @@ impl RoundRow {
             rps: t.map(|t| t.rps),
             cpu_s_per_1k: r.cpu_s_per_1k.filter(|_| r.error.is_none()),
             p99_ms: t.and_then(|t| t.latency_ms).map(|l| l.p99),
+            sequential_p50_ms: r.sequential_p50_ms.filter(|_| r.error.is_none()),
         }
     }
 }
@@ -50,6 +53,8 @@ pub struct Medians {
     pub cpu_s_per_1k: Option<f64>,
     /// Median closed-loop p99, ms.
     pub p99_ms: Option<f64>,
+    /// Median of the rounds' back-to-back p50, ms.
+    pub sequential_p50_ms: Option<f64>,
 }
 
 /// The median of the values present (the mean of the middle two for an even count).
@@ -84,6 +89,7 @@ pub fn medians(rows: &[RoundRow]) -> Vec<Medians> {
                 rps: median(of().map(|r| r.rps)),
                 cpu_s_per_1k: median(of().map(|r| r.cpu_s_per_1k)),
                 p99_ms: median(of().map(|r| r.p99_ms)),
+                sequential_p50_ms: median(of().map(|r| r.sequential_p50_ms)),
             }
         })
         .collect()
@@ -111,16 +117,17 @@ pub fn markdown(rows: &[RoundRow], connections: usize, duration_s: f64) -> Strin
     let med = medians(rows);
     let _ = writeln!(
         s,
-        "\nMedians over the rounds:\n\n| path | requests/s | proxy CPU s / 1k req | closed-loop p99 ms |\n|---|---:|---:|---:|"
+        "\nMedians over the rounds:\n\n| path | requests/s | proxy CPU s / 1k req | closed-loop p99 ms | back-to-back p50 ms |\n|---|---:|---:|---:|---:|"
     );
     for m in &med {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             m.path,
             f(m.rps, 0),
             f(m.cpu_s_per_1k, 4),
-            f(m.p99_ms, 3)
+            f(m.p99_ms, 3),
+            f(m.sequential_p50_ms, 3)
         );
     }
     let get = |name: &str| med.iter().find(|m| m.path == name);
@@ -175,6 +182,7 @@ mod tests {
             rps: Some(rps),
             cpu_s_per_1k: Some(cpu),
             p99_ms: Some(p99),
+            sequential_p50_ms: None,
         }
     }
 
