@@ -466,6 +466,34 @@ impl Admitted {
 }
 
 /// `x-ratelimit-*` as OpenAI sends them.
+/// `d` as seconds with millisecond precision (`1.250s`), written into `buf` digit by digit:
+/// the formatting machinery cost more than the rest of the limit headers together.
+fn seconds_text(d: std::time::Duration, buf: &mut [u8; 32]) -> &[u8] {
+    let mut end = buf.len();
+    let ms = d.subsec_millis();
+    let mut secs = d.as_secs();
+    let digits = [
+        b's',
+        b'0' + (ms % 10) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms / 100) as u8,
+        b'.',
+    ];
+    for b in digits {
+        end -= 1;
+        buf[end] = b;
+    }
+    loop {
+        end -= 1;
+        buf[end] = b'0' + (secs % 10) as u8;
+        secs /= 10;
+        if secs == 0 {
+            break;
+        }
+    }
+    &buf[end..]
+}
+
 fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
     use http::header::HeaderName;
     // Names built once (a `&str` name is parsed again on every insert).
@@ -492,16 +520,27 @@ fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
         (RESET_TOKENS, g.reset_tokens),
     ] {
         if let Some(d) = d {
-            // Seconds with millisecond precision ("1.250s"), written without a String.
-            let mut buf = [0u8; 32];
-            let mut w = std::io::Cursor::new(&mut buf[..]);
-            let ms = d.subsec_millis();
-            if std::io::Write::write_fmt(&mut w, format_args!("{}.{ms:03}s", d.as_secs())).is_ok() {
-                let n = w.position() as usize;
-                if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
-                    h.insert(name, v);
-                }
+            if let Ok(v) = HeaderValue::from_bytes(seconds_text(d, &mut [0u8; 32])) {
+                h.insert(name, v);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds_text;
+    use std::time::Duration;
+
+    #[test]
+    fn reset_seconds_are_written_with_milliseconds() {
+        for (d, text) in [
+            (Duration::ZERO, "0.000s"),
+            (Duration::from_millis(1250), "1.250s"),
+            (Duration::from_millis(61_005), "61.005s"),
+            (Duration::from_secs(u64::MAX), "18446744073709551615.000s"),
+        ] {
+            assert_eq!(seconds_text(d, &mut [0u8; 32]), text.as_bytes());
         }
     }
 }

@@ -81,22 +81,56 @@ pub struct Meter {
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
 
+/// Finders for [`USAGE_KEY`], built once (building one per call cost more than the search).
+static FIND: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(USAGE_KEY));
+static FIND_LAST: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(USAGE_KEY));
+
 fn mentions_usage(data: &[u8]) -> bool {
-    data.windows(USAGE_KEY.len()).any(|w| w == USAGE_KEY)
+    FIND.find(data).is_some()
+}
+
+/// The object after the last `"usage":` key of `data`, when that key is not inside a string
+/// (its quote is not escaped) and its value parses as usage. Parsing a few dozen bytes
+/// instead of the whole answer is most of what metering costs a request.
+fn usage_at_last_key(data: &[u8]) -> Option<Usage> {
+    let at = FIND_LAST.rfind(data)?;
+    if at > 0 && data[at - 1] == b'\\' {
+        return None;
+    }
+    let rest = data[at + USAGE_KEY.len()..].trim_ascii_start();
+    let value = rest.strip_prefix(b":")?.trim_ascii_start();
+    if !value.starts_with(b"{") {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(value);
+    // Zero tokens is no answer's usage: more likely a nested object of that name; let the
+    // whole parse find the top-level one.
+    Usage::deserialize(&mut de)
+        .ok()
+        .filter(|u| *u != Usage::default())
 }
 
 impl Meter {
     /// Looks at one data chunk on its way to the client; returns what goes on (the chunk
     /// itself unless a usage-only event was taken out).
     pub fn observe(&mut self, data: Bytes) -> Bytes {
-        if !mentions_usage(&data) {
+        if !self.sse {
+            // A whole JSON answer: usage is one of its top-level fields, usually the last;
+            // read it alone, and the whole answer only when that fails.
+            match usage_at_last_key(&data) {
+                Some(u) => self.usage = Some(u),
+                None if !mentions_usage(&data) => {}
+                None => {
+                    if let Ok(c) = serde_json::from_slice::<Carrier>(&data) {
+                        self.usage = c.usage.or(self.usage);
+                    }
+                }
+            }
             return data;
         }
-        if !self.sse {
-            // A whole JSON answer: usage is one of its top-level fields.
-            if let Ok(c) = serde_json::from_slice::<Carrier>(&data) {
-                self.usage = c.usage.or(self.usage);
-            }
+        if !mentions_usage(&data) {
             return data;
         }
         // Whole SSE events (the relay frames them): look at each that mentions usage.
@@ -242,6 +276,35 @@ mod tests {
                 prompt_tokens: 1,
                 completion_tokens: 2
             })
+        );
+    }
+
+    #[test]
+    fn usage_quoted_in_the_content_or_before_other_fields_is_still_the_answers() {
+        let usage = |body: &'static [u8]| {
+            let mut m = Meter::default();
+            m.observe(Bytes::from_static(body));
+            m.usage.map(|u| (u.prompt_tokens, u.completion_tokens))
+        };
+        // The key in the model's text is escaped: the real one is found by the whole parse.
+        assert_eq!(
+            usage(br#"{"usage":{"prompt_tokens":4,"completion_tokens":5},"choices":[{"message":{"content":"say \"usage\": {}"}}]}"#),
+            Some((4, 5))
+        );
+        // Usage first, then more fields; nested details skipped; Anthropic's names.
+        assert_eq!(
+            usage(br#"{"usage":{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":3},"completion_tokens":1},"id":"x"}"#),
+            Some((7, 1))
+        );
+        assert_eq!(
+            usage(br#"{"type":"message","usage":{"input_tokens":9,"output_tokens":2}}"#),
+            Some((9, 2))
+        );
+        assert_eq!(usage(br#"{"usage": null}"#), None);
+        // A nested object of that name after the real usage.
+        assert_eq!(
+            usage(br#"{"usage":{"prompt_tokens":3,"completion_tokens":1},"meta":{"usage":{}}}"#),
+            Some((3, 1))
         );
     }
 }
