@@ -119,6 +119,8 @@ pub enum Mode {
         prefill_tokens: Option<u64>,
         /// Of each backend's cap, requests kept for critical ones.
         critical_reserve: u32,
+        /// Pass each request's level to its engine as `priority`, engines scheduling by it.
+        engine_priority: bool,
     },
 }
 
@@ -257,12 +259,18 @@ fn play(
             queue_threshold,
             prefill_tokens,
             critical_reserve,
+            engine_priority,
         } => {
             let (config, gate): (FleetConfig, Admission) = admission::setup(
                 sc,
                 fleet_config(sc, seed),
                 max_in_flight,
-                (queue_threshold, prefill_tokens, critical_reserve),
+                (
+                    queue_threshold,
+                    prefill_tokens,
+                    critical_reserve,
+                    engine_priority,
+                ),
             );
             run_admitted(&config, &sc.workload, policy, &gate)
         }

@@ -54,13 +54,20 @@ pub fn setup(
     sc: &Scenario,
     mut config: FleetConfig,
     max_in_flight: Option<u32>,
-    (queue_threshold, prefill_tokens, critical_reserve): (Option<u32>, Option<u64>, u32),
+    (queue_threshold, prefill_tokens, critical_reserve, engine_priority): (
+        Option<u32>,
+        Option<u64>,
+        u32,
+        bool,
+    ),
 ) -> (FleetConfig, Admission) {
     let cap = max_in_flight.unwrap_or_else(|| default_cap(sc)).max(1);
     for b in &mut config.backends {
         b.max_in_flight = Some(cap);
         b.max_waiting = queue_threshold.map(|t| t.saturating_add(1));
         b.max_prefill_tokens = prefill_tokens;
+        // The gateway passes levels on only to engines started with priority scheduling.
+        b.engine.priority_scheduling = engine_priority;
     }
     let mut names: Vec<&str> = sc.tags.iter().filter_map(|t| t.tenant.as_deref()).collect();
     names.sort_unstable();
@@ -83,6 +90,7 @@ pub fn setup(
         tenant_weights: vec![1.0; names.len()],
         classes,
         critical_reserve,
+        engine_priority,
     };
     (config, gate)
 }
@@ -101,7 +109,7 @@ mod tests {
             switchyard_core::PolicySpec::default(),
             1,
         );
-        let (config, gate) = setup(&sc, base, Some(7), (Some(0), Some(4096), 2));
+        let (config, gate) = setup(&sc, base, Some(7), (Some(0), Some(4096), 2, false));
         assert!(config.backends.iter().all(|b| b.max_in_flight == Some(7)));
         assert!(config
             .backends
@@ -122,7 +130,7 @@ mod tests {
                 1,
             ),
             None,
-            (None, None, 0),
+            (None, None, 0, false),
         );
         for (c, t) in gate.classes.iter().zip(&p.tags) {
             assert_eq!(c.priority, level(t.priority));

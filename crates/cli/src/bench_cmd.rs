@@ -123,6 +123,11 @@ pub struct DecisionsArgs {
     /// `critical_reserve`; default 0).
     #[arg(long, default_value_t = 0)]
     admission_critical_reserve: u32,
+    /// With admission: pass each request's level to its engine as vLLM's `priority`, the
+    /// engines scheduling by it (the gateway's `engine_priority`; vLLM's
+    /// `--scheduling-policy priority`).
+    #[arg(long)]
+    admission_engine_priority: bool,
     /// Where result files go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -146,13 +151,19 @@ impl AdmissionFlag {
     fn modes(
         self,
         cap: Option<u32>,
-        (queue_threshold, prefill_tokens, critical_reserve): (Option<u32>, Option<u64>, u32),
+        (queue_threshold, prefill_tokens, critical_reserve, engine_priority): (
+            Option<u32>,
+            Option<u64>,
+            u32,
+            bool,
+        ),
     ) -> Vec<decisions::Mode> {
         let on = decisions::Mode::Admission {
             max_in_flight: cap,
             queue_threshold,
             prefill_tokens,
             critical_reserve,
+            engine_priority,
         };
         match self {
             AdmissionFlag::Off => vec![decisions::Mode::Off],
@@ -298,6 +309,7 @@ fn run_decisions(a: DecisionsArgs) -> anyhow::Result<()> {
             a.admission_queue_threshold,
             a.admission_prefill_tokens,
             a.admission_critical_reserve,
+            a.admission_engine_priority,
         ),
     );
     let mut progress = Progress::new(runs * names.len() * contenders.len() * modes.len(), false);

@@ -62,6 +62,10 @@ pub struct SimArgs {
     /// With `--engine llamacpp`: slots per replica (llama.cpp's `-np`).
     #[arg(long, default_value_t = 2)]
     slots: u32,
+    /// `priority`: admit waiting requests by their `priority` field, lower first (vLLM's
+    /// `--scheduling-policy priority`, what the gateway's `admission.engine_priority` feeds).
+    #[arg(long, value_enum, default_value_t = SchedulingPolicy::Fcfs)]
+    scheduling_policy: SchedulingPolicy,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -248,6 +252,8 @@ impl SimArgs {
                 if let Some(m) = e.model.clone().or(model.clone()) {
                     config.model = m;
                 }
+                config.engine.priority_scheduling =
+                    self.scheduling_policy == SchedulingPolicy::Priority;
                 if e.engine.unwrap_or(self.engine) == EngineMode::Llamacpp {
                     let slots = e.slots.unwrap_or(self.slots);
                     if slots == 0 {
@@ -269,6 +275,15 @@ impl SimArgs {
         }
         Ok(plans)
     }
+}
+
+/// `switchyard sim --scheduling-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchedulingPolicy {
+    /// First come, first served.
+    Fcfs,
+    /// By the request's `priority` field, lower first.
+    Priority,
 }
 
 /// Starts every planned replica.

@@ -338,6 +338,7 @@ async fn proxy(
         started,
         body_read,
         explain: sampled,
+        engine_priority: admitted.engine_priority,
     };
     let resp = match attempts::run(&request).await {
         Ok(mut resp) => {

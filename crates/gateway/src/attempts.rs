@@ -61,6 +61,9 @@ pub struct Request<'a> {
     pub body_read: Instant,
     /// Have the policy explain its scores (the decision log will write this record).
     pub explain: bool,
+    /// vLLM's `priority` (the request's level, 0 most urgent) for vLLM backends, when
+    /// `admission.engine_priority` is on.
+    pub engine_priority: Option<u8>,
 }
 
 /// How one attempt ended when it did not produce the client's response.
@@ -320,10 +323,25 @@ impl<'a> Driver<'a> {
         // llama.cpp's `id_slot`: the server holds the request for that slot (a client's own
         // `id_slot` stands).
         let slotted = slot.and_then(|s| forward::with_field(req.body, "id_slot", &s.to_string()));
+        // vLLM's `priority`, only to engines known to be vLLM (others may refuse the field).
+        let vllm = || {
+            backend
+                .state
+                .engine
+                .get()
+                .is_some_and(|e| e.kind == crate::engine_kind::EngineKind::Vllm)
+        };
+        let prioritized = req
+            .engine_priority
+            .filter(|_| vllm())
+            .and_then(|p| forward::with_priority(slotted.as_ref().unwrap_or(req.body), p));
         let outbound = forward::Outbound {
             client: req.client,
             profile: req.profile,
-            body: slotted.as_ref().unwrap_or(req.body),
+            body: prioritized
+                .as_ref()
+                .or(slotted.as_ref())
+                .unwrap_or(req.body),
             original: req.original,
         };
         let (upstream, direction) =

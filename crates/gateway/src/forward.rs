@@ -150,12 +150,30 @@ pub fn prepare_headers(
     headers
 }
 
+/// `body` with vLLM's `priority` at least `level` (lower runs first): added when absent; a
+/// client's own value stands only if it is less urgent, so a client can lower its level and
+/// never raise it. `None` when the body needs no change or is not a JSON object.
+pub(crate) fn with_priority(body: &Bytes, level: u8) -> Option<Bytes> {
+    if let Some(b) = with_field(body, "priority", &level.to_string()) {
+        return Some(b);
+    }
+    // The client sent one (rare): read it, and keep the less urgent of the two.
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    let theirs = obj.get("priority").and_then(serde_json::Value::as_i64);
+    if theirs.is_some_and(|p| p >= i64::from(level)) {
+        return None;
+    }
+    obj.insert("priority".into(), serde_json::Value::from(level));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
 /// `body` (a JSON object) with the top-level field `"key": value` (`value` is JSON text)
 /// added, or `None` when `key` appears in it already (the client's value stands) or it is not
 /// a JSON object.
 pub(crate) fn with_field(body: &Bytes, key: &str, value: &str) -> Option<Bytes> {
     let quoted = [b"\"", key.as_bytes(), b"\""].concat();
-    if body.windows(quoted.len()).any(|w| w == quoted) {
+    if memchr::memmem::find(body, &quoted).is_some() {
         return None;
     }
     let end = body.iter().rposition(|&b| b == b'}')?;
@@ -317,6 +335,30 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn engine_priority_is_added_and_a_client_may_only_lower_it() {
+        use bytes::Bytes;
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let p = |body: Bytes| -> Option<i64> {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            v["priority"].as_i64()
+        };
+        let added = super::with_priority(&b(r#"{"model":"m"}"#), 2).unwrap();
+        assert_eq!(p(added), Some(2));
+        // Lower than its level (more urgent): raised back to the level.
+        let fixed = super::with_priority(&b(r#"{"model":"m","priority":0}"#), 2).unwrap();
+        assert_eq!(p(fixed), Some(2));
+        // Less urgent than its level: the client's stands.
+        assert!(super::with_priority(&b(r#"{"model":"m","priority":4}"#), 2).is_none());
+        // The word in a message is not the field.
+        let text = super::with_priority(
+            &b(r#"{"model":"m","messages":[{"role":"user","content":"priority"}]}"#),
+            1,
+        )
+        .unwrap();
+        assert_eq!(p(text), Some(1));
+    }
+
     use super::{clean_response_headers, forwarded_for};
     use http::header::{HeaderMap, HeaderValue};
 

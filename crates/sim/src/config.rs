@@ -79,6 +79,9 @@ pub struct EngineConfig {
     /// of the paged prefix cache (`enable_prefix_caching` is then ignored) and runs at most
     /// `slots` requests at once.
     pub slots: Option<SlotMode>,
+    /// Admit waiting requests by their `priority` (lower first, then arrival) instead of in
+    /// arrival order (vLLM `--scheduling-policy priority`).
+    pub priority_scheduling: bool,
     /// How long a step takes.
     pub step_time: StepTime,
     /// The GPU gauge model.

@@ -36,6 +36,8 @@ use crate::tokenizer::synthetic_token;
 #[derive(Debug, Clone)]
 struct Seq {
     id: RequestId,
+    /// Its scheduling priority (lower first), read with priority scheduling only.
+    priority: i32,
     /// Prompt then output so far; the last output token has not been computed yet.
     tokens: Vec<u32>,
     prompt_len: u32,
@@ -169,6 +171,7 @@ impl Engine {
         tokens.reserve_exact(req.max_output_tokens as usize);
         let seq = Seq {
             id: req.id,
+            priority: req.priority,
             tokens,
             prompt_len: prompt,
             max_output: req.max_output_tokens,
@@ -192,7 +195,19 @@ impl Engine {
                 self.slots.len() - 1
             }
         };
-        self.waiting.push_back(slot);
+        if self.config.priority_scheduling {
+            // Behind every waiting request of its priority or a more urgent one.
+            let p = req.priority;
+            let slots = &self.slots;
+            let at = self
+                .waiting
+                .iter()
+                .position(|&s| slots[s].as_ref().is_some_and(|q| q.priority > p))
+                .unwrap_or(self.waiting.len());
+            self.waiting.insert(at, slot);
+        } else {
+            self.waiting.push_back(slot);
+        }
         Ok(())
     }
 

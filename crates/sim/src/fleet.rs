@@ -282,11 +282,11 @@ impl Driver<'_> {
             self.reject(index, t);
         }
         loop {
-            let reserve = self
+            let allowance = self
                 .queue
                 .peek(t)
-                .map_or(0, |i| self.queue.reserve_against(i));
-            if self.queue.is_admission() && !self.room(t, reserve) {
+                .map_or_else(Default::default, |i| self.queue.allowance(i));
+            if self.queue.is_admission() && !self.room(t, allowance) {
                 break;
             }
             let Some(p) = self.queue.pop(t) else { break };
@@ -303,19 +303,19 @@ impl Driver<'_> {
     /// Whether some backend has room now for a request that may not use `reserve` of its
     /// concurrency cap: under that cap, its last scraped queue under its threshold (the
     /// gateway admission stage's test).
-    fn room(&self, t: f64, reserve: u32) -> bool {
-        (0..self.config.backends.len()).any(|i| self.view(i, t, reserve).usable)
+    fn room(&self, t: f64, allowance: Allowance) -> bool {
+        (0..self.config.backends.len()).any(|i| self.view(i, t, allowance).usable)
     }
 
     /// Backend `i` as the gateway sees it at `t` for a request that may not use `reserve` of
     /// its concurrency cap.
-    fn view(&self, i: usize, t: f64, reserve: u32) -> BackendView {
+    fn view(&self, i: usize, t: f64, allowance: Allowance) -> BackendView {
         let b = &self.config.backends[i];
         let in_flight = self.in_flight[i];
         // All but one of the cap at most.
         let reserve = b
             .max_in_flight
-            .map_or(0, |cap| reserve.min(cap.saturating_sub(1)));
+            .map_or(0, |cap| allowance.reserve.min(cap.saturating_sub(1)));
         let mut view = backend_view(
             i,
             b,
@@ -325,6 +325,7 @@ impl Driver<'_> {
             ),
             &self.scraped[i],
             t,
+            allowance.cap_only,
         );
         let live = &self.live[i];
         view.in_flight = in_flight;
@@ -417,9 +418,9 @@ impl Driver<'_> {
         };
         // Behind others already queued, or queued itself if no backend is usable.
         let max_output = req.max_output_tokens;
-        let reserve = self.queue.reserve_against(index);
+        let allowance = self.queue.allowance(index);
         let wait =
-            if !self.queue.is_empty() || (self.queue.is_admission() && !self.room(t, reserve)) {
+            if !self.queue.is_empty() || (self.queue.is_admission() && !self.room(t, allowance)) {
                 Some(p)
             } else {
                 self.dispatch(p, t)
@@ -455,10 +456,10 @@ impl Driver<'_> {
     /// Decides and submits. Gives the request back if no backend is usable now.
     #[must_use]
     fn dispatch(&mut self, p: Pending, t: f64) -> Option<Pending> {
-        let reserve = self.queue.reserve_against(p.index);
+        let allowance = self.queue.allowance(p.index);
         self.views.clear();
         for i in 0..self.config.backends.len() {
-            let view = self.view(i, t, reserve);
+            let view = self.view(i, t, allowance);
             self.views.push(view);
         }
         let fleet = FleetView::new(&self.views, Duration::from_secs_f64(t));
@@ -481,6 +482,7 @@ impl Driver<'_> {
             prompt_tokens: p.tokens,
             max_output_tokens: req.max_output_tokens,
             output_seed: req.output_seed,
+            priority: self.queue.engine_priority(p.index),
         });
         if submitted.is_err() {
             self.reject(p.index, t);
@@ -560,8 +562,8 @@ mod view;
 
 pub use arrivals::Arrivals;
 use arrivals::Schedule;
-use lobby::Lobby;
 pub use lobby::{Admission, Class};
+use lobby::{Allowance, Lobby};
 pub use spec::{BackendSpec, FleetConfig, FleetError};
 use view::{backend_view, Live};
 

@@ -168,6 +168,7 @@ impl Profile {
                 .min(u32::try_from(capacity).unwrap_or(u32::MAX)),
             enable_prefix_caching: true,
             enable_chunked_prefill: true,
+            priority_scheduling: false,
             slots: None,
             step_time: self.step_time,
             gpu: GpuModel {

@@ -24,6 +24,9 @@ pub struct SimRequest {
     /// [`tokenizer::synthetic_token`]`(output_seed, i)`, so a workload can put the very same
     /// text into a later turn's history and hit the blocks the engine cached for it.
     pub output_seed: u64,
+    /// Scheduling priority, lower first (vLLM's request `priority`); only an engine with
+    /// [`crate::config::EngineConfig::priority_scheduling`] reads it.
+    pub priority: i32,
 }
 
 impl SimRequest {
@@ -35,6 +38,7 @@ impl SimRequest {
             prompt_tokens: tokenizer::tokenize(text),
             max_output_tokens,
             output_seed: tokenizer::mix64(id.0 ^ 0x6f75_7470_7574),
+            priority: 0,
         }
     }
 }

@@ -60,6 +60,10 @@ pub struct FullWhen {
     /// Of each backend's `max_concurrency`, requests only critical ones may take (all but one
     /// at most), so a critical request finds room while lower levels fill the rest.
     pub critical_reserve: u32,
+    /// Each request's level reaches vLLM engines as its `priority`, so they run the most
+    /// urgent first: a critical request then needs only a free `max_concurrency` slot, not an
+    /// engine queue or pending prefill under the limits (it goes ahead of both).
+    pub engine_priority: bool,
 }
 
 impl FullWhen {
@@ -153,9 +157,10 @@ impl Gate {
         } else {
             self.full_when.critical_reserve
         };
+        let ahead = priority == Priority::Critical && self.full_when.engine_priority;
         let mut full = false;
         for b in &pool.backends {
-            let busy = self.engine_busy(b, now, max_age);
+            let busy = !ahead && self.engine_busy(b, now, max_age);
             let capped = b
                 .config
                 .max_concurrency

@@ -214,6 +214,9 @@ pub struct Admitted {
     note: Option<(Priority, TenantId, Duration)>,
     /// The body to send upstream when it differs from the client's (`include_usage` added).
     upstream_body: Option<bytes::Bytes>,
+    /// The level's rank (0 most urgent) to send vLLM engines as `priority`, when
+    /// `admission.engine_priority` is on.
+    pub engine_priority: Option<u8>,
 }
 
 /// Lets the request go, makes it wait, or refuses it (see the module docs). `body` is the
@@ -395,6 +398,12 @@ async fn admit_inner(
         grant,
         note: Some((priority, tenant, waited)),
         upstream_body,
+        engine_priority: snap
+            .config
+            .admission
+            .as_ref()
+            .filter(|c| c.full_when.engine_priority)
+            .map(|_| priority.index() as u8),
     })
 }
 

@@ -23,6 +23,8 @@
 //!   engine_queue_threshold: 8            # an engine with more waiting counts as full
 //!   max_prefill_tokens: 4096             # so do this many prompt tokens awaiting a first byte
 //!   critical_reserve: 2                  # of each max_concurrency, kept for critical requests
+//!   engine_priority: true                # tell vLLM each request's level (`priority`); needs
+//!                                        # vllm serve --scheduling-policy priority
 //!   model_limits:                        # per model, over every caller
 //!     llama: {rpm: 6000, tpm: 2000000, max_concurrent: 200}
 //!   levels:
@@ -308,6 +310,8 @@ struct AdmissionRaw {
     #[serde(default)]
     critical_reserve: u32,
     #[serde(default)]
+    engine_priority: bool,
+    #[serde(default)]
     levels: BTreeMap<String, LevelRaw>,
     #[serde(default)]
     model_limits: BTreeMap<String, ModelLimitsRaw>,
@@ -375,6 +379,7 @@ impl<'de> Deserialize<'de> for Admission {
                 engine_queue_threshold: raw.engine_queue_threshold,
                 max_prefill_tokens: raw.max_prefill_tokens,
                 critical_reserve: raw.critical_reserve,
+                engine_priority: raw.engine_priority,
             },
             model_limits,
         })

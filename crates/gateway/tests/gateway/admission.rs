@@ -704,3 +704,90 @@ async fn a_model_limit_holds_for_every_caller_and_only_that_model() {
         200
     );
 }
+
+/// The `priority` field a mock upstream received last.
+fn sent_priority(up: &Mock) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_slice(&up.last().body).unwrap();
+    v["priority"].as_i64()
+}
+
+#[tokio::test]
+async fn engine_priority_tells_vllm_backends_each_requests_level_and_a_client_may_only_lower_it() {
+    let vllm = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let sglang = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let yaml = auth_config(
+        &vllm.url(),
+        None,
+        ", priority: critical",
+        "admission: {engine_priority: true}",
+    )
+    .replace("name: b0, max_concurrency: 1}", "name: b0, engine: vllm}")
+    .replace(
+        &format!("{{url: \"{}\", name: b1}}", vllm.url()),
+        &format!("{{url: \"{}\", name: b1, engine: sglang}}", sglang.url()),
+    );
+    let gw = Gw::start(&yaml).await;
+    let c = client();
+    let a = chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(sent_priority(&vllm), Some(0), "critical is 0");
+    let b = bearer(KEY_B);
+    chat(&c, &gw, "m", &[("authorization", &b)]).await;
+    assert_eq!(sent_priority(&vllm), Some(2), "normal is 2");
+    chat(
+        &c,
+        &gw,
+        "m",
+        &[("authorization", &b), ("x-priority", "batch")],
+    )
+    .await;
+    assert_eq!(sent_priority(&vllm), Some(4), "lowered to batch");
+    // A body asking for more urgency than the key's level is brought back to the level.
+    let body = r#"{"model":"m","priority":0,"messages":[{"role":"user","content":"hi"}]}"#;
+    post(
+        &c,
+        &gw.url("/v1/chat/completions"),
+        body,
+        &[("authorization", &b)],
+    )
+    .await;
+    assert_eq!(sent_priority(&vllm), Some(2));
+    // Engines not known to be vLLM get no field they may refuse.
+    chat(&c, &gw, "other", &[("authorization", &b)]).await;
+    assert_eq!(sglang.count(), 1);
+    assert_eq!(sent_priority(&sglang), None);
+}
+
+#[tokio::test]
+async fn with_engine_priority_a_critical_request_passes_the_prefill_limit_that_holds_others() {
+    let release = Arc::new(Notify::new());
+    let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+    let yaml = auth_config(
+        &up.url(),
+        None,
+        ", priority: critical",
+        "admission: {max_prefill_tokens: 1, engine_priority: true}",
+    )
+    .replace("name: b0, max_concurrency: 1}", "name: b0, engine: vllm}");
+    let gw = Arc::new(Gw::start(&yaml).await);
+    let c = client();
+    let key = |k: &str| ("authorization", bearer(k));
+    // A normal request awaits its first byte: its prompt fills the prefill limit.
+    let first = spawn_chat(&c, &gw, vec![key(KEY_B), ("x-test", "normal-1".into())]);
+    eventually(|| up.count() == 1).await;
+    let second = spawn_chat(&c, &gw, vec![key(KEY_B), ("x-test", "normal-2".into())]);
+    until_waiting(&c, &gw, "normal", 1).await;
+    // The engine will run a critical request first: it goes now.
+    let critical = spawn_chat(&c, &gw, vec![key(KEY_A), ("x-test", "critical".into())]);
+    eventually(|| up.count() == 2).await;
+    assert_eq!(waiting(&c, &gw, "normal").await, 1);
+    for _ in 0..3 {
+        release.notify_one();
+    }
+    eventually(|| up.count() == 3).await;
+    release.notify_one();
+    for h in [first, second, critical] {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(order(&up), ["normal-1", "critical", "normal-2"]);
+}

@@ -38,6 +38,7 @@ fn req(id: u64, prompt: Vec<u32>, out: u32) -> SimRequest {
         prompt_tokens: prompt,
         max_output_tokens: out,
         output_seed: id,
+        priority: 0,
     }
 }
 
@@ -53,6 +54,7 @@ fn small_config() -> EngineConfig {
         enable_prefix_caching: true,
         enable_chunked_prefill: true,
         slots: None,
+        priority_scheduling: false,
         step_time: StepTime {
             base_s: 0.005,
             per_token_s: 50e-6,
@@ -212,6 +214,7 @@ fn multi_turn_history_hits_the_blocks_of_the_previous_answer() {
         prompt_tokens: first.clone(),
         max_output_tokens: 100,
         output_seed: 77,
+        priority: 0,
     })
     .unwrap();
     let (_, t) = drain(&mut e, 0.0);
@@ -361,4 +364,33 @@ fn slot_mode_runs_at_most_its_slots_and_a_waiting_request_takes_the_oldest() {
     e.submit(req(10, doc_prompt(1, 10), 4)).unwrap();
     let (ev, _) = drain(&mut e, now);
     assert!(cached_at_admission(&ev, 10) >= 200);
+}
+
+#[test]
+fn priority_scheduling_admits_the_most_urgent_waiting_request_first() {
+    // One sequence at a time, so every other request waits and the order of admission shows.
+    let order = |priority_scheduling: bool| {
+        let mut e = Engine::new(EngineConfig {
+            max_num_seqs: 1,
+            priority_scheduling,
+            ..small_config()
+        })
+        .unwrap();
+        for (id, priority) in [(1, 4), (2, 4), (3, 0), (4, 2), (5, 0)] {
+            let mut r = req(id, synthetic(id, 32), 2);
+            r.priority = priority;
+            e.submit(r).unwrap();
+        }
+        let (ev, _) = drain(&mut e, 0.0);
+        ev.iter()
+            .filter_map(|(_, e)| match e {
+                EngineEvent::Admitted { id, .. } => Some(id.0),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(order(false), [1, 2, 3, 4, 5]);
+    // All arrive before the first step: the most urgent go first, in arrival order within a
+    // level.
+    assert_eq!(order(true), [3, 5, 4, 1, 2]);
 }

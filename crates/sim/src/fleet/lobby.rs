@@ -23,6 +23,18 @@ pub struct Admission {
     /// Requests of each backend's concurrency cap kept for critical ones: others find a
     /// backend full this many below its cap (the gateway's `critical_reserve`).
     pub critical_reserve: u32,
+    /// Each request carries its level to the engine as its `priority` (the gateway's
+    /// `engine_priority`); engines with priority scheduling admit by it.
+    pub engine_priority: bool,
+}
+
+/// What of a backend one request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Allowance {
+    /// Of the concurrency cap, requests it may not use (kept for critical ones).
+    pub(super) reserve: u32,
+    /// Only the concurrency cap applies, not the engine-queue and prefill limits.
+    pub(super) cap_only: bool,
 }
 
 /// A request's level and tenant, as its key would give them.
@@ -46,6 +58,8 @@ pub(super) enum Lobby<'a> {
         held: HashMap<u64, Pending>,
         /// [`Admission::critical_reserve`].
         reserve: u32,
+        /// [`Admission::engine_priority`].
+        engine_priority: bool,
     },
 }
 
@@ -64,6 +78,7 @@ impl<'a> Lobby<'a> {
                 classes: &a.classes,
                 held: HashMap::new(),
                 reserve: a.critical_reserve,
+                engine_priority: a.engine_priority,
             },
         }
     }
@@ -74,20 +89,43 @@ impl<'a> Lobby<'a> {
         matches!(self, Lobby::Admission { .. })
     }
 
-    /// Of each backend's cap, how many request `index` may not use (kept for critical ones).
-    pub(super) fn reserve_against(&self, index: usize) -> u32 {
+    /// What of each backend request `index` may use: all of its cap but the critical
+    /// reserve, and, for a critical request when levels reach the engines, a backend whose
+    /// engine queue or pending prefill is past its limit (the engine will run it first).
+    pub(super) fn allowance(&self, index: usize) -> Allowance {
         match self {
-            Lobby::Fifo(_) => 0,
+            Lobby::Fifo(_) => Allowance::default(),
             Lobby::Admission {
-                classes, reserve, ..
+                classes,
+                reserve,
+                engine_priority,
+                ..
             } => {
                 let class = classes.get(index).copied().unwrap_or_default();
-                if class.priority == Priority::Critical {
-                    0
-                } else {
-                    *reserve
+                let critical = class.priority == Priority::Critical;
+                Allowance {
+                    reserve: if critical { 0 } else { *reserve },
+                    cap_only: critical && *engine_priority,
                 }
             }
+        }
+    }
+
+    /// The `priority` request `index` carries to its engine: its level's rank (0 most
+    /// urgent) when the gateway passes levels on, else 0.
+    pub(super) fn engine_priority(&self, index: usize) -> i32 {
+        match self {
+            Lobby::Admission {
+                classes,
+                engine_priority: true,
+                ..
+            } => classes
+                .get(index)
+                .copied()
+                .unwrap_or_default()
+                .priority
+                .index() as i32,
+            _ => 0,
         }
     }
 

@@ -46,14 +46,17 @@ pub(super) fn backend_view(
     (in_flight, prefill_tokens): (u32, u64),
     scraped: &EngineMetrics,
     now: f64,
+    cap_only: bool,
 ) -> BackendView {
     let under_cap = spec.max_in_flight.is_none_or(|cap| in_flight < cap)
-        && spec
-            .max_prefill_tokens
-            .is_none_or(|cap| prefill_tokens < cap);
-    let queue_ok = spec
-        .max_waiting
-        .is_none_or(|limit| scraped.num_waiting < limit);
+        && (cap_only
+            || spec
+                .max_prefill_tokens
+                .is_none_or(|cap| prefill_tokens < cap));
+    let queue_ok = cap_only
+        || spec
+            .max_waiting
+            .is_none_or(|limit| scraped.num_waiting < limit);
     BackendView {
         in_flight,
         usable: under_cap && queue_ok,

@@ -228,6 +228,8 @@ pub(super) struct Generation {
     pub include_usage: bool,
     /// The request's `seed` field: another seed, another output.
     pub seed: Option<u64>,
+    /// vLLM's `priority` (lower first): read by a replica with priority scheduling.
+    pub priority: i32,
 }
 
 /// Reads a generation request as a replica with `limits` would.
@@ -272,12 +274,20 @@ pub(super) fn parse_generation(
             _ => return Err("`seed` must be an integer".into()),
         },
     };
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or("`priority` must be an integer")?,
+    };
     Ok(Generation {
         prompt,
         max_tokens,
         stream,
         include_usage,
         seed,
+        priority,
     })
 }
 
@@ -332,6 +342,7 @@ pub async fn generate(shared: Arc<Shared>, kind: Kind, body: Bytes) -> Response<
         prompt_tokens: g.prompt,
         max_output_tokens: g.max_tokens,
         output_seed,
+        priority: g.priority,
     };
     let events = match shared.driver.submit(req).await {
         Ok(rx) => rx,
