@@ -33,6 +33,9 @@ pub struct ReplayConfig {
     pub request_timeout: Duration,
     /// Bearer token to send, if any.
     pub api_key: Option<String>,
+    /// Bearer token per tenant or priority label of the trace (`team-a` -> its key): a
+    /// request sends its tenant's key, else its priority's, else `api_key`.
+    pub keys: Vec<(String, String)>,
     /// TTFT SLO for goodput, s (wall time).
     pub slo_ttft_s: f64,
 }
@@ -52,6 +55,8 @@ pub struct Sample {
     pub status: Option<u16>,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Its tenant, else its priority label, from the trace.
+    pub group: Option<String>,
 }
 
 /// A replay's summary.
@@ -75,6 +80,23 @@ pub struct ReplaySummary {
     pub send_lag: Option<Percentiles>,
     /// Wall time of the replay, s.
     pub wall_s: f64,
+    /// Per tenant (or priority label), when the trace has them.
+    pub groups: Vec<GroupSummary>,
+}
+
+/// TTFT and goodput of one tenant's or priority's requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupSummary {
+    /// The tenant or priority label.
+    pub group: String,
+    /// Requests sent.
+    pub requests: usize,
+    /// Answered 2xx whole.
+    pub ok: usize,
+    /// TTFT of its ok requests, s.
+    pub ttft: Option<Percentiles>,
+    /// Share of its requests with TTFT within the SLO.
+    pub goodput: f64,
 }
 
 /// A replay that cannot start.
@@ -216,7 +238,18 @@ pub async fn replay(
         let due = start + Duration::from_secs_f64(((rec.t - t0) / cfg.time_scale).max(0.0));
         let (client, uri, rec, tx) = (client.clone(), uri.clone(), rec.clone(), tx.clone());
         let payload = body(&rec, &cfg.model);
-        let (key, timeout) = (cfg.api_key.clone(), cfg.request_timeout);
+        let labelled = |label: &Option<String>| {
+            let l = label.as_deref()?;
+            cfg.keys
+                .iter()
+                .find(|(k, _)| k == l)
+                .map(|(_, v)| v.clone())
+        };
+        let key = labelled(&rec.tenant)
+            .or_else(|| labelled(&rec.priority))
+            .or_else(|| cfg.api_key.clone());
+        let group = rec.tenant.clone().or_else(|| rec.priority.clone());
+        let timeout = cfg.request_timeout;
         tokio::spawn(async move {
             tokio::time::sleep_until(due).await;
             let send_lag_s = due.elapsed().as_secs_f64();
@@ -229,6 +262,7 @@ pub async fn replay(
                 e2e_s,
                 status,
                 error,
+                group,
             });
         });
     }
@@ -272,7 +306,41 @@ pub fn summarize(target: &str, samples: &[Sample], slo: f64, wall_s: f64) -> Rep
         goodput: goodput(&ttfts, slo, wall_s),
         send_lag: Percentiles::of(&lags),
         wall_s,
+        groups: groups(samples, slo),
     }
+}
+
+/// Per-group figures, groups sorted by name; empty when no sample has a group.
+fn groups(samples: &[Sample], slo: f64) -> Vec<GroupSummary> {
+    let mut names: Vec<&str> = samples.iter().filter_map(|s| s.group.as_deref()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|g| {
+            let of: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.group.as_deref() == Some(g))
+                .collect();
+            let ok: Vec<f64> = of
+                .iter()
+                .filter(|s| s.error.is_none())
+                .filter_map(|s| s.ttft_s)
+                .collect();
+            let good = ok.iter().filter(|t| **t <= slo).count();
+            GroupSummary {
+                group: g.to_owned(),
+                requests: of.len(),
+                ok: ok.len(),
+                ttft: Percentiles::of(&ok),
+                goodput: if of.is_empty() {
+                    0.0
+                } else {
+                    good as f64 / of.len() as f64
+                },
+            }
+        })
+        .collect()
 }
 
 /// One replay command: the same trace against one or more targets, one after another.
@@ -325,6 +393,24 @@ impl ReplayRun {
                 ms(r.send_lag, |p| p.p99),
             );
         }
+        if self.targets.iter().any(|(_, r)| !r.groups.is_empty()) {
+            s.push_str("\nPer tenant or priority:\n\n| target | group | ok | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | goodput |\n|---|---|---:|---:|---:|---:|---:|\n");
+            for (label, r) in &self.targets {
+                for g in &r.groups {
+                    let _ = writeln!(
+                        s,
+                        "| {label} | {} | {}/{} | {} | {} | {} | {:.1}% |",
+                        g.group,
+                        g.ok,
+                        g.requests,
+                        ms(g.ttft, |p| p.p50),
+                        ms(g.ttft, |p| p.p90),
+                        ms(g.ttft, |p| p.p99),
+                        g.goodput * 100.0
+                    );
+                }
+            }
+        }
         s
     }
 }
@@ -367,6 +453,7 @@ mod tests {
             e2e_s: ttft.map(|t| t + 1.0),
             status: Some(200),
             error: err.map(str::to_owned),
+            group: Some(if i % 2 == 0 { "a" } else { "b" }.to_owned()),
         };
         let v = vec![
             s(0, Some(0.1), None),
@@ -378,6 +465,13 @@ mod tests {
         assert_eq!((sum.requests, sum.ok), (4, 2));
         assert_eq!(sum.errors, vec![("status 503".to_owned(), 2)]);
         assert_eq!(sum.goodput.good, 1);
+        // Per group: a has 0 (ok, 0.1 s) and 2 (503); b has 1 (ok, 3 s) and 3 (503).
+        let g: Vec<(&str, usize, usize, f64)> = sum
+            .groups
+            .iter()
+            .map(|g| (g.group.as_str(), g.requests, g.ok, g.goodput))
+            .collect();
+        assert_eq!(g, [("a", 2, 1, 0.5), ("b", 2, 1, 0.0)]);
         assert_eq!(sum.ttft.unwrap().p50, 0.1);
     }
 }

@@ -173,6 +173,14 @@ impl AdmissionFlag {
     }
 }
 
+/// `LABEL=VALUE` of a repeated flag.
+fn label_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((l, v)) if !l.is_empty() && !v.is_empty() => Ok((l.to_owned(), v.to_owned())),
+        _ => Err(format!("'{s}' is not LABEL=VALUE")),
+    }
+}
+
 /// `switchyard bench replay` flags.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
@@ -198,6 +206,10 @@ pub struct ReplayArgs {
     /// Bearer token to send.
     #[arg(long, env = "SWITCHYARD_BENCH_API_KEY")]
     api_key: Option<String>,
+    /// `LABEL=KEY`: the key for requests of this tenant, else of this priority label, of the
+    /// trace (repeat; others send --api-key).
+    #[arg(long = "key", value_parser = label_value)]
+    keys: Vec<(String, String)>,
     /// Where result files go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -368,6 +380,7 @@ fn run_replay(a: ReplayArgs) -> anyhow::Result<()> {
             time_scale: a.time_scale,
             request_timeout: Duration::from_secs(a.timeout),
             api_key: a.api_key.clone(),
+            keys: a.keys.clone(),
             slo_ttft_s: a.slo_ttft,
         };
         let mut progress = Progress::new(records.len(), false);
