@@ -63,6 +63,14 @@ pub async fn handle(
     resp
 }
 
+/// The intent class of `text` for `routes:` rules, when intents are configured.
+async fn intent_of(
+    classifier: Option<Arc<crate::routes::semantic::Classifier>>,
+    text: &str,
+) -> Option<Arc<str>> {
+    classifier?.classify(text).await.class
+}
+
 /// Appends how `routes:` chose the pool to `x-switchyard-route` (after the policy's
 /// explanation when debug headers are on).
 fn add_route_note(resp: &mut Response<GatewayBody>, note: &str) {
@@ -274,7 +282,8 @@ async fn proxy(
                 client: peer.ip(),
                 unix_secs: crate::admission::unix_now(),
             };
-            let classify = |_text: &str| std::future::ready(None);
+            let classifier = gw.classifier.clone();
+            let classify = |text| intent_of(classifier, text);
             Some(
                 routes
                     .resolve(&profile, &asked, request_id.as_bytes(), classify)

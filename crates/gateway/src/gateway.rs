@@ -62,6 +62,9 @@ pub struct Snapshot {
     /// Recent routing records and their writer; started with the first version and kept by
     /// every later one (a reload does not change `decision_log:`).
     pub decisions: Arc<crate::decisions::DecisionLog>,
+    /// Intent classes for `routes:` rules with `intent:` conditions; `None` without
+    /// `routes.intents`. Kept by a reload that changes neither the classes nor their pool.
+    pub classifier: Option<Arc<crate::routes::semantic::Classifier>>,
     clock: Clock,
 }
 
@@ -113,8 +116,22 @@ impl Snapshot {
                 seed,
             )),
         };
+        let classifier = config
+            .routes
+            .as_ref()
+            .and_then(|r| r.intents.as_ref())
+            .and_then(|i| Some((i, pools.get(&i.model)?)))
+            .map(|(i, pool)| {
+                crate::routes::semantic::Classifier::start(
+                    i,
+                    pool,
+                    &client,
+                    previous.and_then(|p| p.classifier.as_ref()),
+                )
+            });
         Self {
             decisions,
+            classifier,
             config,
             pools,
             model_names,

@@ -17,6 +17,14 @@
 //!       sticky: user                 # user (default) or session
 //!     - name: shadow
 //!       mirror: { to: llama-next, sample: 0.05 }
+//!     - name: coding
+//!       when: { intent: [coding] }
+//!       to: qwen-coder
+//!   intents:                         # semantic routing: classes by example prompts
+//!     embeddings: { model: embed, timeout: 150ms, threshold: 0.35, cache: 10000 }
+//!     classes:
+//!       coding: ["fix this rust compile error", "write a python function that parses json"]
+//!       math: ["solve the integral of x squared", "what is the derivative of sin x"]
 //! ```
 //!
 //! Every condition of a rule's `when:` must hold (an empty `when:` matches everything).
@@ -43,6 +51,8 @@ pub struct Routes {
     pub rules: Vec<Rule>,
     /// The header `region:` conditions read.
     pub region_header: HeaderName,
+    /// Intent classes for `intent:` conditions, and the embeddings pool that classifies.
+    pub intents: Option<Intents>,
     /// Raw text of the section, to tell whether a reload changed it.
     pub fingerprint: String,
 }
@@ -156,6 +166,85 @@ struct RoutesRaw {
     region_header: Option<String>,
     #[serde(default)]
     rules: Vec<RuleRead>,
+    #[serde(default)]
+    intents: Option<Intents>,
+}
+
+/// Most messages whose classification is remembered when `cache:` is not given.
+pub const DEFAULT_INTENT_CACHE: usize = 10_000;
+/// How long classifying one message may take when `timeout:` is not given.
+pub const DEFAULT_INTENT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// `routes.intents`: classes defined by example prompts, and how messages are embedded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intents {
+    /// The pool that answers `/v1/embeddings`.
+    pub model: String,
+    /// Longest a classification may take; past it the request routes as if no class matched.
+    pub timeout: std::time::Duration,
+    /// Least cosine similarity to a class's centroid that counts as that class.
+    pub threshold: f32,
+    /// Messages whose classification is remembered (by a hash of the text).
+    pub cache: usize,
+    /// Class name -> its example prompts, in name order.
+    pub classes: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntentsRaw {
+    embeddings: EmbeddingsRaw,
+    classes: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingsRaw {
+    model: String,
+    #[serde(default)]
+    timeout: Option<super::values::Seconds>,
+    #[serde(default)]
+    threshold: Option<f32>,
+    #[serde(default)]
+    cache: Option<usize>,
+}
+
+impl<'de> Deserialize<'de> for Intents {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = IntentsRaw::deserialize(d)?;
+        let e = raw.embeddings;
+        let threshold = e.threshold.unwrap_or(0.5);
+        if !(-1.0..=1.0).contains(&threshold) {
+            return Err(de::Error::custom(format!(
+                "routes.intents.embeddings.threshold {threshold} is not a cosine similarity; write a number from -1 to 1"
+            )));
+        }
+        let timeout = e.timeout.map_or(DEFAULT_INTENT_TIMEOUT, |s| s.0);
+        if timeout.is_zero() {
+            return Err(de::Error::custom(
+                "routes.intents.embeddings.timeout is 0; no message could be classified",
+            ));
+        }
+        if raw.classes.is_empty() {
+            return Err(de::Error::custom(
+                "routes.intents.classes is empty; define at least one class by example prompts",
+            ));
+        }
+        for (name, examples) in &raw.classes {
+            if examples.iter().all(|x| x.trim().is_empty()) {
+                return Err(de::Error::custom(format!(
+                    "routes.intents.classes.{name} has no example prompt; give it a few"
+                )));
+            }
+        }
+        Ok(Intents {
+            model: e.model,
+            timeout,
+            threshold,
+            cache: e.cache.unwrap_or(DEFAULT_INTENT_CACHE).max(1),
+            classes: raw.classes.into_iter().collect(),
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for Routes {
@@ -185,16 +274,40 @@ impl<'de> Deserialize<'de> for Routes {
                 ))
             })?,
         };
+        let classes: Vec<&str> = raw
+            .intents
+            .iter()
+            .flat_map(|i| i.classes.iter().map(|c| c.0.as_str()))
+            .collect();
+        for r in &raw.rules {
+            for want in &r.rule.when.intent {
+                if raw.intents.is_none() {
+                    return Err(de::Error::custom(format!(
+                        "routes rule '{}' has an `intent:` condition but routes.intents defines no classes",
+                        r.rule.name
+                    )));
+                }
+                if !classes.contains(&want.as_str()) {
+                    return Err(de::Error::custom(format!(
+                        "routes rule '{}': unknown intent class '{want}'; routes.intents.classes has {}",
+                        r.rule.name,
+                        classes.join(", ")
+                    )));
+                }
+            }
+        }
         let fingerprint = format!(
-            "{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}",
             raw.aliases,
             region_header,
-            raw.rules.iter().map(|r| &r.fingerprint).collect::<Vec<_>>()
+            raw.rules.iter().map(|r| &r.fingerprint).collect::<Vec<_>>(),
+            raw.intents
         );
         Ok(Routes {
             aliases: raw.aliases,
             rules: raw.rules.into_iter().map(|r| r.rule).collect(),
             region_header,
+            intents: raw.intents,
             fingerprint,
         })
     }
@@ -546,6 +659,9 @@ impl Routes {
             if let Some(m) = &r.mirror {
                 out.push((format!("{at} mirror"), m.to.as_str()));
             }
+        }
+        if let Some(i) = &self.intents {
+            out.push(("routes.intents.embeddings model".into(), i.model.as_str()));
         }
         out
     }

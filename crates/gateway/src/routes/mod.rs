@@ -10,6 +10,7 @@
 
 pub mod metrics;
 pub mod mirror;
+pub mod semantic;
 #[cfg(test)]
 mod tests;
 

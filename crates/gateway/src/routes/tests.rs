@@ -262,7 +262,7 @@ fn a_mirror_sample_is_a_share_of_request_ids() {
 #[test]
 fn intent_rules_ask_the_classifier_once_and_only_when_reached() {
     let r = routes(
-        "rules:\n  - name: skip\n    when: {region: mars, intent: math}\n    to: x\n  - name: coding\n    when: {intent: [coding]}\n    to: code\n  - name: math\n    when: {intent: math}\n    to: calc\n",
+        "intents: {embeddings: {model: e}, classes: {math: [integrals], coding: [rust]}}\nrules:\n  - name: skip\n    when: {region: mars, intent: math}\n    to: x\n  - name: coding\n    when: {intent: [coding]}\n    to: code\n  - name: math\n    when: {intent: math}\n    to: calc\n",
     );
     let none = HeaderMap::new();
     let a = asked(&none);
@@ -337,6 +337,11 @@ fn rules_are_checked_as_they_are_read() {
         ),
         ("rules: [{name: a, to: x, when: {hedaer: {}}}]", "hedaer"),
         ("region_header: \"bad header\"", "not a header name"),
+        ("rules: [{name: a, to: x, when: {intent: math}}]", "routes.intents defines no classes"),
+        ("intents: {embeddings: {model: e}, classes: {math: [x]}}\nrules: [{name: a, to: x, when: {intent: maths}}]", "unknown intent class 'maths'"),
+        ("intents: {embeddings: {model: e, threshold: 2}, classes: {math: [x]}}", "not a cosine similarity"),
+        ("intents: {embeddings: {model: e}, classes: {math: []}}", "no example prompt"),
+        ("intents: {embeddings: {model: e}, classes: {}}", "classes is empty"),
     ] {
         let e = serde_norway::from_str::<Routes>(yaml)
             .unwrap_err()

@@ -319,3 +319,95 @@ fn routes_to_unknown_models_and_aliases_hiding_models_are_located_config_errors(
     .unwrap_err();
     assert_eq!(e.line, Some(5), "{e}");
 }
+
+/// Pools `m` (default), `code` and `math` over mocks, `e` over a simulated replica (its
+/// embeddings reflect word overlap), and rules on two intent classes.
+async fn semantic_gateway(embed_url: &str, timeout: &str) -> (Gw, HashMap<String, Mock>) {
+    let (conf, mocks) = pools(&["m", "code", "math"], Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let conf = conf
+        .model("e", Pool::default().backend(json!({"url": embed_url, "name": "e", "model": "m"})))
+        .set(
+            "routes",
+            json!({
+                "intents": {
+                    "embeddings": {"model": "e", "timeout": timeout, "threshold": 0.3},
+                    "classes": {
+                        "coding": ["fix this rust compile error", "write a python function to sort a list", "why does my code panic"],
+                        "math": ["solve the integral of x squared", "what is the derivative of sin x", "prove the triangle inequality"],
+                    },
+                },
+                "rules": [
+                    {"name": "to-code", "when": {"intent": "coding"}, "to": "code"},
+                    {"name": "to-math", "when": {"intent": "math"}, "to": "math"},
+                ],
+            }),
+        );
+    (Gw::with(conf).await, mocks)
+}
+
+#[tokio::test]
+async fn intent_rules_route_by_the_nearest_class_and_fall_back_below_the_threshold() {
+    let sim = crate::support::sim::replica(50.0, 7).await;
+    let (gw, _mocks) = semantic_gateway(&sim.url(), "2s").await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    // The examples are embedded in the background once the gateway starts.
+    let mut ready = false;
+    for _ in 0..200 {
+        let a = post(
+            &c,
+            &url,
+            &chat("m", "my rust code does not compile", None),
+            &[],
+        )
+        .await;
+        if a.backend() == "code" {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ready, "intent classes never became ready");
+    for (text, pool, header) in [
+        (
+            "please fix the compile error in my rust code",
+            "code",
+            "route: rule=to-code intent=coding pool=code",
+        ),
+        (
+            "what is the integral of sin x",
+            "math",
+            "route: rule=to-math intent=math pool=math",
+        ),
+        ("tell me about the weather in paris today", "m", ""),
+    ] {
+        let a = post(&c, &url, &chat("m", text, None), &[]).await;
+        assert_eq!(
+            (a.status, a.backend()),
+            (StatusCode::OK, pool.to_owned()),
+            "{text}"
+        );
+        assert_eq!(route_header(&a), header, "{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_embeddings_pool_that_never_answers_leaves_requests_on_the_default_unwaited() {
+    // The embeddings backend never answers: no class is ever learned, intent rules match
+    // nothing, and requests do not wait on it.
+    let hang = Mock::start(Reply::Hang).await;
+    let (gw, _mocks) = semantic_gateway(&hang.url(), "100ms").await;
+    let a = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        post(
+            &client(),
+            &gw.url("/v1/chat/completions"),
+            &chat("m", "fix my rust code", None),
+            &[],
+        ),
+    )
+    .await
+    .expect("the request waited on the embeddings pool");
+    assert_eq!((a.status, a.backend()), (StatusCode::OK, "m".to_owned()));
+    assert_eq!(route_header(&a), "");
+}

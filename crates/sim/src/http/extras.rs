@@ -1,5 +1,6 @@
 //! The endpoints that answer without the engine: `POST /v1/embeddings` (a deterministic unit
-//! vector per input, from its tokens), `/tokenize` and `/detokenize` over the stand-in
+//! vector per input that reflects word overlap: texts sharing words point the same way, so
+//! semantic routing can be exercised without a model), `/tokenize` and `/detokenize` over the stand-in
 //! [`tokenizer`]. Input is read as [`super::openai`] reads it, and refused in vLLM's shape.
 
 use http::{Response, StatusCode};
@@ -23,27 +24,31 @@ pub fn embeddings(shared: &Shared, body: &[u8]) -> Response<SimBody> {
     if let Err(e) = check_model(shared, &obj) {
         return e.response();
     }
-    let inputs: Vec<Vec<u32>> = match obj.get("input") {
-        Some(Value::String(s)) => vec![tokenizer::tokenize(s)],
+    // Text inputs embed by their words; token-id inputs by their tokens.
+    let inputs: Vec<(usize, Vec<f32>)> = match obj.get("input") {
+        Some(Value::String(s)) => vec![(tokenizer::tokenize(s).len(), embed_words(s))],
         Some(Value::Array(items)) if items.iter().all(Value::is_string) && !items.is_empty() => {
             items
                 .iter()
-                .map(|s| tokenizer::tokenize(s.as_str().unwrap_or_default()))
+                .map(|s| {
+                    let s = s.as_str().unwrap_or_default();
+                    (tokenizer::tokenize(s).len(), embed_words(s))
+                })
                 .collect()
         }
         Some(v @ Value::Array(_)) => match completion_prompt(Some(v)) {
-            Ok(t) => vec![t],
+            Ok(t) => vec![(t.len(), embed(&t))],
             Err(m) => return bad_request(&m),
         },
         _ => return bad_request("`input` must be a string or an array of strings"),
     };
     let mut tokens = 0usize;
     let data: Vec<Value> = inputs
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, toks)| {
-            tokens += toks.len();
-            json!({"index": i, "object": "embedding", "embedding": embed(toks)})
+        .map(|(i, (n, v))| {
+            tokens += n;
+            json!({"index": i, "object": "embedding", "embedding": v})
         })
         .collect();
     let body = json!({
@@ -68,6 +73,33 @@ fn embed(tokens: &[u32]) -> Vec<f32> {
         .collect();
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
     v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// A unit vector from `text`'s words (lowercased runs of letters and digits), each hashed to
+/// a few signed dimensions: the cosine of two texts grows with the words they share.
+fn embed_words(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; EMBEDDING_DIM];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let mut h = 0x776f_7264_u64;
+        for b in word.to_lowercase().bytes() {
+            h = mix64(h ^ u64::from(b));
+        }
+        for k in 0..4u64 {
+            let x = mix64(h ^ k);
+            let sign = if x & 1 == 0 { 1.0 } else { -1.0 };
+            v[((x >> 1) % EMBEDDING_DIM as u64) as usize] += sign;
+        }
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        v[0] = 1.0; // no words: still a unit vector
+    }
     v
 }
 
@@ -127,5 +159,27 @@ mod tests {
         assert_ne!(a, embed(&[1, 2, 4]));
         let n: f32 = a.iter().map(|x| x * x).sum();
         assert!((n - 1.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn text_embeddings_reflect_word_overlap() {
+        let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let q = embed_words("fix this Rust compile error");
+        assert_eq!(
+            q,
+            embed_words("fix this rust compile error"),
+            "deterministic, any case"
+        );
+        let near = embed_words("the rust compiler shows an error");
+        let far = embed_words("write a poem about the sea");
+        assert!(
+            cos(&q, &near) > cos(&q, &far) + 0.2,
+            "{} {}",
+            cos(&q, &near),
+            cos(&q, &far)
+        );
+        let n: f32 = far.iter().map(|x| x * x).sum();
+        assert!((n - 1.0).abs() < 1e-3);
+        assert!((embed_words("").iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-6);
     }
 }
