@@ -31,6 +31,8 @@ pub enum BenchCommand {
     Replay(ReplayArgs),
     /// Write a workload as a trace file (JSON lines).
     Trace(TraceArgs),
+    /// Semantic routing on a labelled prompt set: accuracy and added latency.
+    Semantic(crate::semantic_bench::SemanticArgs),
     /// The fast mock upstream of `overhead` (runs until killed).
     #[command(hide = true)]
     Mock {
@@ -285,6 +287,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Decisions(a) => run_decisions(a),
         BenchCommand::Replay(a) => run_replay(a),
         BenchCommand::Overhead(a) => run_overhead(a),
+        BenchCommand::Semantic(a) => crate::semantic_bench::run(a, command_line()),
     }
 }
 

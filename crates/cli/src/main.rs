@@ -10,6 +10,7 @@ mod chaos_judge;
 mod chaos_report;
 mod demo;
 mod keys_cmd;
+mod semantic_bench;
 mod sim_cmd;
 mod table;
 mod top;
