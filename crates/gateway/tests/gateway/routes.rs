@@ -164,12 +164,9 @@ async fn a_split_keeps_every_user_on_one_arm_and_uses_both() {
     assert_eq!(arms.len(), 2, "40 users all on one arm: {arms:?}");
 }
 
-#[tokio::test]
-async fn a_mirror_never_delays_or_alters_the_clients_answer() {
-    // The shadow never answers: a client waiting on it would hang.
-    let main = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let shadow = Mock::start(Reply::Hang).await;
-    let conf = Conf::new()
+/// Model `m` over `main` and model `shadow` over `shadow`, each one backend named so.
+fn main_and_shadow(main: &Mock, shadow: &Mock) -> Conf {
+    Conf::new()
         .no_scrape()
         .model(
             "m",
@@ -178,7 +175,15 @@ async fn a_mirror_never_delays_or_alters_the_clients_answer() {
         .model(
             "shadow",
             Pool::default().backend(json!({"url": shadow.url(), "name": "shadow"})),
-        );
+        )
+}
+
+#[tokio::test]
+async fn a_mirror_never_delays_or_alters_the_clients_answer() {
+    // The shadow never answers: a client waiting on it would hang.
+    let main = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let shadow = Mock::start(Reply::Hang).await;
+    let conf = main_and_shadow(&main, &shadow);
     let plain = Gw::with(conf.clone()).await;
     let mirrored = Gw::with(conf.set(
         "routes",
@@ -217,20 +222,10 @@ async fn a_failing_shadow_is_counted_and_the_client_still_gets_its_answer() {
         r#"{"error":{"message":"no"}}"#,
     ))
     .await;
-    let conf = Conf::new()
-        .no_scrape()
-        .model(
-            "m",
-            Pool::default().backend(json!({"url": main.url(), "name": "main"})),
-        )
-        .model(
-            "shadow",
-            Pool::default().backend(json!({"url": shadow.url(), "name": "shadow"})),
-        )
-        .set(
-            "routes",
-            json!({"rules": [{"name": "copy", "mirror": {"to": "shadow"}}]}),
-        );
+    let conf = main_and_shadow(&main, &shadow).set(
+        "routes",
+        json!({"rules": [{"name": "copy", "mirror": {"to": "shadow"}}]}),
+    );
     let gw = Gw::with(conf).await;
     let a = post(
         &client(),
