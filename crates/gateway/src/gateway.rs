@@ -62,6 +62,9 @@ pub struct Snapshot {
     /// Recent routing records and their writer; started with the first version and kept by
     /// every later one (a reload does not change `decision_log:`).
     pub decisions: Arc<crate::decisions::DecisionLog>,
+    /// The OpenTelemetry exporter when `tracing:` is on; like `decisions`, started with the
+    /// first version and kept by every later one (a reload does not change `tracing:`).
+    pub tracing: Option<Arc<crate::otel::Tracing>>,
     clock: Clock,
 }
 
@@ -113,8 +116,13 @@ impl Snapshot {
                 seed,
             )),
         };
+        let tracing = match previous {
+            Some(p) => p.tracing.clone(),
+            None => crate::otel::Tracing::from_config(config.tracing.as_ref()),
+        };
         Self {
             decisions,
+            tracing,
             config,
             pools,
             model_names,

@@ -53,6 +53,7 @@ pub fn spawn(copy: Copy) {
             started: now,
             body_read: now,
             explain: false,
+            trace: None,
         };
         let outcome = match attempts::run(&req).await {
             Ok(resp) if resp.status().is_success() => {
