@@ -117,7 +117,14 @@ impl Snapshot {
             )),
         };
         let tracing = match previous {
-            Some(p) => p.tracing.clone(),
+            Some(p) => {
+                if p.config.tracing != config.tracing {
+                    tracing::warn!(
+                        "tracing: changed; the exporter is set at start, restart to apply"
+                    );
+                }
+                p.tracing.clone()
+            }
             None => crate::otel::Tracing::from_config(config.tracing.as_ref()),
         };
         Self {

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Longest one export may take, connect to last response byte.
@@ -20,6 +21,9 @@ pub(super) struct Client {
     runtime: Option<tokio::runtime::Runtime>,
     /// Pooled keep-alive connections to the collector.
     http: crate::forward::UpstreamClient,
+    /// Whether the last export failed: a failure is logged when exports start failing, and
+    /// the recovery when they work again, not once per batch.
+    failing: AtomicBool,
 }
 
 impl Client {
@@ -37,6 +41,7 @@ impl Client {
         Ok(Self {
             runtime: Some(runtime),
             http: crate::forward::client(&timeouts),
+            failing: AtomicBool::new(false),
         })
     }
 }
@@ -62,7 +67,7 @@ impl HttpClient for Client {
         }
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(body));
-        runtime.block_on(async {
+        let sent: Result<Response<Bytes>, HttpError> = runtime.block_on(async {
             let response = tokio::time::timeout(EXPORT_TIMEOUT, self.http.request(request))
                 .await
                 .map_err(|_| "OTLP export timed out")??;
@@ -73,6 +78,21 @@ impl HttpClient for Client {
                     .map_err(|_| "OTLP export timed out")??
                     .to_bytes();
             Ok(Response::from_parts(parts, body))
-        })
+        });
+        let failed = match &sent {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("the collector answered {}", r.status())),
+            Err(e) => Some(e.to_string()),
+        };
+        match failed {
+            Some(why) if !self.failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!("OTLP export failing, spans are being lost: {why}");
+            }
+            None if self.failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!("OTLP export works again");
+            }
+            _ => {}
+        }
+        sent
     }
 }
