@@ -304,3 +304,35 @@ async fn with_tracing_off_no_traceparent_is_added_and_the_clients_passes_unchang
     assert_eq!(seen.headers["traceparent"], traceparent.as_str());
     assert_eq!(seen.headers["tracestate"], "k=v");
 }
+
+#[tokio::test]
+async fn an_unsampled_trace_still_hands_its_context_upstream() {
+    let receiver = Receiver::start().await;
+    let mock = Mock::start(Reply::Json(StatusCode::OK, crate::support::OK_BODY)).await;
+    let yaml = tracing_on(&receiver, &[mock.url()], "")
+        .replace("export_interval", "sample: 0, export_interval");
+    let gw = Gw::start(&yaml).await;
+    // The client's trace, not sampled: the gateway follows its flag.
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_PARENT}-00");
+    post(
+        &client(),
+        &gw.url("/v1/chat/completions"),
+        CHAT,
+        &[("traceparent", &traceparent)],
+    )
+    .await;
+    let seen = mock.last();
+    let sent = seen.headers["traceparent"].to_str().unwrap();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts[1], CLIENT_TRACE);
+    assert_ne!(parts[2], CLIENT_PARENT, "the attempt's span is the parent");
+    assert_eq!(parts[3], "00", "not sampled");
+    // A new trace under `sample: 0`: a fresh trace id, not sampled either.
+    post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
+    let seen = mock.last();
+    let sent = seen.headers["traceparent"].to_str().unwrap();
+    assert!(
+        sent.ends_with("-00") && !sent.contains(CLIENT_TRACE),
+        "{sent}"
+    );
+}
