@@ -1,5 +1,5 @@
 //! `switchyard serve --log-format json` writes one JSON object per log line, carrying the
-//! request id; `switchyard top --once` attaches to that running gateway through its admin
+//! request id (and, with `tracing:` on, the trace id); `switchyard top --once` attaches to that running gateway through its admin
 //! API and prints the backend table.
 #![cfg(unix)]
 
@@ -24,7 +24,7 @@ fn post_chat(addr: &str, request_id: &str) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nx-request-id: {request_id}\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nx-request-id: {request_id}\r\ntraceparent: 00-{TRACE_ID}-00f067aa0ba902b7-01\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -34,13 +34,15 @@ fn post_chat(addr: &str, request_id: &str) -> String {
 }
 
 const TOKEN: &str = "top-test-token";
+/// The trace the test's client continues.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 #[test]
-fn json_logs_carry_the_request_id_and_top_once_prints_the_table() {
+fn json_logs_carry_the_request_and_trace_ids_and_top_once_prints_the_table() {
     let path = std::env::temp_dir().join(format!("switchyard-top-{}.yaml", std::process::id()));
     std::fs::write(
         &path,
-        format!("listen: 127.0.0.1:0\nadmin: {{token: {TOKEN}}}\nmodels:\n  alpha:\n    backends:\n      - {{url: \"http://127.0.0.1:9\", name: b0}}\n      - {{url: \"http://127.0.0.1:9\", name: b1}}\n"),
+        format!("listen: 127.0.0.1:0\nadmin: {{token: {TOKEN}}}\ntracing: {{otlp_endpoint: \"http://127.0.0.1:9\"}}\nmodels:\n  alpha:\n    backends:\n      - {{url: \"http://127.0.0.1:9\", name: b0}}\n      - {{url: \"http://127.0.0.1:9\", name: b1}}\n"),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -89,6 +91,19 @@ fn json_logs_carry_the_request_id_and_top_once_prints_the_table() {
             v["fields"]["request_id"]
                 .as_str()
                 .is_some_and(|id| id.contains("top-req-42"))
+        })
+    });
+    // Lines written while the request is routed carry its span: request and trace ids.
+    eventually("a log line with the trace id", || {
+        log.lock().unwrap().iter().any(|v| {
+            v["spans"].as_array().is_some_and(|spans| {
+                spans.iter().any(|s| {
+                    s["trace_id"] == TRACE_ID
+                        && s["request_id"]
+                            .as_str()
+                            .is_some_and(|id| id.contains("top-req-42"))
+                })
+            })
         })
     });
 

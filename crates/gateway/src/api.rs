@@ -53,7 +53,17 @@ pub async fn handle(
     };
     let snap = gw.snapshot();
     let mut resp = match kind {
-        Some(kind) => proxy(&snap, kind, peer, req, &request_id, started).await,
+        Some(kind) => match snap.tracing.as_deref() {
+            None => proxy(&snap, kind, peer, req, &request_id, started, None).await,
+            Some(t) => {
+                let trace = t.request(req.method(), req.uri().path(), req.headers(), &request_id);
+                let request = proxy(&snap, kind, peer, req, &request_id, started, Some(&trace));
+                let resp = tracing::Instrument::instrument(request, trace.log_span(&request_id));
+                let resp = resp.await;
+                trace.responded(resp.status());
+                resp
+            }
+        },
         None if crate::admin::on_main_listener(&snap, req.uri().path()) => {
             crate::admin::handle(&gw, req).await
         }
@@ -222,6 +232,7 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     started: Instant,
+    trace: Option<&crate::otel::RequestSpan>,
 ) -> Response<GatewayBody> {
     let refuse = |model: &str, e: ApiError| {
         gw.metrics.count(model, "", e.status());
@@ -327,12 +338,18 @@ async fn proxy(
         policy: pool.policy.name(),
         started,
         sampled,
+        trace,
     };
+    let mut admitting = trace.map(|t| t.admission(&profile.model, pool));
     let admitted =
         match crate::admission::admit(gw, caller, pool, &profile, &parts.headers, &body).await {
             Ok(admitted) => admitted,
-            Err(e) => return crate::decisions::attach(&gw.decisions, start, refuse(&pool.name, e)),
+            Err(e) => {
+                crate::otel::refused(admitting.as_mut(), &e);
+                return crate::decisions::attach(&gw.decisions, start, refuse(&pool.name, e));
+            }
         };
+    drop(admitting);
     let headers =
         forward::prepare_headers(std::mem::take(&mut parts.headers), peer.ip(), request_id);
     let request = attempts::Request {
@@ -348,6 +365,7 @@ async fn proxy(
         body_read,
         explain: sampled,
         engine_priority: admitted.engine_priority,
+        trace,
     };
     let resp = match attempts::run(&request).await {
         Ok(mut resp) => {

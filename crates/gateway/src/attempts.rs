@@ -34,7 +34,8 @@ use crate::fleet::{Backend, InFlightGuard, Pool, ViewBuf, DEFAULT_COOLDOWN};
 use crate::forward;
 use crate::gateway::Snapshot;
 use crate::providers::{ClientApi, Direction, Translate};
-use crate::{explain, signals, upstream};
+use crate::{explain, otel, signals, upstream};
+use opentelemetry::trace::SpanKind;
 
 /// One request on the proxy path, read once: everything its attempts need.
 pub struct Request<'a> {
@@ -64,6 +65,8 @@ pub struct Request<'a> {
     /// vLLM's `priority` (the request's level, 0 most urgent) for vLLM backends, when
     /// `admission.engine_priority` is on.
     pub engine_priority: Option<u8>,
+    /// Its span, when tracing is on: routing and attempts are its children.
+    pub trace: Option<&'a crate::otel::RequestSpan>,
 }
 
 /// How one attempt ended when it did not produce the client's response.
@@ -159,7 +162,11 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
     let mut decision: Option<Decision> = None;
     loop {
         match d.plan.next(&mut d.progress, target, decision.as_ref(), now) {
-            Step::Decide => decision = decide(gw, target, req.profile, now, req.explain),
+            Step::Decide => {
+                let span = req.trace.map(|t| t.child("route", SpanKind::Internal));
+                decision = decide(gw, target, req.profile, now, req.explain);
+                otel::decided(span, target, decision.as_ref());
+            }
             Step::Wait { until } => {
                 let wait = until.saturating_sub(gw.now());
                 tracing::debug!(request_id = ?req.request_id, model = %target.name, wait_s = wait.as_secs_f64(), "every backend is cooling down; waiting for one");
@@ -272,8 +279,15 @@ impl<'a> Driver<'a> {
                 .report(&mut self.progress, Outcome::Refused, gw.now());
             return None;
         };
-        let outcome = match self.attempt(target, backend, guard, slot).await {
+        let span = req
+            .trace
+            .map(|t| t.attempt(backend, self.progress.attempts()));
+        let outcome = match self
+            .attempt(target, backend, guard, slot, span.as_ref())
+            .await
+        {
             Ok((resp, first, guard, conn, direction)) => {
+                otel::attempted(span, "ok", Some(resp.status().as_u16()), None);
                 let headers_at = Instant::now();
                 let r = relay(
                     req,
@@ -293,14 +307,17 @@ impl<'a> Driver<'a> {
                 return Some(r);
             }
             Err(Failed::Error(e)) => {
+                otel::attempted(span, "error", None, Some(&e));
                 self.failure = Some(e);
                 Outcome::Failed
             }
             Err(Failed::Local(e)) => {
+                otel::attempted(span, "local", None, Some(&e));
                 self.failure = Some(e);
                 Outcome::Local
             }
             Err(Failed::Answer(resp, guard, retry_after, direction)) => {
+                otel::attempted(span, "retryable", Some(resp.status().as_u16()), None);
                 self.held = Some((resp, backend, guard, direction));
                 Outcome::Answered { retry_after }
             }
@@ -316,6 +333,7 @@ impl<'a> Driver<'a> {
         backend: &Backend,
         mut guard: InFlightGuard,
         slot: Option<u32>,
+        span: Option<&otel::Child>,
     ) -> Result<Answered, Failed> {
         let (req, gw) = (self.req, self.req.gw);
         let n = self.progress.attempts();
@@ -344,7 +362,7 @@ impl<'a> Driver<'a> {
                 .unwrap_or(req.body),
             original: req.original,
         };
-        let (upstream, direction) =
+        let (mut upstream, direction) =
             forward::upstream_request(backend, &pool.name, &outbound, req.headers, direct)
                 .map_err(|e| match e {
                     forward::OutboundError::Http(e) => {
@@ -356,6 +374,9 @@ impl<'a> Driver<'a> {
                         Failed::Local(ApiError::Untranslatable(why))
                     }
                 })?;
+        if let Some(span) = span {
+            span.inject(upstream.headers_mut());
+        }
         self.dispatched.get_or_insert_with(Instant::now);
         // The first byte must come within `first_byte`, and within what is left of `total`.
         let first_byte = backend.config.timeouts.first_byte;

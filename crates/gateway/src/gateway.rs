@@ -65,6 +65,9 @@ pub struct Snapshot {
     /// Intent classes for `routes:` rules with `intent:` conditions; `None` without
     /// `routes.intents`. Kept by a reload that changes neither the classes nor their pool.
     pub classifier: Option<Arc<crate::routes::semantic::Classifier>>,
+    /// The OpenTelemetry exporter when `tracing:` is on; like `decisions`, started with the
+    /// first version and kept by every later one (a reload does not change `tracing:`).
+    pub tracing: Option<Arc<crate::otel::Tracing>>,
     clock: Clock,
 }
 
@@ -129,9 +132,21 @@ impl Snapshot {
                     previous.and_then(|p| p.classifier.as_ref()),
                 )
             });
+        let tracing = match previous {
+            Some(p) => {
+                if p.config.tracing != config.tracing {
+                    tracing::warn!(
+                        "tracing: changed; the exporter is set at start, restart to apply"
+                    );
+                }
+                p.tracing.clone()
+            }
+            None => crate::otel::Tracing::from_config(config.tracing.as_ref()),
+        };
         Self {
             decisions,
             classifier,
+            tracing,
             config,
             pools,
             model_names,

@@ -28,6 +28,7 @@ pub mod fleet;
 pub(crate) mod forward;
 pub mod gateway;
 pub(crate) mod health;
+pub(crate) mod otel;
 pub mod providers;
 pub(crate) mod reload;
 pub(crate) mod routes;

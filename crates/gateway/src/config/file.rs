@@ -61,6 +61,9 @@ pub struct ConfigFile {
     /// Aliases, rules, splits and mirrors; requests go to the pool they name when absent.
     #[serde(default)]
     pub routes: Option<super::routes::Routes>,
+    /// OpenTelemetry export; off when absent.
+    #[serde(default)]
+    pub tracing: Option<super::TracingConfig>,
     /// Model name -> pool.
     pub models: BTreeMap<String, PoolFile>,
 }
@@ -394,6 +397,7 @@ impl ConfigFile {
             admission: self.admission,
             decision_log: self.decision_log.unwrap_or_default(),
             routes: self.routes,
+            tracing: self.tracing,
             drain_timeout: self
                 .drain_timeout
                 .map_or(super::DEFAULT_DRAIN_TIMEOUT, |s| s.0),

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod resilience;
 pub mod routes;
 pub mod routing;
+pub mod traces;
 mod values;
 
 pub use admin::{Access, Admin, Secret};
@@ -32,6 +33,7 @@ pub use error::ConfigError;
 pub use limits::Limits;
 pub use resilience::HealthCheck;
 pub use routing::Scrape;
+pub use traces::TracingConfig;
 pub use values::{ByteSize, Seconds};
 
 use http::uri::{Authority, Scheme};
@@ -87,6 +89,8 @@ pub struct Config {
     pub decision_log: DecisionLogConfig,
     /// Aliases, rules, splits and mirrors; `None`: a request goes to the pool it names.
     pub routes: Option<routes::Routes>,
+    /// OpenTelemetry export; `None`: no spans, no `traceparent` added (set at start only).
+    pub tracing: Option<TracingConfig>,
     /// One pool per model name, sorted by name.
     pub models: Vec<PoolConfig>,
 }

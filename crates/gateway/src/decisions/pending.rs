@@ -67,6 +67,8 @@ pub struct Start<'a> {
     pub started: Instant,
     /// Whether the record is written when the request succeeds.
     pub sampled: bool,
+    /// The request's span when tracing is on: it ends with the body, here.
+    pub trace: Option<&'a crate::otel::RequestSpan>,
 }
 
 /// The record riding on the response body until it ends.
@@ -78,6 +80,8 @@ pub struct Pending {
     started: Instant,
     meter: Meter,
     done: bool,
+    /// The request's span, ended with the record.
+    trace: Option<crate::otel::RequestSpan>,
 }
 
 /// Wraps `resp`'s body so that its end hands the request's record to `log`.
@@ -141,6 +145,7 @@ pub fn attach(
             ..Meter::default()
         },
         done: false,
+        trace: start.trace.cloned(),
     };
     resp.map(|body| GatewayBody::Logged(Box::new(body), Box::new(pending)))
 }
@@ -156,6 +161,9 @@ impl Pending {
             Ok(data) => {
                 if self.record.ttft_ms.is_none() {
                     self.record.ttft_ms = Some(ms(self.started.elapsed()));
+                    if let Some(t) = &self.trace {
+                        t.first_byte();
+                    }
                 }
                 Frame::data(self.meter.observe(data))
             }
@@ -163,10 +171,22 @@ impl Pending {
         }
     }
 
-    /// The body ended (or was dropped): the record is complete.
+    /// The body ended: the record is complete.
     pub fn end(&mut self) {
+        self.finish(true);
+    }
+
+    /// The body ended (`completed`), or was dropped first.
+    fn finish(&mut self, completed: bool) {
         if std::mem::replace(&mut self.done, true) {
             return;
+        }
+        if let Some(t) = self.trace.take() {
+            let attempts = self.record.attempts.len() as u32;
+            t.end(
+                completed,
+                self.record.backend.as_deref().map(|b| (b, attempts)),
+            );
         }
         self.record.duration_ms = ms(self.started.elapsed());
         if let Some(u) = self.meter.usage {
@@ -180,6 +200,6 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.end();
+        self.finish(false);
     }
 }

@@ -54,6 +54,7 @@ pub fn spawn(copy: Copy) {
             body_read: now,
             explain: false,
             engine_priority: None,
+            trace: None,
         };
         let outcome = match attempts::run(&req).await {
             Ok(resp) if resp.status().is_success() => {

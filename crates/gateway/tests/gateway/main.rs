@@ -33,3 +33,4 @@ mod routing_state;
 mod security_proxy;
 mod security_reload;
 mod signals;
+mod traces;
