@@ -38,6 +38,8 @@ drain_timeout: 2s
 drain_delay: 0s
 debug_headers: true
 scrape: {interval: 200ms}
+admin: {token: \"{admin_token}\"}
+decision_log: {sample: 1.0}
 models:
   llama-3-8b:
     policy: prefix_aware
@@ -107,8 +109,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             m.weight
         );
     }
+    let admin_token = admin_token();
     let yaml = CONFIG_TEMPLATE
         .replace("{port}", &args.port.to_string())
+        .replace("{admin_token}", &admin_token)
         .replace("{backends}", &backends);
     let cfg = switchyard_gateway::config::parse(&yaml, "demo config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -120,7 +124,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     })?;
     let addr = running.addr();
     let gw = running.gateway().clone();
-    print_banner(addr, &members);
+    print_banner(addr, &members, &admin_token);
     let traffic = (!args.no_traffic && args.rate > 0.0)
         .then(|| tokio::spawn(traffic(addr, args.rate.min(1000.0))));
 
@@ -144,7 +148,19 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(addr: SocketAddr, members: &[Member]) {
+/// A fresh admin token for this run: the dashboard and the admin API sit on the demo's port,
+/// where the admin API always wants one.
+fn admin_token() -> String {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let rng = SplitMix::new(seed);
+    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+}
+
+fn print_banner(addr: SocketAddr, members: &[Member], admin_token: &str) {
     let base = format!("http://{addr}/v1");
     let fleet: Vec<String> = members
         .iter()
@@ -168,6 +184,8 @@ Point any OpenAI client at:
   python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}\", api_key=\"none\"); \
 print(c.chat.completions.create(model=\"{MODEL}\", messages=[{{\"role\":\"user\",\"content\":\"Hello!\"}}], max_tokens=32).choices[0].message.content)'
 
+Dashboard: http://{addr}/dashboard?token={admin_token}
+Terminal:  SWITCHYARD_ADMIN_TOKEN={admin_token} switchyard top --admin http://{addr}
 Gateway metrics: http://{addr}/metrics   Ctrl-C to stop.
 
 ",

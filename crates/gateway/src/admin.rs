@@ -11,6 +11,7 @@
 //! | `GET /admin/decisions?last=N` | the last N routing records, newest last (see [`crate::decisions`]) |
 //! | `GET /admin/queues` | requests waiting in each model's admission queue, per priority |
 //! | `/admin/keys...` | API keys: list, create, revoke, rotate (see [`crate::admission::admin`]) |
+//! | `/dashboard...` | the live dashboard (see [`crate::dashboard`]; it also takes a session cookie) |
 //!
 //! `{name}` is a backend name (percent-encoded if need be). When two models have a backend of
 //! that name, `?model=M` says which one; without it the answer is 409 `ambiguous_backend`.
@@ -30,6 +31,7 @@ use std::time::Duration;
 use crate::api::json;
 use crate::body::GatewayBody;
 use crate::config::file::Backends;
+use crate::config::Secret;
 use crate::error::ApiError;
 use crate::fleet::{Backend, Pool};
 use crate::gateway::{Gateway, Snapshot};
@@ -51,7 +53,28 @@ pub fn on_main_listener(snap: &Snapshot, path: &str) -> bool {
 }
 
 fn is_admin_path(path: &str) -> bool {
-    path == "/admin" || path.starts_with("/admin/")
+    path == "/admin" || path.starts_with("/admin/") || crate::dashboard::is_path(path)
+}
+
+/// Checks `Authorization: Bearer <token>`.
+pub(crate) fn bearer(token: &Secret, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .and_then(|v| {
+            // The scheme name is case-insensitive (RFC 9110 section 11.1).
+            let (scheme, rest) = v.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+        });
+    match given {
+        None => Err(ApiError::AdminUnauthorized(
+            "the admin API needs `Authorization: Bearer <admin token>`",
+        )),
+        Some(t) if !token.matches(t) => {
+            Err(ApiError::AdminUnauthorized("the admin token is not valid"))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// Answers one admin request. Never fails: errors are OpenAI-shaped.
@@ -60,27 +83,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
     let Some(admin) = snap.config.admin.as_ref() else {
         return not_found(&req);
     };
+    if crate::dashboard::is_path(req.uri().path()) {
+        let admin = admin.clone();
+        drop(snap);
+        return crate::dashboard::handle(gw, &admin, req).await;
+    }
     if let Some(token) = &admin.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
-            .and_then(|v| {
-                // The scheme name is case-insensitive (RFC 9110 section 11.1).
-                let (scheme, rest) = v.split_at_checked(7)?;
-                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
-            });
-        match given {
-            None => {
-                return ApiError::AdminUnauthorized(
-                    "the admin API needs `Authorization: Bearer <admin token>`",
-                )
-                .into_response()
-            }
-            Some(t) if !token.matches(t) => {
-                return ApiError::AdminUnauthorized("the admin token is not valid").into_response()
-            }
-            Some(_) => {}
+        if let Err(e) = bearer(token, req.headers()) {
+            return e.into_response();
         }
     }
     drop(snap);
@@ -200,7 +210,7 @@ fn list(snap: &Snapshot) -> Value {
 }
 
 /// One backend as the admin API shows it.
-fn backend_json(snap: &Snapshot, pool: &Pool, b: &Backend) -> Value {
+pub(crate) fn backend_json(snap: &Snapshot, pool: &Pool, b: &Backend) -> Value {
     let now = snap.now();
     let in_flight = b.state.in_flight();
     let state = if b.state.draining() {
@@ -211,12 +221,23 @@ fn backend_json(snap: &Snapshot, pool: &Pool, b: &Backend) -> Value {
         }
     } else if b.state.cooling(now) {
         "cooling"
+    } else if b.state.metrics().ejected.get() == 1 {
+        "ejected"
+    } else if b.state.metrics().breaker_state.get() == 1 {
+        "breaker_open"
+    } else if b.state.metrics().healthy.get() == 0 {
+        "down"
     } else if !b.usable(now) {
         "full"
     } else {
         "up"
     };
     let m = b.state.metrics();
+    let breaker = match m.breaker_state.get() {
+        1 => "open",
+        2 => "half_open",
+        _ => "closed",
+    };
     let mean = |h: &prometheus::Histogram| {
         let n = h.get_sample_count();
         (n > 0).then(|| h.get_sample_sum() / n as f64)
@@ -237,6 +258,10 @@ fn backend_json(snap: &Snapshot, pool: &Pool, b: &Backend) -> Value {
         "mean_duration_s": mean(&m.duration),
         "mean_ttfb_s": mean(&m.ttfb),
         "stream_errors": m.stream_errors.get(),
+        "breaker": breaker,
+        "healthy": m.healthy.get() == 1,
+        "ejected": m.ejected.get() == 1,
+        "tokens": { "prompt": m.tokens[0].get(), "completion": m.tokens[1].get() },
         "engine": b.state.engine.get().map(|e| e.to_json()),
         "load": b.state.signals.engine(now, snap.config.scrape.max_age).map(|l| json!({
             "running": l.running,
@@ -402,10 +427,10 @@ fn remove(gw: &Gateway, name: &str, query: &Query) -> Result<Response<GatewayBod
 }
 
 /// Query parameters, percent-decoded.
-struct Query(Vec<(String, String)>);
+pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(q: Option<&str>) -> Self {
+    pub(crate) fn parse(q: Option<&str>) -> Self {
         Query(
             q.unwrap_or("")
                 .split('&')
@@ -418,7 +443,7 @@ impl Query {
         )
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)

@@ -205,7 +205,7 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
                     }
                     resp.extensions_mut().insert(crate::decisions::Routed::new(
                         target,
-                        backend.name(),
+                        backend,
                         decision.as_ref(),
                         d.progress.attempts(),
                     ));

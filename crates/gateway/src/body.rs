@@ -41,6 +41,9 @@ pub enum GatewayBody {
     Held(Box<GatewayBody>, crate::admission::Permit),
     /// A body whose end completes its request's decision record (see [`crate::decisions`]).
     Logged(Box<GatewayBody>, Box<crate::decisions::Pending>),
+    /// A live feed the gateway writes as it goes (the dashboard's server-sent events); ends
+    /// when its sender is dropped.
+    Feed(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl GatewayBody {
@@ -467,16 +470,22 @@ impl Body for GatewayBody {
                 let polled = Pin::new(&mut **inner).poll_frame(cx);
                 let out = polled.map(|f| f.map(|r| r.map(|frame| pending.observe(frame))));
                 if matches!(out, Poll::Ready(None)) || inner.is_end_stream() {
-                    pending.end();
+                    let usage = match &**inner {
+                        GatewayBody::Held(_, permit) => permit.usage(),
+                        _ => None,
+                    };
+                    pending.end(usage);
                 }
                 out
             }
+            GatewayBody::Feed(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Full(b) => b.is_none(),
+            GatewayBody::Feed(rx) => rx.is_closed() && rx.is_empty(),
             GatewayBody::Held(inner, _) | GatewayBody::Logged(inner, _) => inner.is_end_stream(),
             GatewayBody::Relay(r) => {
                 r.ended
@@ -492,6 +501,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
+            GatewayBody::Feed(_) => SizeHint::new(),
             GatewayBody::Held(inner, _) | GatewayBody::Logged(inner, _) => inner.size_hint(),
             // A translated body's length is not the upstream's.
             GatewayBody::Relay(r) if r.translate.is_some() => SizeHint::new(),

@@ -198,6 +198,8 @@ pub struct Gateway {
     /// A graceful shutdown has begun: `/ready` answers 503 so that load balancers stop
     /// sending new traffic while the listener still accepts (see `drain_delay`).
     draining: AtomicBool,
+    /// The dashboard's history and live frames (see [`crate::dashboard`]).
+    pub(crate) dashboard: crate::dashboard::Hub,
 }
 
 impl Gateway {
@@ -231,6 +233,7 @@ impl Gateway {
             id_seq: AtomicU64::new(0),
             id_salt: seed,
             draining: AtomicBool::new(false),
+            dashboard: crate::dashboard::Hub::default(),
         })
     }
 
@@ -286,6 +289,7 @@ impl Gateway {
     /// Marks the start of a graceful shutdown: `/ready` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.dashboard.close();
     }
 
     /// Whether a graceful shutdown has begun.

@@ -20,6 +20,7 @@ pub mod body;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod conn;
+pub(crate) mod dashboard;
 pub mod decisions;
 pub(crate) mod engine_kind;
 pub(crate) mod error;

@@ -68,8 +68,15 @@ async fn serve_face<S: Into<Stop>>(
     let graceful = GracefulShutdown::new();
     // Health checks and engine scrapes run while the main listener serves; both follow
     // reloads, and stop when their handles drop.
-    let _background =
-        (face == Face::Main).then(|| (HealthChecker::start(&gw), crate::scrape::spawn(&gw)));
+    let _background = (face == Face::Main).then(|| {
+        (
+            HealthChecker::start(&gw),
+            crate::scrape::spawn(&gw),
+            AbortOnDrop(tokio::spawn(crate::dashboard::hub::run(Arc::downgrade(
+                &gw,
+            )))),
+        )
+    });
     let limits = gw.snapshot().config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The connection wrapper enforces the head and idle timeouts for both protocols; a head
@@ -158,6 +165,15 @@ async fn serve_face<S: Into<Stop>>(
             Err(_) => Drained::TimedOut,
         },
     )
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How a shutdown was asked for.

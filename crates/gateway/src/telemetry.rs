@@ -22,6 +22,7 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    tokens: IntCounterVec,
     duration: HistogramVec,
     ttfb: HistogramVec,
     in_flight: IntGaugeVec,
@@ -66,6 +67,8 @@ pub struct BackendMetrics {
     pub healthy: IntGauge,
     /// `switchyard_backend_ejected{model,backend}`: 1 while outlier detection ejects it.
     pub ejected: IntGauge,
+    /// `switchyard_tokens_total{model,backend,kind}`: `prompt` then `completion`.
+    pub tokens: [IntCounter; 2],
     /// `switchyard_requests_total{model,backend,status="200"}`, resolved once because almost
     /// every answer counts there (other statuses are resolved per response).
     answered_ok: IntCounter,
@@ -173,6 +176,14 @@ impl Metrics {
             &["model", "backend", "to"],
         )
         .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tokens_total",
+                "Tokens in the usage of answered requests, by model, backend and kind (prompt, completion).",
+            ),
+            &["model", "backend", "kind"],
+        )
+        .expect("valid metric");
         let overhead = Histogram::with_opts(
             HistogramOpts::new(
                 "switchyard_overhead_seconds",
@@ -198,6 +209,7 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tokens.clone()),
             Box::new(connections_rejected.clone()),
             Box::new(local_errors.clone()),
             Box::new(decisions_dropped.clone()),
@@ -221,6 +233,7 @@ impl Metrics {
             routes,
             registry,
             requests,
+            tokens,
             duration,
             ttfb,
             in_flight,
@@ -247,6 +260,8 @@ impl Metrics {
             breaker_state: self.breaker_state.with_label_values(&[model, backend]),
             healthy: self.healthy.with_label_values(&[model, backend]),
             ejected: self.ejected.with_label_values(&[model, backend]),
+            tokens: ["prompt", "completion"]
+                .map(|kind| self.tokens.with_label_values(&[model, backend, kind])),
             answered_ok: self.requests.with_label_values(&[model, backend, "200"]),
             transitions: self.transitions.clone(),
             labels: [model.to_owned(), backend.to_owned()],
@@ -281,6 +296,36 @@ impl Metrics {
     pub fn count_retry(&self, model: &str, granted: bool) {
         let label = if granted { "true" } else { "false" };
         self.retries.with_label_values(&[model, label]).inc();
+    }
+
+    /// Answers per backend so far, from `switchyard_requests_total`: `(model, backend)` to
+    /// `(all, errors)`, where errors are 5xx statuses. Walks every series: for once-a-second
+    /// readers (the dashboard), not the request path.
+    pub fn answers_by_backend(&self) -> std::collections::HashMap<(String, String), (u64, u64)> {
+        use prometheus::core::Collector;
+        let mut out = std::collections::HashMap::new();
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let (mut model, mut backend, mut error) = ("", "", false);
+                for l in m.get_label() {
+                    match l.name() {
+                        "model" => model = l.value(),
+                        "backend" => backend = l.value(),
+                        "status" => error = l.value().starts_with('5'),
+                        _ => {}
+                    }
+                }
+                let n = m.get_counter().get_value() as u64;
+                let e: &mut (u64, u64) = out
+                    .entry((model.to_owned(), backend.to_owned()))
+                    .or_default();
+                e.0 += n;
+                if error {
+                    e.1 += n;
+                }
+            }
+        }
+        out
     }
 
     /// Every family in Prometheus text format.

@@ -41,6 +41,16 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// Whether it reads the response's usage itself (auth on).
+    pub fn meters(&self) -> bool {
+        self.meter.is_some()
+    }
+
+    /// The response's usage, once its meter has seen it.
+    pub fn usage(&self) -> Option<usage::Usage> {
+        self.meter.as_ref()?.usage
+    }
+
     /// Polls the response body it holds: each frame is looked at on its way (see
     /// [`usage::Meter`]), and the moment the body ends the permit is given back, before the
     /// client can see the end (so a client's next request finds its slot free).

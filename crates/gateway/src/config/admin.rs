@@ -50,6 +50,22 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// SHA-256 of `purpose`, a NUL and the secret, in hex: a value derived from the secret
+    /// that can be handed out (a session cookie) without giving the secret away.
+    pub fn digest_hex(&self, purpose: &str) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(purpose.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(self.0.as_bytes());
+        ctx.finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{Attempt, DecisionLog, Record, Score};
 use crate::admission::usage::Meter;
 use crate::body::GatewayBody;
-use crate::fleet::Pool;
+use crate::fleet::{Backend, Pool};
 use switchyard_core::Decision;
 
 /// What the routing left on a successful response (in its extensions) for the record.
@@ -26,11 +26,16 @@ pub struct Routed {
     pub scores: Vec<Score>,
     /// Attempts made before the answer (failed ones first, the answering one last).
     pub attempts: u32,
+    /// The answering backend's `switchyard_tokens_total` counters (prompt, completion), which
+    /// the usage is added to when the body ends.
+    pub tokens: Option<[prometheus::IntCounter; 2]>,
+    /// The answering backend's price, which turns the usage into the record's cost.
+    pub price: Option<switchyard_core::Price>,
 }
 
 impl Routed {
     /// The record's view of `decision`, taken by `backend` of `pool` after `attempts` tries.
-    pub fn new(pool: &Pool, backend: &str, decision: Option<&Decision>, attempts: u32) -> Self {
+    pub fn new(pool: &Pool, backend: &Backend, decision: Option<&Decision>, attempts: u32) -> Self {
         let scores = decision
             .and_then(|d| d.explanation.as_ref())
             .map(|ex| {
@@ -44,10 +49,13 @@ impl Routed {
             })
             .unwrap_or_default();
         Self {
-            backend: backend.to_owned(),
-            reason: decision.map(|d| format!("{}: {}", pool.policy.name(), d.reason)),
+            backend: backend.name().to_owned(),
+            // The reason names its policy itself (`prefix_aware: ...`).
+            reason: decision.map(|d| d.reason.to_string()),
             scores,
             attempts,
+            tokens: Some(backend.state.metrics().tokens.clone()),
+            price: backend.config.price,
         }
     }
 }
@@ -82,6 +90,12 @@ pub struct Pending {
     done: bool,
     /// The request's span, ended with the record.
     trace: Option<crate::otel::RequestSpan>,
+    /// Where the usage is counted (see [`Routed::tokens`]).
+    tokens: Option<[prometheus::IntCounter; 2]>,
+    /// See [`Routed::price`].
+    price: Option<switchyard_core::Price>,
+    /// The body inside meters the usage (see [`attach`]); this one does not read it again.
+    metered_inside: bool,
 }
 
 /// Wraps `resp`'s body so that its end hands the request's record to `log`.
@@ -97,6 +111,8 @@ pub fn attach(
         .unwrap_or_default()
         .saturating_sub(start.started.elapsed())
         .as_millis() as u64;
+    let mut tokens = None;
+    let mut price = None;
     let (backend, reason, scores, attempts) = match routed {
         Some(r) => {
             let mut attempts: Vec<Attempt> = (1..r.attempts)
@@ -111,6 +127,8 @@ pub fn attach(
                 outcome: if status < 400 { "ok" } else { "error" }.into(),
                 status: Some(status),
             });
+            tokens = r.tokens;
+            price = r.price;
             (Some(r.backend), r.reason, r.scores, attempts)
         }
         None => (None, None, Vec::new(), Vec::new()),
@@ -119,6 +137,9 @@ pub fn attach(
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    // An admission permit inside that meters the body already reads the usage (and may strip
+    // the chunk that carries it): the record takes the permit's reading at the end.
+    let metered_inside = matches!(resp.body(), GatewayBody::Held(_, p) if p.meters());
     let pending = Pending {
         log: log.clone(),
         record: Record {
@@ -146,6 +167,9 @@ pub fn attach(
         },
         done: false,
         trace: start.trace.cloned(),
+        tokens,
+        price,
+        metered_inside,
     };
     resp.map(|body| GatewayBody::Logged(Box::new(body), Box::new(pending)))
 }
@@ -165,14 +189,21 @@ impl Pending {
                         t.first_byte();
                     }
                 }
-                Frame::data(self.meter.observe(data))
+                if self.metered_inside {
+                    Frame::data(data)
+                } else {
+                    Frame::data(self.meter.observe(data))
+                }
             }
             Err(other) => other,
         }
     }
 
-    /// The body ended: the record is complete.
-    pub fn end(&mut self) {
+    /// The body ended: the record is complete. `usage` is what a metering body inside read.
+    pub fn end(&mut self, usage: Option<crate::admission::usage::Usage>) {
+        if self.meter.usage.is_none() {
+            self.meter.usage = usage;
+        }
         self.finish(true);
     }
 
@@ -192,6 +223,15 @@ impl Pending {
         if let Some(u) = self.meter.usage {
             self.record.prompt_tokens = Some(u64::from(u.prompt_tokens));
             self.record.completion_tokens = Some(u64::from(u.completion_tokens));
+            if let Some([prompt, completion]) = &self.tokens {
+                prompt.inc_by(u64::from(u.prompt_tokens));
+                completion.inc_by(u64::from(u.completion_tokens));
+            }
+            self.record.cost = self.price.map(|p| {
+                (p.input_per_mtok * f64::from(u.prompt_tokens)
+                    + p.output_per_mtok * f64::from(u.completion_tokens))
+                    / 1e6
+            });
         }
         let record = std::mem::take(&mut self.record);
         self.log.record(record, self.sampled);

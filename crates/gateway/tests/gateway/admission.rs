@@ -557,6 +557,12 @@ async fn a_metered_stream_asks_for_usage_invisibly_and_the_usage_reconciles_tpm(
         format!("{}{}", STREAM[0], STREAM[2]),
         "the client never sees the usage chunk it did not ask for"
     );
+    let record = gw.gateway().snapshot().decisions.last(1);
+    assert_eq!(
+        (record[0].prompt_tokens, record[0].completion_tokens),
+        (Some(7), Some(3)),
+        "the decision record takes the usage the permit read from the stripped chunk"
+    );
     // The estimate (prompt + 500) came back down to the 10 tokens used, so a second request
     // of the same estimate fits in the 1000 tokens per minute.
     let a = post(&c, &gw.url("/v1/chat/completions"), body, &auth).await;

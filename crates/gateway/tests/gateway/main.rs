@@ -12,6 +12,7 @@ mod admin_reload;
 mod admission;
 mod change_keeps_state;
 mod crafted_bodies;
+mod dashboard;
 mod decisions;
 mod engine_detect;
 mod failover;
