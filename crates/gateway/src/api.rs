@@ -304,7 +304,12 @@ async fn proxy(
     };
     let wanted = routed.as_ref().map_or(profile.model.as_str(), |r| r.pool);
     let Some(pool) = gw.pools.get(wanted) else {
-        let available = served_names(gw).join(", ");
+        // A key limited to some models hears only of those.
+        let available = served_names(gw)
+            .into_iter()
+            .filter(|m| caller.may_use(m))
+            .collect::<Vec<_>>()
+            .join(", ");
         return refuse(
             "",
             ApiError::ModelNotFound {

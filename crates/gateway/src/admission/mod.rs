@@ -176,6 +176,11 @@ impl Caller {
         Some(keys.tenant(self.key.as_ref()?.tenant)?.name.as_str())
     }
 
+    /// Whether it may use `model` (always, without auth).
+    pub fn may_use(&self, model: &str) -> bool {
+        self.key.as_ref().is_none_or(|k| k.allows(model))
+    }
+
     /// What names its key without revealing it (`key:<id>` or a hash prefix).
     pub fn key_scope(&self) -> Option<&str> {
         self.key.as_ref().map(|k| k.scope.as_str())

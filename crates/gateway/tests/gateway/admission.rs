@@ -91,6 +91,17 @@ async fn missing_unknown_and_wrong_model_keys_are_refused_and_good_ones_pass() {
     let a = chat(&c, &gw, "other", &[("authorization", &bearer(KEY_A))]).await;
     refused(&a, 403, "model_not_allowed");
     assert_eq!(up.count(), 2);
+    // An unknown model: the 404 lists only what the key may use.
+    let a = chat(&c, &gw, "nope", &[("authorization", &bearer(KEY_A))]).await;
+    refused(&a, 404, "model_not_found");
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.ends_with("available models: m"), "{message}");
+    let a = chat(&c, &gw, "nope", &[("authorization", &bearer(KEY_B))]).await;
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("other"),
+        "an unlimited key hears of every model: {message}"
+    );
 }
 
 #[tokio::test]
