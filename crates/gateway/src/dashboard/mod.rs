@@ -90,15 +90,8 @@ pub async fn handle(gw: &Gateway, admin: &Admin, req: Request<Incoming>) -> Resp
     if method == Method::GET {
         if let Some(name) = path.strip_prefix("/dashboard/assets/") {
             if let Some((_, kind, bytes)) = ASSETS.iter().find(|(n, _, _)| *n == name) {
-                let mut resp = Response::new(GatewayBody::full(Bytes::from_static(bytes)));
-                let h = resp.headers_mut();
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                h.insert(
-                    "x-content-type-options",
-                    HeaderValue::from_static("nosniff"),
-                );
-                return resp;
+                let body = GatewayBody::full(Bytes::from_static(bytes));
+                return typed(StatusCode::OK, body, kind, "no-cache");
             }
         }
     }
@@ -219,24 +212,38 @@ fn login_page(status: StatusCode, message: &str) -> Response<GatewayBody> {
     html(status, LOGIN.replace("{message}", message))
 }
 
-fn html(status: StatusCode, body: String) -> Response<GatewayBody> {
-    let mut resp = Response::new(GatewayBody::full(body));
+/// A response of content type `kind` that browsers must not sniff, cached as `cache` says.
+fn typed(
+    status: StatusCode,
+    body: GatewayBody,
+    kind: &'static str,
+    cache: &'static str,
+) -> Response<GatewayBody> {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn html(status: StatusCode, body: String) -> Response<GatewayBody> {
+    let mut resp = typed(
+        status,
+        GatewayBody::full(body),
+        "text/html; charset=utf-8",
+        "no-store",
+    );
+    let h = resp.headers_mut();
     h.insert(
         "content-security-policy",
         HeaderValue::from_static(
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
         ),
-    );
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
     );
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     resp
@@ -276,13 +283,13 @@ fn feed(gw: &Gateway) -> Response<GatewayBody> {
             }
         }
     });
-    let mut resp = Response::new(GatewayBody::Feed(rx));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
+    let mut resp = typed(
+        StatusCode::OK,
+        GatewayBody::Feed(rx),
+        "text/event-stream",
+        "no-cache",
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
