@@ -109,6 +109,8 @@ def test_dashboard_shows_the_live_fleet_and_opens_a_decision(demo, browser):
     assert "token=" not in d.current_url
     WebDriverWait(d, 15).until(lambda d: set(fleet(d)) == BACKENDS)
     assert d.find_element(By.ID, "conn").get_attribute("data-state") == "live"
+    # Engine and GPU figures come from scrapes, which may land a tick after the page opens.
+    WebDriverWait(d, 15).until(lambda d: all(c["gpu"] != "–" and c["engine"] != "–" for c in fleet(d).values()))
 
     first = fleet(d)
     for name, cells in first.items():
