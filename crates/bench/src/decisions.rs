@@ -121,6 +121,9 @@ pub enum Mode {
         critical_reserve: u32,
         /// Pass each request's level to its engine as `priority`, engines scheduling by it.
         engine_priority: bool,
+        /// With `prefill_tokens`: each tenant present may hold only its share of the pool's
+        /// prefill budget (the gateway's `tenant_prefill_share`, on by default there).
+        tenant_share: bool,
     },
 }
 
@@ -260,6 +263,7 @@ fn play(
             prefill_tokens,
             critical_reserve,
             engine_priority,
+            tenant_share,
         } => {
             let (config, gate): (FleetConfig, Admission) = admission::setup(
                 sc,
@@ -270,6 +274,7 @@ fn play(
                     prefill_tokens,
                     critical_reserve,
                     engine_priority,
+                    tenant_share,
                 ),
             );
             run_admitted(&config, &sc.workload, policy, &gate)

@@ -49,15 +49,18 @@ fn level(label: Option<&str>) -> Priority {
 /// `queue_threshold`, counted full while its scraped engine queue holds more than that many
 /// (the gateway's `engine_queue_threshold`), or with `prefill_tokens` while its prompts
 /// awaiting a first token hold that many (`max_prefill_tokens`); and the admission stage for
-/// `sc`'s requests, keeping `critical_reserve` of each cap for critical ones.
+/// `sc`'s requests, keeping `critical_reserve` of each cap for critical ones, and with
+/// `prefill_tokens` and `tenant_share` each tenant to its share of the fleet's prefill budget
+/// (`tenant_prefill_share`).
 pub fn setup(
     sc: &Scenario,
     mut config: FleetConfig,
     max_in_flight: Option<u32>,
-    (queue_threshold, prefill_tokens, critical_reserve, engine_priority): (
+    (queue_threshold, prefill_tokens, critical_reserve, engine_priority, tenant_share): (
         Option<u32>,
         Option<u64>,
         u32,
+        bool,
         bool,
     ),
 ) -> (FleetConfig, Admission) {
@@ -91,6 +94,9 @@ pub fn setup(
         classes,
         critical_reserve,
         engine_priority,
+        tenant_prefill_budget: prefill_tokens
+            .filter(|_| tenant_share)
+            .map(|p| p.saturating_mul(config.backends.len() as u64)),
     };
     (config, gate)
 }
@@ -109,7 +115,7 @@ mod tests {
             switchyard_core::PolicySpec::default(),
             1,
         );
-        let (config, gate) = setup(&sc, base, Some(7), (Some(0), Some(4096), 2, false));
+        let (config, gate) = setup(&sc, base, Some(7), (Some(0), Some(4096), 2, false, true));
         assert!(config.backends.iter().all(|b| b.max_in_flight == Some(7)));
         assert!(config
             .backends
@@ -117,6 +123,11 @@ mod tests {
             .all(|b| (b.max_waiting, b.max_prefill_tokens) == (Some(1), Some(4096))));
         assert_eq!(gate.classes.len(), sc.workload.len());
         assert_eq!(gate.critical_reserve, 2);
+        assert_eq!(
+            gate.tenant_prefill_budget,
+            Some(4 * 4096),
+            "4 backends' limits"
+        );
         let tenants: std::collections::BTreeSet<u32> =
             gate.classes.iter().map(|c| c.tenant.0).collect();
         assert_eq!(tenants.len(), 6);
@@ -130,7 +141,11 @@ mod tests {
                 1,
             ),
             None,
-            (None, None, 0, false),
+            (None, None, 0, false, true),
+        );
+        assert_eq!(
+            gate.tenant_prefill_budget, None,
+            "no prefill limit, no shares"
         );
         for (c, t) in gate.classes.iter().zip(&p.tags) {
             assert_eq!(c.priority, level(t.priority));

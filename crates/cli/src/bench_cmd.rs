@@ -130,6 +130,10 @@ pub struct DecisionsArgs {
     /// `--scheduling-policy priority`).
     #[arg(long)]
     admission_engine_priority: bool,
+    /// With admission and `--admission-prefill-tokens`: do not hold a tenant to its share of
+    /// the pool's prefill budget (the gateway's `tenant_prefill_share: false`).
+    #[arg(long)]
+    admission_no_tenant_share: bool,
     /// Where result files go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -153,10 +157,11 @@ impl AdmissionFlag {
     fn modes(
         self,
         cap: Option<u32>,
-        (queue_threshold, prefill_tokens, critical_reserve, engine_priority): (
+        (queue_threshold, prefill_tokens, critical_reserve, engine_priority, tenant_share): (
             Option<u32>,
             Option<u64>,
             u32,
+            bool,
             bool,
         ),
     ) -> Vec<decisions::Mode> {
@@ -166,6 +171,7 @@ impl AdmissionFlag {
             prefill_tokens,
             critical_reserve,
             engine_priority,
+            tenant_share,
         };
         match self {
             AdmissionFlag::Off => vec![decisions::Mode::Off],
@@ -325,6 +331,7 @@ fn run_decisions(a: DecisionsArgs) -> anyhow::Result<()> {
             a.admission_prefill_tokens,
             a.admission_critical_reserve,
             a.admission_engine_priority,
+            !a.admission_no_tenant_share,
         ),
     );
     let mut progress = Progress::new(runs * names.len() * contenders.len() * modes.len(), false);

@@ -338,6 +338,7 @@ impl Driver<'_> {
     /// Delivers engine `i`'s step events at `t` and starts its next step.
     fn end_step(&mut self, i: usize, t: f64) {
         let mut completed = false;
+        let mut prefilled = false;
         for ev in self.events[i].drain(..) {
             match ev {
                 EngineEvent::Admitted { id, cached_tokens } => {
@@ -350,6 +351,9 @@ impl Driver<'_> {
                     let r = &mut self.records[id.0 as usize];
                     if r.ttft.is_none() {
                         r.ttft = Some(t - r.arrival);
+                        self.queue
+                            .track(id.0 as usize, Moment::Prefilled(r.prompt_tokens));
+                        prefilled = true;
                         let live = &mut self.live[i];
                         live.prefill_tokens = live
                             .prefill_tokens
@@ -365,6 +369,7 @@ impl Driver<'_> {
                     r.e2e = Some(t - r.arrival);
                     r.output_tokens = output_tokens;
                     r.outcome = Outcome::Completed;
+                    self.queue.track(id.0 as usize, Moment::Left);
                     self.in_flight[i] -= 1;
                     let live = &mut self.live[i];
                     live.in_flight_tokens = live
@@ -391,7 +396,8 @@ impl Driver<'_> {
             self.weighted_imbalance.update(t, &self.in_flight);
         }
         self.start_step(i, t);
-        if completed {
+        // A first token can bring a tenant back within its prefill share.
+        if completed || (prefilled && self.queue.shares_on()) {
             self.drain_queue(t);
         }
     }
@@ -416,18 +422,26 @@ impl Driver<'_> {
             profile,
             tokens,
         };
-        // Behind others already queued, or queued itself if no backend is usable.
+        // Behind others already queued, or queued itself if no backend is usable or its
+        // tenant is at its prefill share.
         let max_output = req.max_output_tokens;
         let allowance = self.queue.allowance(index);
-        let wait =
-            if !self.queue.is_empty() || (self.queue.is_admission() && !self.room(t, allowance)) {
-                Some(p)
-            } else {
-                self.dispatch(p, t)
-            };
+        self.queue.track(index, Moment::Arrived);
+        let wait = if !self.queue.is_empty()
+            || (self.queue.is_admission() && !self.room(t, allowance))
+            || !self.queue.within_share(index)
+        {
+            Some(p)
+        } else {
+            self.dispatch(p, t)
+        };
         if let Some(p) = wait {
             for index in self.queue.push(p, max_output, t).refused {
                 self.reject(index, t);
+            }
+            // Those ahead may be held by their shares while this one may go.
+            if self.queue.shares_on() {
+                self.drain_queue(t);
             }
         }
     }
@@ -491,6 +505,7 @@ impl Driver<'_> {
         let r = &mut self.records[p.index];
         r.backend = Some(i as u32);
         r.dispatched = Some(t);
+        self.queue.track(p.index, Moment::Dispatched(prompt_len));
         self.in_flight[i] += 1;
         self.live[i].in_flight_tokens += u64::from(prompt_len) + u64::from(req.max_output_tokens);
         self.live[i].prefill_tokens += u64::from(prompt_len);
@@ -507,6 +522,7 @@ impl Driver<'_> {
     /// (closed loop) is sent a think time later.
     fn reject(&mut self, index: usize, t: f64) {
         self.records[index].outcome = Outcome::Rejected;
+        self.queue.track(index, Moment::Left);
         if let Some((next, at)) = self.schedule.ended(index, t) {
             self.records[next].arrival = at;
         }
@@ -563,7 +579,7 @@ mod view;
 pub use arrivals::Arrivals;
 use arrivals::Schedule;
 pub use lobby::{Admission, Class};
-use lobby::{Allowance, Lobby};
+use lobby::{Allowance, Lobby, Moment};
 pub use spec::{BackendSpec, FleetConfig, FleetError};
 use view::{backend_view, Live};
 

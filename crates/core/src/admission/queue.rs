@@ -100,12 +100,13 @@ struct Level {
 }
 
 impl Level {
-    /// The request the level would serve next: the fair tenant's oldest.
-    fn head(&self) -> Option<&Waiting> {
+    /// The request the level would serve next: the oldest of the fair tenant among those
+    /// `may_go` allows.
+    fn head(&self, may_go: &impl Fn(TenantId) -> bool) -> Option<&Waiting> {
         let t = self.vtc.pick(
             self.tenants
                 .iter()
-                .filter(|(_, q)| !q.is_empty())
+                .filter(|(t, q)| !q.is_empty() && may_go(*t))
                 .map(|(t, _)| *t),
         )?;
         self.tenants.iter().find(|(x, _)| *x == t)?.1.front()
@@ -212,7 +213,13 @@ impl AdmissionQueue {
 
     /// The request [`pop`](Self::pop) would take at `now`, left in line.
     pub fn peek(&self, now: Duration) -> Option<Waiting> {
-        let (id, i) = self.next(now)?;
+        self.peek_where(now, |_| true)
+    }
+
+    /// Like [`peek`](Self::peek), among the tenants `may_go` allows (the others are skipped,
+    /// as if they had nothing waiting).
+    pub fn peek_where(&self, now: Duration, may_go: impl Fn(TenantId) -> bool) -> Option<Waiting> {
+        let (id, i) = self.next(now, &may_go)?;
         let level = &self.levels[i];
         level
             .tenants
@@ -223,7 +230,16 @@ impl AdmissionQueue {
 
     /// Takes the request to serve next at `now`, and charges its tenant.
     pub fn pop(&mut self, now: Duration) -> Option<Waiting> {
-        let (id, i) = self.next(now)?;
+        self.pop_where(now, |_| true)
+    }
+
+    /// Like [`pop`](Self::pop), among the tenants `may_go` allows.
+    pub fn pop_where(
+        &mut self,
+        now: Duration,
+        may_go: impl Fn(TenantId) -> bool,
+    ) -> Option<Waiting> {
+        let (id, i) = self.next(now, &may_go)?;
         let level = &mut self.levels[i];
         let w = level.queue(level_tenant(level, id)?).pop_front()?;
         level.len -= 1;
@@ -233,7 +249,7 @@ impl AdmissionQueue {
     }
 
     /// The id and level index of the request to serve next at `now`.
-    fn next(&self, now: Duration) -> Option<(u64, usize)> {
+    fn next(&self, now: Duration, may_go: &impl Fn(TenantId) -> bool) -> Option<(u64, usize)> {
         let aging = self.settings.aging;
         let rank = |w: &Waiting| {
             let lift = if aging.is_zero() {
@@ -252,7 +268,7 @@ impl AdmissionQueue {
             .levels
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| l.head().map(|w| ((rank(w), w.arrived, i), w.id, i)))
+            .filter_map(|(i, l)| l.head(may_go).map(|w| ((rank(w), w.arrived, i), w.id, i)))
             .min_by_key(|(key, _, _)| *key)?;
         Some((id, i))
     }

@@ -7,13 +7,19 @@
 //! request that waits past its level's timeout, finds its level full, or is shed for a more
 //! urgent one is answered 429.
 //!
+//! With `max_prefill_tokens`, each tenant present may also hold only its weighted share of the
+//! pool's prefill budget (that limit times the backends) in prompts without a first byte
+//! ([`PrefillShares`]): a tenant past its share waits even when a backend has room, and the
+//! queue lets the others go first. Its share comes back at its response's first byte
+//! ([`Gate::prefilled`]).
+//!
 //! Requests wait on a oneshot channel; the queue lock is never held across an `.await`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use switchyard_core::admission::{
-    AdmissionQueue, Priority, QueueSettings, Refused, TenantId, Waiting,
+    AdmissionQueue, PrefillShares, Priority, QueueSettings, Refused, TenantId, Waiting,
 };
 use tokio::sync::oneshot;
 
@@ -46,6 +52,30 @@ struct State {
     queue: AdmissionQueue,
     waiters: HashMap<u64, oneshot::Sender<Verdict>>,
     next_id: u64,
+    /// Tenants' shares of the pool's prefill, when kept.
+    shares: Option<PrefillShares>,
+}
+
+impl State {
+    /// Whether a request of `t` is within its tenant's prefill share (always without shares).
+    fn within_share(&self, t: TenantId) -> bool {
+        self.shares.as_ref().is_none_or(|s| s.may_go(t))
+    }
+
+    /// A request of `t` with `tokens` of prompt goes.
+    fn dispatch(&mut self, t: TenantId, tokens: u32) {
+        if let Some(s) = &mut self.shares {
+            s.dispatch(t, u64::from(tokens));
+        }
+    }
+
+    /// A request of `t` is over, with `prefill` of its prompt tokens still counted.
+    fn leave(&mut self, t: TenantId, prefill: u32) {
+        if let Some(s) = &mut self.shares {
+            s.prefilled(t, u64::from(prefill));
+            s.leave(t);
+        }
+    }
 }
 
 /// When a backend counts as full for admission, besides its `max_concurrency`.
@@ -64,6 +94,9 @@ pub struct FullWhen {
     /// urgent first: a critical request then needs only a free `max_concurrency` slot, not an
     /// engine queue or pending prefill under the limits (it goes ahead of both).
     pub engine_priority: bool,
+    /// With `max_prefill_tokens`: each tenant present may hold only its weighted share of
+    /// the pool's prefill budget (`max_prefill_tokens` times its backends).
+    pub tenant_share: bool,
 }
 
 impl FullWhen {
@@ -80,6 +113,8 @@ pub struct Gate {
     state: Mutex<State>,
     /// What makes a backend full besides `max_concurrency`.
     full_when: FullWhen,
+    /// Tenants' prefill shares are kept (`State::shares` is set).
+    shares: bool,
     /// `switchyard_admission_waiting` of this model, per level.
     gauges: [prometheus::IntGauge; 5],
 }
@@ -101,18 +136,24 @@ pub struct Ask<'a> {
 }
 
 impl Gate {
-    /// An empty waiting room.
+    /// An empty waiting room for a pool of `backends` backends.
     pub fn new(
         settings: QueueSettings,
         weights: &[f64],
-        full_when: FullWhen,
+        (full_when, backends): (FullWhen, usize),
         gauges: [prometheus::IntGauge; 5],
     ) -> Self {
+        let shares = full_when
+            .max_prefill_tokens
+            .filter(|_| full_when.tenant_share)
+            .map(|per| PrefillShares::new(per.saturating_mul(backends.max(1) as u64), weights));
         Self {
+            shares: shares.is_some(),
             state: Mutex::new(State {
                 queue: AdmissionQueue::new(settings, weights),
                 waiters: HashMap::new(),
                 next_id: 0,
+                shares,
             }),
             full_when,
             gauges,
@@ -187,7 +228,14 @@ impl Gate {
         let arrived = now();
         let (id, rx, timeout) = {
             let mut s = self.lock();
-            if s.queue.is_empty() && self.room(ask.pool, arrived, ask.max_age, ask.priority) {
+            if let Some(shares) = &mut s.shares {
+                shares.arrive(ask.tenant);
+            }
+            if s.queue.is_empty()
+                && s.within_share(ask.tenant)
+                && self.room(ask.pool, arrived, ask.max_age, ask.priority)
+            {
+                s.dispatch(ask.tenant, ask.input_tokens);
                 return Ok(Duration::ZERO);
             }
             let id = s.next_id;
@@ -201,7 +249,10 @@ impl Gate {
                 arrived,
             };
             match s.queue.push(w) {
-                Err(Refused::Full) => return Err(NotAdmitted::Full),
+                Err(Refused::Full) => {
+                    s.leave(ask.tenant, 0);
+                    return Err(NotAdmitted::Full);
+                }
                 Ok(entered) => {
                     if let Some(shed) = entered.shed {
                         if let Some(tx) = s.waiters.remove(&shed.id) {
@@ -222,18 +273,19 @@ impl Gate {
         let mut guard = Leave {
             gate: self,
             id,
-            pool: ask.pool,
-            max_age: ask.max_age,
+            ask,
             now: &now,
             settled: false,
         };
         let verdict = self.wait(ask, id, rx, arrived + timeout, &now).await;
         guard.settled = true;
-        match verdict {
-            Some(Verdict::Go) => Ok(now().saturating_sub(arrived)),
-            Some(Verdict::Shed) => Err(NotAdmitted::Full),
-            None => Err(NotAdmitted::Timeout(timeout)),
-        }
+        let refused = match verdict {
+            Some(Verdict::Go) => return Ok(now().saturating_sub(arrived)),
+            Some(Verdict::Shed) => NotAdmitted::Full,
+            None => NotAdmitted::Timeout(timeout),
+        };
+        self.lock().leave(ask.tenant, 0);
+        Err(refused)
     }
 
     /// Waits for the verdict on `rx` until `deadline` (gateway time); `None`: timed out.
@@ -280,13 +332,63 @@ impl Gate {
         self.publish(&s);
     }
 
-    /// Lets the next waiting request go while there is room for it (under the lock).
+    /// A request of `tenant` admitted here got its response's first byte: the `tokens` of
+    /// its prompt leave its tenant's prefill share, which may let a waiting one go.
+    pub fn prefilled(
+        &self,
+        tenant: TenantId,
+        tokens: u32,
+        pool: &Pool,
+        now: Duration,
+        max_age: Duration,
+    ) {
+        let mut s = self.lock();
+        let Some(shares) = &mut s.shares else { return };
+        shares.prefilled(tenant, u64::from(tokens));
+        self.let_go(&mut s, pool, now, max_age);
+        self.publish(&s);
+    }
+
+    /// A request of `tenant` admitted here is over, `prefill` of its prompt tokens still
+    /// counted as waiting for a first byte; the next waiting request may go.
+    pub fn done(
+        &self,
+        tenant: TenantId,
+        prefill: u32,
+        pool: &Pool,
+        now: Duration,
+        max_age: Duration,
+    ) {
+        let mut s = self.lock();
+        s.leave(tenant, prefill);
+        self.let_go(&mut s, pool, now, max_age);
+        self.publish(&s);
+    }
+
+    /// Whether tenants' prefill shares are kept (a permit then reports first bytes).
+    pub fn shares_kept(&self) -> bool {
+        self.shares
+    }
+
+    /// Lets the next waiting request go while there is room for it (under the lock), among
+    /// the tenants within their prefill shares; each one let go is counted as dispatched.
     fn let_go(&self, s: &mut State, pool: &Pool, now: Duration, max_age: Duration) {
-        while let Some(next) = s.queue.peek(now) {
+        loop {
+            let next = {
+                let st = &*s;
+                st.queue.peek_where(now, |t| st.within_share(t))
+            };
+            let Some(next) = next else { break };
             if !self.room(pool, now, max_age, next.priority) {
                 break;
             }
-            let Some(w) = s.queue.pop(now) else { break };
+            let w = {
+                let State { queue, shares, .. } = &mut *s;
+                let shares = &*shares;
+                queue.pop_where(now, |t| shares.as_ref().is_none_or(|x| x.may_go(t)))
+            };
+            let Some(w) = w else { break };
+            s.dispatch(w.tenant, w.input_tokens);
             if let Some(tx) = s.waiters.remove(&w.id) {
                 if tx.send(Verdict::Go).is_ok() {
                     break;
@@ -298,27 +400,39 @@ impl Gate {
 
 /// Takes a waiting request out of line when it stops waiting for any reason (timeout,
 /// client gone); if it had been let go but never went, passes its turn on.
-struct Leave<'a, F: Fn() -> Duration> {
+struct Leave<'a, 'b, F: Fn() -> Duration> {
     gate: &'a Gate,
     id: u64,
-    pool: &'a Pool,
-    max_age: Duration,
+    ask: &'a Ask<'b>,
     now: &'a F,
     settled: bool,
 }
 
-impl<F: Fn() -> Duration> Drop for Leave<'_, F> {
+impl<F: Fn() -> Duration> Drop for Leave<'_, '_, F> {
     fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Its client left while it waited, or after it was let go but before it went.
         let mut s = self.gate.lock();
         let was_waiting = s.queue.remove(self.id).is_some();
         s.waiters.remove(&self.id);
+        let t = self.ask.tenant;
+        s.leave(
+            t,
+            if was_waiting {
+                0
+            } else {
+                self.ask.input_tokens
+            },
+        );
         if was_waiting {
             self.gate.publish(&s);
+            return;
         }
         drop(s);
-        if !was_waiting && !self.settled {
-            // It was let go but its client left before it went: the slot is free again.
-            self.gate.pump(self.pool, (self.now)(), self.max_age);
-        }
+        // The slot it was let go for is free again.
+        self.gate
+            .pump(self.ask.pool, (self.now)(), self.ask.max_age);
     }
 }

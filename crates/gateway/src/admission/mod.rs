@@ -123,7 +123,12 @@ impl Admission {
                                 .waiting
                                 .with_label_values(&[p.name.as_str(), l.name()])
                         });
-                        let gate = Gate::new(a.queue.clone(), &weights, a.full_when, gauges);
+                        let gate = Gate::new(
+                            a.queue.clone(),
+                            &weights,
+                            (a.full_when, p.backends.len()),
+                            gauges,
+                        );
                         (p.name.clone(), Arc::new(gate))
                     })
                     .collect()
@@ -345,6 +350,7 @@ async fn admit_inner(
         tenant_limited: tenant_limits.is_some(),
         tenant,
         gate: None,
+        prefill: 0,
         meter: None,
         estimated: tokens,
         ended: false,
@@ -396,6 +402,9 @@ async fn admit_inner(
                 })
             }
         };
+        if gate.shares_kept() {
+            permit.prefill = profile.estimated_input_tokens;
+        }
         permit.gate = Some((gate.clone(), pool.name.clone()));
     }
     Ok(Admitted {

@@ -26,6 +26,9 @@ pub struct Permit {
     pub(super) tenant: TenantId,
     /// The waiting room of its model and the model's name, to let the next one go.
     pub(super) gate: Option<(Arc<Gate>, String)>,
+    /// Prompt tokens it holds of its tenant's prefill share in the gate, until the
+    /// response's first byte (0: none).
+    pub(super) prefill: u32,
     /// Reads the response's usage, when the request is metered (auth on).
     pub(super) meter: Option<usage::Meter>,
     /// Tokens taken from the token buckets at admission, to reconcile with the usage.
@@ -70,12 +73,31 @@ impl Permit {
     }
 
     fn observe(&mut self, frame: http_body::Frame<bytes::Bytes>) -> http_body::Frame<bytes::Bytes> {
+        if self.prefill > 0 && frame.is_data() {
+            self.first_byte();
+        }
         match &mut self.meter {
             Some(m) => match frame.into_data() {
                 Ok(d) => http_body::Frame::data(m.observe(d)),
                 Err(other) => other,
             },
             None => frame,
+        }
+    }
+
+    /// The response's first byte: its prompt leaves the tenant's prefill share.
+    fn first_byte(&mut self) {
+        let tokens = std::mem::take(&mut self.prefill);
+        if let Some((gate, pool)) = &self.gate {
+            if let Some(pool) = self.snap.pools.get(pool) {
+                gate.prefilled(
+                    self.tenant,
+                    tokens,
+                    pool,
+                    self.snap.now(),
+                    self.snap.config.scrape.max_age,
+                );
+            }
         }
     }
 
@@ -178,7 +200,9 @@ impl Permit {
         }
         if let Some((gate, pool)) = &self.gate {
             if let Some(pool) = self.snap.pools.get(pool) {
-                gate.pump(pool, self.snap.now(), self.snap.config.scrape.max_age);
+                let prefill = std::mem::take(&mut self.prefill);
+                let (now, max_age) = (self.snap.now(), self.snap.config.scrape.max_age);
+                gate.done(self.tenant, prefill, pool, now, max_age);
             }
         }
     }

@@ -22,6 +22,9 @@
 //!   max_waiting: 2000
 //!   engine_queue_threshold: 8            # an engine with more waiting counts as full
 //!   max_prefill_tokens: 4096             # so do this many prompt tokens awaiting a first byte
+//!   tenant_prefill_share: true           # default with max_prefill_tokens: while several
+//!                                        # tenants are present, each may hold only its weighted
+//!                                        # share of the pool's prefill (that x backends)
 //!   critical_reserve: 2                  # of each max_concurrency, kept for critical requests
 //!   engine_priority: true                # tell vLLM each request's level (`priority`); needs
 //!                                        # vllm serve --scheduling-policy priority
@@ -312,6 +315,8 @@ struct AdmissionRaw {
     #[serde(default)]
     engine_priority: bool,
     #[serde(default)]
+    tenant_prefill_share: Option<bool>,
+    #[serde(default)]
     levels: BTreeMap<String, LevelRaw>,
     #[serde(default)]
     model_limits: BTreeMap<String, ModelLimitsRaw>,
@@ -344,6 +349,12 @@ impl<'de> Deserialize<'de> for Admission {
             return Err(de::Error::custom(
                 "admission.max_prefill_tokens must be at least 1: at 0 every backend would \
                  always count as full",
+            ));
+        }
+        if raw.tenant_prefill_share == Some(true) && raw.max_prefill_tokens.is_none() {
+            return Err(de::Error::custom(
+                "admission.tenant_prefill_share needs admission.max_prefill_tokens: the share \
+                 is of the pool's prefill budget, which that sets per backend",
             ));
         }
         let mut queue = QueueSettings::default();
@@ -380,6 +391,7 @@ impl<'de> Deserialize<'de> for Admission {
                 max_prefill_tokens: raw.max_prefill_tokens,
                 critical_reserve: raw.critical_reserve,
                 engine_priority: raw.engine_priority,
+                tenant_share: raw.tenant_prefill_share.unwrap_or(true),
             },
             model_limits,
         })

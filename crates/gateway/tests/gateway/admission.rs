@@ -808,3 +808,66 @@ async fn with_engine_priority_a_critical_request_passes_the_prefill_limit_that_h
     }
     assert_eq!(order(&up), ["normal-1", "critical", "normal-2"]);
 }
+
+#[tokio::test]
+async fn a_tenant_past_its_prefill_share_waits_though_a_backend_has_room() {
+    // Three backends with room for one prompt each: a prefill budget of 3 tokens, halved
+    // while team-a and team-b are both present. Any prompt here is longer than 1.5 tokens.
+    let run = |share: &'static str| async move {
+        let release = Arc::new(Notify::new());
+        let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+        let yaml = auth_config(
+            &up.url(),
+            None,
+            "",
+            &format!("admission: {{max_prefill_tokens: 1{share}}}"),
+        )
+        .replace(
+            "name: b0, max_concurrency: 1}",
+            &format!(
+                "name: b0}}\n      - {{url: \"{u}\", name: b2}}\n      - {{url: \"{u}\", name: b3}}",
+                u = up.url()
+            ),
+        );
+        let gw = Arc::new(Gw::start(&yaml).await);
+        let c = client();
+        let key = |k: &str| ("authorization", bearer(k));
+        // team-a alone may use the whole budget; then team-b arrives and goes.
+        let a1 = spawn_chat(&c, &gw, vec![key(KEY_A), ("x-test", "a1".into())]);
+        eventually(|| up.count() == 1).await;
+        let b1 = spawn_chat(&c, &gw, vec![key(KEY_B), ("x-test", "b1".into())]);
+        eventually(|| up.count() == 2).await;
+        let a2 = spawn_chat(&c, &gw, vec![key(KEY_A), ("x-test", "a2".into())]);
+        let held = if share.is_empty() {
+            // a1 awaits its first byte: team-a is at its share and a2 waits, though the
+            // third backend is free.
+            until_waiting(&c, &gw, "normal", 1).await;
+            up.count() == 2
+        } else {
+            eventually(|| up.count() == 3).await;
+            false
+        };
+        // The first two answers end a1's prefill whichever goes first; then a2 is sent.
+        release.notify_one();
+        release.notify_one();
+        eventually(|| up.count() == 3).await;
+        release.notify_one();
+        for h in [a1, b1, a2] {
+            assert_eq!(h.await.unwrap().status, 200);
+        }
+        assert_eq!(order(&up), ["a1", "b1", "a2"]);
+        held
+    };
+    assert!(run("").await, "a2 waited for its tenant's share");
+    assert!(!run(", tenant_prefill_share: false").await);
+    let e = switchyard_gateway::config::parse(
+        "admission: {tenant_prefill_share: true}\nmodels:\n  m:\n    backends:\n      - {url: \"http://127.0.0.1:1\"}\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tenant_prefill_share needs admission.max_prefill_tokens"),
+        "{e}"
+    );
+}

@@ -6,7 +6,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use switchyard_core::admission::{AdmissionQueue, Priority, QueueSettings, TenantId, Waiting};
+use switchyard_core::admission::{
+    AdmissionQueue, PrefillShares, Priority, QueueSettings, TenantId, Waiting,
+};
 
 use super::Pending;
 
@@ -26,6 +28,10 @@ pub struct Admission {
     /// Each request carries its level to the engine as its `priority` (the gateway's
     /// `engine_priority`); engines with priority scheduling admit by it.
     pub engine_priority: bool,
+    /// With a budget (the backends' prefill limits added up), each present tenant may have
+    /// at most its weighted share of it in prompts awaiting a first token (the gateway's
+    /// `tenant_prefill_share`, see [`PrefillShares`]).
+    pub tenant_prefill_budget: Option<u64>,
 }
 
 /// What of a backend one request may use.
@@ -60,7 +66,22 @@ pub(super) enum Lobby<'a> {
         reserve: u32,
         /// [`Admission::engine_priority`].
         engine_priority: bool,
+        /// [`Admission::tenant_prefill_budget`]'s shares.
+        shares: Option<PrefillShares>,
     },
+}
+
+/// A moment in a request's life that the tenants' prefill shares count.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Moment {
+    /// It reached the gateway.
+    Arrived,
+    /// It went to a backend with this many prompt tokens.
+    Dispatched(u32),
+    /// Its prompt of this many tokens produced a first token.
+    Prefilled(u32),
+    /// It ended, answered or refused.
+    Left,
 }
 
 /// What putting a request in line did.
@@ -79,6 +100,9 @@ impl<'a> Lobby<'a> {
                 held: HashMap::new(),
                 reserve: a.critical_reserve,
                 engine_priority: a.engine_priority,
+                shares: a
+                    .tenant_prefill_budget
+                    .map(|b| PrefillShares::new(b, &a.tenant_weights)),
             },
         }
     }
@@ -133,9 +157,57 @@ impl<'a> Lobby<'a> {
     pub(super) fn peek(&self, t: f64) -> Option<usize> {
         match self {
             Lobby::Fifo(q) => q.front().map(|p| p.index),
-            Lobby::Admission { queue, held, .. } => {
-                let w = queue.peek(Duration::from_secs_f64(t))?;
+            Lobby::Admission {
+                queue,
+                held,
+                shares,
+                ..
+            } => {
+                let w = queue.peek_where(Duration::from_secs_f64(t), |x| {
+                    shares.as_ref().is_none_or(|s| s.may_go(x))
+                })?;
                 held.get(&w.id).map(|p| p.index)
+            }
+        }
+    }
+
+    /// Whether tenants' prefill shares are kept.
+    pub(super) fn shares_on(&self) -> bool {
+        matches!(
+            self,
+            Lobby::Admission {
+                shares: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// Whether request `index`'s tenant is within its prefill share (always, without shares).
+    pub(super) fn within_share(&self, index: usize) -> bool {
+        match self {
+            Lobby::Admission {
+                classes,
+                shares: Some(s),
+                ..
+            } => s.may_go(classes.get(index).copied().unwrap_or_default().tenant),
+            _ => true,
+        }
+    }
+
+    /// Reports a moment of request `index`'s life to the tenants' prefill shares.
+    pub(super) fn track(&mut self, index: usize, moment: Moment) {
+        if let Lobby::Admission {
+            classes,
+            shares: Some(s),
+            ..
+        } = self
+        {
+            let t = classes.get(index).copied().unwrap_or_default().tenant;
+            match moment {
+                Moment::Arrived => s.arrive(t),
+                Moment::Dispatched(tokens) => s.dispatch(t, u64::from(tokens)),
+                Moment::Prefilled(tokens) => s.prefilled(t, u64::from(tokens)),
+                Moment::Left => s.leave(t),
             }
         }
     }
@@ -193,8 +265,15 @@ impl<'a> Lobby<'a> {
     pub(super) fn pop(&mut self, t: f64) -> Option<Pending> {
         match self {
             Lobby::Fifo(q) => q.pop_front(),
-            Lobby::Admission { queue, held, .. } => {
-                let w = queue.pop(Duration::from_secs_f64(t))?;
+            Lobby::Admission {
+                queue,
+                held,
+                shares,
+                ..
+            } => {
+                let w = queue.pop_where(Duration::from_secs_f64(t), |x| {
+                    shares.as_ref().is_none_or(|s| s.may_go(x))
+                })?;
                 held.remove(&w.id)
             }
         }

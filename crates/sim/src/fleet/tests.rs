@@ -313,3 +313,65 @@ fn policies_see_tokens_in_flight_the_prefill_queue_latency_and_gpu_gauges() {
         );
     }
 }
+
+#[test]
+fn a_tenant_held_to_its_prefill_share_leaves_room_for_another() {
+    // Two L4s, each full at 2,048 prompt tokens awaiting a first token. Tenant 1 is present
+    // from the start; tenant 0 then sends eight 1,500-token prompts at once; tenant 1's probe
+    // follows.
+    let mut config = FleetConfig::uniform(
+        &profile::l4_llama3_8b(),
+        2,
+        PolicySpec::from_name("prefix_aware").unwrap(),
+        1,
+    );
+    for b in &mut config.backends {
+        b.max_in_flight = Some(64);
+        b.max_prefill_tokens = Some(2048);
+    }
+    let req = |arrival: f64, words: usize, seed: u64| WorkloadRequest {
+        arrival,
+        session: None,
+        prompt: Prompt::Text(
+            (0..words)
+                .map(|i| format!("w{seed}x{i}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        max_output_tokens: 50,
+        output_seed: seed,
+    };
+    let mut requests = vec![req(0.0, 20, 100)];
+    requests.extend((0..8).map(|i| req(0.01 + 0.001 * i as f64, 1500, i)));
+    requests.push(req(0.3, 20, 200));
+    let w = Workload { requests };
+    let class = |t| Class {
+        priority: switchyard_core::admission::Priority::Normal,
+        tenant: switchyard_core::admission::TenantId(t),
+    };
+    let mut classes = vec![class(1)];
+    classes.extend((0..8).map(|_| class(0)));
+    classes.push(class(1));
+    let probe_ttft = |budget: Option<u64>| {
+        let adm = Admission {
+            settings: switchyard_core::admission::QueueSettings::default(),
+            tenant_weights: vec![1.0, 1.0],
+            classes: classes.clone(),
+            critical_reserve: 0,
+            engine_priority: false,
+            tenant_prefill_budget: budget,
+        };
+        let r = run_admitted(&config, &w, build_policy(&config).unwrap(), &adm).unwrap();
+        assert_eq!(
+            r.summary.completed, 10,
+            "every request is served either way"
+        );
+        r.requests[9].ttft.unwrap()
+    };
+    let shared = probe_ttft(Some(2 * 2048));
+    let unshared = probe_ttft(None);
+    assert!(
+        shared * 4.0 < unshared,
+        "probe TTFT {shared:.3} s with shares, {unshared:.3} s without"
+    );
+}
