@@ -3,6 +3,8 @@
 # what else the machine is doing (the wall-clock overhead runs in bench/overhead.sh do).
 #
 #   bench/instructions.sh BINARY [BINARY...]
+#   INSTRUCTIONS_AUTH=1 bench/instructions.sh BINARY   # keyed: auth, limits and admission on,
+#                                                     # as `bench overhead`'s switchyard-auth
 #
 # For each binary: serve one pool in front of an nginx `return 200` mock under callgrind, send
 # 200 then 4200 requests (hey, 4 workers) in two runs, and report
@@ -30,8 +32,20 @@ http {
 CONF
 nginx -p "$TMP" -c "$TMP/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
+KEY=sk-instructions-0123456789abcdef
+AUTH="" HEADER=()
+if [ "${INSTRUCTIONS_AUTH:-0}" = 1 ]; then
+  AUTH="auth:
+  tenants:
+    bench: {rpm: 100000000, tpm: 100000000000}
+  keys:
+    - {key: $KEY, tenant: bench, rpm: 100000000, tpm: 100000000000, max_concurrent: 100000}
+admission: {}"
+  HEADER=(-H "Authorization: Bearer $KEY")
+fi
 cat > "$TMP/sy.yaml" <<CONF
 listen: 127.0.0.1:$GW
+$AUTH
 models:
   m:
     backends:
@@ -45,7 +59,7 @@ count() { # BINARY N -> total instructions of one run
     "$1" serve --config "$TMP/sy.yaml" &
   local pid=$!
   for _ in $(seq 600); do curl -s -o /dev/null "http://127.0.0.1:$GW/health" && break; sleep 0.1; done
-  hey -n "$2" -c 4 -m POST -T application/json -D "$TMP/req.json" \
+  hey -n "$2" -c 4 -m POST -T application/json -D "$TMP/req.json" "${HEADER[@]}" \
     "http://127.0.0.1:$GW/v1/chat/completions" > "$TMP/hey.txt"
   grep -q "\[200\].*$2 responses" "$TMP/hey.txt" || { echo "not every request got 200" >&2; cat "$TMP/hey.txt" >&2; }
   kill -TERM "$pid"
