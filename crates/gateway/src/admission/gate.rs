@@ -226,6 +226,17 @@ impl Gate {
         now: impl Fn() -> Duration,
     ) -> Result<Duration, NotAdmitted> {
         let arrived = now();
+        // A pool nothing can fill (no `max_concurrency`, no engine or prefill limits) never
+        // holds a request, so nobody ever waits here: skip the lock.
+        if !self.full_when.changes_alone()
+            && ask
+                .pool
+                .backends
+                .iter()
+                .all(|b| b.config.max_concurrency.is_none())
+        {
+            return Ok(Duration::ZERO);
+        }
         let (id, rx, timeout) = {
             let mut s = self.lock();
             if let Some(shares) = &mut s.shares {

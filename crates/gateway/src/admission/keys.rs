@@ -79,13 +79,39 @@ pub struct Tenant {
     pub limits: Option<Mutex<RateLimit>>,
     /// Its budget and what it spent; `None`: no budget.
     pub budget: Option<Spent>,
+    /// Its metric series.
+    pub series: super::metrics::TenantSeries,
 }
+
+/// Hashes a [`KeyHash`] by its first eight bytes: it is a SHA-256 digest already, as evenly
+/// spread as any hash of it would be, so hashing it again (SipHash over 32 bytes) only cost
+/// every request time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes its length, then its bytes: keep the first eight bytes of the
+        // digest (mixed with anything written before, so other uses still hash).
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+    }
+}
+
+/// Builds [`DigestHasher`]s.
+pub type BuildDigestHasher = std::hash::BuildHasherDefault<DigestHasher>;
 
 /// Keys and tenants.
 #[derive(Debug)]
 pub struct Keys {
     /// Usable keys by hash.
-    table: RwLock<HashMap<KeyHash, Arc<KeyRecord>>>,
+    table: RwLock<HashMap<KeyHash, Arc<KeyRecord>, BuildDigestHasher>>,
     /// Tenants; the index is the [`TenantId`].
     pub tenants: Vec<Tenant>,
 }
@@ -93,7 +119,12 @@ pub struct Keys {
 impl Keys {
     /// The config's keys and tenants, at gateway time `now`; budgets start from what
     /// `spend` (the store, if any) says was spent in their current period.
-    pub fn from_config(auth: &Auth, now: Duration, spend: Option<&rusqlite::Connection>) -> Self {
+    pub fn from_config(
+        auth: &Auth,
+        now: Duration,
+        spend: Option<&rusqlite::Connection>,
+        metrics: &super::metrics::AdmissionMetrics,
+    ) -> Self {
         let unix = super::unix_now();
         let spent = |scope: &str, b: Budget| {
             let already = spend.map_or(0.0, |c| super::spend::spent_in(c, scope, b.period, unix));
@@ -110,10 +141,11 @@ impl Keys {
                     .is_set()
                     .then(|| Mutex::new(RateLimit::new(t.limits, now))),
                 budget: t.budget.map(|b| spent(&format!("tenant:{name}"), b)),
+                series: metrics.tenant(name),
             })
             .collect();
         let keys = Self {
-            table: RwLock::new(HashMap::new()),
+            table: RwLock::new(HashMap::default()),
             tenants,
         };
         for k in &auth.keys {

@@ -2,6 +2,8 @@
 //! (requests, tokens, spend, throttles). Tenant labels come only from the config's tenants
 //! (requests without auth count under no tenant label at all), so cardinality stays bounded.
 
+use switchyard_core::admission::Priority;
+
 use prometheus::{
     CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -30,7 +32,38 @@ pub struct AdmissionMetrics {
     pub tenant_throttled: IntCounterVec,
 }
 
+/// One configured tenant's series, resolved once when the key table is built, so a request
+/// counts without looking labels up.
+#[derive(Debug, Clone)]
+pub struct TenantSeries {
+    /// `switchyard_tenant_requests_total{tenant}`.
+    pub requests: prometheus::IntCounter,
+    /// `switchyard_tenant_tokens_total{tenant, kind="prompt"}`.
+    pub prompt_tokens: prometheus::IntCounter,
+    /// `switchyard_tenant_tokens_total{tenant, kind="completion"}`.
+    pub completion_tokens: prometheus::IntCounter,
+    /// `switchyard_tenant_spend_total{tenant}`.
+    pub spend: prometheus::Counter,
+}
+
 impl AdmissionMetrics {
+    /// `tenant`'s series.
+    pub fn tenant(&self, tenant: &str) -> TenantSeries {
+        TenantSeries {
+            requests: self.tenant_requests.with_label_values(&[tenant]),
+            prompt_tokens: self.tenant_tokens.with_label_values(&[tenant, "prompt"]),
+            completion_tokens: self
+                .tenant_tokens
+                .with_label_values(&[tenant, "completion"]),
+            spend: self.tenant_spend.with_label_values(&[tenant]),
+        }
+    }
+
+    /// `switchyard_admission_wait_seconds` of each level, in [`Priority::ALL`] order.
+    pub fn waits(&self) -> [prometheus::Histogram; 5] {
+        Priority::ALL.map(|p| self.wait.with_label_values(&[p.name()]))
+    }
+
     /// Registers the families in `registry`.
     pub fn new(registry: &Registry) -> Self {
         let m = Self {

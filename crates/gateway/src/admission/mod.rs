@@ -60,6 +60,8 @@ pub struct Admission {
     pub spend: Option<spend::SpendWriter>,
     /// What it was built from, to tell whether a reload may keep it.
     built_from: (Option<Auth>, Option<AdmissionConfig>, Vec<String>),
+    /// `switchyard_admission_wait_seconds` per level.
+    waits: [prometheus::Histogram; 5],
 }
 
 impl Admission {
@@ -93,7 +95,7 @@ impl Admission {
         let keys = config
             .auth
             .as_ref()
-            .map(|a| Keys::from_config(a, now, store.as_ref().map(Store::conn)));
+            .map(|a| Keys::from_config(a, now, store.as_ref().map(Store::conn), metrics));
         if let (Some(keys), Some(store)) = (&keys, &store) {
             admin::load_stored(keys, store, now);
         }
@@ -150,6 +152,7 @@ impl Admission {
             gates,
             spend,
             built_from,
+            waits: metrics.waits(),
         }))
     }
 
@@ -245,7 +248,7 @@ pub async fn admit(
     }
     let tenant = caller.key.as_ref().and_then(|k| {
         let keys = snap.admission.as_ref()?.keys.as_ref()?;
-        Some(keys.tenant(k.tenant)?.name.clone())
+        keys.tenant(k.tenant)
     });
     let base = caller.key.as_ref().map_or(Priority::Normal, |k| k.priority);
     let priority = base.lowered_by(headers.get("x-priority").map(HeaderValue::as_bytes));
@@ -253,16 +256,13 @@ pub async fn admit(
     let outcome = admit_inner(snap, caller, pool, profile, priority, body).await;
     match &outcome {
         Ok(a) => {
-            if let Some(t) = &tenant {
-                m.tenant_requests.with_label_values(&[t.as_str()]).inc();
+            if let Some(t) = tenant {
+                t.series.requests.inc();
             }
-            if let (Some(_), Some((_, _, waited))) = (
-                snap.admission.as_ref().and_then(|x| x.gate(&pool.name)),
-                a.note,
-            ) {
-                m.wait
-                    .with_label_values(&[priority.name()])
-                    .observe(waited.as_secs_f64());
+            if let (Some(adm), Some((_, _, waited))) = (snap.admission.as_ref(), a.note) {
+                if adm.gate(&pool.name).is_some() {
+                    adm.waits[priority.index()].observe(waited.as_secs_f64());
+                }
             }
         }
         Err(e) => {
@@ -270,9 +270,9 @@ pub async fn admit(
             if e.status() == http::StatusCode::TOO_MANY_REQUESTS {
                 m.refused.with_label_values(&[priority.name(), code]).inc();
             }
-            if let (Some(t), "rate_limit_exceeded" | "insufficient_quota") = (&tenant, code) {
+            if let (Some(t), "rate_limit_exceeded" | "insufficient_quota") = (tenant, code) {
                 m.tenant_throttled
-                    .with_label_values(&[t.as_str(), code])
+                    .with_label_values(&[t.name.as_str(), code])
                     .inc();
             }
         }
@@ -527,26 +527,49 @@ fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
     const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
     const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
     const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-    h.reserve(6);
-    for (name, v) in [
-        (LIMIT_REQUESTS, g.limit_requests),
-        (REMAINING_REQUESTS, g.remaining_requests),
-        (LIMIT_TOKENS, g.limit_tokens),
-        (REMAINING_TOKENS, g.remaining_tokens),
-    ] {
+    // Every value is written into one buffer and each header takes a slice of it: one
+    // allocation for the six instead of one each.
+    let mut buf = bytes::BytesMut::with_capacity(128);
+    let mut ends = [0usize; 6];
+    let mut numbers = itoa::Buffer::new();
+    for (i, v) in [
+        g.limit_requests,
+        g.remaining_requests,
+        g.limit_tokens,
+        g.remaining_tokens,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         if let Some(v) = v {
-            h.insert(name, HeaderValue::from(v));
+            buf.extend_from_slice(numbers.format(v).as_bytes());
         }
+        ends[i] = buf.len();
     }
-    for (name, d) in [
-        (RESET_REQUESTS, g.reset_requests),
-        (RESET_TOKENS, g.reset_tokens),
-    ] {
+    for (i, d) in [g.reset_requests, g.reset_tokens].into_iter().enumerate() {
         if let Some(d) = d {
-            if let Ok(v) = HeaderValue::from_bytes(seconds_text(d, &mut [0u8; 32])) {
+            buf.extend_from_slice(seconds_text(d, &mut [0u8; 32]));
+        }
+        ends[4 + i] = buf.len();
+    }
+    let all = buf.freeze();
+    h.reserve(6);
+    let names = [
+        LIMIT_REQUESTS,
+        REMAINING_REQUESTS,
+        LIMIT_TOKENS,
+        REMAINING_TOKENS,
+        RESET_REQUESTS,
+        RESET_TOKENS,
+    ];
+    let mut from = 0;
+    for (name, end) in names.into_iter().zip(ends) {
+        if end > from {
+            if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(from..end)) {
                 h.insert(name, v);
             }
         }
+        from = end;
     }
 }
 

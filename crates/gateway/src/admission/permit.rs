@@ -150,15 +150,11 @@ impl Permit {
             b.add(cost, unix);
         }
         if let Some(t) = tenant {
-            let m = &self.snap.metrics.admission;
-            let name = t.name.as_str();
-            m.tenant_tokens
-                .with_label_values(&[name, "prompt"])
-                .inc_by(u64::from(used.prompt_tokens));
-            m.tenant_tokens
-                .with_label_values(&[name, "completion"])
+            let s = &t.series;
+            s.prompt_tokens.inc_by(u64::from(used.prompt_tokens));
+            s.completion_tokens
                 .inc_by(u64::from(used.completion_tokens));
-            m.tenant_spend.with_label_values(&[name]).inc_by(cost);
+            s.spend.inc_by(cost);
         }
         let Some(writer) = adm.and_then(|a| a.spend.as_ref()) else {
             return;

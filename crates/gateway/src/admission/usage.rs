@@ -104,12 +104,88 @@ fn usage_at_last_key(data: &[u8]) -> Option<Usage> {
     if !value.starts_with(b"{") {
         return None;
     }
-    let mut de = serde_json::Deserializer::from_slice(value);
     // Zero tokens is no answer's usage: more likely a nested object of that name; let the
     // whole parse find the top-level one.
-    Usage::deserialize(&mut de)
-        .ok()
+    flat_usage(value)
+        .unwrap_or_else(|| {
+            Usage::deserialize(&mut serde_json::Deserializer::from_slice(value)).ok()
+        })
         .filter(|u| *u != Usage::default())
+}
+
+/// The usage in `value` when it is a flat object (every value a number, `null`, a boolean or
+/// a string without escapes), read without serde: `Some(result)` says what parsing it would
+/// give (`None` inside for what serde refuses: a count that is no `u32`, such as `null`, or a
+/// field twice);
+/// `None` says the object is not flat and serde should read it.
+#[allow(clippy::option_option)]
+fn flat_usage(value: &[u8]) -> Option<Option<Usage>> {
+    let mut u = Usage::default();
+    let (mut prompt, mut completion) = (false, false);
+    let mut rest = value.strip_prefix(b"{")?.trim_ascii_start();
+    if let Some(after) = rest.strip_prefix(b"}") {
+        let _ = after;
+        return Some(Some(u));
+    }
+    loop {
+        let body = rest.strip_prefix(b"\"")?;
+        let close = memchr::memchr2(b'"', b'\\', body)?;
+        if body[close] != b'"' {
+            return None;
+        }
+        let key = &body[..close];
+        rest = body[close + 1..]
+            .trim_ascii_start()
+            .strip_prefix(b":")?
+            .trim_ascii_start();
+        let end = rest
+            .iter()
+            .position(|&b| matches!(b, b',' | b'}') || b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        let token = &rest[..end];
+        let slot = match key {
+            b"prompt_tokens" | b"input_tokens" => Some((&mut u.prompt_tokens, &mut prompt)),
+            b"completion_tokens" | b"output_tokens" => {
+                Some((&mut u.completion_tokens, &mut completion))
+            }
+            _ => None,
+        };
+        match (slot, token.first()) {
+            (_, Some(b'{' | b'[')) | (_, None) => return None,
+            (Some((count, seen)), _) => {
+                if std::mem::replace(seen, true) {
+                    return Some(None);
+                }
+                match token {
+                    [b'0', _, ..] => return Some(None), // JSON has no leading zeros
+                    digits if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {
+                        let Ok(n) = std::str::from_utf8(digits).unwrap_or("x").parse::<u32>()
+                        else {
+                            return Some(None);
+                        };
+                        *count = n;
+                    }
+                    _ => return Some(None),
+                }
+                rest = &rest[end..];
+            }
+            (None, Some(b'"')) => {
+                let body = &rest[1..];
+                let close = memchr::memchr2(b'"', b'\\', body)?;
+                if body[close] != b'"' {
+                    return None;
+                }
+                rest = &body[close + 1..];
+            }
+            (None, Some(_)) => rest = &rest[end..],
+        }
+        rest = rest.trim_ascii_start();
+        match rest.first() {
+            Some(b',') => rest = rest[1..].trim_ascii_start(),
+            Some(b'}') => return Some(Some(u)),
+            _ => return None,
+        }
+    }
 }
 
 impl Meter {
@@ -259,6 +335,48 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 3,
                 completion_tokens: 4
+            })
+        );
+    }
+
+    #[test]
+    fn flat_usage_reads_what_serde_reads_and_leaves_the_rest_to_it() {
+        let serde =
+            |v: &[u8]| Usage::deserialize(&mut serde_json::Deserializer::from_slice(v)).ok();
+        for v in [
+            &br#"{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}"#[..],
+            br#"{ "prompt_tokens" : 7 , "completion_tokens" : 3 }"#,
+            br#"{"input_tokens":12,"output_tokens":1}"#,
+            br#"{"prompt_tokens":7,"prompt_tokens_details":null,"completion_tokens":3}"#,
+            br#"{"prompt_tokens":7,"model":"m, }","completion_tokens":3}"#,
+            br#"{"prompt_tokens":null,"completion_tokens":3,"ok":true}"#,
+            br#"{}"#,
+            br#"{"prompt_tokens":7,"input_tokens":8}"#,
+            br#"{"prompt_tokens":-1}"#,
+            br#"{"prompt_tokens":99999999999}"#,
+            br#"{"prompt_tokens":1.5}"#,
+            br#"{"prompt_tokens":07}"#,
+            br#"{"prompt_tokens":0,"completion_tokens":0}"#,
+        ] {
+            let fast = flat_usage(v).expect("flat");
+            assert_eq!(fast, serde(v), "{}", String::from_utf8_lossy(v));
+        }
+        for v in [
+            &br#"{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens":3}"#[..],
+            br#"{"prompt_tokens":7,"name":"a\"b","completion_tokens":3}"#,
+            br#"{"prompt_tokens":7"#,
+            br#"[1]"#,
+        ] {
+            assert_eq!(flat_usage(v), None, "{}", String::from_utf8_lossy(v));
+        }
+        // Nested objects still read through serde.
+        let nested =
+            br#"{"x":1,"usage":{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens":3}}"#;
+        assert_eq!(
+            usage_at_last_key(nested),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3
             })
         );
     }
