@@ -114,7 +114,11 @@ fn local(gateway: &Gateway, gw: &Snapshot, req: &Request<Incoming>) -> Response<
             }
             .into_response()
         }
-        "/v1/models" => json(StatusCode::OK, models_body(gw)),
+        // With auth on, a key is needed here too, and it hears only of its models.
+        "/v1/models" => match crate::admission::authenticate(gw, req.headers()) {
+            Ok(caller) => json(StatusCode::OK, models_body(gw, &caller)),
+            Err(e) => e.into_response(),
+        },
         "/health" => json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
         "/ready" if gateway.draining() => not_ready("shutting down"),
         "/ready" if gw.ready() => json(
@@ -167,9 +171,10 @@ fn served_names(gw: &Snapshot) -> Vec<&str> {
     names
 }
 
-fn models_body(gw: &Snapshot) -> Bytes {
+fn models_body(gw: &Snapshot, caller: &crate::admission::Caller) -> Bytes {
     let data: Vec<serde_json::Value> = served_names(gw)
         .into_iter()
+        .filter(|m| caller.may_use(m))
         .map(|m| serde_json::json!({"id": m, "object": "model", "created": gw.started_unix(), "owned_by": "switchyard"}))
         .collect();
     Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())

@@ -385,21 +385,22 @@ async fn admit_inner(
             output_tokens: output,
             max_age: snap.config.scrape.max_age,
         };
-        // A refusal drops the permit, which gives the limits' slots back.
+        // A refusal gives the limits back what they counted: the request never ran.
         waited = match gate.admit(&ask, || snap.now()).await {
             Ok(w) => w,
-            Err(NotAdmitted::Timeout(after)) => {
-                return Err(ApiError::QueueTimeout {
-                    model: pool.name.clone(),
-                    priority: priority.name(),
-                    after,
-                })
-            }
-            Err(NotAdmitted::Full) => {
-                return Err(ApiError::QueueFull {
-                    model: pool.name.clone(),
-                    priority: priority.name(),
-                })
+            Err(refused) => {
+                permit.refund();
+                return Err(match refused {
+                    NotAdmitted::Timeout(after) => ApiError::QueueTimeout {
+                        model: pool.name.clone(),
+                        priority: priority.name(),
+                        after,
+                    },
+                    NotAdmitted::Full => ApiError::QueueFull {
+                        model: pool.name.clone(),
+                        priority: priority.name(),
+                    },
+                });
             }
         };
         if gate.shares_kept() {

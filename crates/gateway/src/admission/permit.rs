@@ -173,6 +173,33 @@ impl Permit {
         }
     }
 
+    /// The request was refused after its limits let it in (the waiting room timed out, was
+    /// full, or shed it): the request and its estimated tokens go back to every bucket that
+    /// counted them, with the concurrency slots, so a refusal costs the caller no quota.
+    pub(super) fn refund(mut self) {
+        self.ended = true;
+        let undo = |l: &Mutex<switchyard_core::admission::RateLimit>| {
+            l.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .undo(self.estimated);
+        };
+        if let Some(l) = self.key.as_ref().and_then(|k| k.limits.as_ref()) {
+            undo(l);
+        }
+        let tenant = self
+            .snap
+            .admission
+            .as_ref()
+            .and_then(|a| a.keys.as_ref()?.tenant(self.tenant)?.limits.as_ref())
+            .filter(|_| self.tenant_limited);
+        if let Some(l) = tenant {
+            undo(l);
+        }
+        if let Some(l) = self.model_limit() {
+            undo(l);
+        }
+    }
+
     /// The request is over: usage reconciled, slots released, the queue's next one let go.
     /// Runs once.
     fn end(&mut self) {

@@ -102,6 +102,39 @@ async fn missing_unknown_and_wrong_model_keys_are_refused_and_good_ones_pass() {
         message.contains("other"),
         "an unlimited key hears of every model: {message}"
     );
+    // The model list, too, needs a key and names only what it may use.
+    refused(
+        &get(&c, &gw.url("/v1/models")).await,
+        401,
+        "invalid_api_key",
+    );
+    let ids = |h: &str, key: &str| {
+        let (c, url) = (c.clone(), gw.url("/v1/models"));
+        let (h, key) = (h.to_owned(), key.to_owned());
+        async move {
+            let a = get_with(&c, &url, &h, &key).await;
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            a.json()["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids("authorization", &bearer(KEY_A)).await, ["m"]);
+    assert_eq!(ids("x-api-key", KEY_B).await, ["m", "other"]);
+}
+
+/// A GET of `url` with one header.
+async fn get_with(c: &Client, url: &str, name: &str, value: &str) -> Answer {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(url)
+        .header(name, value)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(c, req).await
 }
 
 #[tokio::test]
@@ -870,4 +903,34 @@ async fn a_tenant_past_its_prefill_share_waits_though_a_backend_has_room() {
         e.contains("tenant_prefill_share needs admission.max_prefill_tokens"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_request_the_queue_refuses_costs_its_key_no_quota() {
+    let release = Arc::new(Notify::new());
+    let up = Mock::start(Reply::HoldUntil(release.clone())).await;
+    // team-a's key may send 2 requests a minute; the pool takes one at a time and a normal
+    // request waits at most 200 ms.
+    let yaml = auth_config(
+        &up.url(),
+        None,
+        ", rpm: 2",
+        "admission:\n  levels:\n    normal: {timeout: 200ms}",
+    );
+    let gw = Arc::new(Gw::start(&yaml).await);
+    let c = client();
+    let auth = bearer(KEY_A);
+    let first = spawn_chat(&c, &gw, vec![("authorization", auth.clone())]);
+    eventually(|| up.count() == 1).await;
+    let a = chat(&c, &gw, "m", &[("authorization", auth.as_str())]).await;
+    refused(&a, 429, "queue_timeout");
+    release.notify_one();
+    assert_eq!(first.await.unwrap().status, 200);
+    // The timed-out request gave its turn back: the second of the minute still passes.
+    release.notify_one();
+    let a = chat(&c, &gw, "m", &[("authorization", auth.as_str())]).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.headers["x-ratelimit-remaining-requests"], "0");
+    let a = chat(&c, &gw, "m", &[("authorization", auth.as_str())]).await;
+    refused(&a, 429, "rate_limit_exceeded");
 }
