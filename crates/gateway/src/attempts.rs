@@ -274,10 +274,22 @@ impl<'a> Driver<'a> {
         let (req, gw) = (self.req, self.req.gw);
         // The breaker admits and counts in one step: a half-open backend whose probe slots
         // filled since this request was routed is refused here, not sent to.
-        let Some(guard) = backend.try_begin(signals::expected_tokens(req.profile)) else {
-            self.plan
-                .report(&mut self.progress, Outcome::Refused, gw.now());
-            return None;
+        let guard = match backend.try_begin(signals::expected_tokens(req.profile)) {
+            Ok(guard) => guard,
+            Err(busy) => {
+                // Over its own rpm/tpm, it now cools down: the plan routes around it or waits,
+                // and if nothing else answers, the client hears why.
+                if let (crate::fleet::Busy::Limited(t), None) = (busy, &self.failure) {
+                    self.failure = Some(ApiError::RateLimited {
+                        scope: "backend",
+                        limit: t.limit,
+                        retry_after: t.retry_after,
+                    });
+                }
+                self.plan
+                    .report(&mut self.progress, Outcome::Refused, gw.now());
+                return None;
+            }
         };
         let span = req
             .trace

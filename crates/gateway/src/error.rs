@@ -150,10 +150,10 @@ pub enum ApiError {
         /// The requested model.
         model: String,
     },
-    /// A key's or tenant's rate limit refused the request.
+    /// A key's, tenant's, model's or backend's rate limit refused the request.
     #[error("rate limit exceeded: the {scope}'s {limit} limit is reached; retry after {}s", retry_after.as_secs())]
     RateLimited {
-        /// `key` or `tenant`.
+        /// `key`, `tenant`, `model` or `backend`.
         scope: &'static str,
         /// `rpm`, `tpm` or `max_concurrent`.
         limit: &'static str,
@@ -182,7 +182,7 @@ pub enum ApiError {
     /// The key's or tenant's budget for the period is spent.
     #[error("the {scope}'s budget for this period is spent; it renews with the next period, or ask for a larger budget")]
     InsufficientQuota {
-        /// `key` or `tenant`.
+        /// `key`, `tenant`, `model` or `backend`.
         scope: &'static str,
     },
     /// The key store (`auth.db`) could not be used.

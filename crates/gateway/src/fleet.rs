@@ -14,6 +14,7 @@ use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchyard_core::admission::{RateLimit, RateLimitSpec, Throttle};
 use switchyard_core::rng::SplitMix;
 use switchyard_core::routing::{Moved, PoolState, SlowStart};
 use switchyard_core::{
@@ -59,6 +60,18 @@ pub struct BackendState {
     /// Idle keep-alive connections to it, when it is reached directly (plain `http`; see
     /// [`crate::upstream`]). Kept with the state, so a reload does not close them.
     pub conns: IdleConns,
+    /// Its own `rpm`/`tpm` (a hosted provider's limits) and their buckets; kept across a
+    /// reload that leaves them alone.
+    limit: Mutex<Option<(RateLimitSpec, RateLimit)>>,
+}
+
+/// Why [`Backend::try_begin`] did not count a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// At its `max_concurrency`, or its breaker refuses it.
+    Full,
+    /// Over its own `rpm` or `tpm`: it cools down until the bucket has room.
+    Limited(Throttle),
 }
 
 /// Cooldown after a 429 that carries no usable Retry-After.
@@ -79,6 +92,49 @@ impl BackendState {
             released: tokio::sync::Notify::new(),
             admission: Mutex::new(()),
             conns: IdleConns::default(),
+            limit: Mutex::new(None),
+        }
+    }
+
+    /// Sets its own limits at gateway time `now`: buckets start full, unless the same limits
+    /// were already counting (a reload that kept them).
+    pub fn set_limits(&self, spec: RateLimitSpec, now: Duration) {
+        let mut l = self
+            .limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !spec.is_set() {
+            *l = None;
+        } else if l.as_ref().is_none_or(|(old, _)| *old != spec) {
+            *l = Some((spec, RateLimit::new(spec, now)));
+        }
+    }
+
+    /// Counts a request of `tokens` against its own limits; `Ok(false)` when it has none.
+    fn take_limit(&self, tokens: u64, now: Duration) -> Result<bool, Throttle> {
+        let mut l = self
+            .limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((_, limit)) = l.as_mut() else {
+            return Ok(false);
+        };
+        let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
+        limit.try_acquire(tokens, now).map(|_| true)
+    }
+
+    /// Gives back what [`take_limit`](Self::take_limit) counted (`undo`) or ends its turn.
+    fn return_limit(&self, tokens: u64, undo: bool) {
+        let mut l = self
+            .limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, limit)) = l.as_mut() {
+            if undo {
+                limit.undo(u32::try_from(tokens).unwrap_or(u32::MAX));
+            } else {
+                limit.release();
+            }
         }
     }
 
@@ -216,6 +272,7 @@ impl Backend {
                 BackendHealth::new(id, pool.breaker, outlier, pool.slow_start, metrics.clone());
             Arc::new(BackendState::new(metrics, health))
         });
+        state.set_limits(cfg.limits, state.health.now());
         let credential = cfg
             .api_key
             .as_ref()
@@ -309,10 +366,12 @@ impl Backend {
     /// Counts a request, and the `tokens` it will occupy (see
     /// [`crate::signals::expected_tokens`]), as in flight until the guard is released or
     /// dropped; the guard also carries the attempt's outcome to the backend's breaker and
-    /// outlier detector. `None` when the backend is at its `max_concurrency` now (routing saw
-    /// a free slot, but a concurrent request took it) or its breaker refuses it (see
-    /// [`crate::backend_health::BackendHealth::try_dispatch`]): nothing is counted.
-    pub fn try_begin(&self, tokens: TokenLoad) -> Option<InFlightGuard> {
+    /// outlier detector. [`Busy::Full`] when the backend is at its `max_concurrency` now
+    /// (routing saw a free slot, but a concurrent request took it) or its breaker refuses it
+    /// (see [`crate::backend_health::BackendHealth::try_dispatch`]); [`Busy::Limited`] when its
+    /// own `rpm` or `tpm` has no room, and then it cools down until it has: nothing is
+    /// counted.
+    pub fn try_begin(&self, tokens: TokenLoad) -> Result<InFlightGuard, Busy> {
         let admission = self.config.max_concurrency.map(|cap| {
             let held = self
                 .state
@@ -325,20 +384,31 @@ impl Backend {
             .as_ref()
             .is_some_and(|(cap, _)| self.state.in_flight() >= *cap)
         {
-            return None;
+            return Err(Busy::Full);
         }
-        let probe = self.state.health.try_dispatch()?;
+        let now = self.state.health.now();
+        let limited = self.state.take_limit(tokens.total, now).map_err(|t| {
+            self.state.cool_down(now, t.retry_after);
+            Busy::Limited(t)
+        })?;
+        let Some(probe) = self.state.health.try_dispatch() else {
+            if limited {
+                self.state.return_limit(tokens.total, true);
+            }
+            return Err(Busy::Full);
+        };
         self.state.metrics.in_flight.inc();
         drop(admission);
         self.state.signals.add_tokens(tokens.total);
         self.state.signals.add_prefill(tokens.prompt);
-        Some(InFlightGuard {
+        Ok(InFlightGuard {
             state: self.state.clone(),
             held: true,
             tokens,
             prefilling: true,
             probe,
             settled: false,
+            limited,
         })
     }
 
@@ -368,6 +438,8 @@ pub struct InFlightGuard {
     probe: bool,
     /// Its outcome was reported.
     settled: bool,
+    /// It counts against the backend's own limits.
+    limited: bool,
 }
 
 impl InFlightGuard {
@@ -407,6 +479,9 @@ impl InFlightGuard {
         if was {
             self.state.metrics.in_flight.dec();
             self.state.signals.remove_tokens(self.tokens.total);
+            if self.limited {
+                self.state.return_limit(self.tokens.total, false);
+            }
             self.first_byte();
             if self.state.draining() {
                 self.state.released.notify_waiters();

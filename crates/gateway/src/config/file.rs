@@ -6,6 +6,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use switchyard_core::admission::RateLimitSpec;
 
 pub use super::resilience::TimeoutsFile;
 use super::resilience::{self, BreakerFile, HealthCheckFile, OutlierFile};
@@ -166,6 +167,12 @@ pub struct BackendFile {
     /// Cap on requests in flight; none when absent.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Requests per minute it accepts (a hosted provider's own limit); none when absent.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt plus expected output) per minute it accepts; none when absent.
+    #[serde(default)]
+    pub tpm: Option<u64>,
     /// Model name the backend expects, when not the pool's.
     #[serde(default)]
     pub model: Option<String>,
@@ -291,6 +298,11 @@ impl BackendFile {
             base_path: self.url.base_path,
             weight: self.weight.unwrap_or(1),
             max_concurrency: self.max_concurrency,
+            limits: RateLimitSpec {
+                rpm: self.rpm,
+                tpm: self.tpm,
+                max_concurrent: None,
+            },
             upstream_model: self.model,
             api_key: self.api_key.map(|k| k.0),
             engine,
@@ -328,6 +340,12 @@ impl<'de> Deserialize<'de> for Backends {
                     if let Some(w) = b.weight.filter(|w| *w == 0) {
                         return Err(de::Error::custom(format!(
                             "backend '{}' has weight {w}; weights start at 1 (remove the backend to send it nothing)",
+                            b.name()
+                        )));
+                    }
+                    if b.rpm == Some(0) || b.tpm == Some(0) {
+                        return Err(de::Error::custom(format!(
+                            "backend '{}' has rpm or tpm 0, so it could never take a request; remove the key for no limit",
                             b.name()
                         )));
                     }

@@ -173,6 +173,8 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Most requests in flight at once; `None` for no cap.
     pub max_concurrency: Option<u32>,
+    /// Its own requests and tokens per minute (a hosted provider's limits); unset: none.
+    pub limits: switchyard_core::admission::RateLimitSpec,
     /// The model name the backend expects, when it differs from the pool name.
     pub upstream_model: Option<String>,
     /// Sent instead of the client's key, in the header its provider takes

@@ -2,7 +2,7 @@
 //! again; and when every replica of a pool is cooling down, a request waits for one to come
 //! back instead of failing at once.
 
-use crate::support::conf::Conf;
+use crate::support::conf::{Conf, Pool};
 use crate::support::sim::*;
 use crate::support::*;
 use serde_json::json;
@@ -113,3 +113,64 @@ async fn a_request_does_not_wait_for_a_cooldown_past_its_total_timeout() {
 }
 
 use http::StatusCode;
+
+/// A backend's own `rpm` (a hosted provider's limit) is kept by the gateway: past it the
+/// backend cools down as if it had answered 429, without being asked; requests go to the
+/// others, wait for it within `cooldown_wait`, or hear 429 `rate_limit_exceeded`.
+#[tokio::test(start_paused = true)]
+async fn a_backends_own_rpm_routes_around_it_and_answers_429_when_nothing_has_room() {
+    let limited = replica(200.0, 41).await;
+    let other = replica(200.0, 42).await;
+    let pool = Pool::default()
+        .backend(json!({"url": limited.url(), "name": "b0", "rpm": 1}))
+        .backend(json!({"url": other.url(), "name": "b1"}))
+        .set("policy", "round_robin");
+    let gw = Gw::with(Conf::new().model("m", pool)).await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let a = post(&c, &url, &chat(2, false), &[]).await;
+        assert_eq!((a.status.as_u16(), attempts(&a)), (200, 1), "{:?}", a.body);
+        served.push(
+            a.headers["x-switchyard-backend"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        served.iter().filter(|b| *b == "b0").count(),
+        1,
+        "one request a minute for b0: {served:?}"
+    );
+
+    // Alone and with no wait allowed, the limited backend's second request is answered 429.
+    let pool = Pool::default().backend(json!({"url": limited.url(), "name": "b0", "rpm": 1}));
+    let gw = Gw::with(
+        Conf::new()
+            .model("m", pool)
+            .set("retry", json!({"cooldown_wait": 0})),
+    )
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    assert_eq!(post(&c, &url, &chat(2, false), &[]).await.status, 200);
+    let a = post(&c, &url, &chat(2, false), &[]).await;
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (429, "rate_limit_exceeded"),
+        "{:?}",
+        a.body
+    );
+    let wait: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "retry after {wait} s");
+    assert!(String::from_utf8_lossy(&a.body).contains("backend's rpm"));
+    // A limit of 0 is refused at load.
+    let e = switchyard_gateway::config::parse(
+        "models:\n  m:\n    backends:\n      - {url: \"http://127.0.0.1:1\", tpm: 0}\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("rpm or tpm 0"), "{e}");
+}
