@@ -51,6 +51,12 @@ enum KeysCommand {
         /// Expiry: a date (2027-01-31) or unix seconds.
         #[arg(long)]
         expires: Option<String>,
+        /// Most it may spend per period, by the backends' `price:`.
+        #[arg(long)]
+        budget: Option<f64>,
+        /// The budget's period: `day` or `month` (default).
+        #[arg(long)]
+        budget_period: Option<String>,
     },
     /// Revokes key `id` at once.
     Revoke {
@@ -77,6 +83,8 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
             tpm,
             max_concurrent,
             expires,
+            budget,
+            budget_period,
         } => {
             let mut v = serde_json::json!({ "tenant": tenant });
             let o = v.as_object_mut().context("object")?;
@@ -102,6 +110,12 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
                     .parse::<u64>()
                     .map_or_else(|_| e.clone().into(), Into::into);
                 o.insert("expires".into(), value);
+            }
+            if let Some(b) = budget {
+                o.insert("budget".into(), (*b).into());
+            }
+            if let Some(p) = budget_period {
+                o.insert("budget_period".into(), p.clone().into());
             }
             ("POST", "/admin/keys".to_owned(), v.to_string())
         }

@@ -3,9 +3,9 @@
 //! | request | does |
 //! |---|---|
 //! | `GET /admin/keys` | every run-time key: id, prefix, tenant, models, priority, limits, expiry, revoked |
-//! | `POST /admin/keys` | creates one; body `{"tenant": ..., "models": [...], "priority": ..., "rpm": ..., "tpm": ..., "max_concurrent": ..., "expires": ...}`; the answer holds the key, shown this once |
+//! | `POST /admin/keys` | creates one; body `{"tenant": ..., "models": [...], "priority": ..., "rpm": ..., "tpm": ..., "max_concurrent": ..., "expires": ..., "budget": ..., "budget_period": "day"}`; the answer holds the key, shown this once |
 //! | `DELETE /admin/keys/{id}` | revokes it at once |
-//! | `POST /admin/keys/{id}/rotate` | a new key with the same settings; the old one is revoked |
+//! | `POST /admin/keys/{id}/rotate` | a new key with the same settings (its budget counts what the old one spent); the old one is revoked |
 //! | `GET /admin/keys/spend` | recorded spend per UTC day, scope (`key:<id>`, `tenant:<name>`) and model |
 
 use bytes::Bytes;
@@ -25,7 +25,7 @@ pub fn load_stored(keys: &Keys, store: &Store, now: Duration) {
     match store.usable() {
         Ok(rows) => {
             for (hash, row) in rows {
-                match record(keys, &row, now) {
+                match record(keys, store, &row, now) {
                     Some(r) => keys.insert(hash, r),
                     None => {
                         tracing::warn!(id = row.id, tenant = %row.tenant, "stored key's tenant is not configured; the key is not usable")
@@ -37,9 +37,11 @@ pub fn load_stored(keys: &Keys, store: &Store, now: Duration) {
     }
 }
 
-fn record(keys: &Keys, row: &StoredKey, now: Duration) -> Option<KeyRecord> {
+/// The in-memory record of a stored key; its budget starts from what it (and the keys it
+/// replaced by rotation) spent in the current period.
+fn record(keys: &Keys, store: &Store, row: &StoredKey, now: Duration) -> Option<KeyRecord> {
     let tenant = keys.tenant_id(&row.tenant)?;
-    Some(KeyRecord::new(
+    let mut r = KeyRecord::new(
         Some(row.id),
         tenant,
         row.models.clone(),
@@ -47,7 +49,17 @@ fn record(keys: &Keys, row: &StoredKey, now: Duration) -> Option<KeyRecord> {
         row.limits(),
         row.expires,
         now,
-    ))
+    );
+    r.budget = row.budget().map(|b| {
+        let unix = unix_now();
+        let spent: f64 = store
+            .lineage(row.id)
+            .iter()
+            .map(|scope| super::spend::spent_in(store.conn(), scope, b.period, unix))
+            .sum();
+        super::spend::Spent::new(b, spent, unix)
+    });
+    Some(r)
 }
 
 fn unix_now() -> u64 {
@@ -99,6 +111,8 @@ fn check(snap: &Snapshot, keys: &Keys, k: &NewKey) -> Result<(Priority, Option<u
     };
     crate::config::auth::limits(k.rpm, k.tpm, k.max_concurrent)
         .map_err(|e| invalid("limits", e))?;
+    crate::config::auth::budget(k.budget, k.budget_period.as_deref())
+        .map_err(|e| invalid("budget", e))?;
     let expires = match &k.expires {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Number(n)) => Some(
@@ -172,9 +186,9 @@ pub fn route(
                 serde_json::from_slice(body).map_err(|e| invalid("body", e.to_string()))?;
             let (priority, expires) = check(snap, keys, &settings)?;
             let (row, key, hash) = store
-                .create(&settings, priority, expires, unix_now())
+                .create(&settings, (priority, expires, None), unix_now())
                 .map_err(store_err)?;
-            if let Some(r) = record(keys, &row, now) {
+            if let Some(r) = record(keys, &store, &row, now) {
                 keys.insert(hash, r);
             }
             tracing::info!(id = row.id, tenant = %row.tenant, "API key created");
@@ -208,13 +222,25 @@ pub fn route(
                 tpm: old.tpm,
                 max_concurrent: old.max_concurrent,
                 expires: None,
+                budget: old.budget,
+                budget_period: old.budget_period.clone(),
             };
             let (row, key, hash) = store
-                .create(&settings, old.priority(), old.expires, unix_now())
+                .create(
+                    &settings,
+                    (old.priority(), old.expires, Some(id)),
+                    unix_now(),
+                )
                 .map_err(store_err)?;
             store.revoke(id, unix_now()).map_err(store_err)?;
+            // The old key's spend in this period moves with it: from memory, which also holds
+            // what the writer has not stored yet (after a restart, `lineage` reads it back).
+            let carried = keys.spent_by_id(id, unix_now());
             keys.remove_id(id);
-            if let Some(r) = record(keys, &row, now) {
+            if let Some(mut r) = record(keys, &store, &row, now) {
+                if let (Some(b), Some(spent)) = (row.budget(), carried) {
+                    r.budget = Some(super::spend::Spent::new(b, spent, unix_now()));
+                }
                 keys.insert(hash, r);
             }
             tracing::info!(old = id, new = row.id, "API key rotated");

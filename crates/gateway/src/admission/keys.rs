@@ -207,6 +207,19 @@ impl Keys {
             .insert(hash, Arc::new(record));
     }
 
+    /// What the usable key `id` spent in its budget's current period at `unix`, if it has a
+    /// budget.
+    pub fn spent_by_id(&self, id: i64, unix: u64) -> Option<f64> {
+        let t = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.values()
+            .find(|r| r.id == Some(id))
+            .and_then(|r| r.budget.as_ref())
+            .map(|b| b.spent(unix))
+    }
+
     /// Makes the run-time key `id` unusable; whether it was usable.
     pub fn remove_id(&self, id: i64) -> bool {
         let mut t = self

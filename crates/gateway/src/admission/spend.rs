@@ -99,6 +99,19 @@ impl Spent {
         s.0 == self.budget.period.index(unix) && s.1 >= self.budget.amount
     }
 
+    /// What was spent in the period of `unix` (0 once a new one started).
+    pub fn spent(&self, unix: u64) -> f64 {
+        let s = self
+            .spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.0 == self.budget.period.index(unix) {
+            s.1
+        } else {
+            0.0
+        }
+    }
+
     /// Adds `cost` at `unix` (a new period starts from zero).
     pub fn add(&self, cost: f64, unix: u64) {
         let mut s = self

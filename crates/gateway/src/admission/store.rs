@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use switchyard_core::admission::{Priority, RateLimitSpec};
 
+use crate::admission::spend::Budget;
 use crate::config::auth::KeyHash;
 
 /// Characters of a key kept in clear to tell keys apart in listings.
@@ -39,6 +40,12 @@ pub struct NewKey {
     /// Unix seconds or `YYYY-MM-DD` after which it is refused.
     #[serde(default)]
     pub expires: Option<serde_json::Value>,
+    /// Most it may spend per period (by the backends' `price:`).
+    #[serde(default)]
+    pub budget: Option<f64>,
+    /// `day` or `month` (the default).
+    #[serde(default)]
+    pub budget_period: Option<String>,
 }
 
 /// A stored key, as listings show it (never the key itself).
@@ -68,12 +75,25 @@ pub struct StoredKey {
     pub created: u64,
     /// Unix seconds at revocation; `None`: usable.
     pub revoked: Option<u64>,
+    /// Most it may spend per period.
+    pub budget: Option<f64>,
+    /// `day` or `month`, with a budget.
+    pub budget_period: Option<String>,
+    /// The key it replaced by rotation, whose spend counts toward its budget.
+    pub rotated_from: Option<i64>,
 }
 
 impl StoredKey {
     /// Its level, parsed (stored values were checked at creation).
     pub fn priority(&self) -> Priority {
         self.priority.parse().unwrap_or_default()
+    }
+
+    /// Its budget (stored values were checked at creation).
+    pub fn budget(&self) -> Option<Budget> {
+        crate::config::auth::budget(self.budget, self.budget_period.as_deref())
+            .ok()
+            .flatten()
     }
 
     /// Its limits.
@@ -92,8 +112,15 @@ pub struct Store {
     conn: Connection,
 }
 
-const COLUMNS: &str =
-    "id, prefix, name, tenant, models, priority, rpm, tpm, max_concurrent, expires, created, revoked";
+const COLUMNS: &str = "id, prefix, name, tenant, models, priority, rpm, tpm, max_concurrent, \
+     expires, created, revoked, budget, budget_period, rotated_from";
+
+/// Columns added after the table's first version, added to an older file when opened.
+const ADDED: [(&str, &str); 3] = [
+    ("budget", "REAL"),
+    ("budget_period", "TEXT"),
+    ("rotated_from", "INTEGER"),
+];
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
     let models: Option<String> = r.get(4)?;
@@ -110,6 +137,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
         expires: unsigned(r.get(9)?),
         created: unsigned(r.get(10)?).unwrap_or(0),
         revoked: unsigned(r.get(11)?),
+        budget: r.get(12)?,
+        budget_period: r.get(13)?,
+        rotated_from: r.get(14)?,
     })
 }
 
@@ -145,6 +175,15 @@ impl Store {
                  revoked INTEGER
              );",
         )?;
+        let have: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('keys')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (name, kind) in ADDED {
+            if !have.iter().any(|h| h == name) {
+                conn.execute_batch(&format!("ALTER TABLE keys ADD COLUMN {name} {kind};"))?;
+            }
+        }
         Ok(Self { conn })
     }
 
@@ -158,8 +197,7 @@ impl Store {
     pub fn create(
         &self,
         settings: &NewKey,
-        priority: Priority,
-        expires: Option<u64>,
+        (priority, expires, rotated_from): (Priority, Option<u64>, Option<i64>),
         now_unix: u64,
     ) -> rusqlite::Result<(StoredKey, String, KeyHash)> {
         let key = new_key();
@@ -169,8 +207,8 @@ impl Store {
             .as_ref()
             .map(|m| serde_json::to_string(m).unwrap_or_default());
         self.conn.execute(
-            "INSERT INTO keys (hash, prefix, name, tenant, models, priority, rpm, tpm, max_concurrent, expires, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO keys (hash, prefix, name, tenant, models, priority, rpm, tpm, max_concurrent, expires, created, budget, budget_period, rotated_from)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 &hash.0[..],
                 &key[..PREFIX_LEN],
@@ -183,6 +221,9 @@ impl Store {
                 settings.max_concurrent,
                 signed(expires),
                 signed(Some(now_unix)),
+                settings.budget,
+                settings.budget.and(settings.budget_period.as_deref()),
+                rotated_from,
             ],
         )?;
         let id = self.conn.last_insert_rowid();
@@ -216,7 +257,7 @@ impl Store {
             "SELECT {COLUMNS}, hash FROM keys WHERE revoked IS NULL ORDER BY id"
         ))?;
         let rows = st.query_map([], |r| {
-            let blob: Vec<u8> = r.get(12)?;
+            let blob: Vec<u8> = r.get(15)?;
             let mut h = [0u8; 32];
             if blob.len() == 32 {
                 h.copy_from_slice(&blob);
@@ -224,6 +265,18 @@ impl Store {
             Ok((KeyHash(h), row(r)?))
         })?;
         rows.collect()
+    }
+
+    /// `id`'s scope in the spend table and those of the keys it replaced by rotation, newest
+    /// first: a rotated key's budget counts what the old one spent.
+    pub fn lineage(&self, id: i64) -> Vec<String> {
+        let mut out = vec![format!("key:{id}")];
+        let mut next = self.get(id).ok().flatten().and_then(|k| k.rotated_from);
+        while let Some(old) = next.filter(|_| out.len() < 64) {
+            out.push(format!("key:{old}"));
+            next = self.get(old).ok().flatten().and_then(|k| k.rotated_from);
+        }
+        out
     }
 
     /// Revokes `id`; whether it was usable.
@@ -273,7 +326,9 @@ mod tests {
             rpm: Some(5),
             ..NewKey::default()
         };
-        let (row, key, hash) = store.create(&settings, Priority::High, None, 100).unwrap();
+        let (row, key, hash) = store
+            .create(&settings, (Priority::High, None, None), 100)
+            .unwrap();
         assert!(key.starts_with("sk-sy-") && key.len() == 54);
         assert_eq!(row.prefix, key[..PREFIX_LEN]);
         assert_eq!(hash, KeyHash::of(key.as_bytes()));
@@ -292,6 +347,43 @@ mod tests {
         assert!(!store.revoke(row.id, 300).unwrap());
         assert!(store.usable().unwrap().is_empty());
         assert_eq!(store.list().unwrap()[0].revoked, Some(200));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_from_before_budgets_gains_the_new_columns() {
+        let dir = std::env::temp_dir().join(format!("sy-store-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.db");
+        let _ = std::fs::remove_file(&path);
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE keys (id INTEGER PRIMARY KEY AUTOINCREMENT, hash BLOB NOT NULL UNIQUE,
+             prefix TEXT NOT NULL, name TEXT, tenant TEXT NOT NULL, models TEXT,
+             priority TEXT NOT NULL, rpm INTEGER, tpm INTEGER, max_concurrent INTEGER,
+             expires INTEGER, created INTEGER NOT NULL, revoked INTEGER);
+             INSERT INTO keys (hash, prefix, tenant, priority, created)
+             VALUES (x'00', 'sk-sy-0000', 'acme', 'normal', 1);",
+        )
+        .unwrap();
+        drop(old);
+        let store = Store::open(&path).unwrap();
+        let keys = store.list().unwrap();
+        assert_eq!((keys.len(), keys[0].budget), (1, None));
+        let settings = NewKey {
+            tenant: "acme".into(),
+            budget: Some(2.5),
+            budget_period: Some("day".into()),
+            ..NewKey::default()
+        };
+        let (row, _, _) = store
+            .create(&settings, (Priority::Normal, None, Some(1)), 5)
+            .unwrap();
+        assert_eq!(row.budget().map(|b| b.amount), Some(2.5));
+        assert_eq!(
+            store.lineage(row.id),
+            [format!("key:{}", row.id), "key:1".into()]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -182,7 +182,7 @@ struct TenantRaw {
 }
 
 /// `budget:` and `budget_period:` as written.
-fn budget(amount: Option<f64>, period: Option<&str>) -> Result<Option<Budget>, String> {
+pub(crate) fn budget(amount: Option<f64>, period: Option<&str>) -> Result<Option<Budget>, String> {
     let period = match period {
         None => Period::Month,
         Some(p) => Period::parse(p)

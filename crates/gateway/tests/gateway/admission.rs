@@ -934,3 +934,90 @@ async fn a_request_the_queue_refuses_costs_its_key_no_quota() {
     let a = chat(&c, &gw, "m", &[("authorization", auth.as_str())]).await;
     refused(&a, 429, "rate_limit_exceeded");
 }
+
+#[tokio::test]
+async fn a_run_time_keys_budget_holds_across_rotation_and_restart() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let dir = temp_dir("rt-budget");
+    let db = dir.join("keys.db");
+    // Each answer costs 2; the key made below may spend 3 a day.
+    let yaml = auth_config(&up.url(), Some(&db), "", "").replace(
+        "name: b0, max_concurrency: 1}",
+        "name: b0, max_concurrency: 1, price: {input: 1000000, output: 1000000}}",
+    );
+    let mut gw = Gw::start(&yaml).await;
+    let c = client();
+    let made = admin(
+        &c,
+        &gw,
+        Method::POST,
+        "/admin/keys",
+        r#"{"tenant": "team-b", "budget": 3, "budget_period": "day"}"#,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let made = made.json();
+    assert_eq!(made["info"]["budget"], 3.0);
+    assert_eq!(made["info"]["budget_period"], "day");
+    let key = made["key"].as_str().unwrap().to_owned();
+    let id = made["info"]["id"].as_i64().unwrap();
+    let auth = bearer(&key);
+    for _ in 0..2 {
+        assert_eq!(
+            chat(&c, &gw, "m", &[("authorization", &auth)]).await.status,
+            200
+        );
+    }
+    refused(
+        &chat(&c, &gw, "m", &[("authorization", &auth)]).await,
+        429,
+        "insufficient_quota",
+    );
+    // A rotated key keeps what the old one spent.
+    let rotated = admin(
+        &c,
+        &gw,
+        Method::POST,
+        &format!("/admin/keys/{id}/rotate"),
+        "",
+    )
+    .await;
+    assert_eq!(rotated.status, 201, "{:?}", rotated.body);
+    let key = rotated.json()["key"].as_str().unwrap().to_owned();
+    let auth = bearer(&key);
+    refused(
+        &chat(&c, &gw, "m", &[("authorization", &auth)]).await,
+        429,
+        "insufficient_quota",
+    );
+    // Once the spend is written, a restart reads it back through the rotation.
+    for _ in 0..300 {
+        let rows = spend_rows(&c, &gw).await;
+        if rows
+            .iter()
+            .any(|r| r["scope"] == format!("key:{id}") && r["cost"] == 4.0)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    gw.shutdown().await;
+    let gw = Gw::start(&yaml).await;
+    refused(
+        &chat(&c, &gw, "m", &[("authorization", &auth)]).await,
+        429,
+        "insufficient_quota",
+    );
+    // A budget that is no amount is refused.
+    let bad = admin(
+        &c,
+        &gw,
+        Method::POST,
+        "/admin/keys",
+        r#"{"tenant": "team-b", "budget": -1}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{:?}", bad.body);
+    assert_eq!(up.count(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
