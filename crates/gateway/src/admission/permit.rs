@@ -107,25 +107,29 @@ impl Permit {
         self.snap.admission.as_ref()?.model_limits.get(model)
     }
 
-    /// Gives the token buckets back what the estimate took beyond the real usage (or takes
-    /// what it missed).
-    fn reconcile(&self, used: usage::Usage) {
-        let actual = used.prompt_tokens.saturating_add(used.completion_tokens);
-        let now = self.snap.now();
+    /// The limits that counted it: its key's, its tenant's (when it holds a slot there) and
+    /// its model's.
+    fn limits(&self) -> impl Iterator<Item = &Mutex<switchyard_core::admission::RateLimit>> {
         let tenant = self
             .snap
             .admission
             .as_ref()
             .and_then(|a| a.keys.as_ref()?.tenant(self.tenant)?.limits.as_ref())
             .filter(|_| self.tenant_limited);
-        for l in self
-            .key
+        self.key
             .as_ref()
             .and_then(|k| k.limits.as_ref())
             .into_iter()
             .chain(tenant)
             .chain(self.model_limit())
-        {
+    }
+
+    /// Gives the token buckets back what the estimate took beyond the real usage (or takes
+    /// what it missed).
+    fn reconcile(&self, used: usage::Usage) {
+        let actual = used.prompt_tokens.saturating_add(used.completion_tokens);
+        let now = self.snap.now();
+        for l in self.limits() {
             l.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .reconcile(self.estimated, actual, now);
@@ -178,25 +182,10 @@ impl Permit {
     /// counted them, with the concurrency slots, so a refusal costs the caller no quota.
     pub(super) fn refund(mut self) {
         self.ended = true;
-        let undo = |l: &Mutex<switchyard_core::admission::RateLimit>| {
+        for l in self.limits() {
             l.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .undo(self.estimated);
-        };
-        if let Some(l) = self.key.as_ref().and_then(|k| k.limits.as_ref()) {
-            undo(l);
-        }
-        let tenant = self
-            .snap
-            .admission
-            .as_ref()
-            .and_then(|a| a.keys.as_ref()?.tenant(self.tenant)?.limits.as_ref())
-            .filter(|_| self.tenant_limited);
-        if let Some(l) = tenant {
-            undo(l);
-        }
-        if let Some(l) = self.model_limit() {
-            undo(l);
         }
     }
 

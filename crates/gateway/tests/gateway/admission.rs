@@ -636,16 +636,21 @@ async fn spend_rows(c: &Client, gw: &Gw) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// `yaml` (from [`auth_config`]) with model `m`'s backend priced at 1 per token.
+fn priced(yaml: String) -> String {
+    yaml.replace(
+        "name: b0, max_concurrency: 1}",
+        "name: b0, max_concurrency: 1, price: {input: 1000000, output: 1000000}}",
+    )
+}
+
 #[tokio::test]
 async fn a_spent_budget_answers_insufficient_quota_and_stays_spent_after_a_restart() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
     let dir = temp_dir("budget");
     let db = dir.join("keys.db");
     // One token costs 1; each answer of the mock uses 2 tokens; the key may spend 3 a month.
-    let yaml = auth_config(&up.url(), Some(&db), ", budget: 3", "").replace(
-        "name: b0, max_concurrency: 1}",
-        "name: b0, max_concurrency: 1, price: {input: 1000000, output: 1000000}}",
-    );
+    let yaml = priced(auth_config(&up.url(), Some(&db), ", budget: 3", ""));
     let mut gw = Gw::start(&yaml).await;
     let c = client();
     let auth = bearer(KEY_A);
@@ -941,10 +946,7 @@ async fn a_run_time_keys_budget_holds_across_rotation_and_restart() {
     let dir = temp_dir("rt-budget");
     let db = dir.join("keys.db");
     // Each answer costs 2; the key made below may spend 3 a day.
-    let yaml = auth_config(&up.url(), Some(&db), "", "").replace(
-        "name: b0, max_concurrency: 1}",
-        "name: b0, max_concurrency: 1, price: {input: 1000000, output: 1000000}}",
-    );
+    let yaml = priced(auth_config(&up.url(), Some(&db), "", ""));
     let mut gw = Gw::start(&yaml).await;
     let c = client();
     let made = admin(
