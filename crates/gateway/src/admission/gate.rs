@@ -115,6 +115,8 @@ pub struct Gate {
     full_when: FullWhen,
     /// Tenants' prefill shares are kept (`State::shares` is set).
     shares: bool,
+    /// Requests waiting, as of the last change (read without the lock).
+    waiting_now: std::sync::atomic::AtomicUsize,
     /// `switchyard_admission_waiting` of this model, per level.
     gauges: [prometheus::IntGauge; 5],
 }
@@ -149,6 +151,7 @@ impl Gate {
             .map(|per| PrefillShares::new(per.saturating_mul(backends.max(1) as u64), weights));
         Self {
             shares: shares.is_some(),
+            waiting_now: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(State {
                 queue: AdmissionQueue::new(settings, weights),
                 waiters: HashMap::new(),
@@ -162,6 +165,8 @@ impl Gate {
 
     /// Sets the waiting gauges from the queue (after every change, under the lock).
     fn publish(&self, s: &State) {
+        self.waiting_now
+            .store(s.queue.len(), std::sync::atomic::Ordering::Relaxed);
         for (g, p) in self.gauges.iter().zip(Priority::ALL) {
             g.set(s.queue.len_at(p) as i64);
         }
@@ -226,15 +231,7 @@ impl Gate {
         now: impl Fn() -> Duration,
     ) -> Result<Duration, NotAdmitted> {
         let arrived = now();
-        // A pool nothing can fill (no `max_concurrency`, no engine or prefill limits) never
-        // holds a request, so nobody ever waits here: skip the lock.
-        if !self.full_when.changes_alone()
-            && ask
-                .pool
-                .backends
-                .iter()
-                .all(|b| b.config.max_concurrency.is_none())
-        {
+        if self.never_holds(ask.pool) {
             return Ok(Duration::ZERO);
         }
         let (id, rx, timeout) = {
@@ -360,6 +357,17 @@ impl Gate {
         self.publish(&s);
     }
 
+    /// Whether nothing can fill `pool` (no `max_concurrency`, no engine or prefill limits),
+    /// so the gate never holds a request there and nobody waits: admission then skips the
+    /// lock.
+    fn never_holds(&self, pool: &Pool) -> bool {
+        !self.full_when.changes_alone()
+            && pool
+                .backends
+                .iter()
+                .all(|b| b.config.max_concurrency.is_none())
+    }
+
     /// A request of `tenant` admitted here is over, `prefill` of its prompt tokens still
     /// counted as waiting for a first byte; the next waiting request may go.
     pub fn done(
@@ -370,6 +378,14 @@ impl Gate {
         now: Duration,
         max_age: Duration,
     ) {
+        // Nobody to let go and nothing to count (a reload may have left waiters behind a
+        // pool that can no longer fill: they are let go as usual).
+        if !self.shares
+            && self.never_holds(pool)
+            && self.waiting_now.load(std::sync::atomic::Ordering::Relaxed) == 0
+        {
+            return;
+        }
         let mut s = self.lock();
         s.leave(tenant, prefill);
         self.let_go(&mut s, pool, now, max_age);

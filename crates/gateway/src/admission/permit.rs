@@ -124,18 +124,6 @@ impl Permit {
             .chain(self.model_limit())
     }
 
-    /// Gives the token buckets back what the estimate took beyond the real usage (or takes
-    /// what it missed).
-    fn reconcile(&self, used: usage::Usage) {
-        let actual = used.prompt_tokens.saturating_add(used.completion_tokens);
-        let now = self.snap.now();
-        for l in self.limits() {
-            l.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .reconcile(self.estimated, actual, now);
-        }
-    }
-
     /// Adds the request's cost to its key's and tenant's budgets and records it.
     fn spend(&self, used: usage::Usage) {
         let Some(key) = &self.key else { return };
@@ -196,19 +184,20 @@ impl Permit {
             return;
         }
         self.ended = true;
-        if let Some(used) = self.meter.as_ref().and_then(|m| m.usage) {
-            self.reconcile(used);
-            self.spend(used);
+        // Each limit is locked once: its slot given back and, with the usage known, its
+        // token bucket given what the estimate took beyond it (or charged what it missed).
+        let used = self.meter.as_ref().and_then(|m| m.usage);
+        let now = self.snap.now();
+        for l in self.limits() {
+            let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(u) = used {
+                let actual = u.prompt_tokens.saturating_add(u.completion_tokens);
+                l.reconcile(self.estimated, actual, now);
+            }
+            l.release();
         }
-        release(
-            &self.snap,
-            self.key.as_deref(),
-            self.tenant_limited.then_some(self.tenant),
-        );
-        if let Some(l) = self.model_limit() {
-            l.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .release();
+        if let Some(used) = used {
+            self.spend(used);
         }
         if let Some((gate, pool)) = &self.gate {
             if let Some(pool) = self.snap.pools.get(pool) {
@@ -223,24 +212,5 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.end();
-    }
-}
-
-fn release(snap: &Snapshot, key: Option<&KeyRecord>, tenant: Option<TenantId>) {
-    if let Some(l) = key.and_then(|k| k.limits.as_ref()) {
-        l.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .release();
-    }
-    if let Some(t) = tenant {
-        let keys = snap.admission.as_ref().and_then(|a| a.keys.as_ref());
-        if let Some(l) = keys
-            .and_then(|k| k.tenant(t))
-            .and_then(|t| t.limits.as_ref())
-        {
-            l.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .release();
-        }
     }
 }
