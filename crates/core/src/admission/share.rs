@@ -113,6 +113,11 @@ impl PrefillShares {
         self.budget as f64 * own.weight / (own.weight + others)
     }
 
+    /// Whether a request of `t` may be dispatched under `shares`: always when none are kept.
+    pub fn allow(shares: Option<&PrefillShares>, t: TenantId) -> bool {
+        shares.is_none_or(|s| s.may_go(t))
+    }
+
     /// Whether a request of `t` may be dispatched now: `t` is the only tenant present, has
     /// nothing in prefill, or less than its share.
     pub fn may_go(&self, t: TenantId) -> bool {

@@ -59,7 +59,7 @@ struct State {
 impl State {
     /// Whether a request of `t` is within its tenant's prefill share (always without shares).
     fn within_share(&self, t: TenantId) -> bool {
-        self.shares.as_ref().is_none_or(|s| s.may_go(t))
+        PrefillShares::allow(self.shares.as_ref(), t)
     }
 
     /// A request of `t` with `tokens` of prompt goes.
@@ -409,11 +409,8 @@ impl Gate {
             if !self.room(pool, now, max_age, next.priority) {
                 break;
             }
-            let w = {
-                let State { queue, shares, .. } = &mut *s;
-                let shares = &*shares;
-                queue.pop_where(now, |t| shares.as_ref().is_none_or(|x| x.may_go(t)))
-            };
+            let State { queue, shares, .. } = &mut *s;
+            let w = queue.pop_where(now, |t| PrefillShares::allow(shares.as_ref(), t));
             let Some(w) = w else { break };
             s.dispatch(w.tenant, w.input_tokens);
             if let Some(tx) = s.waiters.remove(&w.id) {

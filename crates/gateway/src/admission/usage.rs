@@ -118,13 +118,11 @@ fn usage_at_last_key(data: &[u8]) -> Option<Usage> {
 /// give (`None` inside for what serde refuses: a count that is no `u32`, such as `null`, or a
 /// field twice);
 /// `None` says the object is not flat and serde should read it.
-#[allow(clippy::option_option)]
 fn flat_usage(value: &[u8]) -> Option<Option<Usage>> {
     let mut u = Usage::default();
     let (mut prompt, mut completion) = (false, false);
     let mut rest = value.strip_prefix(b"{")?.trim_ascii_start();
-    if let Some(after) = rest.strip_prefix(b"}") {
-        let _ = after;
+    if rest.starts_with(b"}") {
         return Some(Some(u));
     }
     loop {

@@ -910,7 +910,7 @@ async fn a_tenant_past_its_prefill_share_waits_though_a_backend_has_room() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_the_queue_refuses_costs_its_key_no_quota() {
     let release = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;

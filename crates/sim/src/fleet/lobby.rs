@@ -164,7 +164,7 @@ impl<'a> Lobby<'a> {
                 ..
             } => {
                 let w = queue.peek_where(Duration::from_secs_f64(t), |x| {
-                    shares.as_ref().is_none_or(|s| s.may_go(x))
+                    PrefillShares::allow(shares.as_ref(), x)
                 })?;
                 held.get(&w.id).map(|p| p.index)
             }
@@ -272,7 +272,7 @@ impl<'a> Lobby<'a> {
                 ..
             } => {
                 let w = queue.pop_where(Duration::from_secs_f64(t), |x| {
-                    shares.as_ref().is_none_or(|s| s.may_go(x))
+                    PrefillShares::allow(shares.as_ref(), x)
                 })?;
                 held.remove(&w.id)
             }
