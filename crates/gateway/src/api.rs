@@ -16,6 +16,7 @@ use std::sync::Arc;
 use switchyard_core::{EndpointKind, ParseLimits, RequestMeta, RequestProfile};
 use tokio::time::Instant;
 
+use crate::admission::keys::KeyMemo;
 use crate::attempts;
 use crate::body::GatewayBody;
 use crate::error::ApiError;
@@ -26,10 +27,19 @@ use crate::providers::ClientApi;
 /// Longest client-sent `x-request-id` kept as is; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// The connection a request came on: the client's address and the key it presented last.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn<'a> {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Its last key (see [`KeyMemo`]).
+    pub keys: &'a KeyMemo,
+}
+
 /// Answers one request. Never fails: every error becomes an OpenAI-shaped response.
 pub async fn handle(
     gw: Arc<Gateway>,
-    peer: SocketAddr,
+    conn: Conn<'_>,
     req: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let started = Instant::now();
@@ -54,10 +64,10 @@ pub async fn handle(
     let snap = gw.snapshot();
     let mut resp = match kind {
         Some(kind) => match snap.tracing.as_deref() {
-            None => proxy(&snap, kind, peer, req, &request_id, started, None).await,
+            None => proxy(&snap, kind, conn, req, &request_id, started, None).await,
             Some(t) => {
                 let trace = t.request(req.method(), req.uri().path(), req.headers(), &request_id);
-                let request = proxy(&snap, kind, peer, req, &request_id, started, Some(&trace));
+                let request = proxy(&snap, kind, conn, req, &request_id, started, Some(&trace));
                 let resp = tracing::Instrument::instrument(request, trace.log_span(&request_id));
                 let resp = resp.await;
                 trace.responded(resp.status());
@@ -115,7 +125,7 @@ fn local(gateway: &Gateway, gw: &Snapshot, req: &Request<Incoming>) -> Response<
             .into_response()
         }
         // With auth on, a key is needed here too, and it hears only of its models.
-        "/v1/models" => match crate::admission::authenticate(gw, req.headers()) {
+        "/v1/models" => match crate::admission::authenticate(gw, req.headers(), None) {
             Ok(caller) => json(StatusCode::OK, models_body(gw, &caller)),
             Err(e) => e.into_response(),
         },
@@ -233,12 +243,13 @@ async fn read_body(
 async fn proxy(
     gw: &Arc<Snapshot>,
     (kind, client): (EndpointKind, ClientApi),
-    peer: SocketAddr,
+    conn: Conn<'_>,
     req: Request<Incoming>,
     request_id: &HeaderValue,
     started: Instant,
     trace: Option<&crate::otel::RequestSpan>,
 ) -> Response<GatewayBody> {
+    let peer = conn.peer;
     let refuse = |model: &str, e: ApiError| {
         gw.metrics.count(model, "", e.status());
         tracing::debug!(request_id = ?request_id, code = e.code(), "{e}");
@@ -253,7 +264,7 @@ async fn proxy(
     if declared.is_some_and(|n| n > limit) {
         return refuse("", ApiError::BodyTooLarge { limit });
     }
-    let caller = match crate::admission::authenticate(gw, req.headers()) {
+    let caller = match crate::admission::authenticate(gw, req.headers(), Some(conn.keys)) {
         Ok(caller) => caller,
         Err(e) => return refuse("", e),
     };

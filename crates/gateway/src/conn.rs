@@ -28,13 +28,16 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::GatewayBody;
 
-/// What the service tells the socket wrapper about the requests on one connection.
+/// What the service tells the socket wrapper about the requests on one connection, and what
+/// the service remembers of it (the key it presented).
 #[derive(Debug, Default)]
 pub struct ConnWatch {
     /// Requests whose response has not finished (or been dropped).
     in_flight: AtomicU32,
     /// Requests started on this connection, ever: a change means a head was completed.
     started: AtomicU64,
+    /// The API key its requests presented last.
+    pub keys: crate::admission::keys::KeyMemo,
 }
 
 impl ConnWatch {

@@ -120,7 +120,7 @@ impl BackendState {
             return Ok(false);
         };
         let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
-        limit.try_acquire(tokens, now).map(|_| true)
+        limit.try_acquire(tokens, now).map(|()| true)
     }
 
     /// Gives back what [`take_limit`](Self::take_limit) counted (`undo`) or ends its turn.
@@ -506,6 +506,9 @@ impl Drop for InFlightGuard {
 pub struct Pool {
     /// The model name clients ask for.
     pub name: String,
+    /// The same name, shared: what a request's permit keeps until its response ends, instead
+    /// of a copy.
+    pub shared_name: Arc<str>,
     /// Members in config order (`backends[i].id == BackendId(i)`).
     pub backends: Vec<Backend>,
     /// The pool's routing policy.
@@ -588,6 +591,7 @@ impl Pool {
         let retry = ctx.retry;
         Self {
             name: cfg.name.clone(),
+            shared_name: Arc::from(cfg.name.as_str()),
             policy,
             retry_budget: previous
                 .filter(|p| p.budget_settings == (retry.budget_ratio, retry.min_per_second))

@@ -12,7 +12,6 @@
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,8 +45,9 @@ pub struct Snapshot {
     /// The validated config (the file's, plus any backends added or removed through the admin
     /// API since it was read).
     pub config: Config,
-    /// Model name -> pool.
-    pub pools: HashMap<String, Pool>,
+    /// Model name -> pool. Hashed with foldhash, not SipHash: every request looks its model
+    /// up here, and only the config adds names.
+    pub pools: foldhash::HashMap<String, Pool>,
     /// Model names, sorted, for `/v1/models` and error messages.
     pub model_names: Vec<String>,
     /// Pooled upstream connections (kept across versions while the connect timeout is
@@ -83,7 +83,7 @@ impl Snapshot {
     ) -> Self {
         let generation = previous.map_or(1, |p| p.generation + 1);
         let seed = seed.wrapping_add(generation.wrapping_mul(0x9E37_79B9));
-        let pools: HashMap<String, Pool> = config
+        let pools: foldhash::HashMap<String, Pool> = config
             .models
             .iter()
             .enumerate()

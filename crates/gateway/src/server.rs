@@ -121,7 +121,10 @@ async fn serve_face<S: Into<Stop>>(
                     let watch = watch.clone();
                     async move {
                         let resp = match face {
-                            Face::Main => api::handle(gw, peer, req).await,
+                            Face::Main => {
+                                let conn = api::Conn { peer, keys: &watch.keys };
+                                api::handle(gw, conn, req).await
+                            }
                             Face::Admin => crate::admin::handle(&gw, req).await,
                         };
                         Ok::<_, Infallible>(resp.map(|b| watch.begin(b)))

@@ -161,8 +161,9 @@ impl RateLimit {
     }
 
     /// Whether one more request estimated at `tokens` may go at `now`; if so it is counted
-    /// (one request, `tokens` tokens, one in flight until [`RateLimit::release`]).
-    pub fn try_acquire(&mut self, tokens: u32, now: Duration) -> Result<Grant, Throttle> {
+    /// (one request, `tokens` tokens, one in flight until [`RateLimit::release`]). What the
+    /// caller needs for its headers, [`RateLimit::grant`] says after.
+    pub fn try_acquire(&mut self, tokens: u32, now: Duration) -> Result<(), Throttle> {
         let mut refused: Option<(&'static str, Duration)> = None;
         if let Some(b) = &mut self.requests {
             let w = b.wait_for(1.0, now);
@@ -189,7 +190,7 @@ impl RateLimit {
             b.take(f64::from(tokens));
         }
         self.in_flight += 1;
-        Ok(self.grant())
+        Ok(())
     }
 
     /// Undoes a grant that was not used (another limit refused the request).
@@ -238,7 +239,8 @@ mod tests {
             ..Default::default()
         };
         let mut l = RateLimit::new(spec, s(0.0));
-        let g = l.try_acquire(0, s(0.0)).unwrap();
+        l.try_acquire(0, s(0.0)).unwrap();
+        let g = l.grant();
         assert_eq!((g.limit_requests, g.remaining_requests), (Some(2), Some(1)));
         l.try_acquire(0, s(0.0)).unwrap();
         let t = l.try_acquire(0, s(0.0)).unwrap_err();
@@ -292,7 +294,7 @@ mod tests {
         let mut l = RateLimit::new(spec, s(0.0));
         l.try_acquire(50, s(0.0)).unwrap();
         l.undo(50);
-        let g = l.try_acquire(50, s(0.0)).unwrap();
-        assert_eq!(g.remaining_tokens, Some(50));
+        l.try_acquire(50, s(0.0)).unwrap();
+        assert_eq!(l.grant().remaining_tokens, Some(50));
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! Config keys are loaded once; keys created at run time come from the [`super::store`] at
 //! start and are added or removed here as the admin API changes them, so a request costs one
-//! SHA-256 and one hash lookup under a read lock, never a database read.
+//! SHA-256 and one hash lookup under a read lock, never a database read; and on a kept-alive
+//! connection that presents the same key again, one constant-time comparison ([`KeyMemo`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use switchyard_core::admission::{Priority, RateLimit, RateLimitSpec, TenantId};
 
 use super::spend::Spent;
@@ -112,6 +115,10 @@ pub type BuildDigestHasher = std::hash::BuildHasherDefault<DigestHasher>;
 pub struct Keys {
     /// Usable keys by hash.
     table: RwLock<HashMap<KeyHash, Arc<KeyRecord>, BuildDigestHasher>>,
+    /// The table's version: a stamp no other table or version has, taken anew whenever
+    /// `table` changes, so a [`KeyMemo`] made under another (an older version, or the table
+    /// a reload replaced) is never used.
+    version: AtomicU64,
     /// Tenants; the index is the [`TenantId`].
     pub tenants: Vec<Tenant>,
 }
@@ -146,6 +153,7 @@ impl Keys {
             .collect();
         let keys = Self {
             table: RwLock::new(HashMap::default()),
+            version: AtomicU64::new(next_stamp()),
             tenants,
         };
         for k in &auth.keys {
@@ -199,12 +207,38 @@ impl Keys {
             .cloned()
     }
 
+    /// The usable key presented as `key`, remembered in `memo` (one connection's): a
+    /// connection that presents the same key again skips the SHA-256 and the table, as long
+    /// as the table is the same version.
+    pub fn find_memo(&self, key: &[u8], memo: &KeyMemo) -> Option<Arc<KeyRecord>> {
+        let mut last = memo
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read before the lookup: a change after it gives the table a version the memo lacks.
+        let version = self.version.load(Ordering::Acquire);
+        if let Some(m) = last.as_ref() {
+            if m.version == version && same_key(&m.presented, key) {
+                return Some(m.record.clone());
+            }
+        }
+        let record = self.find(key)?;
+        *last = Some(Memo {
+            presented: key.to_vec(),
+            version,
+            record: record.clone(),
+        });
+        Some(record)
+    }
+
     /// Makes a key usable.
     pub fn insert(&self, hash: KeyHash, record: KeyRecord) {
-        self.table
+        let mut t = self
+            .table
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(hash, Arc::new(record));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.insert(hash, Arc::new(record));
+        self.version.store(next_stamp(), Ordering::Release);
     }
 
     /// What the usable key `id` spent in its budget's current period at `unix`, if it has a
@@ -228,8 +262,54 @@ impl Keys {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = t.len();
         t.retain(|_, r| r.id != Some(id));
+        self.version.store(next_stamp(), Ordering::Release);
         t.len() != before
     }
+}
+
+/// The key one connection presented last, and what it was: clients send the same key on
+/// every request of a kept-alive connection, and this spares each one after the first the
+/// SHA-256 and the table lookup. The bytes are compared in constant time, as a connection may
+/// carry several callers' requests (a proxy in front). Held by the connection; gone with it.
+#[derive(Default)]
+pub struct KeyMemo {
+    last: Mutex<Option<Memo>>,
+}
+
+impl std::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMemo") // never the key
+    }
+}
+
+struct Memo {
+    presented: Vec<u8>,
+    version: u64,
+    record: Arc<KeyRecord>,
+}
+
+/// Whether `a` and `b` are the same bytes, in time that depends on their length only: the
+/// bytes are XORed eight at a time and the differences gathered, then compared to zero once.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |c: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        u64::from_le_bytes(w)
+    };
+    let diff = a
+        .chunks(8)
+        .zip(b.chunks(8))
+        .fold(0u64, |acc, (x, y)| acc | (word(x) ^ word(y)));
+    bool::from(diff.ct_eq(&0))
+}
+
+/// A key table version no table has had (see [`Keys`]'s `version`).
+fn next_stamp() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The key a request presents: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
@@ -246,4 +326,22 @@ pub fn presented(headers: &http::HeaderMap) -> Option<&[u8]> {
         .get("x-api-key")
         .map(|v| v.as_bytes().trim_ascii())
         .filter(|k| !k.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_key;
+
+    #[test]
+    fn same_key_compares_every_byte_and_the_length() {
+        let key = b"sk-0123456789abcdef-0123456789";
+        assert!(same_key(key, key));
+        for i in 0..key.len() {
+            let mut other = *key;
+            other[i] ^= 1;
+            assert!(!same_key(key, &other), "byte {i} differs");
+        }
+        assert!(!same_key(key, &key[..key.len() - 1]));
+        assert!(same_key(b"", b""));
+    }
 }

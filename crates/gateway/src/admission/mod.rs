@@ -24,7 +24,6 @@ pub mod store;
 pub mod usage;
 
 use http::{HeaderMap, HeaderValue, Response};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_core::admission::{Grant, Priority, TenantId};
@@ -52,10 +51,11 @@ pub struct Admission {
     pub keys: Option<Keys>,
     /// The key store, when `auth.db` is set and could be opened.
     pub store: Option<Mutex<Store>>,
-    /// Per pool, its waiting room; empty when `admission:` is off.
-    gates: HashMap<String, Arc<Gate>>,
+    /// Per pool, its waiting room; empty when `admission:` is off. (foldhash: looked up per
+    /// request, keys only from the config.)
+    gates: foldhash::HashMap<String, Arc<Gate>>,
     /// Per model, its limits over every caller (`admission.model_limits`).
-    model_limits: HashMap<String, Mutex<switchyard_core::admission::RateLimit>>,
+    model_limits: foldhash::HashMap<String, Mutex<switchyard_core::admission::RateLimit>>,
     /// Records spend to `auth.db` behind the request path; `None` without a store.
     pub spend: Option<spend::SpendWriter>,
     /// What it was built from, to tell whether a reload may keep it.
@@ -195,8 +195,13 @@ impl Caller {
     }
 }
 
-/// Checks the request's key (when auth is on). Reads headers only.
-pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// Checks the request's key (when auth is on). Reads headers only. `memo` is the
+/// connection's last key, when the request came on one (see [`keys::KeyMemo`]).
+pub fn authenticate(
+    snap: &Snapshot,
+    headers: &HeaderMap,
+    memo: Option<&keys::KeyMemo>,
+) -> Result<Caller, ApiError> {
     let Some(keys) = snap.admission.as_ref().and_then(|a| a.keys.as_ref()) else {
         return Ok(Caller::default());
     };
@@ -205,7 +210,11 @@ pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Caller, ApiE
             "no API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
         ));
     };
-    let Some(key) = keys.find(presented) else {
+    let found = match memo {
+        Some(memo) => keys.find_memo(presented, memo),
+        None => keys.find(presented),
+    };
+    let Some(key) = found else {
         return Err(ApiError::InvalidApiKey("the API key is not valid"));
     };
     if let Some(expires) = key.expires {
@@ -251,7 +260,8 @@ pub async fn admit(
         keys.tenant(k.tenant)
     });
     let base = caller.key.as_ref().map_or(Priority::Normal, |k| k.priority);
-    let priority = base.lowered_by(headers.get("x-priority").map(HeaderValue::as_bytes));
+    const X_PRIORITY: http::HeaderName = http::HeaderName::from_static("x-priority");
+    let priority = base.lowered_by(headers.get(X_PRIORITY).map(HeaderValue::as_bytes));
     let m = &snap.metrics.admission;
     let outcome = admit_inner(snap, caller, pool, profile, priority, body).await;
     match &outcome {
@@ -331,12 +341,16 @@ async fn admit_inner(
     let mut grant = None;
     for (i, &(scope, limits)) in scopes.iter().enumerate() {
         let Some(l) = limits else { continue };
-        let taken = lock(l).try_acquire(tokens, now);
-        match taken {
-            Ok(g) => {
-                grant.get_or_insert(g);
+        let mut l = lock(l);
+        match l.try_acquire(tokens, now) {
+            // The headers tell of the first (the most specific) limit.
+            Ok(()) => {
+                if grant.is_none() {
+                    grant = Some(l.grant());
+                }
             }
             Err(t) => {
+                drop(l);
                 for held in scopes[..i].iter().filter_map(|&(_, l)| l) {
                     lock(held).undo(tokens);
                 }
@@ -354,8 +368,8 @@ async fn admit_inner(
         meter: None,
         estimated: tokens,
         ended: false,
-        limited_model: model_limit.map(|_| pool.name.clone()),
-        model: String::new(),
+        model_limited: model_limit.is_some(),
+        pool: pool.shared_name.clone(),
         price: None,
     };
     // With a key, the response's usage is read for limits and spend; a stream that did not
@@ -371,7 +385,6 @@ async fn admit_inner(
             meter.strip = upstream_body.is_some();
         }
         permit.meter = Some(meter);
-        permit.model.clone_from(&pool.name);
     }
 
     // The waiting room.
@@ -406,7 +419,7 @@ async fn admit_inner(
         if gate.shares_kept() {
             permit.prefill = profile.estimated_input_tokens;
         }
-        permit.gate = Some((gate.clone(), pool.name.clone()));
+        permit.gate = Some(gate.clone());
     }
     Ok(Admitted {
         permit: Some(permit),
@@ -447,7 +460,7 @@ impl Admitted {
             permit.price = permit
                 .snap
                 .pools
-                .get(&permit.model)
+                .get(&*permit.pool)
                 .and_then(|p| p.backends.iter().find(|b| Some(&b.name_header) == backend))
                 .and_then(|b| b.config.price);
         }
@@ -518,6 +531,41 @@ fn seconds_text(d: std::time::Duration, buf: &mut [u8; 32]) -> &[u8] {
     &buf[end..]
 }
 
+/// Room for the six `x-ratelimit-*` values: four numbers of at most 20 digits and two
+/// durations of at most 25 characters.
+#[derive(Debug)]
+struct Text {
+    bytes: [u8; 130],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 130],
+            len: 0,
+        }
+    }
+}
+
+impl Text {
+    fn extend_from_slice(&mut self, s: &[u8]) {
+        let end = self.len + s.len();
+        self.bytes[self.len..end].copy_from_slice(s);
+        self.len = end;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
     use http::header::HeaderName;
     // Names built once (a `&str` name is parsed again on every insert).
@@ -529,8 +577,9 @@ fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
     const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
     const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
     // Every value is written into one buffer and each header takes a slice of it: one
-    // allocation for the six instead of one each.
-    let mut buf = bytes::BytesMut::with_capacity(128);
+    // allocation for the six instead of one each (an owned buffer: slicing a `Vec`-backed
+    // `Bytes` would allocate its shared header on the first slice).
+    let mut buf = Text::default();
     let mut ends = [0usize; 6];
     let mut numbers = itoa::Buffer::new();
     for (i, v) in [
@@ -553,7 +602,7 @@ fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
         }
         ends[4 + i] = buf.len();
     }
-    let all = buf.freeze();
+    let all = bytes::Bytes::from_owner(buf);
     h.reserve(6);
     let names = [
         LIMIT_REQUESTS,

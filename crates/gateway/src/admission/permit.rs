@@ -24,8 +24,10 @@ pub struct Permit {
     pub(super) tenant_limited: bool,
     /// Its tenant.
     pub(super) tenant: TenantId,
-    /// The waiting room of its model and the model's name, to let the next one go.
-    pub(super) gate: Option<(Arc<Gate>, String)>,
+    /// Its model (pool): for the waiting room, the model's limits and spend records.
+    pub(super) pool: Arc<str>,
+    /// The waiting room of its model, to let the next one go.
+    pub(super) gate: Option<Arc<Gate>>,
     /// Prompt tokens it holds of its tenant's prefill share in the gate, until the
     /// response's first byte (0: none).
     pub(super) prefill: u32,
@@ -35,10 +37,8 @@ pub struct Permit {
     pub(super) estimated: u32,
     /// [`Permit::end`] ran.
     pub(super) ended: bool,
-    /// The model whose `model_limits` it holds a slot of, if any.
-    pub(super) limited_model: Option<String>,
-    /// The model, for spend records (set when metered).
-    pub(super) model: String,
+    /// It holds a slot of its model's `model_limits`.
+    pub(super) model_limited: bool,
     /// The serving backend's price, once the response is known.
     pub(super) price: Option<switchyard_core::Price>,
 }
@@ -88,8 +88,8 @@ impl Permit {
     /// The response's first byte: its prompt leaves the tenant's prefill share.
     fn first_byte(&mut self) {
         let tokens = std::mem::take(&mut self.prefill);
-        if let Some((gate, pool)) = &self.gate {
-            if let Some(pool) = self.snap.pools.get(pool) {
+        if let Some(gate) = &self.gate {
+            if let Some(pool) = self.snap.pools.get(&*self.pool) {
                 gate.prefilled(
                     self.tenant,
                     tokens,
@@ -103,8 +103,10 @@ impl Permit {
 
     /// The model limits it holds a slot of.
     fn model_limit(&self) -> Option<&Mutex<switchyard_core::admission::RateLimit>> {
-        let model = self.limited_model.as_ref()?;
-        self.snap.admission.as_ref()?.model_limits.get(model)
+        if !self.model_limited {
+            return None;
+        }
+        self.snap.admission.as_ref()?.model_limits.get(&*self.pool)
     }
 
     /// The limits that counted it: its key's, its tenant's (when it holds a slot there) and
@@ -153,7 +155,7 @@ impl Permit {
         };
         let event = |scope: String| spend::SpendEvent {
             scope,
-            model: self.model.clone(),
+            model: self.pool.to_string(),
             unix,
             prompt_tokens: used.prompt_tokens,
             completion_tokens: used.completion_tokens,
@@ -199,11 +201,16 @@ impl Permit {
         if let Some(used) = used {
             self.spend(used);
         }
-        if let Some((gate, pool)) = &self.gate {
-            if let Some(pool) = self.snap.pools.get(pool) {
+        if let Some(gate) = &self.gate {
+            if let Some(pool) = self.snap.pools.get(&*self.pool) {
                 let prefill = std::mem::take(&mut self.prefill);
-                let (now, max_age) = (self.snap.now(), self.snap.config.scrape.max_age);
-                gate.done(self.tenant, prefill, pool, now, max_age);
+                gate.done(
+                    self.tenant,
+                    prefill,
+                    pool,
+                    now,
+                    self.snap.config.scrape.max_age,
+                );
             }
         }
     }

@@ -1023,3 +1023,92 @@ async fn a_run_time_keys_budget_holds_across_rotation_and_restart() {
     assert_eq!(up.count(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One kept-alive connection to `addr`: every request sent on it goes over the same socket.
+async fn one_connection(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A chat request for `m` with `key` on `conn`; its status once the body is read.
+async fn chat_on(
+    conn: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    key: &str,
+) -> u16 {
+    use http_body_util::BodyExt;
+    conn.ready().await.expect("the connection stays open");
+    let req = Request::post("/v1/chat/completions")
+        .header("host", "gateway")
+        .header("authorization", bearer(key))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .unwrap();
+    let resp = conn.send_request(req).await.expect("answered");
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+/// A connection remembers the key it presented last, so its next requests skip the SHA-256.
+/// That memo must never outlive the key: revoked through the admin API, or gone from the
+/// config by a reload, the next request on the same connection is refused. A different key
+/// on the connection (one byte off, or another caller's) is checked, not taken from the memo.
+#[tokio::test]
+async fn a_kept_alive_connection_is_refused_at_once_when_its_key_is_revoked_or_removed() {
+    use crate::admin_support::{FileGw, TempConfig};
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let dir = temp_dir("memo");
+    let yaml = auth_config(&up.url(), Some(&dir.join("keys.db")), "", "");
+    let file = TempConfig::new(&yaml);
+    let fg = FileGw::start(&file).await;
+    let c = client();
+    let admin_call = |method: Method, path: String, body: &'static str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(fg.url(&path))
+            .header("authorization", bearer(ADMIN))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        send(&c, req)
+    };
+    let made = admin_call(Method::POST, "/admin/keys".into(), r#"{"tenant":"team-b"}"#).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let key = made.json()["key"].as_str().unwrap().to_owned();
+    let id = made.json()["info"]["id"].as_i64().unwrap();
+
+    let mut conn = one_connection(fg.addr).await;
+    assert_eq!(chat_on(&mut conn, &key).await, 200);
+    assert_eq!(chat_on(&mut conn, &key).await, 200, "the remembered key");
+    let mut near = key.clone().into_bytes();
+    let last = near.len() - 1;
+    near[last] = if near[last] == b'x' { b'y' } else { b'x' };
+    let near = String::from_utf8(near).unwrap();
+    assert_eq!(chat_on(&mut conn, &near).await, 401, "one byte off");
+    assert_eq!(chat_on(&mut conn, KEY_B).await, 200, "another caller's key");
+    assert_eq!(chat_on(&mut conn, &key).await, 200);
+
+    let revoked = admin_call(Method::DELETE, format!("/admin/keys/{id}"), "").await;
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    assert_eq!(
+        chat_on(&mut conn, &key).await,
+        401,
+        "revoked: refused at once"
+    );
+
+    assert_eq!(chat_on(&mut conn, KEY_B).await, 200);
+    let without_b = yaml.replace(&format!("    - {{key: {KEY_B}, tenant: team-b}}\n"), "");
+    assert_ne!(without_b, yaml);
+    file.write(&without_b);
+    fg.gw.reload().expect("the smaller file reloads");
+    assert_eq!(chat_on(&mut conn, KEY_B).await, 401, "removed by a reload");
+    assert_eq!(chat_on(&mut conn, KEY_A).await, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
