@@ -357,6 +357,7 @@ async fn proxy(
         model: &profile.model,
         route: explained.as_deref().unwrap_or(&pool.name),
         policy: pool.policy.name(),
+        pool: &pool.shared_name,
         started,
         sampled,
         trace,

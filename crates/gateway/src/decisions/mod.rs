@@ -39,7 +39,7 @@ pub struct Attempt {
     /// Backend name.
     pub backend: String,
     /// `ok`, or what went wrong (`connect_error`, `timeout`, `status`, ...).
-    pub outcome: String,
+    pub outcome: &'static str,
     /// Upstream status, when one came back.
     pub status: Option<u16>,
 }
@@ -51,17 +51,20 @@ pub struct Record {
     pub id: String,
     /// Unix time of the request's start, in milliseconds.
     pub at_ms: u64,
-    /// Requested model.
-    pub model: String,
+    /// Requested model. (Shared text: most requests name their pool, whose name is kept
+    /// once; see [`Start::pool`].)
+    pub model: Arc<str>,
     /// The route taken: the serving model's name, or how a `routes:` alias or rule chose it
     /// (`route: rule=<name> [arm=<i>] pool=<model> ...`).
-    pub route: String,
+    pub route: Arc<str>,
     /// Routing policy name.
-    pub policy: String,
+    pub policy: &'static str,
     /// Backend that answered (or the last one tried); `None` when none was chosen.
     pub backend: Option<String>,
-    /// The policy's one-line reason, when explained.
-    pub reason: Option<String>,
+    /// The policy's one-line reason, when explained: its parts, written out as
+    /// `policy: detail` only when the record is serialized.
+    #[serde(serialize_with = "reason_text")]
+    pub reason: Option<switchyard_core::Reason>,
     /// Every candidate's score, when the policy explained them (sampled records only).
     pub scores: Vec<Score>,
     /// Upstream attempts in order.
@@ -78,6 +81,17 @@ pub struct Record {
     pub duration_ms: f64,
     /// Cost, when prices are known.
     pub cost: Option<f64>,
+}
+
+/// Writes a record's reason as its one-line text.
+fn reason_text<S: serde::Serializer>(
+    reason: &Option<switchyard_core::Reason>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match reason {
+        Some(r) => s.collect_str(r),
+        None => s.serialize_none(),
+    }
 }
 
 /// The log: ring, sampler and (when configured) the writer's channel.

@@ -20,8 +20,8 @@ use switchyard_core::Decision;
 pub struct Routed {
     /// The backend that answered.
     pub backend: String,
-    /// The policy's reason.
-    pub reason: Option<String>,
+    /// The policy's reason (kept as its parts; written out only when the record is shown).
+    pub reason: Option<switchyard_core::Reason>,
     /// Candidates' scores, when the policy explained them.
     pub scores: Vec<Score>,
     /// Attempts made before the answer (failed ones first, the answering one last).
@@ -51,7 +51,7 @@ impl Routed {
         Self {
             backend: backend.name().to_owned(),
             // The reason names its policy itself (`prefix_aware: ...`).
-            reason: decision.map(|d| d.reason.to_string()),
+            reason: decision.map(|d| d.reason),
             scores,
             attempts,
             tokens: Some(backend.state.metrics().tokens.clone()),
@@ -70,7 +70,10 @@ pub struct Start<'a> {
     /// How it was routed: the serving pool's name, or the route's explanation.
     pub route: &'a str,
     /// The pool's policy name.
-    pub policy: &'a str,
+    pub policy: &'static str,
+    /// The serving pool's name, shared: the record keeps it instead of a copy when the
+    /// model or the route is that name.
+    pub pool: &'a Arc<str>,
     /// When the request arrived.
     pub started: Instant,
     /// Whether the record is written when the request succeeds.
@@ -118,13 +121,13 @@ pub fn attach(
             let mut attempts: Vec<Attempt> = (1..r.attempts)
                 .map(|_| Attempt {
                     backend: "?".into(),
-                    outcome: "failed".into(),
+                    outcome: "failed",
                     status: None,
                 })
                 .collect();
             attempts.push(Attempt {
                 backend: r.backend.clone(),
-                outcome: if status < 400 { "ok" } else { "error" }.into(),
+                outcome: if status < 400 { "ok" } else { "error" },
                 status: Some(status),
             });
             tokens = r.tokens;
@@ -140,14 +143,21 @@ pub fn attach(
     // An admission permit inside that meters the body already reads the usage (and may strip
     // the chunk that carries it): the record takes the permit's reading at the end.
     let metered_inside = matches!(resp.body(), GatewayBody::Held(_, p) if p.meters());
+    let shared = |s: &str| {
+        if s == &**start.pool {
+            start.pool.clone()
+        } else {
+            Arc::from(s)
+        }
+    };
     let pending = Pending {
         log: log.clone(),
         record: Record {
             id: start.id.to_owned(),
             at_ms,
-            model: start.model.to_owned(),
-            route: start.route.to_owned(),
-            policy: start.policy.to_owned(),
+            model: shared(start.model),
+            route: shared(start.route),
+            policy: start.policy,
             backend,
             reason,
             scores,

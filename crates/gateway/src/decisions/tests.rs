@@ -9,13 +9,13 @@ fn rec(id: u32, status: u16) -> Record {
         at_ms: 1,
         model: "m".into(),
         route: "m".into(),
-        policy: "round_robin".into(),
+        policy: "round_robin",
         backend: Some("b0".into()),
         reason: None,
         scores: vec![],
         attempts: vec![Attempt {
             backend: "b0".into(),
-            outcome: "ok".into(),
+            outcome: "ok",
             status: Some(status),
         }],
         status,
@@ -149,4 +149,22 @@ fn the_ring_serves_the_last_n_oldest_first() {
     let ids: Vec<String> = log.last(3).iter().map(|r| r.id.clone()).collect();
     assert_eq!(ids, ["r2", "r3", "r4"]);
     assert_eq!(log.last(100).len(), 5);
+}
+
+#[test]
+fn a_records_reason_is_kept_as_parts_and_written_as_its_text() {
+    use switchyard_core::{Detail, Reason};
+    let mut r = rec(1, 200);
+    r.reason = Some(Reason::new(
+        "least_tokens",
+        Detail::new("{} tokens in flight, {} queued", &[1200, 3]),
+    ));
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        json["reason"],
+        "least_tokens: 1200 tokens in flight, 3 queued"
+    );
+    assert_eq!(json["policy"], "round_robin");
+    assert_eq!(json["attempts"][0]["outcome"], "ok");
+    assert!(serde_json::to_value(rec(2, 200)).unwrap()["reason"].is_null());
 }
