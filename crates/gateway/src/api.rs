@@ -368,7 +368,7 @@ async fn proxy(
             Ok(admitted) => admitted,
             Err(e) => {
                 crate::otel::refused(admitting.as_mut(), &e);
-                return crate::decisions::attach(&gw.decisions, start, refuse(&pool.name, e));
+                return crate::decisions::attach(&gw.decisions, start, None, refuse(&pool.name, e));
             }
         };
     drop(admitting);
@@ -389,8 +389,13 @@ async fn proxy(
         engine_priority: admitted.engine_priority,
         trace,
     };
+    let mut how = None;
     let resp = match attempts::run(&request).await {
-        Ok(mut resp) => {
+        Ok(attempts::Served {
+            mut resp,
+            routed: by,
+        }) => {
+            how = by;
             if let Some(text) = &explained {
                 add_route_note(&mut resp, text);
             }
@@ -408,5 +413,5 @@ async fn proxy(
         }
         Err(e) => refuse(&pool.name, e),
     };
-    crate::decisions::attach(&gw.decisions, start, resp)
+    crate::decisions::attach(&gw.decisions, start, how, resp)
 }

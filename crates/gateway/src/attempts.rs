@@ -133,8 +133,19 @@ struct Driver<'a> {
     dispatched: Option<Instant>,
 }
 
+/// A request a backend answered: the response, and how it got there (for its decision
+/// record).
+#[derive(Debug)]
+pub struct Served {
+    /// The response to relay.
+    pub resp: Response<GatewayBody>,
+    /// Where it was routed and after how many attempts; `None` for a held error answer
+    /// relayed once every attempt had failed.
+    pub routed: Option<crate::decisions::Routed>,
+}
+
 /// Serves `req` from its pool, then its fallback models.
-pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
+pub async fn run(req: &Request<'_>) -> Result<Served, ApiError> {
     let (gw, home) = (req.gw, req.pool);
     let retry = &gw.config.retry;
     let plan = FailoverPlan {
@@ -203,16 +214,19 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
                             );
                         }
                     }
-                    resp.extensions_mut().insert(crate::decisions::Routed::new(
+                    let routed = crate::decisions::Routed::new(
                         target,
                         backend,
                         decision.as_ref(),
                         d.progress.attempts(),
-                    ));
+                    );
                     if let Some(decision) = &decision {
                         tracing::debug!(request_id = ?req.request_id, model = %target.name, backend = %backend.name(), reason = %decision.reason, attempts = d.progress.attempts(), "routed");
                     }
-                    return Ok(resp);
+                    return Ok(Served {
+                        resp,
+                        routed: Some(routed),
+                    });
                 }
             }
             Step::NextModel => match chain.next() {
@@ -232,15 +246,9 @@ pub async fn run(req: &Request<'_>) -> Result<Response<GatewayBody>, ApiError> {
         now = gw.now();
     }
     if let Some((resp, backend, guard, direction)) = d.held {
-        return Ok(relay(
-            req,
-            resp,
-            None,
-            backend,
-            guard,
-            d.progress.attempts(),
-            (None, direction),
-        ));
+        let attempts = d.progress.attempts();
+        let resp = relay(req, resp, None, backend, guard, attempts, (None, direction));
+        return Ok(Served { resp, routed: None });
     }
     Err(d.failure.unwrap_or_else(|| ApiError::NoBackend {
         model: home.name.clone(),

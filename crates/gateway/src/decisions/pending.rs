@@ -15,7 +15,7 @@ use crate::body::GatewayBody;
 use crate::fleet::{Backend, Pool};
 use switchyard_core::Decision;
 
-/// What the routing left on a successful response (in its extensions) for the record.
+/// What the routing learned of an answered request, handed to its record.
 #[derive(Debug, Clone, Default)]
 pub struct Routed {
     /// The backend that answered.
@@ -105,10 +105,10 @@ pub struct Pending {
 pub fn attach(
     log: &Arc<DecisionLog>,
     start: Start<'_>,
-    mut resp: Response<GatewayBody>,
+    routed: Option<Routed>,
+    resp: Response<GatewayBody>,
 ) -> Response<GatewayBody> {
     let status = resp.status().as_u16();
-    let routed = resp.extensions_mut().remove::<Routed>();
     let at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

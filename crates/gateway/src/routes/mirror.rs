@@ -57,7 +57,7 @@ pub fn spawn(copy: Copy) {
             trace: None,
         };
         let outcome = match attempts::run(&req).await {
-            Ok(resp) if resp.status().is_success() => {
+            Ok(attempts::Served { resp, .. }) if resp.status().is_success() => {
                 // Read the answer to the end so the backend's slot is freed as for any
                 // request; its bytes go nowhere.
                 match resp.into_body().collect().await {
