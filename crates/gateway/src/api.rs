@@ -409,7 +409,7 @@ async fn proxy(
                     request_id: request_id.clone(),
                 });
             }
-            admitted.finish(resp)
+            admitted.finish(resp, how.as_ref().and_then(|r| r.price))
         }
         Err(e) => refuse(&pool.name, e),
     };

@@ -450,19 +450,19 @@ impl Admitted {
     }
 
     /// The client's response with the limits' headers, its body holding the permit.
-    pub fn finish(self, resp: Response<GatewayBody>) -> Response<GatewayBody> {
+    /// `price` is the answering backend's (which may be a fallback model's), what the
+    /// usage costs.
+    pub fn finish(
+        self,
+        resp: Response<GatewayBody>,
+        price: Option<switchyard_core::Price>,
+    ) -> Response<GatewayBody> {
         let Some(mut permit) = self.permit else {
             return resp;
         };
         let (mut head, body) = resp.into_parts();
         if permit.meter.is_some() {
-            let backend = head.headers.get(crate::forward::X_SWITCHYARD_BACKEND);
-            permit.price = permit
-                .snap
-                .pools
-                .get(&*permit.pool)
-                .and_then(|p| p.backends.iter().find(|b| Some(&b.name_header) == backend))
-                .and_then(|b| b.config.price);
+            permit.price = price;
         }
         if let Some(m) = &mut permit.meter {
             m.sse = head
