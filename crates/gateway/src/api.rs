@@ -389,13 +389,11 @@ async fn proxy(
         engine_priority: admitted.engine_priority,
         trace,
     };
-    let mut how = None;
-    let resp = match attempts::run(&request).await {
+    let (resp, how) = match attempts::run(&request).await {
         Ok(attempts::Served {
             mut resp,
-            routed: by,
+            routed: how,
         }) => {
-            how = by;
             if let Some(text) = &explained {
                 add_route_note(&mut resp, text);
             }
@@ -409,9 +407,10 @@ async fn proxy(
                     request_id: request_id.clone(),
                 });
             }
-            admitted.finish(resp, how.as_ref().and_then(|r| r.price))
+            let price = how.as_ref().and_then(|r| r.price);
+            (admitted.finish(resp, price), how)
         }
-        Err(e) => refuse(&pool.name, e),
+        Err(e) => (refuse(&pool.name, e), None),
     };
     crate::decisions::attach(&gw.decisions, start, how, resp)
 }

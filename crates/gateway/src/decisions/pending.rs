@@ -16,7 +16,7 @@ use crate::fleet::{Backend, Pool};
 use switchyard_core::Decision;
 
 /// What the routing learned of an answered request, handed to its record.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Routed {
     /// The backend that answered.
     pub backend: String,
