@@ -269,6 +269,9 @@ async fn proxy(
         Err(e) => return refuse("", e),
     };
     let (mut parts, body) = req.into_parts();
+    if caller.key_scope().is_some() {
+        crate::admission::keys::take_presented(&mut parts.headers);
+    }
     let original = match read_body(body, limit, declared, gw.config.limits.body_read_timeout).await
     {
         Ok(body) => body,
@@ -372,8 +375,11 @@ async fn proxy(
             }
         };
     drop(admitting);
-    let headers =
+    let outgoing =
         forward::prepare_headers(std::mem::take(&mut parts.headers), peer.ip(), request_id);
+    // Retries and a mirror send copies; the first attempt sends the map itself (see
+    // `attempts::run`).
+    let headers = outgoing.clone();
     let request = attempts::Request {
         gw,
         pool,
@@ -389,7 +395,7 @@ async fn proxy(
         engine_priority: admitted.engine_priority,
         trace,
     };
-    let (resp, how) = match attempts::run(&request).await {
+    let (resp, how) = match attempts::run(&request, Some(outgoing)).await {
         Ok(attempts::Served {
             mut resp,
             routed: how,

@@ -131,6 +131,9 @@ struct Driver<'a> {
     )>,
     /// When the first attempt went out (for the overhead metric).
     dispatched: Option<Instant>,
+    /// The caller's own header map for the first attempt to send (see [`run`]); later
+    /// attempts send copies of [`Request::headers`].
+    outgoing: Option<HeaderMap>,
 }
 
 /// A request a backend answered: the response, and how it got there (for its decision
@@ -145,7 +148,13 @@ pub struct Served {
 }
 
 /// Serves `req` from its pool, then its fallback models.
-pub async fn run(req: &Request<'_>) -> Result<Served, ApiError> {
+///
+/// `outgoing`, when given, is the map the first attempt sends instead of a copy of
+/// [`Request::headers`] (which it must equal). Handing over the map the client's request
+/// arrived in keeps its room: hyper parses the answer into the map the request went out in,
+/// and the client's next request arrives in the map its answer left in, so the headers the
+/// gateway adds to answers fit without a grow per request (a copy has no spare room).
+pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Served, ApiError> {
     let (gw, home) = (req.gw, req.pool);
     let retry = &gw.config.retry;
     let plan = FailoverPlan {
@@ -167,6 +176,7 @@ pub async fn run(req: &Request<'_>) -> Result<Served, ApiError> {
         failure: None,
         held: None,
         dispatched: None,
+        outgoing,
     };
     let mut chain = home.fallbacks.iter().filter_map(|m| gw.pools.get(m));
     let mut target = home;
@@ -382,18 +392,21 @@ impl<'a> Driver<'a> {
                 .unwrap_or(req.body),
             original: req.original,
         };
-        let (mut upstream, direction) =
-            forward::upstream_request(backend, &pool.name, &outbound, req.headers, direct)
-                .map_err(|e| match e {
-                    forward::OutboundError::Http(e) => {
-                        Failed::Error(unreachable(backend, e.to_string()))
-                    }
-                    // The request itself cannot go to this kind of backend: no other attempt
-                    // would fare better.
-                    forward::OutboundError::Untranslatable(why) => {
-                        Failed::Local(ApiError::Untranslatable(why))
-                    }
-                })?;
+        let prepared = match self.outgoing.take() {
+            Some(own) => std::borrow::Cow::Owned(own),
+            None => std::borrow::Cow::Borrowed(req.headers),
+        };
+        let (mut upstream, direction) = forward::upstream_request(
+            backend, &pool.name, &outbound, prepared, direct,
+        )
+        .map_err(|e| match e {
+            forward::OutboundError::Http(e) => Failed::Error(unreachable(backend, e.to_string())),
+            // The request itself cannot go to this kind of backend: no other attempt
+            // would fare better.
+            forward::OutboundError::Untranslatable(why) => {
+                Failed::Local(ApiError::Untranslatable(why))
+            }
+        })?;
         if let Some(span) = span {
             span.inject(upstream.headers_mut());
         }

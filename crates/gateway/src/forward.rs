@@ -225,7 +225,7 @@ pub fn upstream_request(
     backend: &Backend,
     model: &str,
     outbound: &Outbound<'_>,
-    prepared: &HeaderMap,
+    prepared: std::borrow::Cow<'_, HeaderMap>,
     origin_form: bool,
 ) -> Result<(Request<Full<Bytes>>, Option<Direction>), OutboundError> {
     let profile = outbound.profile;
@@ -259,7 +259,7 @@ pub fn upstream_request(
     let mut req = Request::new(Full::new(out.body));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri;
-    let mut headers = prepared.clone();
+    let mut headers = prepared.into_owned();
     if out.direction.is_some() {
         // A translated answer must arrive as plain bytes to be read.
         headers.remove(header::ACCEPT_ENCODING);

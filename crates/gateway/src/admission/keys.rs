@@ -312,6 +312,9 @@ fn next_stamp() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The header Anthropic-style clients present their key in.
+const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 /// The key a request presents: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
 pub fn presented(headers: &http::HeaderMap) -> Option<&[u8]> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
@@ -323,9 +326,17 @@ pub fn presented(headers: &http::HeaderMap) -> Option<&[u8]> {
             .filter(|k| !k.is_empty());
     }
     headers
-        .get("x-api-key")
+        .get(X_API_KEY)
         .map(|v| v.as_bytes().trim_ascii())
         .filter(|k| !k.is_empty())
+}
+
+/// Takes the header a key was presented in (see [`presented`]) out of `headers`: the key
+/// is the gateway's, and no backend is to see it (a backend's own key is its `api_key`).
+pub fn take_presented(headers: &mut http::HeaderMap) {
+    if headers.remove(http::header::AUTHORIZATION).is_none() {
+        headers.remove(X_API_KEY);
+    }
 }
 
 #[cfg(test)]

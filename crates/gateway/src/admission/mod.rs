@@ -232,8 +232,9 @@ pub struct Admitted {
     permit: Option<Permit>,
     /// The limits it passed, for `x-ratelimit-*`.
     grant: Option<Grant>,
-    /// For `x-switchyard-route` (debug headers): level, tenant, wait.
-    note: Option<(Priority, TenantId, Duration)>,
+    /// For `x-switchyard-route` (debug headers): level, tenant, and the wait in the pool's
+    /// waiting room (`None`: the pool has none).
+    note: Option<(Priority, TenantId, Option<Duration>)>,
     /// The body to send upstream when it differs from the client's (`include_usage` added).
     upstream_body: Option<bytes::Bytes>,
     /// The level's rank (0 most urgent) to send vLLM engines as `priority`, when
@@ -269,10 +270,8 @@ pub async fn admit(
             if let Some(t) = tenant {
                 t.series.requests.inc();
             }
-            if let (Some(adm), Some((_, _, waited))) = (snap.admission.as_ref(), a.note) {
-                if adm.gate(&pool.name).is_some() {
-                    adm.waits[priority.index()].observe(waited.as_secs_f64());
-                }
+            if let (Some(adm), Some((_, _, Some(waited)))) = (snap.admission.as_ref(), a.note) {
+                adm.waits[priority.index()].observe(waited.as_secs_f64());
             }
         }
         Err(e) => {
@@ -388,7 +387,7 @@ async fn admit_inner(
     }
 
     // The waiting room.
-    let mut waited = Duration::ZERO;
+    let mut waited = None;
     if let Some(gate) = adm.gate(&pool.name) {
         let ask = Ask {
             pool,
@@ -400,7 +399,7 @@ async fn admit_inner(
         };
         // A refusal gives the limits back what they counted: the request never ran.
         waited = match gate.admit(&ask, || snap.now()).await {
-            Ok(w) => w,
+            Ok(w) => Some(w),
             Err(refused) => {
                 permit.refund();
                 return Err(match refused {
@@ -465,10 +464,7 @@ impl Admitted {
             permit.price = price;
         }
         if let Some(m) = &mut permit.meter {
-            m.sse = head
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            m.sse = body.is_sse(&head.headers);
         }
         if let Some(g) = &self.grant {
             ratelimit_headers(&mut head.headers, g);
@@ -483,7 +479,7 @@ impl Admitted {
                     .map_or("-", |t| t.name.as_str());
                 let note = format!(
                     "admission: priority={p} tenant={tenant} waited_ms={}",
-                    waited.as_millis()
+                    waited.unwrap_or_default().as_millis()
                 );
                 let value = match head
                     .headers
@@ -498,7 +494,12 @@ impl Admitted {
                 }
             }
         }
-        Response::from_parts(head, GatewayBody::Held(Box::new(body), permit))
+        let watched = crate::body::Watched {
+            body,
+            permit: Some(permit),
+            pending: None,
+        };
+        Response::from_parts(head, GatewayBody::Watched(Box::new(watched)))
     }
 }
 

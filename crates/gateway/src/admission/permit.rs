@@ -9,7 +9,6 @@ use switchyard_core::admission::TenantId;
 use super::gate::Gate;
 use super::keys::KeyRecord;
 use super::{spend, unix_now, usage};
-use crate::body::GatewayBody;
 use crate::gateway::Snapshot;
 
 /// What an admitted request holds until its response ends: a concurrency slot of its key
@@ -54,25 +53,12 @@ impl Permit {
         self.meter.as_ref()?.usage
     }
 
-    /// Polls the response body it holds: each frame is looked at on its way (see
-    /// [`usage::Meter`]), and the moment the body ends the permit is given back, before the
-    /// client can see the end (so a client's next request finds its slot free).
-    pub fn poll(
+    /// Looks at one frame of the response on its way (the first byte frees its prefill
+    /// share; the meter reads the usage and may take a usage-only chunk out).
+    pub(crate) fn observe(
         &mut self,
-        inner: &mut GatewayBody,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::body::BodyError>>>
-    {
-        use http_body::Body;
-        let polled = std::pin::Pin::new(&mut *inner).poll_frame(cx);
-        let out = polled.map(|f| f.map(|r| r.map(|frame| self.observe(frame))));
-        if matches!(out, std::task::Poll::Ready(None)) || inner.is_end_stream() {
-            self.end();
-        }
-        out
-    }
-
-    fn observe(&mut self, frame: http_body::Frame<bytes::Bytes>) -> http_body::Frame<bytes::Bytes> {
+        frame: http_body::Frame<bytes::Bytes>,
+    ) -> http_body::Frame<bytes::Bytes> {
         if self.prefill > 0 && frame.is_data() {
             self.first_byte();
         }
@@ -134,23 +120,28 @@ impl Permit {
                 + p.output_per_mtok * f64::from(used.completion_tokens))
                 / 1e6
         });
-        let unix = unix_now();
         let adm = self.snap.admission.as_ref();
         let tenant = adm.and_then(|a| a.keys.as_ref()?.tenant(self.tenant));
-        if let Some(b) = &key.budget {
-            b.add(cost, unix);
-        }
-        if let Some(b) = tenant.and_then(|t| t.budget.as_ref()) {
-            b.add(cost, unix);
-        }
         if let Some(t) = tenant {
             let s = &t.series;
             s.prompt_tokens.inc_by(u64::from(used.prompt_tokens));
             s.completion_tokens
                 .inc_by(u64::from(used.completion_tokens));
-            s.spend.inc_by(cost);
+            if cost > 0.0 {
+                s.spend.inc_by(cost);
+            }
         }
-        let Some(writer) = adm.and_then(|a| a.spend.as_ref()) else {
+        let tenant_budget = tenant.and_then(|t| t.budget.as_ref());
+        let writer = adm.and_then(|a| a.spend.as_ref());
+        if key.budget.is_none() && tenant_budget.is_none() && writer.is_none() {
+            // Nothing is kept by the period: no clock to read.
+            return;
+        }
+        let unix = unix_now();
+        for b in [key.budget.as_ref(), tenant_budget].into_iter().flatten() {
+            b.add(cost, unix);
+        }
+        let Some(writer) = writer else {
             return;
         };
         let event = |scope: String| spend::SpendEvent {
@@ -180,8 +171,8 @@ impl Permit {
     }
 
     /// The request is over: usage reconciled, slots released, the queue's next one let go.
-    /// Runs once.
-    fn end(&mut self) {
+    /// Runs once (the body's end calls it, and its drop if the client left first).
+    pub(crate) fn end(&mut self) {
         if self.ended {
             return;
         }

@@ -136,13 +136,10 @@ pub fn attach(
         }
         None => (None, None, Vec::new(), Vec::new()),
     };
-    let sse = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let sse = resp.body().is_sse(resp.headers());
     // An admission permit inside that meters the body already reads the usage (and may strip
     // the chunk that carries it): the record takes the permit's reading at the end.
-    let metered_inside = matches!(resp.body(), GatewayBody::Held(_, p) if p.meters());
+    let metered_inside = matches!(resp.body(), GatewayBody::Watched(w) if w.metered());
     let shared = |s: &str| {
         if s == &**start.pool {
             start.pool.clone()
@@ -181,7 +178,17 @@ pub fn attach(
         price,
         metered_inside,
     };
-    resp.map(|body| GatewayBody::Logged(Box::new(body), Box::new(pending)))
+    resp.map(|body| match body {
+        GatewayBody::Watched(mut w) => {
+            w.pending = Some(pending);
+            GatewayBody::Watched(w)
+        }
+        body => GatewayBody::Watched(Box::new(crate::body::Watched {
+            body,
+            permit: None,
+            pending: Some(pending),
+        })),
+    })
 }
 
 fn ms(d: Duration) -> f64 {

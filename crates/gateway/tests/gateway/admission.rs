@@ -86,8 +86,11 @@ async fn missing_unknown_and_wrong_model_keys_are_refused_and_good_ones_pass() {
 
     let a = chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))]).await;
     assert_eq!(a.status, 200, "{:?}", a.body);
+    // The key is the gateway's: the backend never sees it.
+    assert!(!up.last().headers.contains_key("authorization"));
     let a = chat(&c, &gw, "m", &[("x-api-key", KEY_B)]).await;
     assert_eq!(a.status, 200, "x-api-key is accepted too");
+    assert!(!up.last().headers.contains_key("x-api-key"));
     let a = chat(&c, &gw, "other", &[("authorization", &bearer(KEY_A))]).await;
     refused(&a, 403, "model_not_allowed");
     assert_eq!(up.count(), 2);

@@ -26,6 +26,9 @@ use crate::providers::{ClientApi, Translate};
 use crate::sse::EventFramer;
 use crate::upstream;
 
+mod watched;
+pub use watched::Watched;
+
 /// A response body.
 // The relay is the common case; boxing it would cost an allocation per proxied request to
 // save a few hundred bytes of move on the gateway's own small answers.
@@ -36,11 +39,10 @@ pub enum GatewayBody {
     Full(Option<Bytes>),
     /// An upstream body in transit.
     Relay(Relay),
-    /// A body that holds its request's admission slot (concurrency limits, the pool's
-    /// waiting room) until it ends or is dropped; see [`crate::admission`].
-    Held(Box<GatewayBody>, crate::admission::Permit),
-    /// A body whose end completes its request's decision record (see [`crate::decisions`]).
-    Logged(Box<GatewayBody>, Box<crate::decisions::Pending>),
+    /// A body that holds its request's admission slot until it ends or is dropped (see
+    /// [`crate::admission`]) and whose end completes its decision record (see
+    /// [`crate::decisions`]).
+    Watched(Box<Watched>),
     /// A live feed the gateway writes as it goes (the dashboard's server-sent events); ends
     /// when its sender is dropped.
     Feed(tokio::sync::mpsc::Receiver<Bytes>),
@@ -50,6 +52,18 @@ impl GatewayBody {
     /// A complete body.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         GatewayBody::Full(Some(bytes.into()))
+    }
+
+    /// Whether the response with `headers` and this body is an SSE stream: a relay knows it
+    /// from the upstream's answer (unless it translates); otherwise `content-type` says.
+    pub fn is_sse(&self, headers: &http::HeaderMap) -> bool {
+        match self {
+            GatewayBody::Relay(r) if r.translate.is_none() => r.sse,
+            GatewayBody::Watched(w) => w.body.is_sse(headers),
+            _ => headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")),
+        }
     }
 }
 
@@ -465,19 +479,7 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GatewayBody::Relay(r) => r.poll_relay(cx),
-            GatewayBody::Held(inner, permit) => permit.poll(inner, cx),
-            GatewayBody::Logged(inner, pending) => {
-                let polled = Pin::new(&mut **inner).poll_frame(cx);
-                let out = polled.map(|f| f.map(|r| r.map(|frame| pending.observe(frame))));
-                if matches!(out, Poll::Ready(None)) || inner.is_end_stream() {
-                    let usage = match &**inner {
-                        GatewayBody::Held(_, permit) => permit.usage(),
-                        _ => None,
-                    };
-                    pending.end(usage);
-                }
-                out
-            }
+            GatewayBody::Watched(w) => w.poll(cx),
             GatewayBody::Feed(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -486,7 +488,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(b) => b.is_none(),
             GatewayBody::Feed(rx) => rx.is_closed() && rx.is_empty(),
-            GatewayBody::Held(inner, _) | GatewayBody::Logged(inner, _) => inner.is_end_stream(),
+            GatewayBody::Watched(w) => w.body.is_end_stream(),
             GatewayBody::Relay(r) => {
                 r.ended
                     || (r.first.is_none()
@@ -502,7 +504,7 @@ impl Body for GatewayBody {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
             GatewayBody::Feed(_) => SizeHint::new(),
-            GatewayBody::Held(inner, _) | GatewayBody::Logged(inner, _) => inner.size_hint(),
+            GatewayBody::Watched(w) => w.body.size_hint(),
             // A translated body's length is not the upstream's.
             GatewayBody::Relay(r) if r.translate.is_some() => SizeHint::new(),
             GatewayBody::Relay(r) => {
