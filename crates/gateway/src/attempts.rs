@@ -600,7 +600,7 @@ fn relay(
             .map_or(0, |d| d.as_secs());
         relay = relay.translating(Translate::new(direction, sse, head.status, created));
     }
-    Response::from_parts(head, GatewayBody::Relay(relay))
+    Response::from_parts(head, GatewayBody::relay(relay))
 }
 
 /// `x-switchyard-attempts`: the common small counts as static values (no formatting).

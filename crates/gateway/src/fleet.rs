@@ -218,6 +218,8 @@ pub struct Backend {
     pub config: BackendConfig,
     /// `x-switchyard-backend` header value, built once.
     pub name_header: HeaderValue,
+    /// Its name, shared: a request's decision record keeps it without a copy.
+    pub shared_name: Arc<str>,
     /// `Authorization` header for the gateway's own calls to it (health checks, engine
     /// probes) of an `openai` backend, built once and marked sensitive so it is never printed.
     pub authorization: Option<HeaderValue>,
@@ -285,6 +287,7 @@ impl Backend {
             id,
             name_header: HeaderValue::try_from(cfg.name.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
+            shared_name: Arc::from(cfg.name.as_str()),
             config: cfg.clone(),
             authorization,
             credential,

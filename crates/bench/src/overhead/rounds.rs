@@ -72,6 +72,27 @@ pub fn median(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     })
 }
 
+/// The median over rounds of `path`'s figure over `base`'s in the same round (`pick` reads the
+/// figure): the paired view of interleaved rounds, which a machine's swings between rounds
+/// move less than the ratio of the two medians.
+pub fn paired_median(
+    rows: &[RoundRow],
+    path: &str,
+    base: &str,
+    pick: impl Fn(&RoundRow) -> Option<f64>,
+) -> Option<f64> {
+    let of = |name: &str, round: usize| {
+        rows.iter()
+            .find(|r| r.path == name && r.round == round)
+            .and_then(&pick)
+    };
+    median(
+        rows.iter()
+            .filter(|r| r.path == path)
+            .map(|r| ratio(pick(r)?, of(base, r.round)?)),
+    )
+}
+
 /// Medians per path, in the order the paths first appear.
 pub fn medians(rows: &[RoundRow]) -> Vec<Medians> {
     let mut names: Vec<&str> = Vec::new();
@@ -167,6 +188,15 @@ pub fn markdown(rows: &[RoundRow], connections: usize, duration_s: f64) -> Strin
 With auth, limits and admission on (issue 14; medians): throughput {}x Switchyard's without (target >= 0.95: {verdict}).",
             f(tput, 3),
         );
+        let paired = |pick: fn(&RoundRow) -> Option<f64>| {
+            paired_median(rows, "switchyard-auth", "switchyard", pick)
+        };
+        let _ = writeln!(
+            s,
+            "Paired by round (the median of each round's ratio): throughput {}x, proxy CPU per request {}x.",
+            f(paired(|r| r.rps), 3),
+            f(paired(|r| r.cpu_s_per_1k), 3),
+        );
     }
     s
 }
@@ -217,6 +247,11 @@ mod tests {
         // 88 (median of 88, 12, 90) over 90 (median of 90, 10, 95).
         assert!(
             md.contains("throughput 0.978x Switchyard's without (target >= 0.95: met)"),
+            "{md}"
+        );
+        // Per round: 88/90, 12/10, 90/95; their median is 88/90; CPU 0.031/0.030 and so on.
+        assert!(
+            md.contains("Paired by round (the median of each round's ratio): throughput 0.978x, proxy CPU per request 1.032x."),
             "{md}"
         );
         assert_eq!(median([Some(1.0), None, Some(3.0)].into_iter()), Some(2.0));

@@ -494,12 +494,9 @@ impl Admitted {
                 }
             }
         }
-        let watched = crate::body::Watched {
-            body,
-            permit: Some(permit),
-            pending: None,
-        };
-        Response::from_parts(head, GatewayBody::Watched(Box::new(watched)))
+        let mut watched = body.watched();
+        watched.permit = Some(permit);
+        Response::from_parts(head, GatewayBody::Watched(watched))
     }
 }
 

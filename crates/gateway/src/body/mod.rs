@@ -30,18 +30,15 @@ mod watched;
 pub use watched::Watched;
 
 /// A response body.
-// The relay is the common case; boxing it would cost an allocation per proxied request to
-// save a few hundred bytes of move on the gateway's own small answers.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum GatewayBody {
     /// A complete body written by the gateway (errors, model list, metrics).
     Full(Option<Bytes>),
-    /// An upstream body in transit.
-    Relay(Relay),
-    /// A body that holds its request's admission slot until it ends or is dropped (see
-    /// [`crate::admission`]) and whose end completes its decision record (see
-    /// [`crate::decisions`]).
+    /// A body with what watches it on its way: an upstream body in transit (a [`Relay`]),
+    /// the request's admission slot, held until it ends or is dropped (see
+    /// [`crate::admission`]), and its decision record, completed at its end (see
+    /// [`crate::decisions`]). One box per proxied request, made with the relay, so a response
+    /// moves as a few words on its way out rather than the relay's few hundred bytes.
     Watched(Box<Watched>),
     /// A live feed the gateway writes as it goes (the dashboard's server-sent events); ends
     /// when its sender is dropped.
@@ -54,17 +51,35 @@ impl GatewayBody {
         GatewayBody::Full(Some(bytes.into()))
     }
 
+    /// `relay`, in the box that what watches it joins later.
+    pub fn relay(relay: Relay) -> Self {
+        GatewayBody::Watched(Box::new(Watched::new(watched::Inner::Relay(relay))))
+    }
+
     /// Whether the response with `headers` and this body is an SSE stream: a relay knows it
     /// from the upstream's answer (unless it translates); otherwise `content-type` says.
     pub fn is_sse(&self, headers: &http::HeaderMap) -> bool {
         match self {
-            GatewayBody::Relay(r) if r.translate.is_none() => r.sse,
-            GatewayBody::Watched(w) => w.body.is_sse(headers),
-            _ => headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")),
+            GatewayBody::Watched(w) => w.is_sse(headers),
+            _ => content_type_is_sse(headers),
         }
     }
+
+    /// Puts this body in a [`Watched`] box (the one it is in, if it is a relay's) and
+    /// returns the box, for a permit or a record to join.
+    pub fn watched(self) -> Box<Watched> {
+        match self {
+            GatewayBody::Watched(w) => w,
+            other => Box::new(Watched::new(watched::Inner::Body(other))),
+        }
+    }
+}
+
+/// Whether `content-type` says `text/event-stream`.
+fn content_type_is_sse(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// Why a relayed body ended early.
@@ -478,7 +493,6 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            GatewayBody::Relay(r) => r.poll_relay(cx),
             GatewayBody::Watched(w) => w.poll(cx),
             GatewayBody::Feed(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
@@ -488,14 +502,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(b) => b.is_none(),
             GatewayBody::Feed(rx) => rx.is_closed() && rx.is_empty(),
-            GatewayBody::Watched(w) => w.body.is_end_stream(),
-            GatewayBody::Relay(r) => {
-                r.ended
-                    || (r.first.is_none()
-                        && r.framer.is_empty()
-                        && (r.translate.is_none() || r.translate_done)
-                        && r.inner.as_ref().is_none_or(Body::is_end_stream))
-            }
+            GatewayBody::Watched(w) => w.is_end_stream(),
         }
     }
 
@@ -504,26 +511,41 @@ impl Body for GatewayBody {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
             GatewayBody::Feed(_) => SizeHint::new(),
-            GatewayBody::Watched(w) => w.body.size_hint(),
-            // A translated body's length is not the upstream's.
-            GatewayBody::Relay(r) if r.translate.is_some() => SizeHint::new(),
-            GatewayBody::Relay(r) => {
-                let first = r
-                    .first
-                    .as_ref()
-                    .and_then(Frame::data_ref)
-                    .map_or(0, |d| d.len() as u64);
-                let rest = r
-                    .inner
-                    .as_ref()
-                    .map_or(SizeHint::with_exact(0), Body::size_hint);
-                let mut h = SizeHint::new();
-                h.set_lower(rest.lower() + first);
-                if let Some(u) = rest.upper() {
-                    h.set_upper(u + first);
-                }
-                h
-            }
+            GatewayBody::Watched(w) => w.size_hint(),
         }
+    }
+}
+
+impl Relay {
+    /// Whether nothing more will come (see [`Body::is_end_stream`]).
+    fn is_end_stream(&self) -> bool {
+        self.ended
+            || (self.first.is_none()
+                && self.framer.is_empty()
+                && (self.translate.is_none() || self.translate_done)
+                && self.inner.as_ref().is_none_or(Body::is_end_stream))
+    }
+
+    /// What is left to come (see [`Body::size_hint`]).
+    fn size_hint(&self) -> SizeHint {
+        // A translated body's length is not the upstream's.
+        if self.translate.is_some() {
+            return SizeHint::new();
+        }
+        let first = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let rest = self
+            .inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint);
+        let mut h = SizeHint::new();
+        h.set_lower(rest.lower() + first);
+        if let Some(u) = rest.upper() {
+            h.set_upper(u + first);
+        }
+        h
     }
 }

@@ -36,8 +36,8 @@ pub struct Score {
 /// One upstream attempt and how it ended.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Attempt {
-    /// Backend name.
-    pub backend: String,
+    /// Backend name (shared with the backend).
+    pub backend: Arc<str>,
     /// `ok`, or what went wrong (`connect_error`, `timeout`, `status`, ...).
     pub outcome: &'static str,
     /// Upstream status, when one came back.
@@ -60,15 +60,16 @@ pub struct Record {
     /// Routing policy name.
     pub policy: &'static str,
     /// Backend that answered (or the last one tried); `None` when none was chosen.
-    pub backend: Option<String>,
+    pub backend: Option<Arc<str>>,
     /// The policy's one-line reason, when explained: its parts, written out as
     /// `policy: detail` only when the record is serialized.
     #[serde(serialize_with = "reason_text")]
     pub reason: Option<switchyard_core::Reason>,
     /// Every candidate's score, when the policy explained them (sampled records only).
     pub scores: Vec<Score>,
-    /// Upstream attempts in order.
-    pub attempts: Vec<Attempt>,
+    /// Upstream attempts in order (most requests make one: kept inline).
+    #[serde(serialize_with = "attempts_list")]
+    pub attempts: Attempts,
     /// Status sent to the client.
     pub status: u16,
     /// Prompt tokens, when the upstream reported usage.
@@ -81,6 +82,14 @@ pub struct Record {
     pub duration_ms: f64,
     /// Cost, when prices are known.
     pub cost: Option<f64>,
+}
+
+/// A record's attempts.
+pub type Attempts = smallvec::SmallVec<[Attempt; 1]>;
+
+/// Writes a record's attempts as a list.
+fn attempts_list<S: serde::Serializer>(attempts: &Attempts, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(attempts.iter())
 }
 
 /// Writes a record's reason as its one-line text.

@@ -19,7 +19,7 @@ use switchyard_core::Decision;
 #[derive(Debug)]
 pub struct Routed {
     /// The backend that answered.
-    pub backend: String,
+    pub backend: Arc<str>,
     /// The policy's reason (kept as its parts; written out only when the record is shown).
     pub reason: Option<switchyard_core::Reason>,
     /// Candidates' scores, when the policy explained them.
@@ -49,7 +49,7 @@ impl Routed {
             })
             .unwrap_or_default();
         Self {
-            backend: backend.name().to_owned(),
+            backend: backend.shared_name.clone(),
             // The reason names its policy itself (`prefix_aware: ...`).
             reason: decision.map(|d| d.reason),
             scores,
@@ -118,9 +118,9 @@ pub fn attach(
     let mut price = None;
     let (backend, reason, scores, attempts) = match routed {
         Some(r) => {
-            let mut attempts: Vec<Attempt> = (1..r.attempts)
+            let mut attempts: super::Attempts = (1..r.attempts)
                 .map(|_| Attempt {
-                    backend: "?".into(),
+                    backend: Arc::from("?"),
                     outcome: "failed",
                     status: None,
                 })
@@ -134,7 +134,7 @@ pub fn attach(
             price = r.price;
             (Some(r.backend), r.reason, r.scores, attempts)
         }
-        None => (None, None, Vec::new(), Vec::new()),
+        None => (None, None, Vec::new(), super::Attempts::new()),
     };
     let sse = resp.body().is_sse(resp.headers());
     // An admission permit inside that meters the body already reads the usage (and may strip
@@ -178,16 +178,10 @@ pub fn attach(
         price,
         metered_inside,
     };
-    resp.map(|body| match body {
-        GatewayBody::Watched(mut w) => {
-            w.pending = Some(pending);
-            GatewayBody::Watched(w)
-        }
-        body => GatewayBody::Watched(Box::new(crate::body::Watched {
-            body,
-            permit: None,
-            pending: Some(pending),
-        })),
+    resp.map(|body| {
+        let mut watched = body.watched();
+        watched.pending = Some(pending);
+        GatewayBody::Watched(watched)
     })
 }
 

@@ -13,7 +13,7 @@ fn rec(id: u32, status: u16) -> Record {
         backend: Some("b0".into()),
         reason: None,
         scores: vec![],
-        attempts: vec![Attempt {
+        attempts: smallvec::smallvec![Attempt {
             backend: "b0".into(),
             outcome: "ok",
             status: Some(status),
