@@ -134,6 +134,19 @@ struct Driver<'a> {
     /// The caller's own header map for the first attempt to send (see [`run`]); later
     /// attempts send copies of [`Request::headers`].
     outgoing: Option<HeaderMap>,
+    /// The attempts that did not answer, in order, for the decision record.
+    tried: crate::decisions::Attempts,
+}
+
+impl Driver<'_> {
+    /// Notes an attempt that did not answer: which backend, how it ended, its status.
+    fn tried(&mut self, backend: Option<&Backend>, outcome: &'static str, status: Option<u16>) {
+        self.tried.push(crate::decisions::Attempt {
+            backend: backend.map_or_else(|| std::sync::Arc::from("?"), |b| b.shared_name.clone()),
+            outcome,
+            status,
+        });
+    }
 }
 
 /// A request a backend answered: the response, and how it got there (for its decision
@@ -177,6 +190,7 @@ pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Serve
         held: None,
         dispatched: None,
         outgoing,
+        tried: crate::decisions::Attempts::new(),
     };
     let mut chain = home.fallbacks.iter().filter_map(|m| gw.pools.get(m));
     let mut target = home;
@@ -205,6 +219,8 @@ pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Serve
                     tokio::time::sleep(after).await;
                 }
                 let Some(backend) = target.backend(backend) else {
+                    // Gone in a reload since the decision.
+                    d.tried(None, "gone", None);
                     d.plan.report(&mut d.progress, Outcome::Failed, gw.now());
                     now = gw.now();
                     continue;
@@ -228,7 +244,7 @@ pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Serve
                         target,
                         backend,
                         decision.as_ref(),
-                        d.progress.attempts(),
+                        std::mem::take(&mut d.tried),
                     );
                     if let Some(decision) = &decision {
                         tracing::debug!(request_id = ?req.request_id, model = %target.name, backend = %backend.name(), reason = %decision.reason, attempts = d.progress.attempts(), "routed");
@@ -258,7 +274,16 @@ pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Serve
     if let Some((resp, backend, guard, direction)) = d.held {
         let attempts = d.progress.attempts();
         let resp = relay(req, resp, None, backend, guard, attempts, (None, direction));
-        return Ok(Served { resp, routed: None });
+        // The answer relayed is the last retryable one; the record lists it last.
+        let mut tried = d.tried;
+        if let Some(i) = tried.iter().rposition(|a| a.outcome == "status") {
+            tried.remove(i);
+        }
+        let routed = crate::decisions::Routed::new(home, backend, None, tried);
+        return Ok(Served {
+            resp,
+            routed: Some(routed),
+        });
     }
     Err(d.failure.unwrap_or_else(|| ApiError::NoBackend {
         model: home.name.clone(),
@@ -297,6 +322,7 @@ impl<'a> Driver<'a> {
             Err(busy) => {
                 // Over its own rpm/tpm, it now cools down: the plan routes around it or waits,
                 // and if nothing else answers, the client hears why.
+                self.tried(Some(backend), "refused", None);
                 if let (crate::fleet::Busy::Limited(t), None) = (busy, &self.failure) {
                     self.failure = Some(ApiError::RateLimited {
                         scope: "backend",
@@ -338,16 +364,19 @@ impl<'a> Driver<'a> {
             }
             Err(Failed::Error(e)) => {
                 otel::attempted(span, "error", None, Some(&e));
+                self.tried(Some(backend), e.code(), None);
                 self.failure = Some(e);
                 Outcome::Failed
             }
             Err(Failed::Local(e)) => {
                 otel::attempted(span, "local", None, Some(&e));
+                self.tried(Some(backend), e.code(), None);
                 self.failure = Some(e);
                 Outcome::Local
             }
             Err(Failed::Answer(resp, guard, retry_after, direction)) => {
                 otel::attempted(span, "retryable", Some(resp.status().as_u16()), None);
+                self.tried(Some(backend), "status", Some(resp.status().as_u16()));
                 self.held = Some((resp, backend, guard, direction));
                 Outcome::Answered { retry_after }
             }

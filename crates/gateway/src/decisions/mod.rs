@@ -38,7 +38,10 @@ pub struct Score {
 pub struct Attempt {
     /// Backend name (shared with the backend).
     pub backend: Arc<str>,
-    /// `ok`, or what went wrong (`connect_error`, `timeout`, `status`, ...).
+    /// How it ended: `ok` or `error` for the answer relayed (by its status); before it,
+    /// `status` (a retryable answer passed over), `refused` (the backend was full, cooling
+    /// down or at its own limits), the error's code (`upstream_unreachable`,
+    /// `upstream_timeout`, ...), or `gone` (removed by a reload mid-request).
     pub outcome: &'static str,
     /// Upstream status, when one came back.
     pub status: Option<u16>,

@@ -24,8 +24,8 @@ pub struct Routed {
     pub reason: Option<switchyard_core::Reason>,
     /// Candidates' scores, when the policy explained them.
     pub scores: Vec<Score>,
-    /// Attempts made before the answer (failed ones first, the answering one last).
-    pub attempts: u32,
+    /// The attempts made before the answering one, in order, and how each ended.
+    pub tried: super::Attempts,
     /// The answering backend's `switchyard_tokens_total` counters (prompt, completion), which
     /// the usage is added to when the body ends.
     pub tokens: Option<[prometheus::IntCounter; 2]>,
@@ -34,8 +34,14 @@ pub struct Routed {
 }
 
 impl Routed {
-    /// The record's view of `decision`, taken by `backend` of `pool` after `attempts` tries.
-    pub fn new(pool: &Pool, backend: &Backend, decision: Option<&Decision>, attempts: u32) -> Self {
+    /// The record's view of `decision`, taken by `backend` of `pool` after the attempts
+    /// `tried`.
+    pub fn new(
+        pool: &Pool,
+        backend: &Backend,
+        decision: Option<&Decision>,
+        tried: super::Attempts,
+    ) -> Self {
         let scores = decision
             .and_then(|d| d.explanation.as_ref())
             .map(|ex| {
@@ -53,7 +59,7 @@ impl Routed {
             // The reason names its policy itself (`prefix_aware: ...`).
             reason: decision.map(|d| d.reason),
             scores,
-            attempts,
+            tried,
             tokens: Some(backend.state.metrics().tokens.clone()),
             price: backend.config.price,
         }
@@ -118,13 +124,7 @@ pub fn attach(
     let mut price = None;
     let (backend, reason, scores, attempts) = match routed {
         Some(r) => {
-            let mut attempts: super::Attempts = (1..r.attempts)
-                .map(|_| Attempt {
-                    backend: Arc::from("?"),
-                    outcome: "failed",
-                    status: None,
-                })
-                .collect();
+            let mut attempts = r.tried;
             attempts.push(Attempt {
                 backend: r.backend.clone(),
                 outcome: if status < 400 { "ok" } else { "error" },

@@ -110,3 +110,32 @@ async fn at_sample_zero_every_failed_request_is_written() {
     assert_eq!(ids, ["bad-0", "bad-1", "bad-2", "bad-3"]);
     assert_eq!(lines[0]["status"], 400);
 }
+
+#[tokio::test]
+async fn a_failed_over_request_s_record_names_each_backend_tried_and_how_it_ended() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let path = log_path("failover");
+    // `b0` refuses connections; round robin sends one of the first two requests to it first.
+    let file = TempConfig::new(&config(
+        &[closed_port(), up.url()],
+        "policy: round_robin",
+        &top(&path),
+    ));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    chats(&c, &gw, "fo", 2, StatusCode::OK).await;
+    let a = admin(&c, "GET", &gw.admin_url("/admin/decisions?last=2"), "").await;
+    let list = a.json()["decisions"].as_array().unwrap().clone();
+    let failed_over = list
+        .iter()
+        .find(|d| d["attempts"].as_array().unwrap().len() == 2)
+        .unwrap_or_else(|| panic!("one request tried b0 first: {list:?}"));
+    let attempts = &failed_over["attempts"];
+    assert_eq!(attempts[0]["backend"], "b0");
+    assert_eq!(attempts[0]["outcome"], "upstream_unreachable");
+    assert!(attempts[0]["status"].is_null());
+    assert_eq!(attempts[1]["backend"], "b1");
+    assert_eq!(attempts[1]["outcome"], "ok");
+    assert_eq!(attempts[1]["status"], 200);
+    assert_eq!(failed_over["backend"], "b1");
+}
