@@ -24,7 +24,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub listen: Option<ListenAddr>,
     /// Request body limit.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::limits::body_bytes")]
     pub max_body_bytes: Option<ByteSize>,
     /// Upstream timeouts.
     #[serde(default)]

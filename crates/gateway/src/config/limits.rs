@@ -133,6 +133,24 @@ fn header_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ByteSiz
     Ok(Some(b))
 }
 
+/// The largest `max_body_bytes`: a body is read whole into memory before it is routed, so
+/// the limit is what one request may make the gateway hold.
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// `max_body_bytes`: above zero (zero would refuse every request) and at most 1GiB.
+pub(super) fn body_bytes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ByteSize>, D::Error> {
+    let b = ByteSize::deserialize(d)?;
+    if b.0 == 0 || b.0 > MAX_BODY_BYTES {
+        return Err(serde::de::Error::custom(format!(
+            "max_body_bytes must be above 0 and at most 1GiB (default 32MiB): every request's body is held in memory up to it; got {} bytes",
+            b.0
+        )));
+    }
+    Ok(Some(b))
+}
+
 fn prompt_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
     let b = ByteSize::deserialize(d)?;
     if b.0 > MAX_PROMPT_BYTES {

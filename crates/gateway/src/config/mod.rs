@@ -339,6 +339,14 @@ mod tests {
             "{e}"
         );
 
+        for size in ["2GiB", "0"] {
+            let e = err(&format!(
+                "max_body_bytes: {size}\nmodels:\n  m:\n    backends:\n      - url: http://a:1\n"
+            ));
+            assert_eq!(e.line, Some(1), "{e}");
+            assert!(e.message.contains("at most 1GiB"), "{e}");
+        }
+
         let e = err("listen: nowhere\nmodels: {}\n");
         assert!(e.message.contains("ip:port"), "{e}");
         assert!(err("").message.contains("empty"));
