@@ -192,6 +192,9 @@ pub struct Gateway {
     /// Held while a change (reload, add, remove) builds and swaps a new snapshot, so two
     /// changes cannot both start from the same version and lose one of them.
     pub(crate) changes: Mutex<()>,
+    /// The file text the last reload installed, and the generation it made: a reload of the
+    /// same text onto that same generation changes nothing and installs nothing.
+    pub(crate) reloaded: Mutex<Option<(String, u64)>>,
     /// Source of request ids.
     id_seq: AtomicU64,
     id_salt: u64,
@@ -230,6 +233,7 @@ impl Gateway {
             clock,
             source,
             changes: Mutex::new(()),
+            reloaded: Mutex::new(None),
             id_seq: AtomicU64::new(0),
             id_salt: seed,
             draining: AtomicBool::new(false),

@@ -36,6 +36,9 @@ pub struct ReloadOutcome {
     pub kept: usize,
     /// Settings the file changes that take effect only after a restart.
     pub restart_needed: Vec<&'static str>,
+    /// The file is the text the last reload installed, on the config it made: nothing was
+    /// installed and the generation stays.
+    pub unchanged: bool,
 }
 
 /// One applied change: the snapshot it started from, the one it installed, and what the edit
@@ -51,16 +54,45 @@ impl Gateway {
     /// Re-reads the config file and swaps it in. On any problem (no file, unreadable, invalid)
     /// the running config stays and the error says why, with file, line and column.
     pub fn reload(&self) -> Result<ReloadOutcome, ApiError> {
+        let result = self.reload_file();
+        let label = match &result {
+            Ok(o) if o.unchanged => "unchanged",
+            Ok(_) => "applied",
+            Err(_) => "refused",
+        };
+        self.metrics.reloads.with_label_values(&[label]).inc();
+        result
+    }
+
+    fn reload_file(&self) -> Result<ReloadOutcome, ApiError> {
         let path = self.source().ok_or(ApiError::NoConfigFile)?;
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ApiError::InvalidConfig(ConfigError::io(path, &e)))?;
         let mut next = config::parse(&text, &origin).map_err(ApiError::InvalidConfig)?;
+        let mut reloaded = self
+            .reloaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.snapshot();
+        if reloaded
+            .as_ref()
+            .is_some_and(|(t, g)| *t == text && *g == current.generation)
+        {
+            // Nothing changed since this text was installed (a periodic SIGHUP, a config
+            // sidecar touching the file): the running snapshot stays, with its generation.
+            let mut outcome = diff(&current, &current);
+            outcome.source = origin;
+            outcome.unchanged = true;
+            outcome.restart_needed = keep_listeners(&current.config, &mut next);
+            return Ok(outcome);
+        }
         let change = self.change(|current| {
             let restart_needed = keep_listeners(&current.config, &mut next);
             check_kept_admin(&next, &origin, &text).map_err(ApiError::InvalidConfig)?;
             Ok::<_, ApiError>((next, restart_needed))
         })?;
+        *reloaded = Some((text, change.after.generation));
         let mut outcome = diff(&change.before, &change.after);
         outcome.source = path.display().to_string();
         outcome.restart_needed = change.extra;
@@ -138,6 +170,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> ReloadOutcome {
         removed: Vec::new(),
         kept: 0,
         restart_needed: Vec::new(),
+        unchanged: false,
     };
     for name in &new.model_names {
         let Some(pool) = new.pools.get(name) else {
@@ -196,6 +229,13 @@ pub fn spawn_sighup_reloader(gw: Arc<Gateway>) -> std::io::Result<tokio::task::J
 /// Logs a reload's result.
 pub fn log_reload(result: &Result<ReloadOutcome, ApiError>) {
     match result {
+        Ok(o) if o.unchanged => {
+            tracing::info!(
+                generation = o.generation,
+                "config file {} unchanged since it was installed; nothing to reload",
+                o.source
+            );
+        }
         Ok(o) => {
             tracing::info!(
                 generation = o.generation,

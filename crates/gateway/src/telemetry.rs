@@ -43,6 +43,11 @@ pub struct Metrics {
     /// `switchyard_decision_log_dropped_total`: decision records not written because the
     /// writer's channel was full.
     pub decisions_dropped: IntCounter,
+    /// `switchyard_config_reloads_total{result}`: reloads of the config file (SIGHUP or
+    /// `POST /admin/reload`) by result: `applied`, `unchanged` (the text installed last, on
+    /// the config it made: nothing to do) or `refused` (unreadable or invalid; the running
+    /// config stays).
+    pub reloads: IntCounterVec,
     /// Admission: per priority and per configured tenant.
     pub admission: crate::admission::metrics::AdmissionMetrics,
     /// Routes: requests per rule, mirrored copies.
@@ -202,6 +207,14 @@ impl Metrics {
             "Decision log records dropped because the writer's channel was full.",
         )
         .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Reloads of the config file by result: applied, unchanged or refused.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let local_errors = IntCounter::new(
             "switchyard_local_errors_total",
             "Upstream attempts that failed for want of a local resource (file descriptors, ports, memory); not counted against the backend.",
@@ -213,6 +226,7 @@ impl Metrics {
             Box::new(connections_rejected.clone()),
             Box::new(local_errors.clone()),
             Box::new(decisions_dropped.clone()),
+            Box::new(reloads.clone()),
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
             Box::new(in_flight.clone()),
@@ -246,6 +260,7 @@ impl Metrics {
             connections_rejected,
             local_errors,
             decisions_dropped,
+            reloads,
             overhead,
         }
     }

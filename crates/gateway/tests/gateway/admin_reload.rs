@@ -437,3 +437,45 @@ async fn a_kept_backend_follows_the_reloaded_pools_breaker_settings() {
         "open"
     );
 }
+
+#[tokio::test]
+async fn reloading_an_unchanged_file_installs_nothing_unless_the_api_changed_the_config() {
+    let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
+    let file = TempConfig::new(&named("round_robin", &[("b0", up.url())]));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    let url = gw.admin_url("/admin/reload");
+    let reload = || admin(&c, "POST", &url, "");
+    let generation = |a: Answer| a.json()["generation"].as_u64().unwrap();
+
+    assert_eq!(
+        generation(reload().await),
+        2,
+        "the first reload installs the file"
+    );
+    let again = reload().await.json();
+    assert_eq!(
+        again["generation"], 2,
+        "the same text again: nothing installed"
+    );
+    assert_eq!(again["kept"], 1);
+    assert_eq!(again["unchanged"], true);
+    assert_eq!(again["added"], serde_json::json!([]));
+
+    // A change through the API moves the generation: the same text is installed again, so
+    // the file is what runs.
+    let added = admin(
+        &c,
+        "POST",
+        &gw.admin_url("/admin/backends?model=m"),
+        &format!(r#"{{"url":"{}","name":"b9"}}"#, up.url()),
+    )
+    .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{:?}", added.body);
+    let back = reload().await.json();
+    assert_eq!(back["generation"], 4, "{back}");
+    assert_eq!(back["removed"], serde_json::json!(["m/b9"]));
+
+    file.write(&named("least_connections", &[("b0", up.url())]));
+    assert_eq!(generation(reload().await), 5, "a changed file is installed");
+}
