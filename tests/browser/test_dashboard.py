@@ -21,7 +21,15 @@ import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in tests/sdk/requirements.txt")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def wait(driver, seconds):
+    """A wait that polls again when the page replaced an element while it was being read (a
+    navigation after a form post, or the dashboard redrawing a live table)."""
+    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
+
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", ROOT / "target" / "debug" / "switchyard"))
@@ -105,12 +113,12 @@ def test_dashboard_shows_the_live_fleet_and_opens_a_decision(demo, browser):
     d = browser
     d.get(demo)
     # The token link signs in (cookie) and lands on the page without the token in the address.
-    WebDriverWait(d, 15).until(lambda d: d.current_url.endswith("/dashboard"))
+    wait(d, 15).until(lambda d: d.current_url.endswith("/dashboard"))
     assert "token=" not in d.current_url
-    WebDriverWait(d, 15).until(lambda d: set(fleet(d)) == BACKENDS)
+    wait(d, 15).until(lambda d: set(fleet(d)) == BACKENDS)
     assert d.find_element(By.ID, "conn").get_attribute("data-state") == "live"
     # Engine and GPU figures come from scrapes, which may land a tick after the page opens.
-    WebDriverWait(d, 15).until(lambda d: all(c["gpu"] != "–" and c["engine"] != "–" for c in fleet(d).values()))
+    wait(d, 15).until(lambda d: all(c["gpu"] != "–" and c["engine"] != "–" for c in fleet(d).values()))
 
     first = fleet(d)
     for name, cells in first.items():
@@ -130,7 +138,7 @@ def test_dashboard_shows_the_live_fleet_and_opens_a_decision(demo, browser):
         changed |= {b for b in BACKENDS if now.get(b) != first.get(b)}
     assert len(changed) >= 2, f"fleet numbers did not change: {first} -> {fleet(d)}"
     uptime = d.find_element(By.ID, "uptime").text
-    WebDriverWait(d, 5).until(lambda d: d.find_element(By.ID, "uptime").text != uptime)
+    wait(d, 5).until(lambda d: d.find_element(By.ID, "uptime").text != uptime)
 
     # The traffic charts are drawn with a series per backend.
     for chart in ("chart-rps", "chart-tps"):
@@ -139,7 +147,7 @@ def test_dashboard_shows_the_live_fleet_and_opens_a_decision(demo, browser):
         assert BACKENDS <= labels, (chart, labels)
 
     # Decisions: rows for routed requests; clicking one shows its whole record.
-    WebDriverWait(d, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#decision-rows tr[data-id]"))
+    wait(d, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#decision-rows tr[data-id]"))
     time.sleep(SETTLE)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     d.save_screenshot(str(SCREENSHOT))
@@ -148,7 +156,7 @@ def test_dashboard_shows_the_live_fleet_and_opens_a_decision(demo, browser):
     # Dispatched on the row itself: a pointer click at the row's coordinates can land on its
     # neighbour when a tick inserts newer rows above it in between.
     d.execute_script("arguments[0].click()", row)
-    WebDriverWait(d, 5).until(lambda d: d.find_element(By.ID, "record").get_attribute("open") is not None)
+    wait(d, 5).until(lambda d: d.find_element(By.ID, "record").get_attribute("open") is not None)
     record = json.loads(d.find_element(By.ID, "record-body").text)
     assert record["id"] == want
     assert record["model"] == "llama-3-8b"
@@ -160,7 +168,7 @@ def test_dashboard_shows_the_live_fleet_and_opens_a_decision(demo, browser):
     assert record["duration_ms"] > 0
     d.save_screenshot(str(SCREENSHOT.with_name(SCREENSHOT.stem + "-decision.png")))
     d.find_element(By.ID, "record-close").click()
-    WebDriverWait(d, 5).until(lambda d: d.find_element(By.ID, "record").get_attribute("open") is None)
+    wait(d, 5).until(lambda d: d.find_element(By.ID, "record").get_attribute("open") is None)
 
 
 def test_dashboard_asks_for_the_token_and_refuses_a_wrong_one(demo, browser):
@@ -171,8 +179,8 @@ def test_dashboard_asks_for_the_token_and_refuses_a_wrong_one(demo, browser):
     assert d.find_elements(By.CSS_SELECTOR, "form[action='/dashboard/login']"), "no sign-in form"
     d.find_element(By.NAME, "token").send_keys("not-the-token")
     d.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(d, 5).until(lambda d: "not the admin token" in d.find_element(By.CSS_SELECTOR, ".error").text)
+    wait(d, 5).until(lambda d: "not the admin token" in d.find_element(By.CSS_SELECTOR, ".error").text)
     token = demo.split("token=")[1]
     d.find_element(By.NAME, "token").send_keys(token)
     d.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(d, 15).until(lambda d: set(fleet(d)) == BACKENDS)
+    wait(d, 15).until(lambda d: set(fleet(d)) == BACKENDS)
