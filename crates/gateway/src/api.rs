@@ -413,8 +413,8 @@ async fn proxy(
                     request_id: request_id.clone(),
                 });
             }
-            let price = how.as_ref().and_then(|r| r.price);
-            (admitted.finish(resp, price), how)
+            let price = how.price;
+            (admitted.finish(resp, price), Some(how))
         }
         Err(e) => (refuse(&pool.name, e), None),
     };

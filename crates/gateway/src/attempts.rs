@@ -115,6 +115,17 @@ impl Target for Pool {
     }
 }
 
+/// A retryable answer kept to pass through if every attempt fails.
+struct Held<'a> {
+    resp: hyper::Response<Incoming>,
+    backend: &'a Backend,
+    guard: InFlightGuard,
+    /// How it is translated back.
+    direction: Option<Direction>,
+    /// Its attempt's place in [`Driver::tried`].
+    attempt: usize,
+}
+
 /// The driver's state for one request.
 struct Driver<'a> {
     req: &'a Request<'a>,
@@ -123,12 +134,7 @@ struct Driver<'a> {
     /// The last attempt's error, answered if nothing better comes.
     failure: Option<ApiError>,
     /// The last retryable answer, passed through if every attempt fails.
-    held: Option<(
-        hyper::Response<Incoming>,
-        &'a Backend,
-        InFlightGuard,
-        Option<Direction>,
-    )>,
+    held: Option<Held<'a>>,
     /// When the first attempt went out (for the overhead metric).
     dispatched: Option<Instant>,
     /// The caller's own header map for the first attempt to send (see [`run`]); later
@@ -138,26 +144,14 @@ struct Driver<'a> {
     tried: crate::decisions::Attempts,
 }
 
-impl Driver<'_> {
-    /// Notes an attempt that did not answer: which backend, how it ended, its status.
-    fn tried(&mut self, backend: Option<&Backend>, outcome: &'static str, status: Option<u16>) {
-        self.tried.push(crate::decisions::Attempt {
-            backend: backend.map_or_else(|| std::sync::Arc::from("?"), |b| b.shared_name.clone()),
-            outcome,
-            status,
-        });
-    }
-}
-
 /// A request a backend answered: the response, and how it got there (for its decision
 /// record).
 #[derive(Debug)]
 pub struct Served {
     /// The response to relay.
     pub resp: Response<GatewayBody>,
-    /// Where it was routed and after how many attempts; `None` for a held error answer
-    /// relayed once every attempt had failed.
-    pub routed: Option<crate::decisions::Routed>,
+    /// Where it was routed, and the attempts before the answering one.
+    pub routed: crate::decisions::Routed,
 }
 
 /// Serves `req` from its pool, then its fallback models.
@@ -249,10 +243,7 @@ pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Serve
                     if let Some(decision) = &decision {
                         tracing::debug!(request_id = ?req.request_id, model = %target.name, backend = %backend.name(), reason = %decision.reason, attempts = d.progress.attempts(), "routed");
                     }
-                    return Ok(Served {
-                        resp,
-                        routed: Some(routed),
-                    });
+                    return Ok(Served { resp, routed });
                 }
             }
             Step::NextModel => match chain.next() {
@@ -271,19 +262,23 @@ pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Serve
         }
         now = gw.now();
     }
-    if let Some((resp, backend, guard, direction)) = d.held {
+    if let Some(held) = d.held {
         let attempts = d.progress.attempts();
-        let resp = relay(req, resp, None, backend, guard, attempts, (None, direction));
-        // The answer relayed is the last retryable one; the record lists it last.
+        let (backend, direction) = (held.backend, held.direction);
+        let resp = relay(
+            req,
+            held.resp,
+            None,
+            backend,
+            held.guard,
+            attempts,
+            (None, direction),
+        );
+        // The record lists the answer relayed last.
         let mut tried = d.tried;
-        if let Some(i) = tried.iter().rposition(|a| a.outcome == "status") {
-            tried.remove(i);
-        }
+        tried.remove(held.attempt);
         let routed = crate::decisions::Routed::new(home, backend, None, tried);
-        return Ok(Served {
-            resp,
-            routed: Some(routed),
-        });
+        return Ok(Served { resp, routed });
     }
     Err(d.failure.unwrap_or_else(|| ApiError::NoBackend {
         model: home.name.clone(),
@@ -306,6 +301,15 @@ fn decide(
 }
 
 impl<'a> Driver<'a> {
+    /// Notes an attempt that did not answer: which backend, how it ended, its status.
+    fn tried(&mut self, backend: Option<&Backend>, outcome: &'static str, status: Option<u16>) {
+        self.tried.push(crate::decisions::Attempt {
+            backend: backend.map_or_else(|| std::sync::Arc::from("?"), |b| b.shared_name.clone()),
+            outcome,
+            status,
+        });
+    }
+
     /// Sends the plan's attempt to `backend` of `target` and reports how it ended; returns
     /// the client's response when it is the one.
     async fn send(
@@ -376,8 +380,15 @@ impl<'a> Driver<'a> {
             }
             Err(Failed::Answer(resp, guard, retry_after, direction)) => {
                 otel::attempted(span, "retryable", Some(resp.status().as_u16()), None);
+                let attempt = self.tried.len();
                 self.tried(Some(backend), "status", Some(resp.status().as_u16()));
-                self.held = Some((resp, backend, guard, direction));
+                self.held = Some(Held {
+                    resp,
+                    backend,
+                    guard,
+                    direction,
+                    attempt,
+                });
                 Outcome::Answered { retry_after }
             }
         };

@@ -139,3 +139,35 @@ async fn a_failed_over_request_s_record_names_each_backend_tried_and_how_it_ende
     assert_eq!(attempts[1]["status"], 200);
     assert_eq!(failed_over["backend"], "b1");
 }
+
+#[tokio::test]
+async fn when_every_backend_answers_503_the_record_lists_the_one_passed_over_then_the_one_relayed()
+{
+    let a = Mock::start(Reply::Json(StatusCode::SERVICE_UNAVAILABLE, OK_BODY)).await;
+    let b = Mock::start(Reply::Json(StatusCode::SERVICE_UNAVAILABLE, OK_BODY)).await;
+    let path = log_path("held");
+    let file = TempConfig::new(&config(
+        &[a.url(), b.url()],
+        "policy: round_robin",
+        &top(&path),
+    ));
+    let gw = FileGw::start(&file).await;
+    let c = client();
+    chats(&c, &gw, "held", 1, StatusCode::SERVICE_UNAVAILABLE).await;
+    let list = admin(&c, "GET", &gw.admin_url("/admin/decisions?last=1"), "")
+        .await
+        .json()["decisions"]
+        .clone();
+    let d = &list[0];
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{d}");
+    assert_eq!(attempts[0]["outcome"], "status");
+    assert_eq!(attempts[0]["status"], 503);
+    assert_eq!(attempts[1]["outcome"], "error");
+    assert_eq!(attempts[1]["status"], 503);
+    assert_ne!(attempts[0]["backend"], attempts[1]["backend"]);
+    assert_eq!(
+        d["backend"], attempts[1]["backend"],
+        "the record names the backend relayed"
+    );
+}
