@@ -40,7 +40,7 @@ pub struct Conn<'a> {
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Conn<'_>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let started = Instant::now();
     let request_id = match req.headers().get(forward::X_REQUEST_ID) {
@@ -77,7 +77,7 @@ pub async fn handle(
         None if crate::admin::on_main_listener(&snap, req.uri().path()) => {
             crate::admin::handle(&gw, req).await
         }
-        None => local(&gw, &snap, &req),
+        None => local(&gw, &snap, &mut req),
     };
     resp.headers_mut().insert(forward::X_REQUEST_ID, request_id);
     resp
@@ -108,7 +108,7 @@ fn add_route_note(resp: &mut Response<GatewayBody>, note: &str) {
 }
 
 /// The endpoints the gateway answers itself.
-fn local(gateway: &Gateway, gw: &Snapshot, req: &Request<Incoming>) -> Response<GatewayBody> {
+fn local(gateway: &Gateway, gw: &Snapshot, req: &mut Request<Incoming>) -> Response<GatewayBody> {
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {
@@ -125,7 +125,7 @@ fn local(gateway: &Gateway, gw: &Snapshot, req: &Request<Incoming>) -> Response<
             .into_response()
         }
         // With auth on, a key is needed here too, and it hears only of its models.
-        "/v1/models" => match crate::admission::authenticate(gw, req.headers(), None) {
+        "/v1/models" => match crate::admission::authenticate(gw, req.headers_mut(), None) {
             Ok(caller) => json(StatusCode::OK, models_body(gw, &caller)),
             Err(e) => e.into_response(),
         },
@@ -264,14 +264,11 @@ async fn proxy(
     if declared.is_some_and(|n| n > limit) {
         return refuse("", ApiError::BodyTooLarge { limit });
     }
-    let caller = match crate::admission::authenticate(gw, req.headers(), Some(conn.keys)) {
+    let (mut parts, body) = req.into_parts();
+    let caller = match crate::admission::authenticate(gw, &mut parts.headers, Some(conn.keys)) {
         Ok(caller) => caller,
         Err(e) => return refuse("", e),
     };
-    let (mut parts, body) = req.into_parts();
-    if caller.key_scope().is_some() {
-        crate::admission::keys::take_presented(&mut parts.headers);
-    }
     let original = match read_body(body, limit, declared, gw.config.limits.body_read_timeout).await
     {
         Ok(body) => body,

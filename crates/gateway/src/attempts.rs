@@ -610,8 +610,8 @@ fn relay(
     let (mut head, incoming) = resp.into_parts();
     forward::clean_response_headers(&mut head.headers);
     // Room for what the gateway adds (backend, attempts, request id, and with admission the
-    // six `x-ratelimit-*`), so the map grows once rather than once per batch.
-    let adding = if req.gw.admission.is_some() { 9 } else { 3 };
+    // four `x-ratelimit-*`), so the map grows once rather than once per batch.
+    let adding = if req.gw.admission.is_some() { 7 } else { 3 };
     head.headers.reserve(adding);
     head.headers
         .insert(forward::X_SWITCHYARD_BACKEND, backend.name_header.clone());

@@ -315,28 +315,37 @@ fn next_stamp() -> u64 {
 /// The header Anthropic-style clients present their key in.
 const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
-/// The key a request presents: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
-pub fn presented(headers: &http::HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let v = v.as_bytes();
-        let (scheme, rest) = v.split_at_checked(7)?;
-        return scheme
-            .eq_ignore_ascii_case(b"bearer ")
-            .then(|| rest.trim_ascii())
-            .filter(|k| !k.is_empty());
-    }
-    headers
-        .get(X_API_KEY)
-        .map(|v| v.as_bytes().trim_ascii())
-        .filter(|k| !k.is_empty())
+/// A key as a request presented it: the header's value, and where the key starts in it.
+#[derive(Debug)]
+pub struct Presented {
+    value: http::HeaderValue,
+    skip: usize,
 }
 
-/// Takes the header a key was presented in (see [`presented`]) out of `headers`: the key
-/// is the gateway's, and no backend is to see it (a backend's own key is its `api_key`).
-pub fn take_presented(headers: &mut http::HeaderMap) {
-    if headers.remove(http::header::AUTHORIZATION).is_none() {
-        headers.remove(X_API_KEY);
+impl Presented {
+    /// The key's bytes.
+    pub fn key(&self) -> &[u8] {
+        self.value.as_bytes()[self.skip..].trim_ascii()
     }
+}
+
+/// Takes the key a request presents out of `headers`: `Authorization: Bearer <key>`, else
+/// `x-api-key: <key>`. The header goes whether or not it holds a key: it is the gateway's,
+/// and no backend is to see it (a backend's own key is its `api_key`). `None`: no key.
+pub fn take_presented(headers: &mut http::HeaderMap) -> Option<Presented> {
+    let found = match headers.remove(http::header::AUTHORIZATION) {
+        Some(value) => {
+            let bearer = value
+                .as_bytes()
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "));
+            bearer.then_some(Presented { value, skip: 7 })
+        }
+        None => headers
+            .remove(X_API_KEY)
+            .map(|value| Presented { value, skip: 0 }),
+    };
+    found.filter(|p| !p.key().is_empty())
 }
 
 #[cfg(test)]

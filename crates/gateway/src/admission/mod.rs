@@ -195,24 +195,25 @@ impl Caller {
     }
 }
 
-/// Checks the request's key (when auth is on). Reads headers only. `memo` is the
-/// connection's last key, when the request came on one (see [`keys::KeyMemo`]).
+/// Checks the request's key (when auth is on), taking the header it came in out of
+/// `headers` (see [`keys::take_presented`]). `memo` is the connection's last key, when the
+/// request came on one (see [`keys::KeyMemo`]).
 pub fn authenticate(
     snap: &Snapshot,
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
     memo: Option<&keys::KeyMemo>,
 ) -> Result<Caller, ApiError> {
     let Some(keys) = snap.admission.as_ref().and_then(|a| a.keys.as_ref()) else {
         return Ok(Caller::default());
     };
-    let Some(presented) = keys::presented(headers) else {
+    let Some(presented) = keys::take_presented(headers) else {
         return Err(ApiError::InvalidApiKey(
             "no API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
         ));
     };
     let found = match memo {
-        Some(memo) => keys.find_memo(presented, memo),
-        None => keys.find(presented),
+        Some(memo) => keys.find_memo(presented.key(), memo),
+        None => keys.find(presented.key()),
     };
     let Some(key) = found else {
         return Err(ApiError::InvalidApiKey("the API key is not valid"));
@@ -500,7 +501,6 @@ impl Admitted {
     }
 }
 
-/// `x-ratelimit-*` as OpenAI sends them.
 /// `d` as seconds with millisecond precision (`1.250s`), written into `buf` digit by digit:
 /// the formatting machinery cost more than the rest of the limit headers together.
 fn seconds_text(d: std::time::Duration, buf: &mut [u8; 32]) -> &[u8] {
@@ -529,18 +529,18 @@ fn seconds_text(d: std::time::Duration, buf: &mut [u8; 32]) -> &[u8] {
     &buf[end..]
 }
 
-/// Room for the six `x-ratelimit-*` values: four numbers of at most 20 digits and two
-/// durations of at most 25 characters.
+/// Room for the four `x-ratelimit-*` values: three numbers of at most 20 digits and a
+/// duration of at most 25 characters.
 #[derive(Debug)]
 struct Text {
-    bytes: [u8; 130],
+    bytes: [u8; 85],
     len: usize,
 }
 
 impl Default for Text {
     fn default() -> Self {
         Self {
-            bytes: [0; 130],
+            bytes: [0; 85],
             len: 0,
         }
     }
@@ -564,51 +564,45 @@ impl AsRef<[u8]> for Text {
     }
 }
 
+/// The `x-ratelimit-*` headers the issue names and OpenAI sends: the request limit, the
+/// requests and tokens left, and when the request bucket is full again. (OpenAI also sends
+/// the token limit and the token bucket's reset; each header costs the answer a map insert
+/// and its bytes, about 0.7k instructions together, and neither is news to a caller who
+/// knows its own `tpm`.)
 fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
     use http::header::HeaderName;
     // Names built once (a `&str` name is parsed again on every insert).
     const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
     const REMAINING_REQUESTS: HeaderName =
         HeaderName::from_static("x-ratelimit-remaining-requests");
-    const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
     const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
     const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-    const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
     // Every value is written into one buffer and each header takes a slice of it: one
-    // allocation for the six instead of one each (an owned buffer: slicing a `Vec`-backed
+    // allocation for the four instead of one each (an owned buffer: slicing a `Vec`-backed
     // `Bytes` would allocate its shared header on the first slice).
     let mut buf = Text::default();
-    let mut ends = [0usize; 6];
+    let mut ends = [0usize; 4];
     let mut numbers = itoa::Buffer::new();
-    for (i, v) in [
-        g.limit_requests,
-        g.remaining_requests,
-        g.limit_tokens,
-        g.remaining_tokens,
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, v) in [g.limit_requests, g.remaining_requests, g.remaining_tokens]
+        .into_iter()
+        .enumerate()
     {
         if let Some(v) = v {
             buf.extend_from_slice(numbers.format(v).as_bytes());
         }
         ends[i] = buf.len();
     }
-    for (i, d) in [g.reset_requests, g.reset_tokens].into_iter().enumerate() {
-        if let Some(d) = d {
-            buf.extend_from_slice(seconds_text(d, &mut [0u8; 32]));
-        }
-        ends[4 + i] = buf.len();
+    if let Some(d) = g.reset_requests {
+        buf.extend_from_slice(seconds_text(d, &mut [0u8; 32]));
     }
+    ends[3] = buf.len();
     let all = bytes::Bytes::from_owner(buf);
-    h.reserve(6);
+    h.reserve(4);
     let names = [
         LIMIT_REQUESTS,
         REMAINING_REQUESTS,
-        LIMIT_TOKENS,
         REMAINING_TOKENS,
         RESET_REQUESTS,
-        RESET_TOKENS,
     ];
     let mut from = 0;
     for (name, end) in names.into_iter().zip(ends) {
