@@ -254,8 +254,14 @@ impl OverheadRun {
         }
         let _ = writeln!(
             s,
-            "\n## Max throughput at {} connections ({} s)\n\n| path | generator | requests/s | p50 ms | p99 ms | non-2xx + errors | proxy CPU s / 1k req |\n|---|---|---:|---:|---:|---:|---:|",
-            self.connections, self.duration_s
+            "\n## Max throughput at {} connections ({} s){}\n\n| path | generator | requests/s | p50 ms | p99 ms | non-2xx + errors | proxy CPU s / 1k req |\n|---|---|---:|---:|---:|---:|---:|",
+            self.connections,
+            self.duration_s,
+            if self.rounds.is_empty() {
+                ""
+            } else {
+                ", first round (the verdicts are the interleaved rounds' medians, below)"
+            }
         );
         for p in self.paths.iter().filter(|p| p.error.is_none()) {
             if let Some(t) = &p.throughput {
