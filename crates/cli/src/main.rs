@@ -121,14 +121,14 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, listen } => {
-            let cfg = match config::load(&config) {
-                Ok(c) => c,
+            let server = match Server::from_file(&config) {
+                Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match run_serve(cfg, &config, listen) {
+            match run_serve(server, listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -149,24 +149,19 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_serve(
-    cfg: config::Config,
-    path: &std::path::Path,
-    listen: Option<std::net::SocketAddr>,
-) -> anyhow::Result<()> {
+fn run_serve(server: Server, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let cfg = server.config();
         let admin_on_main = cfg.admin.as_ref().is_some_and(|a| a.listen.is_none());
         let models: Vec<String> = cfg
             .models
             .iter()
             .map(|m| format!("{} ({})", m.name, m.policy.name()))
             .collect();
-        let mut server = Server::from_config(cfg)
-            .reloads_from(path)
-            .reload_on_sighup();
+        let mut server = server.reload_on_sighup();
         // The override is applied at bind time, so the running config keeps the file's
         // value and a reload does not report `listen` as changed.
         if let Some(l) = listen {

@@ -64,6 +64,16 @@ impl Gateway {
         result
     }
 
+    /// Notes the text the running config was read from at start: reloading that same text
+    /// installs nothing, as after a reload.
+    pub(crate) fn loaded(&self, text: String) {
+        let generation = self.snapshot().generation;
+        *self
+            .reloaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((text, generation));
+    }
+
     fn reload_file(&self) -> Result<ReloadOutcome, ApiError> {
         let path = self.source().ok_or(ApiError::NoConfigFile)?;
         let origin = path.display().to_string();

@@ -40,6 +40,9 @@ pub struct Server {
     config: Config,
     /// The file the config came from: `POST /admin/reload` and SIGHUP re-read it.
     source: Option<PathBuf>,
+    /// The text that file held when it was read at start: reloading the same text installs
+    /// nothing.
+    text: Option<String>,
     /// Binds the main listener here instead of the config's `listen` (the running config
     /// keeps the file's value, so a reload does not report `listen` as changed).
     listen: Option<SocketAddr>,
@@ -55,6 +58,7 @@ impl Server {
         Self {
             config,
             source: None,
+            text: None,
             listen: None,
             admin: None,
             sighup: false,
@@ -64,7 +68,16 @@ impl Server {
     /// A server running the config file at `path` (validated as `switchyard check` does),
     /// which reloads re-read.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Ok(Self::from_config(config::load(path)?).reloads_from(path))
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+        let config = config::parse(&text, &path.display().to_string())?;
+        let mut server = Self::from_config(config).reloads_from(path);
+        server.text = Some(text);
+        Ok(server)
+    }
+
+    /// The config it will run.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Reloads (`POST /admin/reload`, SIGHUP) re-read `path`, the file `config` came from.
@@ -127,6 +140,9 @@ impl Server {
             Some(path) => Gateway::with_source(self.config, path),
             None => Gateway::new(self.config),
         };
+        if let Some(text) = self.text {
+            gateway.loaded(text);
+        }
         let reloader = if self.sighup {
             Some(
                 crate::reload::spawn_sighup_reloader(gateway.clone()).map_err(|e| {

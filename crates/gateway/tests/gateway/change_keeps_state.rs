@@ -91,10 +91,14 @@ async fn a_sighup_that_changes_nothing_changes_no_health_check() {
     let c = client();
     // The first check runs at once; the next would be in an hour.
     eventually(|| steady.count() == 1).await;
-    // The first SIGHUP installs the file again (generation 2); the next two find it
-    // unchanged and install nothing.
+    // The first two SIGHUPs find the file as it was read at start and install nothing; the
+    // third finds a comment added, installs the same config again (generation 2), and the
+    // kept backend's checks go on as they were.
     let reloads = |result: &str| gw.gw.metrics.reloads.with_label_values(&[result]).get();
     for n in 1..=3 {
+        if n == 3 {
+            file.write(&format!("# touched\n{text}"));
+        }
         let hup = std::process::Command::new("kill")
             .args(["-HUP", &std::process::id().to_string()])
             .status()
