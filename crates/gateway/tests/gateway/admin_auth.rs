@@ -121,7 +121,7 @@ async fn admin_errors_have_stable_codes() {
 #[tokio::test]
 async fn reload_without_a_config_file_is_409() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&admin_config(&[up.url()], "")).await;
+    let gw = Gw::with(admin_conf(&[up.url()])).await;
     let c = client();
     let a = admin(&c, "POST", &gw.url("/admin/reload"), "").await;
     assert_eq!(a.status, StatusCode::CONFLICT);

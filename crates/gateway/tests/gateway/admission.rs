@@ -3,10 +3,12 @@
 //! restart), 401/403, rate limits and their headers, and the per-pool waiting room (priority
 //! order, timeouts, shedding, fairness between tenants).
 
+use crate::support::conf::{Conf, Pool};
 use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -53,19 +55,56 @@ async fn admin(c: &Client, gw: &Gw, method: Method, path: &str, body: &str) -> A
     send(c, req).await
 }
 
-/// A config with models `m` and `other` on `url`, auth with two config keys, and `extra`
-/// top-level lines.
-fn auth_config(url: &str, db: Option<&std::path::Path>, key_extra: &str, extra: &str) -> String {
-    let db = db.map_or(String::new(), |p| format!("  db: {}\n", p.display()));
-    format!(
-        "admin:\n  token: {ADMIN}\nauth:\n{db}  tenants:\n    team-a: {{}}\n    team-b: {{}}\n  keys:\n    - {{key: {KEY_A}, tenant: team-a, models: [m]{key_extra}}}\n    - {{key: {KEY_B}, tenant: team-b}}\n{extra}\nmodels:\n  m:\n    backends:\n      - {{url: \"{url}\", name: b0, max_concurrency: 1}}\n  other:\n    backends:\n      - {{url: \"{url}\", name: b1}}\n"
-    )
+/// The `auth:` section: tenants `team-a` and `team-b`, [`KEY_A`] of team-a for model `m`
+/// only with `key_a`'s fields added, [`KEY_B`] of team-b (unless `with_b` is false), and the
+/// store at `db`.
+fn auth(db: Option<&std::path::Path>, key_a: Value, with_b: bool) -> Value {
+    let mut a = json!({"key": KEY_A, "tenant": "team-a", "models": ["m"]});
+    if let (Some(a), Value::Object(fields)) = (a.as_object_mut(), key_a) {
+        a.extend(fields);
+    }
+    let mut keys = vec![a];
+    if with_b {
+        keys.push(json!({"key": KEY_B, "tenant": "team-b"}));
+    }
+    let mut auth = json!({"tenants": {"team-a": {}, "team-b": {}}, "keys": keys});
+    if let Some(db) = db {
+        auth["db"] = json!(db);
+    }
+    auth
+}
+
+/// The admin API behind [`ADMIN`], [`auth`] with both keys, model `m` on `url` (backend `b0`,
+/// `max_concurrency: 1`) and model `other` on `url` (backend `b1`).
+fn auth_config(url: &str, db: Option<&std::path::Path>, key_a: Value) -> Conf {
+    Conf::new()
+        .set("admin", json!({"token": ADMIN}))
+        .set("auth", auth(db, key_a, true))
+        .model("m", b0(json!({"url": url, "max_concurrency": 1})))
+        .model(
+            "other",
+            Pool::default().backend(json!({"url": url, "name": "b1"})),
+        )
+}
+
+/// Model `m`'s pool: backend `b0` with `fields`.
+fn b0(fields: Value) -> Pool {
+    let mut b = json!({"name": "b0"});
+    if let (Some(b), Value::Object(fields)) = (b.as_object_mut(), fields) {
+        b.extend(fields);
+    }
+    Pool::default().backend(b)
+}
+
+/// No fields added.
+fn none() -> Value {
+    json!({})
 }
 
 #[tokio::test]
 async fn missing_unknown_and_wrong_model_keys_are_refused_and_good_ones_pass() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&auth_config(&up.url(), None, "", "")).await;
+    let gw = Gw::with(auth_config(&up.url(), None, none())).await;
     let c = client();
 
     let a = chat(&c, &gw, "m", &[]).await;
@@ -145,8 +184,8 @@ async fn run_time_keys_are_hashed_in_sqlite_revoked_rotated_and_survive_a_restar
     let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
     let dir = temp_dir("lifecycle");
     let db = dir.join("keys.db");
-    let yaml = auth_config(&up.url(), Some(&db), "", "");
-    let mut gw = Gw::start(&yaml).await;
+    let conf = auth_config(&up.url(), Some(&db), none());
+    let mut gw = Gw::with(conf.clone()).await;
     let c = client();
 
     let made = admin(
@@ -188,7 +227,7 @@ async fn run_time_keys_are_hashed_in_sqlite_revoked_rotated_and_survive_a_restar
 
     // It survives a restart.
     gw.shutdown().await;
-    let mut gw = Gw::start(&yaml).await;
+    let mut gw = Gw::with(conf.clone()).await;
     assert_eq!(
         chat(&c, &gw, "m", &[("authorization", &bearer(&key))])
             .await
@@ -239,7 +278,7 @@ async fn run_time_keys_are_hashed_in_sqlite_revoked_rotated_and_survive_a_restar
         401
     );
     gw.shutdown().await;
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(conf.clone()).await;
     assert_eq!(
         chat(&c, &gw, "m", &[("authorization", &bearer(&new_key))])
             .await
@@ -258,7 +297,12 @@ async fn run_time_keys_are_hashed_in_sqlite_revoked_rotated_and_survive_a_restar
 #[tokio::test]
 async fn rpm_limit_answers_429_with_retry_after_and_ratelimit_headers() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&auth_config(&up.url(), None, ", rpm: 2, tpm: 100000", "")).await;
+    let gw = Gw::with(auth_config(
+        &up.url(),
+        None,
+        json!({"rpm": 2, "tpm": 100000}),
+    ))
+    .await;
     let c = client();
     let auth = bearer(KEY_A);
     let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
@@ -295,7 +339,7 @@ async fn rpm_limit_answers_429_with_retry_after_and_ratelimit_headers() {
 async fn max_concurrent_counts_a_request_until_its_body_ends() {
     let release = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let gw = Arc::new(Gw::start(&auth_config(&up.url(), None, ", max_concurrent: 1", "")).await);
+    let gw = Arc::new(Gw::with(auth_config(&up.url(), None, json!({"max_concurrent": 1}))).await);
     let c = client();
     let held = {
         let (c, gw) = (c.clone(), gw.clone());
@@ -375,9 +419,11 @@ fn order(up: &Mock) -> Vec<String> {
 async fn a_full_pool_queues_and_serves_the_most_urgent_first() {
     let release = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let yaml = config(&[up.url()], "", "admission: {aging: 0}")
-        .replace("name: b0}", "name: b0, max_concurrency: 1}");
-    let gw = Arc::new(Gw::start(&format!("admin: {{token: {ADMIN}}}\n{yaml}")).await);
+    let conf = Conf::new()
+        .model("m", b0(json!({"url": up.url(), "max_concurrency": 1})))
+        .set("admin", json!({"token": ADMIN}))
+        .set("admission", json!({"aging": 0}));
+    let gw = Arc::new(Gw::with(conf).await);
     let c = client();
     let first = spawn_chat(&c, &gw, vec![("x-test", "first".into())]);
     eventually(|| up.count() == 1).await;
@@ -415,13 +461,12 @@ async fn a_full_pool_queues_and_serves_the_most_urgent_first() {
 async fn a_request_waits_at_most_its_level_timeout_and_a_full_queue_sheds_the_least_urgent() {
     let release = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let yaml = config(
-        &[up.url()],
-        "",
-        "admission:\n  max_waiting: 1\n  levels:\n    low: {timeout: 300ms}",
-    )
-    .replace("name: b0}", "name: b0, max_concurrency: 1}");
-    let gw = Arc::new(Gw::start(&format!("admin: {{token: {ADMIN}}}\n{yaml}")).await);
+    let admission = json!({"max_waiting": 1, "levels": {"low": {"timeout": "300ms"}}});
+    let conf = Conf::new()
+        .model("m", b0(json!({"url": up.url(), "max_concurrency": 1})))
+        .set("admin", json!({"token": ADMIN}))
+        .set("admission", admission);
+    let gw = Arc::new(Gw::with(conf).await);
     let c = client();
     let first = spawn_chat(&c, &gw, vec![("x-test", "first".into())]);
     eventually(|| up.count() == 1).await;
@@ -469,8 +514,10 @@ async fn a_request_waits_at_most_its_level_timeout_and_a_full_queue_sheds_the_le
 async fn prompts_awaiting_their_first_byte_past_max_prefill_tokens_make_a_backend_full() {
     let release = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let yaml = config(&[up.url()], "", "admission: {max_prefill_tokens: 1}");
-    let gw = Arc::new(Gw::start(&format!("admin: {{token: {ADMIN}}}\n{yaml}")).await);
+    let conf = Conf::over(&[up.url()])
+        .set("admin", json!({"token": ADMIN}))
+        .set("admission", json!({"max_prefill_tokens": 1}));
+    let gw = Arc::new(Gw::with(conf).await);
     let c = client();
     // The first request's prompt waits for its first byte at the mock: the backend is full.
     let first = spawn_chat(&c, &gw, vec![("x-test", "first".into())]);
@@ -496,17 +543,10 @@ async fn prompts_awaiting_their_first_byte_past_max_prefill_tokens_make_a_backen
 async fn critical_reserve_keeps_the_last_of_max_concurrency_for_critical_requests() {
     let release = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let yaml = auth_config(
-        &up.url(),
-        None,
-        ", priority: critical",
-        "admission: {critical_reserve: 1}",
-    )
-    .replace(
-        "name: b0, max_concurrency: 1}",
-        "name: b0, max_concurrency: 2}",
-    );
-    let gw = Arc::new(Gw::start(&yaml).await);
+    let conf = auth_config(&up.url(), None, json!({"priority": "critical"}))
+        .set("admission", json!({"critical_reserve": 1}))
+        .model("m", b0(json!({"url": up.url(), "max_concurrency": 2})));
+    let gw = Arc::new(Gw::with(conf).await);
     let c = client();
     let key = |k: &str| ("authorization", bearer(k));
     let first = spawn_chat(&c, &gw, vec![key(KEY_B), ("x-test", "normal-1".into())]);
@@ -545,7 +585,9 @@ fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
 async fn tenants_take_turns_in_the_queue_whoever_queued_first() {
     let release = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let gw = Arc::new(Gw::start(&auth_config(&up.url(), None, "", "admission: {aging: 0}")).await);
+    let gw = Arc::new(
+        Gw::with(auth_config(&up.url(), None, none()).set("admission", json!({"aging": 0}))).await,
+    );
     let c = client();
     let key = |k: &str| ("authorization", bearer(k));
     let first = spawn_chat(&c, &gw, vec![key(KEY_A), ("x-test", "a".into())]);
@@ -589,7 +631,7 @@ async fn a_metered_stream_asks_for_usage_invisibly_and_the_usage_reconciles_tpm(
         gate: None,
     })
     .await;
-    let gw = Gw::start(&auth_config(&up.url(), None, ", tpm: 1000", "")).await;
+    let gw = Gw::with(auth_config(&up.url(), None, json!({"tpm": 1000}))).await;
     let c = client();
     let body = r#"{"model":"m","stream":true,"max_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
     let auth = [("authorization", bearer(KEY_A))];
@@ -641,11 +683,12 @@ async fn spend_rows(c: &Client, gw: &Gw) -> Vec<serde_json::Value> {
         .clone()
 }
 
-/// `yaml` (from [`auth_config`]) with model `m`'s backend priced at 1 per token.
-fn priced(yaml: String) -> String {
-    yaml.replace(
-        "name: b0, max_concurrency: 1}",
-        "name: b0, max_concurrency: 1, price: {input: 1000000, output: 1000000}}",
+/// `conf` (from [`auth_config`]) with model `m`'s backend on `url` priced at 1 per token.
+fn priced(conf: Conf, url: &str) -> Conf {
+    let price = json!({"input": 1000000, "output": 1000000});
+    conf.model(
+        "m",
+        b0(json!({"url": url, "max_concurrency": 1, "price": price})),
     )
 }
 
@@ -655,8 +698,11 @@ async fn a_spent_budget_answers_insufficient_quota_and_stays_spent_after_a_resta
     let dir = temp_dir("budget");
     let db = dir.join("keys.db");
     // One token costs 1; each answer of the mock uses 2 tokens; the key may spend 3 a month.
-    let yaml = priced(auth_config(&up.url(), Some(&db), ", budget: 3", ""));
-    let mut gw = Gw::start(&yaml).await;
+    let conf = priced(
+        auth_config(&up.url(), Some(&db), json!({"budget": 3})),
+        &up.url(),
+    );
+    let mut gw = Gw::with(conf.clone()).await;
     let c = client();
     let auth = bearer(KEY_A);
     assert_eq!(
@@ -708,7 +754,7 @@ async fn a_spent_budget_answers_insufficient_quota_and_stays_spent_after_a_resta
         .any(|r| r["scope"].as_str().unwrap().starts_with("key:") && r["cost"] == 4.0));
 
     gw.shutdown().await;
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(conf.clone()).await;
     let a = chat(&c, &gw, "m", &[("authorization", &auth)]).await;
     assert_eq!(
         a.error_code(),
@@ -722,13 +768,10 @@ async fn a_spent_budget_answers_insufficient_quota_and_stays_spent_after_a_resta
 #[tokio::test]
 async fn debug_headers_show_the_admission_decision_in_the_route_header() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&auth_config(
-        &up.url(),
-        None,
-        ", priority: high",
-        "debug_headers: true\nadmission: {}",
-    ))
-    .await;
+    let conf = auth_config(&up.url(), None, json!({"priority": "high"}))
+        .set("debug_headers", true)
+        .set("admission", json!({}));
+    let gw = Gw::with(conf).await;
     let c = client();
     let a = chat(
         &c,
@@ -748,8 +791,8 @@ async fn debug_headers_show_the_admission_decision_in_the_route_header() {
 #[tokio::test]
 async fn a_model_limit_holds_for_every_caller_and_only_that_model() {
     let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let extra = "admission:\n  model_limits:\n    m: {rpm: 1}";
-    let gw = Gw::start(&auth_config(&up.url(), None, "", extra)).await;
+    let admission = json!({"model_limits": {"m": {"rpm": 1}}});
+    let gw = Gw::with(auth_config(&up.url(), None, none()).set("admission", admission)).await;
     let c = client();
     let a = chat(&c, &gw, "m", &[("x-api-key", KEY_A)]).await;
     assert_eq!(a.headers["x-ratelimit-remaining-requests"], "0");
@@ -775,18 +818,12 @@ fn sent_priority(up: &Mock) -> Option<i64> {
 async fn engine_priority_tells_vllm_backends_each_requests_level_and_a_client_may_only_lower_it() {
     let vllm = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
     let sglang = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let yaml = auth_config(
-        &vllm.url(),
-        None,
-        ", priority: critical",
-        "admission: {engine_priority: true}",
-    )
-    .replace("name: b0, max_concurrency: 1}", "name: b0, engine: vllm}")
-    .replace(
-        &format!("{{url: \"{}\", name: b1}}", vllm.url()),
-        &format!("{{url: \"{}\", name: b1, engine: sglang}}", sglang.url()),
-    );
-    let gw = Gw::start(&yaml).await;
+    let other = json!({"url": sglang.url(), "name": "b1", "engine": "sglang"});
+    let conf = auth_config(&vllm.url(), None, json!({"priority": "critical"}))
+        .set("admission", json!({"engine_priority": true}))
+        .model("m", b0(json!({"url": vllm.url(), "engine": "vllm"})))
+        .model("other", Pool::default().backend(other));
+    let gw = Gw::with(conf).await;
     let c = client();
     let a = chat(&c, &gw, "m", &[("authorization", &bearer(KEY_A))]).await;
     assert_eq!(a.status, 200);
@@ -822,14 +859,13 @@ async fn engine_priority_tells_vllm_backends_each_requests_level_and_a_client_ma
 async fn with_engine_priority_a_critical_request_passes_the_prefill_limit_that_holds_others() {
     let release = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let yaml = auth_config(
-        &up.url(),
-        None,
-        ", priority: critical",
-        "admission: {max_prefill_tokens: 1, engine_priority: true}",
-    )
-    .replace("name: b0, max_concurrency: 1}", "name: b0, engine: vllm}");
-    let gw = Arc::new(Gw::start(&yaml).await);
+    let conf = auth_config(&up.url(), None, json!({"priority": "critical"}))
+        .set(
+            "admission",
+            json!({"max_prefill_tokens": 1, "engine_priority": true}),
+        )
+        .model("m", b0(json!({"url": up.url(), "engine": "vllm"})));
+    let gw = Arc::new(Gw::with(conf).await);
     let c = client();
     let key = |k: &str| ("authorization", bearer(k));
     // A normal request awaits its first byte: its prompt fills the prefill limit.
@@ -856,23 +892,17 @@ async fn with_engine_priority_a_critical_request_passes_the_prefill_limit_that_h
 async fn a_tenant_past_its_prefill_share_waits_though_a_backend_has_room() {
     // Three backends with room for one prompt each: a prefill budget of 3 tokens, halved
     // while team-a and team-b are both present. Any prompt here is longer than 1.5 tokens.
-    let run = |share: &'static str| async move {
+    let run = |share: bool| async move {
         let release = Arc::new(Notify::new());
         let up = Mock::start(Reply::HoldUntil(release.clone())).await;
-        let yaml = auth_config(
-            &up.url(),
-            None,
-            "",
-            &format!("admission: {{max_prefill_tokens: 1{share}}}"),
-        )
-        .replace(
-            "name: b0, max_concurrency: 1}",
-            &format!(
-                "name: b0}}\n      - {{url: \"{u}\", name: b2}}\n      - {{url: \"{u}\", name: b3}}",
-                u = up.url()
-            ),
-        );
-        let gw = Arc::new(Gw::start(&yaml).await);
+        let pool = b0(json!({"url": up.url()}))
+            .backend(json!({"url": up.url(), "name": "b2"}))
+            .backend(json!({"url": up.url(), "name": "b3"}));
+        let admission = json!({"max_prefill_tokens": 1, "tenant_prefill_share": share});
+        let conf = auth_config(&up.url(), None, none())
+            .set("admission", admission)
+            .model("m", pool);
+        let gw = Arc::new(Gw::with(conf).await);
         let c = client();
         let key = |k: &str| ("authorization", bearer(k));
         // team-a alone may use the whole budget; then team-b arrives and goes.
@@ -881,7 +911,7 @@ async fn a_tenant_past_its_prefill_share_waits_though_a_backend_has_room() {
         let b1 = spawn_chat(&c, &gw, vec![key(KEY_B), ("x-test", "b1".into())]);
         eventually(|| up.count() == 2).await;
         let a2 = spawn_chat(&c, &gw, vec![key(KEY_A), ("x-test", "a2".into())]);
-        let held = if share.is_empty() {
+        let held = if share {
             // a1 awaits its first byte: team-a is at its share and a2 waits, though the
             // third backend is free.
             until_waiting(&c, &gw, "normal", 1).await;
@@ -901,8 +931,8 @@ async fn a_tenant_past_its_prefill_share_waits_though_a_backend_has_room() {
         assert_eq!(order(&up), ["a1", "b1", "a2"]);
         held
     };
-    assert!(run("").await, "a2 waited for its tenant's share");
-    assert!(!run(", tenant_prefill_share: false").await);
+    assert!(run(true).await, "a2 waited for its tenant's share");
+    assert!(!run(false).await);
     let e = switchyard_gateway::config::parse(
         "admission: {tenant_prefill_share: true}\nmodels:\n  m:\n    backends:\n      - {url: \"http://127.0.0.1:1\"}\n",
         "t.yaml",
@@ -921,13 +951,9 @@ async fn a_request_the_queue_refuses_costs_its_key_no_quota() {
     let up = Mock::start(Reply::HoldUntil(release.clone())).await;
     // team-a's key may send 2 requests a minute; the pool takes one at a time and a normal
     // request waits at most 200 ms.
-    let yaml = auth_config(
-        &up.url(),
-        None,
-        ", rpm: 2",
-        "admission:\n  levels:\n    normal: {timeout: 200ms}",
-    );
-    let gw = Arc::new(Gw::start(&yaml).await);
+    let admission = json!({"levels": {"normal": {"timeout": "200ms"}}});
+    let conf = auth_config(&up.url(), None, json!({"rpm": 2})).set("admission", admission);
+    let gw = Arc::new(Gw::with(conf).await);
     let c = client();
     let auth = bearer(KEY_A);
     let first = spawn_chat(&c, &gw, vec![("authorization", auth.clone())]);
@@ -951,8 +977,8 @@ async fn a_run_time_keys_budget_holds_across_rotation_and_restart() {
     let dir = temp_dir("rt-budget");
     let db = dir.join("keys.db");
     // Each answer costs 2; the key made below may spend 3 a day.
-    let yaml = priced(auth_config(&up.url(), Some(&db), "", ""));
-    let mut gw = Gw::start(&yaml).await;
+    let conf = priced(auth_config(&up.url(), Some(&db), none()), &up.url());
+    let mut gw = Gw::with(conf.clone()).await;
     let c = client();
     let made = admin(
         &c,
@@ -1009,7 +1035,7 @@ async fn a_run_time_keys_budget_holds_across_rotation_and_restart() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     gw.shutdown().await;
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(conf.clone()).await;
     refused(
         &chat(&c, &gw, "m", &[("authorization", &auth)]).await,
         429,
@@ -1070,8 +1096,9 @@ async fn a_kept_alive_connection_is_refused_at_once_when_its_key_is_revoked_or_r
     use crate::admin_support::{FileGw, TempConfig};
     let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
     let dir = temp_dir("memo");
-    let yaml = auth_config(&up.url(), Some(&dir.join("keys.db")), "", "");
-    let file = TempConfig::new(&yaml);
+    let db = dir.join("keys.db");
+    let conf = auth_config(&up.url(), Some(&db), none());
+    let file = TempConfig::new(&conf.text());
     let fg = FileGw::start(&file).await;
     let c = client();
     let admin_call = |method: Method, path: String, body: &'static str| {
@@ -1109,9 +1136,8 @@ async fn a_kept_alive_connection_is_refused_at_once_when_its_key_is_revoked_or_r
     );
 
     assert_eq!(chat_on(&mut conn, KEY_B).await, 200);
-    let without_b = yaml.replace(&format!("    - {{key: {KEY_B}, tenant: team-b}}\n"), "");
-    assert_ne!(without_b, yaml);
-    file.write(&without_b);
+    let without_b = conf.set("auth", auth(Some(&db), none(), false));
+    file.write(&without_b.text());
     fg.gw.reload().expect("the smaller file reloads");
     assert_eq!(chat_on(&mut conn, KEY_B).await, 401, "removed by a reload");
     assert_eq!(chat_on(&mut conn, KEY_A).await, 200);

@@ -63,9 +63,15 @@ async fn prefix_routing_sees_at_most_max_prompt_bytes_of_a_prompt() {
         .to_string()
     };
     let c = client();
-    for (limits, most) in [("", 2400), ("limits: {max_prompt_bytes: 1KiB}", 256)] {
-        let top = format!("debug_headers: true\n{limits}");
-        let gw = Gw::start(&config(&[mock.url()], "policy: prefix_aware", &top)).await;
+    let limited = Some(serde_json::json!({"max_prompt_bytes": "1KiB"}));
+    for (limits, most) in [(None, 2400), (limited, 256)] {
+        let mut conf = Conf::over(&[mock.url()])
+            .pool("policy", "prefix_aware")
+            .set("debug_headers", true);
+        if let Some(l) = &limits {
+            conf = conf.set("limits", l.clone());
+        }
+        let gw = Gw::with(conf).await;
         post(&c, &gw.url("/v1/chat/completions"), &chat("first?"), &[]).await;
         let a = post(&c, &gw.url("/v1/chat/completions"), &chat("second?"), &[]).await;
         assert_eq!(a.status, StatusCode::OK);

@@ -4,10 +4,12 @@
 //! exercised in headless Chromium by `tests/browser/test_dashboard.py`.
 
 use crate::admin_support::*;
+use crate::support::conf::{Conf, Pool};
 use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use serde_json::json;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -86,7 +88,7 @@ impl Feed {
 #[tokio::test]
 async fn dashboard_asks_for_the_admin_token_and_keeps_only_a_hash_of_it_in_the_cookie() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&admin_config(&[up.url()], "")).await;
+    let gw = Gw::with(admin_conf(&[up.url()])).await;
     let c = client();
 
     // No token: the sign-in form, as HTML, with a 401; data and feed refused as JSON.
@@ -190,7 +192,7 @@ async fn dashboard_asks_for_the_admin_token_and_keeps_only_a_hash_of_it_in_the_c
 #[tokio::test]
 async fn without_an_admin_section_there_is_no_dashboard() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&[up.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[up.url()])).await;
     let c = client();
     for path in [
         "/dashboard",
@@ -219,16 +221,16 @@ async fn on_a_loopback_admin_listener_without_a_token_the_dashboard_is_open() {
 #[tokio::test]
 async fn the_feed_sends_history_then_ticks_with_fleet_traffic_decisions_and_tokens() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let yaml = crate::support::config(
-        &[up.url()],
-        "",
-        &format!("admin: {{token: {TOKEN}}}\ndecision_log: {{sample: 1.0}}"),
-    )
-    .replace(
-        "name: b0}",
-        "name: b0, price: {input: 2000000, output: 4000000}}",
-    );
-    let gw = Gw::start(&yaml).await;
+    let pool = Pool::default().backend(json!({
+        "url": up.url(),
+        "name": "b0",
+        "price": {"input": 2000000, "output": 4000000},
+    }));
+    let conf = Conf::new()
+        .model("m", pool)
+        .set("admin", json!({"token": TOKEN}))
+        .set("decision_log", json!({"sample": 1.0}));
+    let gw = Gw::with(conf).await;
     let c = client();
     let bearer = format!("Bearer {TOKEN}");
     let auth = [("authorization", bearer.as_str())];
@@ -313,12 +315,7 @@ async fn the_feed_sends_history_then_ticks_with_fleet_traffic_decisions_and_toke
 #[tokio::test]
 async fn feeds_end_when_the_gateway_drains_so_shutdown_is_clean() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let yaml = crate::support::config(
-        &[up.url()],
-        "",
-        &format!("admin: {{token: {TOKEN}}}\ndrain_timeout: 20s"),
-    );
-    let mut gw = Gw::start(&yaml).await;
+    let mut gw = Gw::with(admin_conf(&[up.url()]).set("drain_timeout", "20s")).await;
     let c = client();
     let mut feed = Feed::admin(&c, &gw.url("/dashboard/events")).await;
     // Clean, not timed out: the open feed did not hold the drain to its 20 s timeout.

@@ -3,8 +3,10 @@
 //! admin API, shown in `/admin/backends` and turned into each backend's cache model.
 
 use crate::admin_support::*;
+use crate::support::conf::{Conf, Pool};
 use crate::support::*;
 use http::StatusCode;
+use serde_json::json;
 use std::time::Duration;
 use switchyard_core::CacheModel;
 use switchyard_gateway::fleet::ViewBuf;
@@ -155,11 +157,13 @@ fn about(doc: u32, q: u32) -> String {
 #[tokio::test]
 async fn with_a_slot_wait_a_llamacpp_request_names_the_slot_holding_its_document() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&format!(
-        "models:\n  m:\n    policy: {{name: prefix_aware, slot_wait: 10s}}\n    backends:\n      - {{url: \"{}\", name: b0, engine: llamacpp}}\n",
-        up.url()
-    ))
-    .await;
+    let pool = Pool::default()
+        .set(
+            "policy",
+            json!({"name": "prefix_aware", "slot_wait": "10s"}),
+        )
+        .backend(json!({"url": up.url(), "name": "b0", "engine": "llamacpp"}));
+    let gw = Gw::with(Conf::new().model("m", pool)).await;
     // The configured kind takes effect with the first probe.
     for _ in 0..200 {
         let snap = gw.gateway().snapshot();

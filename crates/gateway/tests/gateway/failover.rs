@@ -40,37 +40,40 @@ async fn a_dead_backend_is_skipped_and_every_request_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn retryable_statuses_and_hangs_fail_over() {
-    // (reply, extra config, how often the bad backend is asked in 4 round-robin requests: on
-    // each of its turns, except a 429, which also cools it down for a second).
+    // (reply, top-level timeouts, how often the bad backend is asked in 4 round-robin
+    // requests: on each of its turns, except a 429, which also cools it down for a second).
     let cases = [
         (
             Reply::Json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"busy"}"#),
-            "",
+            None,
             2,
         ),
         (
             Reply::Json(StatusCode::TOO_MANY_REQUESTS, r#"{"error":"slow"}"#),
-            "",
+            None,
             1,
         ),
         (
             Reply::Json(StatusCode::BAD_GATEWAY, r#"{"error":"bad"}"#),
-            "",
+            None,
             2,
         ),
-        (Reply::Hang, "timeouts: {first_byte: 200ms}", 2),
+        (
+            Reply::Hang,
+            Some(serde_json::json!({"first_byte": "200ms"})),
+            2,
+        ),
     ];
-    for (bad, extra, asked) in cases {
+    for (bad, timeouts, asked) in cases {
         let bad = Mock::start(bad).await;
         let good = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-        let gw = Gw::start(&config(
-            &[bad.url(), good.url()],
-            "policy: round_robin",
-            extra,
-        ))
-        .await;
+        let mut conf = Conf::over(&[bad.url(), good.url()]).pool("policy", "round_robin");
+        if let Some(t) = &timeouts {
+            conf = conf.set("timeouts", t.clone());
+        }
+        let gw = Gw::with(conf).await;
         for a in run(&gw, 4).await {
-            assert_eq!(a.status, 200, "{extra}");
+            assert_eq!(a.status, 200, "{timeouts:?}");
             assert_eq!(a.body, OK_BODY.as_bytes());
         }
         assert_eq!(bad.count(), asked, "the bad backend was tried on its turns");

@@ -2,6 +2,7 @@
 //! conventions, and every metric the shipped Grafana dashboard and alert rules query exists
 //! in a real gateway's `/metrics`.
 
+use crate::support::conf::Conf;
 use crate::support::*;
 use http::StatusCode;
 use std::collections::BTreeMap;
@@ -48,7 +49,7 @@ fn referenced(text: &str) -> Vec<String> {
 /// A gateway with admission on, after one answered request: its `/metrics` page.
 async fn scraped() -> String {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(&[up.url()], "", "admission: {}")).await;
+    let gw = Gw::with(Conf::over(&[up.url()]).set("admission", serde_json::json!({}))).await;
     let c = client();
     let a = post(&c, &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);

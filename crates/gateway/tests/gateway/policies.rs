@@ -1,8 +1,9 @@
 //! Each policy's distribution, observed through the real gateway over loopback sockets with
 //! in-process mock upstreams.
 
-use crate::support::conf::Conf;
+use crate::support::conf::{Conf, Pool};
 use crate::support::*;
+use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -42,11 +43,12 @@ async fn round_robin_visits_each_backend_in_turn() {
 #[tokio::test]
 async fn weighted_5_1_1_gives_the_exact_smooth_sequence() {
     let m = mocks(3, Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let yaml = format!(
-        "models:\n  m:\n    policy: weighted\n    backends:\n      - {{url: '{}', name: a, weight: 5}}\n      - {{url: '{}', name: b}}\n      - {{url: '{}', name: c}}\n",
-        m[0].url(), m[1].url(), m[2].url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let pool = Pool::default()
+        .set("policy", "weighted")
+        .backend(json!({"url": m[0].url(), "name": "a", "weight": 5}))
+        .backend(json!({"url": m[1].url(), "name": "b"}))
+        .backend(json!({"url": m[2].url(), "name": "c"}));
+    let gw = Gw::with(Conf::new().model("m", pool)).await;
     assert_eq!(sequence(&gw, 7, &[]).await.concat(), "aabacaa");
 }
 
@@ -70,12 +72,8 @@ async fn busy_backend_gets_one_request(policy: &str) {
     let busy = Mock::start(Reply::HoldUntil(hold.clone())).await;
     let fast1 = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
     let fast2 = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
-    let gw = Gw::start(&config(
-        &[busy.url(), fast1.url(), fast2.url()],
-        &format!("policy: {policy}"),
-        "",
-    ))
-    .await;
+    let gw =
+        Gw::with(Conf::over(&[busy.url(), fast1.url(), fast2.url()]).pool("policy", policy)).await;
     let c = client();
     let mut held = Vec::new();
     for i in 0..30 {
@@ -118,14 +116,15 @@ async fn power_of_two_moves_load_away_from_a_busy_backend() {
     busy_backend_gets_one_request("power_of_two").await;
 }
 
-fn hash_config(backends: &[(&str, String)]) -> String {
-    let mut s = String::from(
-        "models:\n  m:\n    policy: {name: consistent_hash, load_factor: 1.25}\n    backends:\n",
+fn hash_config(backends: &[(&str, String)]) -> Conf {
+    let mut pool = Pool::default().set(
+        "policy",
+        json!({"name": "consistent_hash", "load_factor": 1.25}),
     );
     for (name, url) in backends {
-        s.push_str(&format!("      - {{url: '{url}', name: {name}}}\n"));
+        pool = pool.backend(json!({"url": url, "name": name}));
     }
-    s
+    Conf::new().model("m", pool)
 }
 
 async fn owner(gw: &Gw, key: &str) -> String {
@@ -144,8 +143,8 @@ async fn owner(gw: &Gw, key: &str) -> String {
 async fn consistent_hash_keys_stay_put_and_only_the_removed_backends_keys_move() {
     let m = mocks(3, Reply::Json(http::StatusCode::OK, OK_BODY)).await;
     let all = [("x", m[0].url()), ("y", m[1].url()), ("z", m[2].url())];
-    let gw3 = Gw::start(&hash_config(&all)).await;
-    let gw2 = Gw::start(&hash_config(&[all[0].clone(), all[2].clone()])).await;
+    let gw3 = Gw::with(hash_config(&all)).await;
+    let gw2 = Gw::with(hash_config(&[all[0].clone(), all[2].clone()])).await;
     let mut moved_from_y = 0;
     for k in 0..60 {
         let key = format!("user-{k}");
@@ -168,7 +167,7 @@ async fn consistent_hash_keys_stay_put_and_only_the_removed_backends_keys_move()
 async fn consistent_hash_spills_a_hot_key_to_the_next_node() {
     let hold = Arc::new(Notify::new());
     let m = mocks(3, Reply::HoldUntil(hold.clone())).await;
-    let gw = Gw::start(&hash_config(&[
+    let gw = Gw::with(hash_config(&[
         ("x", m[0].url()),
         ("y", m[1].url()),
         ("z", m[2].url()),

@@ -41,11 +41,12 @@ async fn unknown_body_fields_and_headers_reach_the_upstream_byte_for_byte() {
 async fn model_is_rewritten_for_a_backend_that_expects_another_name_and_key_replaced() {
     let up = Mock::start(ok()).await;
     std::env::set_var("SWITCHYARD_TEST_KEY", "sk-upstream");
-    let yaml = format!(
-        "models:\n  m:\n    backends:\n      - url: {}/v1\n        model: meta/llama-3\n        api_key: ${{SWITCHYARD_TEST_KEY}}\n",
-        up.url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(Conf::one(json!({
+        "url": format!("{}/v1", up.url()),
+        "model": "meta/llama-3",
+        "api_key": "${SWITCHYARD_TEST_KEY}",
+    })))
+    .await;
     let body = r#"{"model" : "m","extra":{"model":"m"}}"#;
     let a = post(
         &client(),
@@ -238,11 +239,7 @@ async fn upstream_error_responses_pass_through_as_they_are() {
 async fn full_pool_is_503_with_retry_after() {
     let hold = Arc::new(Notify::new());
     let up = Mock::start(Reply::HoldUntil(hold.clone())).await;
-    let yaml = format!(
-        "models:\n  m:\n    backends:\n      - url: {}\n        max_concurrency: 1\n",
-        up.url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(Conf::one(json!({"url": up.url(), "max_concurrency": 1}))).await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     let first = tokio::spawn({
@@ -269,11 +266,7 @@ async fn client_disconnect_frees_the_backend_slot() {
         gate: Some(gate),
     })
     .await;
-    let yaml = format!(
-        "models:\n  m:\n    backends:\n      - url: {}\n        max_concurrency: 1\n",
-        up.url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(Conf::one(json!({"url": up.url(), "max_concurrency": 1}))).await;
     {
         let c = client();
         let req = Request::post(gw.url("/v1/chat/completions"))
@@ -337,11 +330,7 @@ async fn shutdown_stops_accepting_and_drains_in_flight_requests() {
 async fn upstream_connections_are_pooled_and_kept_alive() {
     let up = Mock::start(ok()).await;
     // Engine scrapes would share the pool too; this test counts the requests' connections.
-    let yaml = format!(
-        "models:\n  m:\n    backends:\n      - {{url: \"{}\", metrics_url: none}}\n",
-        up.url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(Conf::one(json!({"url": up.url(), "metrics_url": "none"}))).await;
     let c = client();
     for _ in 0..20 {
         assert_eq!(
@@ -362,11 +351,7 @@ async fn upstream_connections_are_pooled_and_kept_alive() {
 #[tokio::test]
 async fn each_endpoint_reaches_its_own_path_under_the_backend_base_path() {
     let up = Mock::start(ok()).await;
-    let yaml = format!(
-        "models:\n  m:\n    backends:\n      - url: {}/prefix\n",
-        up.url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(Conf::one(json!({"url": format!("{}/prefix", up.url())}))).await;
     let c = client();
     for (path, body) in [
         ("/v1/chat/completions", CHAT),

@@ -3,7 +3,7 @@
 //! the debug route header survives any backend name, `max_concurrency` holds under a burst,
 //! and a health endpoint cannot make the gateway read without end.
 
-use crate::support::conf::Conf;
+use crate::support::conf::{Conf, Pool};
 use crate::support::sim::sample;
 use crate::support::*;
 use bytes::Bytes;
@@ -116,15 +116,16 @@ async fn forwarded_headers_carry_the_real_peer_not_the_clients_claim() {
 #[tokio::test]
 async fn the_route_header_is_cut_on_a_character_boundary() {
     let up = Mock::start(Reply::Json(StatusCode::OK, OK_BODY)).await;
-    let mut yaml = String::from("debug_headers: true\nscrape: {enabled: false}\nmodels:\n");
+    let mut conf = Conf::new().set("debug_headers", true).no_scrape();
     for shift in 0..3 {
         let name = format!("{}{}", "x".repeat(shift), "€".repeat(1700));
-        yaml.push_str(&format!(
-            "  m{shift}:\n    policy: least_loaded\n    backends:\n      - {{url: \"{u}\", name: \"{name}-a\"}}\n      - {{url: \"{u}\", name: \"{name}-b\"}}\n",
-            u = up.url()
-        ));
+        let pool = Pool::default()
+            .set("policy", "least_loaded")
+            .backend(json!({"url": up.url(), "name": format!("{name}-a")}))
+            .backend(json!({"url": up.url(), "name": format!("{name}-b")}));
+        conf = conf.model(&format!("m{shift}"), pool);
     }
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(conf).await;
     let c = client();
     for shift in 0..3 {
         let body =
@@ -149,12 +150,19 @@ async fn max_concurrency_is_never_exceeded_by_a_burst_failing_over() {
     let failing = Mock::start(Reply::Json(StatusCode::INTERNAL_SERVER_ERROR, "{}")).await;
     let release = Arc::new(Notify::new());
     let slow = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let yaml = format!(
-        "scrape: {{enabled: false}}\nretry: {{budget_ratio: 1.0, min_per_second: 1000, backoff_base: 300ms, backoff_max: 300ms}}\nmodels:\n  m:\n    policy: weighted\n    breaker: {{enabled: false}}\n    outlier_detection: {{enabled: false}}\n    backends:\n      - {{url: \"{}\", name: failing, weight: 1000}}\n      - {{url: \"{}\", name: slow, max_concurrency: {CAP}}}\n",
-        failing.url(),
-        slow.url()
-    );
-    let gw = Gw::start(&yaml).await;
+    let pool = Pool::default()
+        .set("policy", "weighted")
+        .set("breaker", json!({"enabled": false}))
+        .set("outlier_detection", json!({"enabled": false}))
+        .backend(json!({"url": failing.url(), "name": "failing", "weight": 1000}))
+        .backend(json!({"url": slow.url(), "name": "slow", "max_concurrency": CAP}));
+    let retry = json!({
+        "budget_ratio": 1.0,
+        "min_per_second": 1000,
+        "backoff_base": "300ms",
+        "backoff_max": "300ms",
+    });
+    let gw = Gw::with(Conf::new().model("m", pool).no_scrape().set("retry", retry)).await;
     let url = gw.url("/v1/chat/completions");
     let finished = Arc::new(AtomicUsize::new(0));
     let burst: Vec<_> = (0..BURST)
@@ -231,8 +239,13 @@ async fn endless_body_upstream() -> (String, Arc<Mutex<Vec<usize>>>) {
 #[tokio::test]
 async fn a_health_check_reads_a_bounded_body_and_the_status_decides() {
     let (url, written) = endless_body_upstream().await;
-    let pool = "health_check: {interval: 100ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1}";
-    let gw = Gw::start(&config(&[url], pool, "scrape: {enabled: false}")).await;
+    let pool = json!({
+        "interval": "100ms",
+        "timeout": "1s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+    });
+    let gw = Gw::with(Conf::over(&[url]).no_scrape().pool("health_check", pool)).await;
     eventually(|| written.lock().unwrap().len() >= 3).await;
     let metrics = get(&client(), &gw.url("/metrics")).await.body;
     let metrics = String::from_utf8_lossy(&metrics);

@@ -2,7 +2,9 @@
 //! `switchyard sim` replicas over loopback, tokens in flight and latency averages from real
 //! requests, and the debug header that shows a decision.
 
-use crate::support::{client, config, eventually, get, post, Gw, Mock, Reply, CHAT};
+use crate::support::conf::{Conf, Pool};
+use crate::support::{client, eventually, get, post, Gw, Mock, Reply, CHAT};
+use serde_json::json;
 use std::sync::Arc;
 use switchyard_gateway::fleet::ViewBuf;
 use switchyard_sim::http::{Replica, ReplicaConfig};
@@ -11,8 +13,8 @@ use tokio::sync::Notify;
 
 /// Boots a gateway on port 0; the test keeps its handle to read its fleet view (dropping it
 /// stops the gateway).
-async fn boot(yaml: &str) -> (Gw, String) {
-    let gw = Gw::start(yaml).await;
+async fn boot(conf: Conf) -> (Gw, String) {
+    let gw = Gw::with(conf).await;
     let base = gw.url("");
     (gw, base)
 }
@@ -39,12 +41,8 @@ async fn sim_replica() -> Replica {
 async fn scraped_vllm_and_dcgm_metrics_of_a_sim_replica_reach_the_fleet_view() {
     let replica = sim_replica().await;
     let engine = profile::h100_llama3_8b().engine_config();
-    let (gw, _) = boot(&config(
-        &[replica.url()],
-        "",
-        "scrape: {interval: 50ms, max_age: 5s}",
-    ))
-    .await;
+    let scrape = json!({"interval": "50ms", "max_age": "5s"});
+    let (gw, _) = boot(Conf::over(&[replica.url()]).set("scrape", scrape)).await;
     eventually(|| {
         let v = view_of(&gw);
         v[0].engine.is_some() && v[0].gpu.is_some()
@@ -66,7 +64,8 @@ async fn scraped_vllm_and_dcgm_metrics_of_a_sim_replica_reach_the_fleet_view() {
 async fn a_backend_without_metrics_is_seen_without_reports() {
     // The mock answers /metrics with 404, as a server without metrics does.
     let mock = Mock::start(Reply::Json(http::StatusCode::OK, crate::support::OK_BODY)).await;
-    let (gw, _) = boot(&config(&[mock.url()], "", "scrape: {interval: 20ms}")).await;
+    let scrape = json!({"interval": "20ms"});
+    let (gw, _) = boot(Conf::over(&[mock.url()]).set("scrape", scrape)).await;
     eventually(|| mock.scrapes() >= 1).await;
     let v = view_of(&gw)[0];
     assert_eq!((v.engine, v.gpu), (None, None));
@@ -76,12 +75,13 @@ async fn a_backend_without_metrics_is_seen_without_reports() {
 async fn metrics_url_none_turns_scraping_off() {
     let off = Mock::start(Reply::Json(http::StatusCode::OK, crate::support::OK_BODY)).await;
     let on = Mock::start(Reply::Json(http::StatusCode::OK, crate::support::OK_BODY)).await;
-    let yaml = format!(
-        "scrape: {{interval: 10ms}}\nmodels:\n  m:\n    backends:\n      - {{url: \"{}\", metrics_url: none}}\n      - {{url: \"{}\"}}\n",
-        off.url(),
-        on.url()
-    );
-    let (_gw, _) = boot(&yaml).await;
+    let pool = Pool::default()
+        .backend(json!({"url": off.url(), "metrics_url": "none"}))
+        .backend(json!({"url": on.url()}));
+    let conf = Conf::new()
+        .model("m", pool)
+        .set("scrape", json!({"interval": "10ms"}));
+    let (_gw, _) = boot(conf).await;
     // The scraper visits backends in the same round: once the other one was scraped twice,
     // the first would have been too.
     eventually(|| on.scrapes() >= 2).await;
@@ -92,11 +92,8 @@ async fn metrics_url_none_turns_scraping_off() {
 async fn tokens_in_flight_count_prompt_plus_max_tokens_until_the_response_ends() {
     let release = Arc::new(Notify::new());
     let mock = Mock::start(Reply::HoldUntil(release.clone())).await;
-    let yaml = format!(
-        "models:\n  m:\n    backends:\n      - {{url: \"{}\", metrics_url: none}}\n",
-        mock.url()
-    );
-    let (gw, base) = boot(&yaml).await;
+    let conf = Conf::one(json!({"url": mock.url(), "metrics_url": "none"}));
+    let (gw, base) = boot(conf).await;
     let body = r#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"0123456789abcdef"}]}"#;
     let c = client();
     let url = format!("{base}/v1/chat/completions");
@@ -130,7 +127,7 @@ async fn tokens_in_flight_count_prompt_plus_max_tokens_until_the_response_ends()
 #[tokio::test]
 async fn streamed_answers_feed_time_per_output_token() {
     let replica = sim_replica().await;
-    let (gw, base) = boot(&config(&[replica.url()], "", "")).await;
+    let (gw, base) = boot(Conf::over(&[replica.url()])).await;
     let body =
         r#"{"model":"m","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let a = post(&client(), &format!("{base}/v1/chat/completions"), body, &[]).await;
@@ -143,7 +140,7 @@ async fn streamed_answers_feed_time_per_output_token() {
 #[tokio::test]
 async fn debug_headers_show_the_policy_and_its_reason() {
     let mock = Mock::start(Reply::Json(http::StatusCode::OK, crate::support::OK_BODY)).await;
-    let (_gw, base) = boot(&config(&[mock.url()], "", "debug_headers: true")).await;
+    let (_gw, base) = boot(Conf::over(&[mock.url()]).set("debug_headers", true)).await;
     let a = post(&client(), &format!("{base}/v1/chat/completions"), CHAT, &[]).await;
     let route = a.headers["x-switchyard-route"].to_str().unwrap();
     assert!(
@@ -151,7 +148,7 @@ async fn debug_headers_show_the_policy_and_its_reason() {
         "{route}"
     );
 
-    let (_gw, base) = boot(&config(&[mock.url()], "", "")).await;
+    let (_gw, base) = boot(Conf::over(&[mock.url()])).await;
     let a = post(&client(), &format!("{base}/v1/chat/completions"), CHAT, &[]).await;
     assert!(
         a.headers.get("x-switchyard-route").is_none(),
@@ -167,7 +164,7 @@ async fn prefill_tokens_clear_at_the_first_byte_while_the_stream_goes_on() {
         gate: Some(gate.clone()),
     })
     .await;
-    let (gw, base) = boot(&config(&[mock.url()], "", "scrape: {enabled: false}")).await;
+    let (gw, base) = boot(Conf::over(&[mock.url()]).no_scrape()).await;
     let body = r#"{"model":"m","stream":true,"max_tokens":10,"messages":[{"role":"user","content":"0123456789abcdef"}]}"#;
     let url = format!("{base}/v1/chat/completions");
     let pending = tokio::spawn(async move { post(&client(), &url, body, &[]).await });
@@ -197,7 +194,7 @@ async fn a_simulated_replica_s_first_byte_is_its_first_token() {
     let replica = Replica::start(cfg, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let (gw, base) = boot(&config(&[replica.url()], "", "scrape: {enabled: false}")).await;
+    let (gw, base) = boot(Conf::over(&[replica.url()]).no_scrape()).await;
     let body = format!(
         r#"{{"model":"m","max_tokens":4,"stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(600)

@@ -17,7 +17,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::support::{client, config, post, Gw, Mock, Reply, CHAT};
+use crate::support::conf::Conf;
+use crate::support::{client, post, Gw, Mock, Reply, CHAT};
+use serde_json::json;
 
 /// A collector over a real socket: every span of every export request it received.
 struct Receiver {
@@ -114,14 +116,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn tracing_on(receiver: &Receiver, urls: &[String], pool_extra: &str) -> String {
-    config(
-        urls,
-        pool_extra,
-        &format!(
-            "tracing: {{otlp_endpoint: \"{}\", service_name: gw-test, export_interval: 20ms}}",
-            receiver.url
-        ),
+/// `urls` as backends of model `m`, exporting traces to `receiver`, sampling `sample` of
+/// requests that start a trace.
+fn tracing_on(receiver: &Receiver, urls: &[String], sample: f64) -> Conf {
+    Conf::over(urls).set(
+        "tracing",
+        json!({
+            "otlp_endpoint": receiver.url,
+            "service_name": "gw-test",
+            "export_interval": "20ms",
+            "sample": sample,
+        }),
     )
 }
 
@@ -132,7 +137,7 @@ const CLIENT_PARENT: &str = "00f067aa0ba902b7";
 async fn one_request_exports_linked_spans_and_the_upstream_joins_the_clients_trace() {
     let receiver = Receiver::start().await;
     let mock = Mock::start(Reply::Json(StatusCode::OK, crate::support::OK_BODY)).await;
-    let gw = Gw::start(&tracing_on(&receiver, &[mock.url()], "")).await;
+    let gw = Gw::with(tracing_on(&receiver, &[mock.url()], 1.0)).await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_PARENT}-01");
     let a = post(
         &client(),
@@ -209,12 +214,8 @@ async fn a_request_without_traceparent_starts_a_trace_and_each_attempt_is_a_span
     let down = crate::support::closed_port();
     let up = Mock::start(Reply::Json(StatusCode::OK, crate::support::OK_BODY)).await;
     // Round robin from b0: the refused connection first, then the answer.
-    let gw = Gw::start(&tracing_on(
-        &receiver,
-        &[down, up.url()],
-        "policy: round_robin",
-    ))
-    .await;
+    let gw =
+        Gw::with(tracing_on(&receiver, &[down, up.url()], 1.0).pool("policy", "round_robin")).await;
     let a = post(&client(), &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     assert_eq!(a.status, StatusCode::OK);
 
@@ -257,7 +258,7 @@ async fn the_request_span_ends_with_the_stream_not_when_the_handler_returns() {
         gate: Some(gate.clone()),
     })
     .await;
-    let gw = Gw::start(&tracing_on(&receiver, &[mock.url()], "")).await;
+    let gw = Gw::with(tracing_on(&receiver, &[mock.url()], 1.0)).await;
     let req = Request::post(gw.url("/v1/chat/completions"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
@@ -286,7 +287,7 @@ async fn the_request_span_ends_with_the_stream_not_when_the_handler_returns() {
 #[tokio::test]
 async fn with_tracing_off_no_traceparent_is_added_and_the_clients_passes_unchanged() {
     let mock = Mock::start(Reply::Json(StatusCode::OK, crate::support::OK_BODY)).await;
-    let gw = Gw::start(&config(&[mock.url()], "", "")).await;
+    let gw = Gw::with(Conf::over(&[mock.url()])).await;
     let c = client();
     post(&c, &gw.url("/v1/chat/completions"), CHAT, &[]).await;
     let seen = mock.last();
@@ -309,9 +310,7 @@ async fn with_tracing_off_no_traceparent_is_added_and_the_clients_passes_unchang
 async fn an_unsampled_trace_still_hands_its_context_upstream() {
     let receiver = Receiver::start().await;
     let mock = Mock::start(Reply::Json(StatusCode::OK, crate::support::OK_BODY)).await;
-    let yaml = tracing_on(&receiver, &[mock.url()], "")
-        .replace("export_interval", "sample: 0, export_interval");
-    let gw = Gw::start(&yaml).await;
+    let gw = Gw::with(tracing_on(&receiver, &[mock.url()], 0.0)).await;
     // The client's trace, not sampled: the gateway follows its flag.
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_PARENT}-00");
     post(

@@ -122,6 +122,12 @@ pub fn backend_in(list: &serde_json::Value, model: &str, name: &str) -> serde_js
 
 /// A config with the admin API on the main listener behind [`TOKEN`], and one model `m` over
 /// `urls` named `b0`, `b1`, ... in order.
+/// `urls` as model `m`'s backends `b0`, `b1`, ..., with the admin API on the main listener
+/// behind [`TOKEN`].
+pub fn admin_conf(urls: &[String]) -> crate::support::conf::Conf {
+    crate::support::conf::Conf::over(urls).set("admin", serde_json::json!({"token": TOKEN}))
+}
+
 pub fn admin_config(urls: &[String], pool_extra: &str) -> String {
     crate::support::config(urls, pool_extra, &format!("admin: {{token: {TOKEN}}}"))
 }

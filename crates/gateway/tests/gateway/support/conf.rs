@@ -29,6 +29,11 @@ impl Conf {
         Conf::new().model("m", Pool::over(urls))
     }
 
+    /// One model `m` with one backend: its fields as the file would have them.
+    pub fn one(fields: Value) -> Conf {
+        Conf::new().model("m", Pool::default().backend(fields))
+    }
+
     /// Sets a top-level key (`retry`, `scrape`, `admin`, `drain_delay`, ...).
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Conf {
         self.top.insert(key.to_owned(), value.into());
