@@ -227,11 +227,6 @@ pub struct Gw {
 }
 
 impl Gw {
-    pub async fn start(yaml: &str) -> Gw {
-        let cfg = switchyard_gateway::config::parse(yaml, "test.yaml").expect("valid test config");
-        Gw::start_config(cfg).await
-    }
-
     /// Starts a gateway running the typed test config `conf`.
     pub async fn with(conf: conf::Conf) -> Gw {
         Gw::start_config(conf.build()).await
