@@ -564,11 +564,10 @@ impl AsRef<[u8]> for Text {
     }
 }
 
-/// The `x-ratelimit-*` headers the issue names and OpenAI sends: the request limit, the
-/// requests and tokens left, and when the request bucket is full again. (OpenAI also sends
-/// the token limit and the token bucket's reset; each header costs the answer a map insert
-/// and its bytes, about 0.7k instructions together, and neither is news to a caller who
-/// knows its own `tpm`.)
+/// Four of OpenAI's `x-ratelimit-*` headers: the request limit, the requests and tokens
+/// left, and when the request bucket is full again. (OpenAI also sends the token limit,
+/// which is the caller's own `tpm`, and the token bucket's reset; each header costs every
+/// keyed answer a map insert and its bytes, about 0.6k instructions.)
 fn ratelimit_headers(h: &mut HeaderMap, g: &Grant) {
     use http::header::HeaderName;
     // Names built once (a `&str` name is parsed again on every insert).
