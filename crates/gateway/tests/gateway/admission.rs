@@ -10,7 +10,10 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -508,6 +511,65 @@ async fn a_request_waits_at_most_its_level_timeout_and_a_full_queue_sheds_the_le
         series(&m, waiting, &["model=\"m\"", "priority=\"normal\""]),
         0.0
     );
+}
+
+/// A `/metrics` page on loopback whose text the test sets (each scrape gets the current
+/// text; `scrapes` counts them). Returns its URL.
+async fn metrics_page(text: Arc<Mutex<String>>, scrapes: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (text, scrapes) = (text.clone(), scrapes.clone());
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let body = text.lock().unwrap().clone();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+                scrapes.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    format!("http://{addr}/metrics")
+}
+
+/// A backend whose engine reports more requests waiting than `engine_queue_threshold` is
+/// full: a request waits in the pool's queue instead of piling onto that engine, and goes
+/// once a scrape shows the engine's queue short again.
+#[tokio::test]
+async fn a_request_waits_while_the_engines_scraped_queue_is_past_the_threshold() {
+    let up = Mock::start(Reply::Json(http::StatusCode::OK, OK_BODY)).await;
+    let page = Arc::new(Mutex::new(
+        "vllm:num_requests_running 4\nvllm:num_requests_waiting 9\n".to_owned(),
+    ));
+    let scrapes = Arc::new(AtomicUsize::new(0));
+    let metrics = metrics_page(page.clone(), scrapes.clone()).await;
+    let backend = json!({"url": up.url(), "engine": "vllm", "metrics_url": metrics});
+    let conf = Conf::new()
+        .model("m", b0(backend))
+        .set("admin", json!({"token": ADMIN}))
+        .set("scrape", json!({"interval": "20ms"}))
+        .set("admission", json!({"engine_queue_threshold": 4}));
+    let gw = Arc::new(Gw::with(conf).await);
+    // Scrape rounds run one after another: by the second scrape the first one's page is read.
+    eventually(|| scrapes.load(Ordering::SeqCst) >= 2).await;
+    let c = client();
+    let pending = spawn_chat(&c, &gw, vec![]);
+    until_waiting(&c, &gw, "normal", 1).await;
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing is sent to an engine past the threshold"
+    );
+
+    *page.lock().unwrap() = "vllm:num_requests_running 4\nvllm:num_requests_waiting 1\n".into();
+    assert_eq!(pending.await.unwrap().status, 200);
+    assert_eq!(up.count(), 1);
+    assert_eq!(waiting(&c, &gw, "normal").await, 0);
 }
 
 #[tokio::test]
