@@ -25,8 +25,9 @@ use tokio::sync::oneshot;
 
 use crate::fleet::{Backend, Pool};
 
-/// How often a request that waits only because of engines' scraped queues looks again
-/// (scrapes do not notify; slots freed through the gateway do).
+/// How often a request that waits only because of engines' scraped queues looks again on
+/// its own. Each scrape round lets waiting requests go too ([`Gate::follows_scrapes`]), and
+/// so do slots freed through the gateway; this covers signals that only grow stale.
 const ENGINE_RECHECK: Duration = Duration::from_millis(200);
 
 /// What a waiting request is told.
@@ -331,6 +332,12 @@ impl Gate {
                 }
             }
         }
+    }
+
+    /// Whether a backend's fullness here depends on its engine's scraped queue, so that each
+    /// scrape round may let a waiting request go.
+    pub fn follows_scrapes(&self) -> bool {
+        self.full_when.engine_queue_threshold.is_some()
     }
 
     /// A slot freed (or might have): lets the next waiting request go if there is room.

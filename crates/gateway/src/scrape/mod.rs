@@ -211,8 +211,23 @@ async fn run(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
             };
             backoff.record(key, ok, state, settings.interval);
         }
+        let latest = snapshots.borrow().clone();
+        let_waiters_look(&latest, settings.max_age);
+        drop(latest);
         if !until_due_or_changed(next_round, &mut snapshots).await {
             return;
+        }
+    }
+}
+
+/// A round's pages may show engines' queues short again: the pools whose waiting rooms count
+/// scraped queues let their next requests go now, not at their next look.
+fn let_waiters_look(snap: &Snapshot, max_age: Duration) {
+    let Some(adm) = &snap.admission else { return };
+    let now = clock::now();
+    for (name, pool) in &snap.pools {
+        if let Some(gate) = adm.gate(name).filter(|g| g.follows_scrapes()) {
+            gate.pump(pool, now, max_age);
         }
     }
 }
