@@ -450,7 +450,9 @@ impl<'a> Driver<'a> {
         if let Some(span) = span {
             span.inject(upstream.headers_mut());
         }
-        self.dispatched.get_or_insert_with(Instant::now);
+        // One clock read for when the request went out and when its first byte is due.
+        let sent = Instant::now();
+        self.dispatched.get_or_insert(sent);
         // The first byte must come within `first_byte`, and within what is left of `total`.
         let first_byte = backend.config.timeouts.first_byte;
         // (The clock is read only when there is a total timeout to count down.)
@@ -460,7 +462,7 @@ impl<'a> Driver<'a> {
             .total
             .and_then(|total| self.plan.time_left(Some(total), gw.now()));
         let budget = left.map_or(first_byte, |left| first_byte.min(left));
-        let deadline = tokio::time::Instant::now() + budget;
+        let deadline = sent + budget;
         let log = |what: &str, detail: &dyn std::fmt::Display| {
             tracing::warn!(request_id = ?req.request_id, backend = %backend.name(), attempt = n, %detail, "{what}");
         };

@@ -321,19 +321,23 @@ impl Relay {
             self.conn = None;
         }
         if self.guard.release() {
-            let latency = self.started.elapsed();
+            // One clock read for the latency, the token gaps and the signal's stamp.
+            let now = Instant::now();
+            let latency = now.saturating_duration_since(self.started);
             let state = self.guard.state();
             state.metrics().duration.observe(latency.as_secs_f64());
             // The events past the non-gap ones are token gaps (or a few tokens each, when an
             // engine batches them).
             let tpot = match (self.first_at, self.events.checked_sub(self.non_gap_events)) {
-                (Some(first), Some(gaps)) if self.sse && gaps > 0 => Some(first.elapsed() / gaps),
+                (Some(first), Some(gaps)) if self.sse && gaps > 0 => {
+                    Some(now.saturating_duration_since(first) / gaps)
+                }
                 _ => None,
             };
             if complete {
                 state
                     .signals
-                    .observe_done(latency, tpot, crate::clock::now());
+                    .observe_done(latency, tpot, crate::clock::at(now));
             }
         }
     }
@@ -345,12 +349,13 @@ impl Relay {
         if std::mem::replace(&mut self.seen_first, true) {
             return;
         }
-        let ttfb = self.started.elapsed();
-        self.first_at = Some(Instant::now());
+        let now = Instant::now();
+        let ttfb = now.saturating_duration_since(self.started);
+        self.first_at = Some(now);
         self.guard.first_byte();
         let state = self.guard.state();
         state.metrics().ttfb.observe(ttfb.as_secs_f64());
-        state.signals.observe_ttft(ttfb, crate::clock::now());
+        state.signals.observe_ttft(ttfb, crate::clock::at(now));
     }
 
     /// Counts SSE events in a relayed chunk (an event split across chunks may be missed; the
