@@ -115,11 +115,6 @@ pub fn attach(
     resp: Response<GatewayBody>,
 ) -> Response<GatewayBody> {
     let status = resp.status().as_u16();
-    let at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .saturating_sub(start.started.elapsed())
-        .as_millis() as u64;
     let mut tokens = None;
     let mut price = None;
     let (backend, reason, scores, attempts) = match routed {
@@ -151,7 +146,8 @@ pub fn attach(
         log: log.clone(),
         record: Record {
             id: start.id.to_owned(),
-            at_ms,
+            // Set with the duration, at the end: one clock read for both.
+            at_ms: 0,
             model: shared(start.model),
             route: shared(start.route),
             policy: start.policy,
@@ -230,7 +226,14 @@ impl Pending {
                 self.record.backend.as_deref().map(|b| (b, attempts)),
             );
         }
-        self.record.duration_ms = ms(self.started.elapsed());
+        let took = self.started.elapsed();
+        self.record.duration_ms = ms(took);
+        // When the request arrived, in unix milliseconds.
+        self.record.at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(took)
+            .as_millis() as u64;
         if let Some(u) = self.meter.usage {
             self.record.prompt_tokens = Some(u64::from(u.prompt_tokens));
             self.record.completion_tokens = Some(u64::from(u.completion_tokens));
