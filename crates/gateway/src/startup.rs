@@ -82,6 +82,10 @@ impl Server {
 
     /// Reloads (`POST /admin/reload`, SIGHUP) re-read `path`, the file `config` came from.
     pub fn reloads_from(mut self, path: &Path) -> Self {
+        if self.source.as_deref() != Some(path) {
+            // Text read from another file (or none) says nothing about this one.
+            self.text = None;
+        }
         self.source = Some(path.to_owned());
         self
     }
