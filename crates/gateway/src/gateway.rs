@@ -192,8 +192,9 @@ pub struct Gateway {
     /// Held while a change (reload, add, remove) builds and swaps a new snapshot, so two
     /// changes cannot both start from the same version and lose one of them.
     pub(crate) changes: Mutex<()>,
-    /// The file text the last reload installed, and the generation it made: a reload of the
-    /// same text onto that same generation changes nothing and installs nothing.
+    /// The file text the running config came from (read at start, or installed by the last
+    /// reload) and the generation it made: a reload of the same text onto that same
+    /// generation changes nothing and installs nothing.
     pub(crate) reloaded: Mutex<Option<(String, u64)>>,
     /// Source of request ids.
     id_seq: AtomicU64,

@@ -36,8 +36,8 @@ pub struct ReloadOutcome {
     pub kept: usize,
     /// Settings the file changes that take effect only after a restart.
     pub restart_needed: Vec<&'static str>,
-    /// The file is the text the last reload installed, on the config it made: nothing was
-    /// installed and the generation stays.
+    /// The file is the text the running config came from (at start or by the last reload),
+    /// on the config it made: nothing was installed and the generation stays.
     pub unchanged: bool,
 }
 
