@@ -231,10 +231,10 @@ impl Gate {
         ask: &Ask<'_>,
         now: impl Fn() -> Duration,
     ) -> Result<Duration, NotAdmitted> {
-        let arrived = now();
         if self.never_holds(ask.pool) {
             return Ok(Duration::ZERO);
         }
+        let arrived = now();
         let (id, rx, timeout) = {
             let mut s = self.lock();
             if let Some(shares) = &mut s.shares {
@@ -367,7 +367,7 @@ impl Gate {
     /// Whether nothing can fill `pool` (no `max_concurrency`, no engine or prefill limits),
     /// so the gate never holds a request there and nobody waits: admission then skips the
     /// lock.
-    fn never_holds(&self, pool: &Pool) -> bool {
+    pub fn never_holds(&self, pool: &Pool) -> bool {
         !self.full_when.changes_alone()
             && pool
                 .backends
@@ -387,16 +387,19 @@ impl Gate {
     ) {
         // Nobody to let go and nothing to count (a reload may have left waiters behind a
         // pool that can no longer fill: they are let go as usual).
-        if !self.shares
-            && self.never_holds(pool)
-            && self.waiting_now.load(std::sync::atomic::Ordering::Relaxed) == 0
-        {
+        if self.quiet() && self.never_holds(pool) {
             return;
         }
         let mut s = self.lock();
         s.leave(tenant, prefill);
         self.let_go(&mut s, pool, now, max_age);
         self.publish(&s);
+    }
+
+    /// Nobody waits and no tenant's share is counted: a request that ends here has nobody
+    /// to let go and nothing to give back when `pool` never holds one ([`Gate::done`]).
+    pub fn quiet(&self) -> bool {
+        !self.shares && self.waiting_now.load(std::sync::atomic::Ordering::Relaxed) == 0
     }
 
     /// Whether tenants' prefill shares are kept (a permit then reports first bytes).

@@ -364,6 +364,7 @@ async fn admit_inner(
         tenant_limited: tenant_limits.is_some(),
         tenant,
         gate: None,
+        gate_holds: false,
         prefill: 0,
         meter: None,
         estimated: tokens,
@@ -419,6 +420,7 @@ async fn admit_inner(
         if gate.shares_kept() {
             permit.prefill = profile.estimated_input_tokens;
         }
+        permit.gate_holds = !gate.never_holds(pool);
         permit.gate = Some(gate.clone());
     }
     Ok(Admitted {

@@ -27,6 +27,9 @@ pub struct Permit {
     pub(super) pool: Arc<str>,
     /// The waiting room of its model, to let the next one go.
     pub(super) gate: Option<Arc<Gate>>,
+    /// The gate may hold requests of its pool ([`Gate::never_holds`] is false for the pool
+    /// of `snap`): its end then always looks for one to let go.
+    pub(super) gate_holds: bool,
     /// Prompt tokens it holds of its tenant's prefill share in the gate, until the
     /// response's first byte (0: none).
     pub(super) prefill: u32,
@@ -173,6 +176,12 @@ impl Permit {
     /// The request is over: usage reconciled, slots released, the queue's next one let go.
     /// Runs once (the body's end calls it, and its drop if the client left first).
     pub(crate) fn end(&mut self) {
+        self.end_at(None);
+    }
+
+    /// [`Permit::end`] at gateway time `now` when the caller has read the clock already
+    /// (`None`: read it here).
+    pub(crate) fn end_at(&mut self, now: Option<std::time::Duration>) {
         if self.ended {
             return;
         }
@@ -180,7 +189,7 @@ impl Permit {
         // Each limit is locked once: its slot given back and, with the usage known, its
         // token bucket given what the estimate took beyond it (or charged what it missed).
         let used = self.meter.as_ref().and_then(|m| m.usage);
-        let now = self.snap.now();
+        let now = now.unwrap_or_else(|| self.snap.now());
         for l in self.limits() {
             let mut l = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(u) = used {
@@ -192,7 +201,7 @@ impl Permit {
         if let Some(used) = used {
             self.spend(used);
         }
-        if let Some(gate) = &self.gate {
+        if let Some(gate) = self.gate.as_ref().filter(|g| self.gate_holds || !g.quiet()) {
             if let Some(pool) = self.snap.pools.get(&*self.pool) {
                 let prefill = std::mem::take(&mut self.prefill);
                 gate.done(

@@ -188,6 +188,9 @@ pub struct Relay {
     translate_done: bool,
     /// The API the client called: the shape of the event that ends a broken stream.
     client: ClientApi,
+    /// Gateway time when the body ended (see [`crate::clock`]), for what ends with it (the
+    /// request's admission permit) to use rather than read the clock again.
+    pub(super) ended_at: Option<Duration>,
 }
 
 impl Relay {
@@ -206,6 +209,7 @@ impl Relay {
             inner: Some(inner),
             seen_first: false,
             first_at: None,
+            ended_at: None,
             events: 0,
             first: None,
             started,
@@ -323,6 +327,8 @@ impl Relay {
         if self.guard.release() {
             // One clock read for the latency, the token gaps and the signal's stamp.
             let now = Instant::now();
+            let at = crate::clock::at(now);
+            self.ended_at = Some(at);
             let latency = now.saturating_duration_since(self.started);
             let state = self.guard.state();
             state.metrics().duration.observe(latency.as_secs_f64());
@@ -335,9 +341,7 @@ impl Relay {
                 _ => None,
             };
             if complete {
-                state
-                    .signals
-                    .observe_done(latency, tpot, crate::clock::at(now));
+                state.signals.observe_done(latency, tpot, at);
             }
         }
     }

@@ -104,8 +104,12 @@ impl Watched {
             })
         });
         if matches!(out, Poll::Ready(None)) || self.is_end_stream() {
+            let ended_at = match &self.inner {
+                Inner::Relay(r) => r.ended_at,
+                Inner::Body(_) => None,
+            };
             let usage = self.permit.as_mut().and_then(|p| {
-                p.end();
+                p.end_at(ended_at);
                 p.usage()
             });
             if let Some(p) = &mut self.pending {
