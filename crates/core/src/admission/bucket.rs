@@ -128,21 +128,19 @@ pub struct RateLimit {
     in_flight: u32,
 }
 
-/// What a granted request learns of the limits it passed (for `x-ratelimit-*` headers).
+/// What a granted request learns of the limits it passed: what its `x-ratelimit-*` headers
+/// say. (The token limit is the caller's own `tpm`, and the token bucket's reset is not
+/// sent: each header costs every keyed answer.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Grant {
     /// Requests per minute allowed, if limited.
     pub limit_requests: Option<u64>,
     /// Requests left in the bucket.
     pub remaining_requests: Option<u64>,
-    /// Tokens per minute allowed, if limited.
-    pub limit_tokens: Option<u64>,
     /// Tokens left in the bucket.
     pub remaining_tokens: Option<u64>,
     /// How long until the request bucket is full again.
     pub reset_requests: Option<Duration>,
-    /// How long until the token bucket is full again.
-    pub reset_tokens: Option<Duration>,
 }
 
 /// Why a request was refused, and when to come back.
@@ -173,10 +171,8 @@ impl RateLimit {
         Grant {
             limit_requests: self.requests.map(|b| b.capacity()),
             remaining_requests: self.requests.map(|b| b.remaining()),
-            limit_tokens: self.tokens.map(|b| b.capacity()),
             remaining_tokens: self.tokens.map(|b| b.remaining()),
             reset_requests: self.requests.map(|b| b.until_full()),
-            reset_tokens: self.tokens.map(|b| b.until_full()),
         }
     }
 
