@@ -360,7 +360,14 @@ pub async fn run(cfg: &OverheadConfig, command: String) -> Result<OverheadRun, O
     let mut round_rows = Vec::new();
     for round in 1..=rounds {
         let full = round == 1;
-        for &peer in &paths {
+        // Round 1 runs every phase in the report's order; later rounds start one path further
+        // along each time, so no path always runs right after the same other one (what a run
+        // leaves behind on the machine then falls on every path alike).
+        let mut order = paths.clone();
+        if !full {
+            order.rotate_left((round - 1) % paths.len());
+        }
+        for &peer in &order {
             let name = peer.map_or("direct", Peer::name);
             let r = match measure(cfg, peer, mock_addr, &dir, &mut progress, full).await {
                 Ok(r) => r,

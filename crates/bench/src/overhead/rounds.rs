@@ -1,7 +1,8 @@
 //! Interleaved rounds of the throughput phase (`--rounds N`): every path's max throughput,
-//! proxy CPU and closed-loop p99 measured N times in the order direct, Switchyard, peers,
-//! direct, Switchyard, peers, ..., so a slow minute on a shared machine falls on every path
-//! alike; the medians over the rounds, their ratios to nginx, and issue 13's targets.
+//! proxy CPU and closed-loop p99 measured N times, one path after another in each round
+//! (direct, Switchyard, peers; each later round starts one path further along), so a slow
+//! minute on a shared machine falls on every path alike; the medians over the rounds, their
+//! ratios to nginx, and issue 13's targets.
 
 use std::fmt::Write;
 
