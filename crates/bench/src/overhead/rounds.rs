@@ -73,6 +73,49 @@ pub fn median(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     })
 }
 
+/// An interval that holds the true median of what `values` sample with at least 95%
+/// confidence, whatever their distribution: the `k`-th smallest and `k`-th largest value, for
+/// the largest `k` whose two tails of the binomial (n, 1/2) weigh 5% or less together.
+/// Returns the interval and its confidence; `None` with fewer than six values (no such `k`).
+pub fn median_interval(values: impl Iterator<Item = Option<f64>>) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.flatten().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    // P(B <= j) for B ~ Binomial(n, 1/2), j = 0, 1, ...: the chance that j or fewer of the
+    // values fall below the median.
+    let mut pmf = 0.5f64.powi(i32::try_from(n).ok()?);
+    let mut tail = pmf;
+    let mut k = None;
+    for j in 0..n / 2 {
+        if 2.0 * tail > 0.05 {
+            break;
+        }
+        k = Some((j, 1.0 - 2.0 * tail));
+        pmf *= (n - j) as f64 / (j + 1) as f64;
+        tail += pmf;
+    }
+    let (j, confidence) = k?;
+    Some((v[j], v[n - 1 - j], confidence))
+}
+
+/// The ratios of `path`'s figure over `base`'s in the same round, round by round (`pick`
+/// reads the figure).
+fn paired_ratios<'a>(
+    rows: &'a [RoundRow],
+    path: &'a str,
+    base: &'a str,
+    pick: impl Fn(&RoundRow) -> Option<f64> + 'a,
+) -> impl Iterator<Item = Option<f64>> + 'a {
+    let of = move |round: usize, pick: &dyn Fn(&RoundRow) -> Option<f64>| {
+        rows.iter()
+            .find(|r| r.path == base && r.round == round)
+            .and_then(pick)
+    };
+    rows.iter()
+        .filter(move |r| r.path == path)
+        .map(move |r| ratio(pick(r)?, of(r.round, &pick)?))
+}
+
 /// The median over rounds of `path`'s figure over `base`'s in the same round (`pick` reads the
 /// figure): the paired view of interleaved rounds, which a machine's swings between rounds
 /// move less than the ratio of the two medians.
@@ -82,16 +125,7 @@ pub fn paired_median(
     base: &str,
     pick: impl Fn(&RoundRow) -> Option<f64>,
 ) -> Option<f64> {
-    let of = |name: &str, round: usize| {
-        rows.iter()
-            .find(|r| r.path == name && r.round == round)
-            .and_then(&pick)
-    };
-    median(
-        rows.iter()
-            .filter(|r| r.path == path)
-            .map(|r| ratio(pick(r)?, of(base, r.round)?)),
-    )
+    median(paired_ratios(rows, path, base, pick))
 }
 
 /// Medians per path, in the order the paths first appear.
@@ -198,6 +232,25 @@ With auth, limits and admission on (issue 14; medians): throughput {}x Switchyar
             f(paired(|r| r.rps), 3),
             f(paired(|r| r.cpu_s_per_1k), 3),
         );
+        // How far this run's paired median can be from what more rounds would give.
+        if let Some((lo, hi, confidence)) =
+            median_interval(paired_ratios(rows, "switchyard-auth", "switchyard", |r| {
+                r.rps
+            }))
+        {
+            let settles = if lo >= 0.95 {
+                "met beyond this run's spread"
+            } else if hi < 0.95 {
+                "not met beyond this run's spread"
+            } else {
+                "inside this run's spread: not settled by it"
+            };
+            let _ = writeln!(
+                s,
+                "The paired throughput median lies in {lo:.3}x-{hi:.3}x with {:.0}% confidence (order statistics of the rounds' ratios); the 0.95 target is {settles}.",
+                confidence * 100.0
+            );
+        }
     }
     s
 }
@@ -255,7 +308,54 @@ mod tests {
             md.contains("Paired by round (the median of each round's ratio): throughput 0.978x, proxy CPU per request 1.032x."),
             "{md}"
         );
+        assert!(
+            !md.contains("confidence"),
+            "three rounds give no interval: {md}"
+        );
         assert_eq!(median([Some(1.0), None, Some(3.0)].into_iter()), Some(2.0));
         assert_eq!(median(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn the_median_interval_takes_the_order_statistics_the_binomial_allows() {
+        let v = |n: usize| (1..=n).map(|i| Some(i as f64));
+        // Five values: even the extremes hold the median with only 1 - 2/32 = 93.75%.
+        assert_eq!(median_interval(v(5)), None);
+        // Six: the extremes, 1 - 2/64.
+        assert_eq!(median_interval(v(6)), Some((1.0, 6.0, 1.0 - 2.0 / 64.0)));
+        // Fifteen: P(B <= 3) = 576/32768, so the 4th smallest and 4th largest.
+        let (lo, hi, c) = median_interval(v(15)).unwrap();
+        assert_eq!((lo, hi), (4.0, 12.0));
+        assert!((c - (1.0 - 2.0 * 576.0 / 32768.0)).abs() < 1e-12);
+        // Order does not matter; missing values are left out.
+        let shuffled = [
+            9.0, 1.0, 15.0, 4.0, 12.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0, 10.0, 11.0, 13.0, 14.0,
+        ];
+        let mut with_gaps: Vec<Option<f64>> = shuffled.iter().map(|&x| Some(x)).collect();
+        with_gaps.push(None);
+        assert_eq!(
+            median_interval(with_gaps.into_iter()).map(|(l, h, _)| (l, h)),
+            Some((4.0, 12.0))
+        );
+    }
+
+    #[test]
+    fn the_auth_verdict_says_when_a_run_cannot_settle_it() {
+        let mut rows = Vec::new();
+        for (round, auth) in [90.0, 99.0, 93.0, 97.0, 94.0, 96.0, 95.0, 92.0]
+            .into_iter()
+            .enumerate()
+        {
+            rows.push(row(round + 1, "switchyard", 100.0, 0.03, 3.0));
+            rows.push(row(round + 1, "switchyard-auth", auth, 0.03, 3.0));
+        }
+        let md = markdown(&rows, 32, 5.0);
+        // Eight rounds: 2 P(B <= 1) = 18/256 is over 5%, 2 P(B <= 0) = 2/256 is not: the
+        // smallest and largest ratio, with 99.2%.
+        assert!(
+            md.contains("lies in 0.900x-0.990x with 99% confidence"),
+            "{md}"
+        );
+        assert!(md.contains("not settled by it"), "{md}");
     }
 }
