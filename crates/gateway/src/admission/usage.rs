@@ -92,12 +92,21 @@ fn mentions_usage(data: &[u8]) -> bool {
 /// Where the last [`USAGE_KEY`] of `data` starts. It walks back over the key's `g`, a letter
 /// JSON answers use little (a vectorised byte search), rather than matching the whole key
 /// backwards, which cost a request about 400 instructions: an answer's usage is at or near
-/// its end.
+/// its end. Past a few dozen `g`s without it (a text full of them) the whole key is
+/// searched for instead, so no answer costs much more than that search.
 fn last_usage_key(data: &[u8]) -> Option<usize> {
     const G: usize = 4; // `"usage"`: the `g` is its fifth byte
-    memchr::memrchr_iter(b'g', data)
-        .filter_map(|i| i.checked_sub(G))
-        .find(|&at| data[at..].starts_with(USAGE_KEY))
+    const CANDIDATES: usize = 64;
+    let mut gs = memchr::memrchr_iter(b'g', data);
+    for i in gs.by_ref().take(CANDIDATES) {
+        if let Some(at) = i.checked_sub(G) {
+            if data[at..].starts_with(USAGE_KEY) {
+                return Some(at);
+            }
+        }
+    }
+    gs.next()?;
+    memchr::memmem::rfind(data, USAGE_KEY)
 }
 
 /// The object after the last `"usage":` key of `data`, when that key is not inside a string
@@ -497,6 +506,10 @@ mod tests {
             "ug".repeat(500)
         );
         assert_eq!(last_usage_key(long.as_bytes()), Some(1008));
+        // More `g`s after the key than are tried one by one: the whole-key search finds it.
+        let many = format!(r#"{{"usage":{{}},"a":"{}"}}"#, "g".repeat(200));
+        assert_eq!(last_usage_key(many.as_bytes()), Some(1));
+        assert_eq!(last_usage_key("g".repeat(200).as_bytes()), None);
     }
 
     #[test]
