@@ -59,13 +59,7 @@ impl TokenBucket {
         (need - self.level) * 60.0 / self.capacity
     }
 
-    /// How long until `n` can be taken (zero: now). More than the capacity can be taken when
-    /// the bucket is full, so no request is refused forever.
-    pub fn wait_for(&mut self, n: f64, now: Duration) -> Duration {
-        Duration::from_secs_f64(self.wait_secs(n, now.as_secs_f64()))
-    }
-
-    /// Takes `n` (call after [`TokenBucket::wait_for`] said zero).
+    /// Takes `n` (once the bucket holds enough; see [`RateLimit::try_acquire`]).
     pub fn take(&mut self, n: f64) {
         self.level -= n;
     }
