@@ -45,6 +45,11 @@ enum Command {
         /// Override the config's listen address (ip:port).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Threads that serve client connections, each with an event loop of its own (as
+        /// nginx's workers); default: one per CPU core. 0 serves them on one work-stealing
+        /// runtime shared with the rest of the gateway.
+        #[arg(long, env = "SWITCHYARD_WORKERS")]
+        workers: Option<usize>,
     },
     /// Validate a config file and exit: 0 if it is usable, 2 with the problem if not.
     Check {
@@ -120,7 +125,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            workers,
+        } => {
             let server = match Server::from_file(&config) {
                 Ok(s) => s,
                 Err(e) => {
@@ -128,7 +137,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run_serve(server, listen) {
+            let workers = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            match run_serve(server.workers(workers), listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -150,9 +162,17 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn run_serve(server: Server, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // With connection workers, what stays here (accepting, the admin listener, health checks,
+    // scrapes, reloads) is light: one thread serves it.
+    let rt = if server.worker_count() > 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async move {
         let cfg = server.config();
         let admin_on_main = cfg.admin.as_ref().is_some_and(|a| a.listen.is_none());
@@ -167,9 +187,10 @@ fn run_serve(server: Server, listen: Option<std::net::SocketAddr>) -> anyhow::Re
         if let Some(l) = listen {
             server = server.listen(l);
         }
+        let workers = server.worker_count();
         let running = server.start().await?;
         let addr = running.addr();
-        tracing::info!(%addr, models = %models.join(", "), "switchyard listening; point OpenAI clients at http://{addr}/v1");
+        tracing::info!(%addr, workers, models = %models.join(", "), "switchyard listening; point OpenAI clients at http://{addr}/v1");
         match running.admin_addr() {
             Some(a) => tracing::info!(addr = %a, "admin API listening"),
             None if admin_on_main => {

@@ -40,6 +40,7 @@ pub(crate) mod sse;
 pub mod startup;
 pub(crate) mod telemetry;
 pub(crate) mod upstream;
+pub(crate) mod workers;
 
 pub use config::{Config, ConfigError};
 pub use gateway::Gateway;

@@ -19,6 +19,7 @@ use crate::api;
 use crate::conn::{self, ConnTimeouts, ConnWatch, OpenConnections, WatchedIo};
 use crate::gateway::Gateway;
 use crate::health::HealthChecker;
+use crate::workers::Workers;
 
 /// How the server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +42,14 @@ enum Face {
 /// Serves `listener` until `shutdown` resolves, then drains. A shutdown that resolves to
 /// [`Stop::Drain`] first answers `/ready` with 503 for the config's `drain_delay` while still
 /// accepting.
+/// With `workers`, connections are served on its threads; without, on the caller's runtime.
 pub(crate) async fn serve<S: Into<Stop>>(
     gw: Arc<Gateway>,
     listener: TcpListener,
+    workers: Option<Arc<Workers>>,
     shutdown: impl Future<Output = S>,
 ) -> std::io::Result<Drained> {
-    serve_face(gw, listener, shutdown, Face::Main).await
+    serve_face(gw, listener, workers, shutdown, Face::Main).await
 }
 
 /// Serves the admin API alone on `listener` (bound to `admin.listen`) until `shutdown`
@@ -56,12 +59,13 @@ pub(crate) async fn serve_admin<S: Into<Stop>>(
     listener: TcpListener,
     shutdown: impl Future<Output = S>,
 ) -> std::io::Result<Drained> {
-    serve_face(gw, listener, shutdown, Face::Admin).await
+    serve_face(gw, listener, None, shutdown, Face::Admin).await
 }
 
 async fn serve_face<S: Into<Stop>>(
     gw: Arc<Gateway>,
     listener: TcpListener,
+    workers: Option<Arc<Workers>>,
     shutdown: impl Future<Output = S>,
     face: Face,
 ) -> std::io::Result<Drained> {
@@ -87,6 +91,7 @@ async fn serve_face<S: Into<Stop>>(
     builder
         .http2()
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let open = Arc::new(OpenConnections::default());
     tokio::pin!(shutdown);
     let mut stop = None;
@@ -109,35 +114,31 @@ async fn serve_face<S: Into<Stop>>(
                     tokio::spawn(conn::reject(stream));
                     continue;
                 };
-                let _ = stream.set_nodelay(true);
-                let watch = Arc::new(ConnWatch::default());
-                let io = WatchedIo::new(stream, watch.clone(), ConnTimeouts {
-                    header_read: limits.header_read_timeout,
-                    keepalive: limits.keepalive_timeout,
-                });
-                let gw = gw.clone();
-                let service = service_fn(move |req| {
-                    let gw = gw.clone();
-                    let watch = watch.clone();
-                    async move {
-                        let resp = match face {
-                            Face::Main => {
-                                let conn = api::Conn { peer, keys: &watch.keys };
-                                api::handle(gw, conn, req).await
+                let conn = Accepted {
+                    gw: gw.clone(),
+                    builder: builder.clone(),
+                    watcher: graceful.watcher(),
+                    peer,
+                    face,
+                    limits,
+                    slot,
+                };
+                match &workers {
+                    // Handed over as a plain socket: it registers with the worker's own
+                    // reactor there.
+                    Some(w) => match stream.into_std() {
+                        Ok(s) => w.spawn(async move {
+                            match tokio::net::TcpStream::from_std(s) {
+                                Ok(stream) => conn.serve(stream).await,
+                                Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
                             }
-                            Face::Admin => crate::admin::handle(&gw, req).await,
-                        };
-                        Ok::<_, Infallible>(resp.map(|b| watch.begin(b)))
+                        }),
+                        Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+                    },
+                    None => {
+                        tokio::spawn(conn.serve(stream));
                     }
-                });
-                let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
+                }
             }
             how = &mut shutdown, if stop.is_none() => {
                 let how = how.into();
@@ -168,6 +169,68 @@ async fn serve_face<S: Into<Stop>>(
             Err(_) => Drained::TimedOut,
         },
     )
+}
+
+/// An accepted connection and what serving it needs, so that it can be served where it was
+/// accepted or on a [`Workers`] thread.
+struct Accepted {
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: std::net::SocketAddr,
+    face: Face,
+    limits: crate::config::Limits,
+    /// Counts it among the open connections until it ends.
+    slot: conn::ConnSlot,
+}
+
+impl Accepted {
+    /// Serves the connection's requests until it closes (or the drain cuts it).
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let Self {
+            gw,
+            builder,
+            watcher,
+            peer,
+            face,
+            limits,
+            slot,
+        } = self;
+        let _slot = slot;
+        let _ = stream.set_nodelay(true);
+        let watch = Arc::new(ConnWatch::default());
+        let io = WatchedIo::new(
+            stream,
+            watch.clone(),
+            ConnTimeouts {
+                header_read: limits.header_read_timeout,
+                keepalive: limits.keepalive_timeout,
+            },
+        );
+        let service = service_fn(move |req| {
+            let gw = gw.clone();
+            let watch = watch.clone();
+            async move {
+                let resp = match face {
+                    Face::Main => {
+                        let conn = api::Conn {
+                            peer,
+                            keys: &watch.keys,
+                        };
+                        api::handle(gw, conn, req).await
+                    }
+                    Face::Admin => crate::admin::handle(&gw, req).await,
+                };
+                Ok::<_, Infallible>(resp.map(|b| watch.begin(b)))
+            }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    }
 }
 
 /// A background task that ends with its owner.

@@ -50,6 +50,9 @@ pub struct Server {
     admin: Option<SocketAddr>,
     /// Re-read the config file on SIGHUP while running.
     sighup: bool,
+    /// Serve client connections on this many threads of their own (0: on the caller's
+    /// runtime).
+    workers: usize,
 }
 
 impl Server {
@@ -62,6 +65,7 @@ impl Server {
             listen: None,
             admin: None,
             sighup: false,
+            workers: 0,
         }
     }
 
@@ -112,6 +116,20 @@ impl Server {
         self
     }
 
+    /// Serves client connections on `n` threads of their own, each with a single-threaded
+    /// runtime, handing each accepted connection to the next (0, the default: on the runtime
+    /// that runs [`Server::start`]). The accept loop, the admin API, health checks, scrapes and
+    /// reloads stay on the caller's runtime.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// The connection workers it will start (see [`Server::workers`]).
+    pub fn worker_count(&self) -> usize {
+        self.workers
+    }
+
     /// Binds the listeners and starts serving in the background. Fails when a listener cannot
     /// be bound (the error names the address) or the SIGHUP handler cannot be installed. Must
     /// run inside a tokio runtime.
@@ -156,10 +174,21 @@ impl Server {
         } else {
             None
         };
+        let workers = match self.workers {
+            0 => None,
+            n => Some(Arc::new(crate::workers::Workers::start(n).map_err(
+                |e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot start {n} connection workers: {e}"),
+                    )
+                },
+            )?)),
+        };
         let (stop, stopped) = oneshot::channel::<Stop>();
         let task = tokio::spawn(run(
             gateway.clone(),
-            listener,
+            (listener, workers),
             admin_listener,
             stopped,
             reloader,
@@ -184,7 +213,7 @@ async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
 /// stops the admin listener (its requests are short) and the reloader.
 async fn run(
     gateway: Arc<Gateway>,
-    listener: TcpListener,
+    (listener, workers): (TcpListener, Option<Arc<crate::workers::Workers>>),
     admin_listener: Option<TcpListener>,
     stopped: oneshot::Receiver<Stop>,
     reloader: Option<JoinHandle<()>>,
@@ -195,7 +224,7 @@ async fn run(
             let _ = admin_stopped.await;
         }))
     });
-    let drained = serve(gateway, listener, async move {
+    let drained = serve(gateway, listener, workers, async move {
         stopped.await.unwrap_or(Stop::Now)
     })
     .await;

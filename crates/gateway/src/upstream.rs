@@ -9,7 +9,7 @@
 //! Semantics kept from the pooled client: a pooled connection found closed, or closed by the
 //! backend before the request was written, is never used (the request goes out on a fresh
 //! one, so a keep-alive race is not a failure); idle connections are not reused after
-//! [`IDLE_TIMEOUT`]; at most [`MAX_IDLE`] wait per backend; connections are opened with the
+//! [`IDLE_TIMEOUT`]; at most [`MAX_IDLE`] wait per backend and worker; connections are opened with the
 //! backend's connect timeout, `TCP_NODELAY` and TCP keep-alive.
 
 use bytes::Bytes;
@@ -42,14 +42,25 @@ pub const MAX_IDLE: usize = 1024;
 /// TCP keep-alive probes on upstream connections start after this much silence.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// One backend's idle connections, most recently used last.
+/// One backend's idle connections, most recently used last, in one list per connection
+/// worker ([`crate::workers`]): a connection's task runs on the worker that opened it, so a
+/// request on another worker would wake that thread twice (to send, and to hand back the
+/// answer). Threads that are no worker share list 0.
 #[derive(Debug, Default)]
-pub struct IdleConns(Mutex<Vec<(Conn, Instant)>>);
+pub struct IdleConns([Mutex<Vec<(Conn, Instant)>>; SHARDS]);
+
+/// Lists per backend; workers past this many share them (still correct, only slower).
+const SHARDS: usize = 16;
 
 impl IdleConns {
+    /// This thread's list.
+    fn mine(&self) -> &Mutex<Vec<(Conn, Instant)>> {
+        &self.0[crate::workers::current() % SHARDS]
+    }
+
     /// The most recently used idle connection that is still open and young enough.
     fn take(&self) -> Option<Conn> {
-        let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.mine().lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((conn, since)) = idle.pop() {
             if !conn.is_closed() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(conn);
@@ -63,7 +74,7 @@ impl IdleConns {
         if conn.is_closed() {
             return;
         }
-        let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.mine().lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push((conn, Instant::now()));
         }
@@ -71,7 +82,10 @@ impl IdleConns {
 
     /// Idle connections held now.
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.0
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
     }
 
     /// Whether none is held.

@@ -35,3 +35,4 @@ mod security_proxy;
 mod security_reload;
 mod signals;
 mod traces;
+mod workers;

@@ -310,15 +310,7 @@ async fn shutdown_stops_accepting_and_drains_in_flight_requests() {
     let addr = gw.addr;
     let stopping = tokio::spawn(async move { gw.shutdown().await });
     // The listener closes: new connections are refused.
-    let mut refused = false;
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "listener still accepting after shutdown");
+    assert_refused_soon(addr).await;
     hold.notify_waiters();
     let a = in_flight.await.unwrap();
     assert_eq!(a.status, 200);

@@ -232,9 +232,18 @@ impl Gw {
         Gw::start_config(conf.build()).await
     }
 
+    /// Starts a gateway running `conf` that serves connections on `n` worker threads.
+    pub async fn with_workers(conf: conf::Conf, n: usize) -> Gw {
+        Gw::start_server(switchyard_gateway::Server::from_config(conf.build()).workers(n)).await
+    }
+
     /// Starts a gateway running `cfg`.
     pub async fn start_config(cfg: switchyard_gateway::Config) -> Gw {
-        let running = switchyard_gateway::Server::from_config(cfg)
+        Gw::start_server(switchyard_gateway::Server::from_config(cfg)).await
+    }
+
+    async fn start_server(server: switchyard_gateway::Server) -> Gw {
+        let running = server
             .listen(LOOPBACK)
             .start()
             .await
@@ -368,6 +377,17 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     panic!("condition not met within 10s");
+}
+
+/// Waits (up to 5 s) until connecting to `addr` is refused: the listener has closed.
+pub async fn assert_refused_soon(addr: SocketAddr) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("listener still accepting after shutdown");
 }
 
 pub mod sim;
