@@ -42,6 +42,7 @@ enum Face {
 /// Serves `listener` until `shutdown` resolves, then drains. A shutdown that resolves to
 /// [`Stop::Drain`] first answers `/ready` with 503 for the config's `drain_delay` while still
 /// accepting.
+///
 /// With `workers`, connections are served on its threads; without, on the caller's runtime.
 pub(crate) async fn serve<S: Into<Stop>>(
     gw: Arc<Gateway>,
@@ -125,15 +126,15 @@ async fn serve_face<S: Into<Stop>>(
                 };
                 match &workers {
                     // Handed over as a plain socket: it registers with the worker's own
-                    // reactor there.
+                    // reactor there. Either failing drops the connection, and its slot with it.
                     Some(w) => match stream.into_std() {
                         Ok(s) => w.spawn(async move {
                             match tokio::net::TcpStream::from_std(s) {
                                 Ok(stream) => conn.serve(stream).await,
-                                Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+                                Err(e) => tracing::warn!(error = %e, "a worker cannot take a connection"),
                             }
                         }),
-                        Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+                        Err(e) => tracing::debug!(error = %e, %peer, "a connection closed before a worker took it"),
                     },
                     None => {
                         tokio::spawn(conn.serve(stream));
