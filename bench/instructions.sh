@@ -33,24 +33,14 @@ CONF
 nginx -p "$TMP" -c "$TMP/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
 KEY=sk-instructions-0123456789abcdef
-AUTH="" HEADER=()
+HEADER=()
+. "$(dirname "$0")/gateway-config.sh"
 if [ "${INSTRUCTIONS_AUTH:-0}" = 1 ]; then
-  AUTH="auth:
-  tenants:
-    bench: {rpm: 100000000, tpm: 100000000000}
-  keys:
-    - {key: $KEY, tenant: bench, rpm: 100000000, tpm: 100000000000, max_concurrent: 100000}
-admission: {}"
+  write_gateway_config "$TMP/sy.yaml" $GW $MOCK $KEY
   HEADER=(-H "Authorization: Bearer $KEY")
+else
+  write_gateway_config "$TMP/sy.yaml" $GW $MOCK
 fi
-cat > "$TMP/sy.yaml" <<CONF
-listen: 127.0.0.1:$GW
-$AUTH
-models:
-  m:
-    backends:
-      - url: http://127.0.0.1:$MOCK
-CONF
 echo '{"model":"m","messages":[{"role":"user","content":"Say hi"}],"max_tokens":8}' > "$TMP/req.json"
 
 count() { # BINARY N -> total instructions of one run

@@ -29,24 +29,14 @@ cleanup() {
 }
 trap cleanup EXIT
 "$BIN" bench mock --listen 127.0.0.1:$MOCK --log warn & MOCK_PID=$!
-AUTH="" HEADER=()
+HEADER=()
+. "$(dirname "$0")/gateway-config.sh"
 if [ "$MODE" = keyed ]; then
-  AUTH="auth:
-  tenants:
-    bench: {rpm: 100000000, tpm: 100000000000}
-  keys:
-    - {key: $KEY, tenant: bench, rpm: 100000000, tpm: 100000000000, max_concurrent: 100000}
-admission: {}"
+  write_gateway_config "$TMP/sy.yaml" $GW $MOCK $KEY
   HEADER=(-H "Authorization: Bearer $KEY")
+else
+  write_gateway_config "$TMP/sy.yaml" $GW $MOCK
 fi
-cat > "$TMP/sy.yaml" <<CONF
-listen: 127.0.0.1:$GW
-$AUTH
-models:
-  m:
-    backends:
-      - url: http://127.0.0.1:$MOCK
-CONF
 cat > "$TMP/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = '{"model":"m","messages":[{"role":"user","content":"Say hi"}],"max_tokens":8}'
