@@ -131,10 +131,14 @@ async fn serve_face<S: Into<Stop>>(
                         Ok(s) => w.spawn(async move {
                             match tokio::net::TcpStream::from_std(s) {
                                 Ok(stream) => conn.serve(stream).await,
-                                Err(e) => tracing::warn!(error = %e, "a worker cannot take a connection"),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "a worker cannot take a connection");
+                                }
                             }
                         }),
-                        Err(e) => tracing::debug!(error = %e, %peer, "a connection closed before a worker took it"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, %peer, "gone before a worker took it");
+                        }
                     },
                     None => {
                         tokio::spawn(conn.serve(stream));

@@ -9,8 +9,8 @@
 //! Semantics kept from the pooled client: a pooled connection found closed, or closed by the
 //! backend before the request was written, is never used (the request goes out on a fresh
 //! one, so a keep-alive race is not a failure); idle connections are not reused after
-//! [`IDLE_TIMEOUT`]; at most [`MAX_IDLE`] wait per backend and worker; connections are opened with the
-//! backend's connect timeout, `TCP_NODELAY` and TCP keep-alive.
+//! [`IDLE_TIMEOUT`]; at most [`MAX_IDLE`] wait per backend and worker; connections are opened
+//! with the backend's connect timeout, `TCP_NODELAY` and TCP keep-alive.
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -45,7 +45,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// One backend's idle connections, most recently used last, in one list per connection
 /// worker ([`crate::workers`]): a connection's task runs on the worker that opened it, so a
 /// request on another worker would wake that thread twice (to send, and to hand back the
-/// answer). Threads that are no worker share list 0.
+/// answer). Threads that are no worker use list 0, as worker 32 does.
 #[derive(Debug, Default)]
 pub struct IdleConns([Shard; SHARDS]);
 

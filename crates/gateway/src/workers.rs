@@ -6,7 +6,7 @@
 //! and everything its requests spawn then live on one thread: no task moves between threads,
 //! and a busy worker never wakes an idle one to steal from it. On a work-stealing runtime
 //! under load, those wake-ups (a futex call and a context switch each) cost as much CPU as the
-//! requests themselves in some runs; see `bench/results/` for the measurement.
+//! requests themselves in some runs (`bench/results/instructions-2026-11-29-workers-s21.md`).
 //!
 //! Shared state (the gateway, its snapshot, pools, limits) is the same as on one runtime:
 //! everything it holds is `Send + Sync` already.
