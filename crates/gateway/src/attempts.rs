@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http_body_util::Full;
 use std::time::Duration;
 use switchyard_core::failover::Target;
 use switchyard_core::{
@@ -34,7 +34,8 @@ use crate::fleet::{Backend, InFlightGuard, Pool, ViewBuf, DEFAULT_COOLDOWN};
 use crate::forward;
 use crate::gateway::Snapshot;
 use crate::providers::{ClientApi, Direction, Translate};
-use crate::{explain, otel, signals, upstream};
+use crate::upstream::{self, UpstreamBody};
+use crate::{explain, otel, signals};
 use opentelemetry::trace::SpanKind;
 
 /// One request on the proxy path, read once: everything its attempts need.
@@ -78,21 +79,20 @@ enum Failed {
     /// A retryable answer, kept to pass through if every attempt fails, with how it is
     /// translated back.
     Answer(
-        hyper::Response<Incoming>,
+        hyper::Response<UpstreamBody>,
         InFlightGuard,
         Option<Duration>,
         Option<Direction>,
     ),
 }
 
-/// What a successful attempt hands to the relay: the response head (and body), its first
-/// body frame, the backend's slot, the direct connection to give back once the body
-/// has passed whole, and how the answer is translated back.
+/// What a successful attempt hands to the relay: the response head (and body, which gives
+/// its direct connection back once it has passed whole), its first body frame, the
+/// backend's slot, and how the answer is translated back.
 type Answered = (
-    hyper::Response<Incoming>,
+    hyper::Response<UpstreamBody>,
     Option<Frame<Bytes>>,
     InFlightGuard,
-    Option<upstream::Conn>,
     Option<Direction>,
 );
 
@@ -117,7 +117,7 @@ impl Target for Pool {
 
 /// A retryable answer kept to pass through if every attempt fails.
 struct Held<'a> {
-    resp: hyper::Response<Incoming>,
+    resp: hyper::Response<UpstreamBody>,
     backend: &'a Backend,
     guard: InFlightGuard,
     /// How it is translated back.
@@ -266,13 +266,7 @@ pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Serve
         let attempts = d.progress.attempts();
         let (backend, direction) = (held.backend, held.direction);
         let resp = relay(
-            req,
-            held.resp,
-            None,
-            backend,
-            held.guard,
-            attempts,
-            (None, direction),
+            req, held.resp, None, backend, held.guard, attempts, direction,
         );
         // The record lists the answer relayed last.
         let mut tried = d.tried;
@@ -346,7 +340,7 @@ impl<'a> Driver<'a> {
             .attempt(target, backend, guard, slot, span.as_ref())
             .await
         {
-            Ok((resp, first, guard, conn, direction)) => {
+            Ok((resp, first, guard, direction)) => {
                 otel::attempted(span, "ok", Some(resp.status().as_u16()), None);
                 let headers_at = Instant::now();
                 let r = relay(
@@ -356,7 +350,7 @@ impl<'a> Driver<'a> {
                     backend,
                     guard,
                     self.progress.attempts(),
-                    (conn, direction),
+                    direction,
                 );
                 let before = self
                     .dispatched
@@ -474,16 +468,17 @@ impl<'a> Driver<'a> {
             })
         };
         let sent = if direct {
-            tokio::time::timeout_at(deadline, upstream::send(backend, upstream))
-                .await
-                .map(|r| r.map(|(resp, conn)| (resp, Some(conn))))
+            tokio::time::timeout_at(deadline, upstream::send(backend, upstream)).await
         } else {
             let client = backend.client(&gw.client);
-            tokio::time::timeout_at(deadline, client.request(upstream))
+            tokio::time::timeout_at(deadline, client.request(upstream.map(Full::new)))
                 .await
-                .map(|r| r.map(|resp| (resp, None)).map_err(upstream::Error::from))
+                .map(|r| {
+                    r.map(|resp| resp.map(UpstreamBody::Pooled))
+                        .map_err(upstream::Error::from)
+                })
         };
-        let (resp, conn) = match sent {
+        let resp = match sent {
             Err(_) => {
                 log("no first byte within the first-byte timeout", &"headers");
                 return Err(timed_out(&mut guard));
@@ -531,7 +526,6 @@ impl<'a> Driver<'a> {
                 hyper::Response::from_parts(head, incoming),
                 None,
                 guard,
-                conn,
                 direction,
             ));
         }
@@ -541,7 +535,7 @@ impl<'a> Driver<'a> {
                 Err(timed_out(&mut guard))
             }
             Ok(Some(Err(e))) => {
-                let detail = error_chain(&e);
+                let detail = error_chain(&*e);
                 log("upstream body failed before its first byte", &detail);
                 guard.outcome(false);
                 Err(Failed::Error(unreachable(backend, detail)))
@@ -553,7 +547,6 @@ impl<'a> Driver<'a> {
                     hyper::Response::from_parts(head, incoming),
                     first,
                     guard,
-                    conn,
                     direction,
                 ))
             }
@@ -598,16 +591,16 @@ fn unreachable(backend: &Backend, detail: String) -> ApiError {
 /// The client's response: upstream status and headers (hop-by-hop removed) plus ours, and the
 /// upstream body relayed as it arrives, its first frame (already read) first, within the
 /// backend's idle and total timeouts, translated back to the client's API when `direction`
-/// says so. `conn`, the direct connection it came on, goes back to the backend's idle list
-/// once the body has passed whole.
+/// says so. The direct connection it came on goes back to the backend's idle list once the
+/// body has passed whole.
 fn relay(
     req: &Request<'_>,
-    resp: hyper::Response<Incoming>,
+    resp: hyper::Response<UpstreamBody>,
     first: Option<Frame<Bytes>>,
     backend: &Backend,
     guard: InFlightGuard,
     attempts: u32,
-    (conn, direction): (Option<upstream::Conn>, Option<Direction>),
+    direction: Option<Direction>,
 ) -> Response<GatewayBody> {
     let (mut head, incoming) = resp.into_parts();
     forward::clean_response_headers(&mut head.headers);
@@ -632,7 +625,6 @@ fn relay(
         + u32::from(profile.kind == switchyard_core::EndpointKind::ChatCompletions)
         + u32::from(profile.include_usage);
     let mut relay = Relay::new(incoming, first, req.started, (sse, non_gap), limits, guard)
-        .reusing(conn)
         .for_client(req.client);
     if let Some(direction) = direction {
         // The translated body has another length than the upstream's.

@@ -227,7 +227,7 @@ pub fn upstream_request(
     outbound: &Outbound<'_>,
     prepared: std::borrow::Cow<'_, HeaderMap>,
     origin_form: bool,
-) -> Result<(Request<Full<Bytes>>, Option<Direction>), OutboundError> {
+) -> Result<(Request<Bytes>, Option<Direction>), OutboundError> {
     let profile = outbound.profile;
     let name = backend.config.upstream_model.as_deref().unwrap_or(model);
     let provider = &backend.config.provider;
@@ -256,7 +256,7 @@ pub fn upstream_request(
             uri = http::Uri::from(path);
         }
     }
-    let mut req = Request::new(Full::new(out.body));
+    let mut req = Request::new(out.body);
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri;
     let mut headers = prepared.into_owned();

@@ -13,7 +13,6 @@
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -24,7 +23,7 @@ use tokio::time::Sleep;
 use crate::fleet::InFlightGuard;
 use crate::providers::{ClientApi, Translate};
 use crate::sse::EventFramer;
-use crate::upstream;
+use crate::upstream::{self, UpstreamBody};
 
 mod watched;
 pub use watched::Watched;
@@ -87,7 +86,7 @@ fn content_type_is_sse(headers: &http::HeaderMap) -> bool {
 pub enum BodyError {
     /// The upstream body failed.
     #[error("upstream body failed: {0}")]
-    Upstream(#[from] hyper::Error),
+    Upstream(upstream::Error),
     /// No chunk arrived within the idle timeout.
     #[error("upstream sent nothing for {0:?}")]
     Idle(Duration),
@@ -149,8 +148,9 @@ struct Timers {
 #[derive(Debug)]
 pub struct Relay {
     /// The upstream body; `None` once it ended early, so the upstream connection is closed at
-    /// once rather than when the client goes away.
-    inner: Option<Incoming>,
+    /// once rather than when the client goes away. A direct connection's body gives the
+    /// connection back to the backend's idle list when it has passed whole.
+    inner: Option<UpstreamBody>,
     /// The first frame, read before the response was committed to (see
     /// [`crate::attempts`]); sent first.
     first: Option<Frame<Bytes>>,
@@ -178,9 +178,6 @@ pub struct Relay {
     /// The backend's slot, released when the body ends or is dropped; also the way to its
     /// metrics and health.
     guard: InFlightGuard,
-    /// The direct connection the body arrives on (see [`crate::upstream`]): given back to
-    /// the backend's idle list when the body has passed whole, closed otherwise.
-    conn: Option<upstream::Conn>,
     /// Turns the answer into the client's API as it passes, when the backend speaks another
     /// (see [`crate::providers`]); `None`: relayed as it is.
     translate: Option<Box<Translate>>,
@@ -198,7 +195,7 @@ impl Relay {
     /// client's request arrived; `sse` when the response is `text/event-stream`, with
     /// `non_gap_events` events that are not a gap between two tokens (see the field).
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         first: Option<Frame<Bytes>>,
         started: Instant,
         (sse, non_gap_events): (bool, u32),
@@ -220,7 +217,6 @@ impl Relay {
             limits,
             timers: None,
             guard,
-            conn: None,
             translate: None,
             translate_done: false,
             client: ClientApi::OpenAi,
@@ -238,12 +234,6 @@ impl Relay {
             other => other,
         };
         relay
-    }
-
-    /// Gives `conn` back to the backend when the body has passed whole.
-    pub fn reusing(mut self, conn: Option<upstream::Conn>) -> Self {
-        self.conn = conn;
-        self
     }
 
     /// Answers a client of `client`'s API (errors that end a stream take its shape).
@@ -284,9 +274,10 @@ impl Relay {
         (!out.is_empty()).then(|| Bytes::from(out))
     }
 
-    /// Returns the connection to the backend's idle list.
+    /// Returns the direct connection the body came on to the backend's idle list, when it
+    /// can carry another request.
     fn give_back(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(conn) = self.inner.as_mut().and_then(UpstreamBody::reusable) {
             self.guard.state().conns.put(conn);
         }
     }
@@ -321,8 +312,6 @@ impl Relay {
     fn finish(&mut self, complete: bool) {
         if complete {
             self.give_back();
-        } else {
-            self.conn = None;
         }
         if self.guard.release() {
             // One clock read for the latency, the token gaps and the signal's stamp.
