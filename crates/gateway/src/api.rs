@@ -372,11 +372,8 @@ async fn proxy(
             }
         };
     drop(admitting);
-    let outgoing =
+    let headers =
         forward::prepare_headers(std::mem::take(&mut parts.headers), peer.ip(), request_id);
-    // Retries and a mirror send copies; the first attempt sends the map itself (see
-    // `attempts::run`).
-    let headers = outgoing.clone();
     let request = attempts::Request {
         gw,
         pool,
@@ -392,7 +389,7 @@ async fn proxy(
         engine_priority: admitted.engine_priority,
         trace,
     };
-    let (resp, how) = match attempts::run(&request, Some(outgoing)).await {
+    let (resp, how) = match attempts::run(&request).await {
         Ok(attempts::Served {
             mut resp,
             routed: how,

@@ -19,7 +19,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use http_body_util::Full;
 use std::time::Duration;
 use switchyard_core::failover::Target;
 use switchyard_core::{
@@ -137,9 +136,6 @@ struct Driver<'a> {
     held: Option<Held<'a>>,
     /// When the first attempt went out (for the overhead metric).
     dispatched: Option<Instant>,
-    /// The caller's own header map for the first attempt to send (see [`run`]); later
-    /// attempts send copies of [`Request::headers`].
-    outgoing: Option<HeaderMap>,
     /// The attempts that did not answer, in order, for the decision record.
     tried: crate::decisions::Attempts,
 }
@@ -155,13 +151,7 @@ pub struct Served {
 }
 
 /// Serves `req` from its pool, then its fallback models.
-///
-/// `outgoing`, when given, is the map the first attempt sends instead of a copy of
-/// [`Request::headers`] (which it must equal). Handing over the map the client's request
-/// arrived in keeps its room: hyper parses the answer into the map the request went out in,
-/// and the client's next request arrives in the map its answer left in, so the headers the
-/// gateway adds to answers fit without a grow per request (a copy has no spare room).
-pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Served, ApiError> {
+pub async fn run(req: &Request<'_>) -> Result<Served, ApiError> {
     let (gw, home) = (req.gw, req.pool);
     let retry = &gw.config.retry;
     let plan = FailoverPlan {
@@ -183,7 +173,6 @@ pub async fn run(req: &Request<'_>, outgoing: Option<HeaderMap>) -> Result<Serve
         failure: None,
         held: None,
         dispatched: None,
-        outgoing,
         tried: crate::decisions::Attempts::new(),
     };
     let mut chain = home.fallbacks.iter().filter_map(|m| gw.pools.get(m));
@@ -426,23 +415,20 @@ impl<'a> Driver<'a> {
                 .unwrap_or(req.body),
             original: req.original,
         };
-        let prepared = match self.outgoing.take() {
-            Some(own) => std::borrow::Cow::Owned(own),
-            None => std::borrow::Cow::Borrowed(req.headers),
-        };
-        let (mut upstream, direction) = forward::upstream_request(
-            backend, &pool.name, &outbound, prepared, direct,
-        )
-        .map_err(|e| match e {
-            forward::OutboundError::Http(e) => Failed::Error(unreachable(backend, e.to_string())),
-            // The request itself cannot go to this kind of backend: no other attempt
-            // would fare better.
-            forward::OutboundError::Untranslatable(why) => {
-                Failed::Local(ApiError::Untranslatable(why))
-            }
-        })?;
+        let (mut upstream, direction) =
+            forward::upstream_request(backend, &pool.name, &outbound, req.headers, direct)
+                .map_err(|e| match e {
+                    forward::OutboundError::Http(e) => {
+                        Failed::Error(unreachable(backend, e.to_string()))
+                    }
+                    // The request itself cannot go to this kind of backend: no other attempt
+                    // would fare better.
+                    forward::OutboundError::Untranslatable(why) => {
+                        Failed::Local(ApiError::Untranslatable(why))
+                    }
+                })?;
         if let Some(span) = span {
-            span.inject(upstream.headers_mut());
+            span.inject(&mut upstream.headers);
         }
         // One clock read for when the request went out and when its first byte is due.
         let sent = Instant::now();
@@ -468,10 +454,10 @@ impl<'a> Driver<'a> {
             })
         };
         let sent = if direct {
-            tokio::time::timeout_at(deadline, upstream::send(backend, upstream)).await
+            tokio::time::timeout_at(deadline, upstream::send(backend, &upstream)).await
         } else {
             let client = backend.client(&gw.client);
-            tokio::time::timeout_at(deadline, client.request(upstream.map(Full::new)))
+            tokio::time::timeout_at(deadline, client.request(upstream.to_request()))
                 .await
                 .map(|r| {
                     r.map(|resp| resp.map(UpstreamBody::Pooled))

@@ -216,18 +216,102 @@ pub enum OutboundError {
     Untranslatable(String),
 }
 
-/// The request to send to `backend`, a member of the pool serving `model` (the requested
-/// model, or a fallback model whose name the body must then carry), with the request's
-/// headers as [`prepare_headers`] made them and the backend's provider's own, and how its
-/// answer is translated back to the client. The URI is origin-form (`/v1/...`) when
-/// `origin_form`, for a connection to the backend itself; absolute otherwise.
-pub fn upstream_request(
+/// The headers one attempt sends: the request's prepared headers ([`prepare_headers`]), less
+/// those in `drop` and those `set` replaces, then `set`. Nothing is copied: a direct
+/// connection writes them as they are listed ([`HeaderPlan::iter`]); only the pooled client
+/// needs a map of its own ([`HeaderPlan::to_map`]).
+#[derive(Debug)]
+pub struct HeaderPlan<'a> {
+    /// The request's prepared headers.
+    pub base: &'a HeaderMap,
+    /// Headers this attempt sets, each replacing every value of its name in `base`.
+    pub set: SmallVec<[(HeaderName, HeaderValue); 4]>,
+    /// Headers of `base` this attempt does not send.
+    pub drop: SmallVec<[HeaderName; 4]>,
+}
+
+impl<'a> HeaderPlan<'a> {
+    /// `base` as it is.
+    pub fn new(base: &'a HeaderMap) -> Self {
+        Self {
+            base,
+            set: SmallVec::new(),
+            drop: SmallVec::new(),
+        }
+    }
+
+    /// Sets `name` (replacing `base`'s values, and any set before).
+    pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        self.set.retain(|(n, _)| *n != name);
+        self.set.push((name, value));
+    }
+
+    /// Leaves `name` out (`base`'s values and any set before).
+    pub fn remove(&mut self, name: HeaderName) {
+        self.set.retain(|(n, _)| *n != name);
+        self.drop.push(name);
+    }
+
+    /// Whether a header of `base` named `name` is not sent.
+    fn hides(&self, name: &HeaderName) -> bool {
+        self.drop.contains(name) || self.set.iter().any(|(n, _)| n == name)
+    }
+
+    /// Every header sent, in order: those set, then `base`'s.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.set
+            .iter()
+            .map(|(n, v)| (n, v))
+            .chain(self.base.iter().filter(|(n, _)| !self.hides(n)))
+    }
+
+    /// The headers sent, as a map of their own.
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = self.base.clone();
+        for name in &self.drop {
+            map.remove(name);
+        }
+        for (name, value) in &self.set {
+            map.insert(name.clone(), value.clone());
+        }
+        map
+    }
+}
+
+/// What one attempt sends to a backend.
+#[derive(Debug)]
+pub struct Upstream<'a> {
+    /// Origin-form (`/v1/...`) for a direct connection, absolute otherwise.
+    pub uri: http::Uri,
+    /// Its headers.
+    pub headers: HeaderPlan<'a>,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl Upstream<'_> {
+    /// As a request of its own, for the pooled client.
+    pub fn to_request(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.to_map();
+        req
+    }
+}
+
+/// What to send to `backend`, a member of the pool serving `model` (the requested model, or
+/// a fallback model whose name the body must then carry), with the request's `prepared`
+/// headers ([`prepare_headers`]) and the backend's provider's own, and how its answer is
+/// translated back to the client. The URI is origin-form (`/v1/...`) when `origin_form`,
+/// for a connection to the backend itself; absolute otherwise.
+pub fn upstream_request<'a>(
     backend: &Backend,
     model: &str,
     outbound: &Outbound<'_>,
-    prepared: std::borrow::Cow<'_, HeaderMap>,
+    prepared: &'a HeaderMap,
     origin_form: bool,
-) -> Result<(Request<Bytes>, Option<Direction>), OutboundError> {
+) -> Result<(Upstream<'a>, Option<Direction>), OutboundError> {
     let profile = outbound.profile;
     let name = backend.config.upstream_model.as_deref().unwrap_or(model);
     let provider = &backend.config.provider;
@@ -249,17 +333,17 @@ pub fn upstream_request(
             direction: providers::direction(outbound.client, provider, false),
         },
     };
-    let len = out.body.len();
     let mut uri = backend.endpoint_uri(profile.kind)?;
     if origin_form {
         if let Some(path) = uri.path_and_query().cloned() {
             uri = http::Uri::from(path);
         }
     }
-    let mut req = Request::new(out.body);
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = uri;
-    let mut headers = prepared.into_owned();
+    let mut headers = HeaderPlan::new(prepared);
+    match &backend.host {
+        Some(host) => headers.insert(header::HOST, host.clone()),
+        None => headers.remove(header::HOST),
+    }
     if out.direction.is_some() {
         // A translated answer must arrive as plain bytes to be read.
         headers.remove(header::ACCEPT_ENCODING);
@@ -267,17 +351,13 @@ pub fn upstream_request(
     // A backend with a key of its own never sees the client's (config refuses a key that
     // cannot be sent, so `credential` is then set).
     provider.set_headers(&mut headers, backend.credential.as_ref());
-    match &backend.host {
-        Some(host) => {
-            headers.insert(header::HOST, host.clone());
-        }
-        None => {
-            headers.remove(header::HOST);
-        }
-    }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    *req.headers_mut() = headers;
-    Ok((req, out.direction))
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.body.len()));
+    let upstream = Upstream {
+        uri,
+        headers,
+        body: out.body,
+    };
+    Ok((upstream, out.direction))
 }
 
 /// Header names the gateway reads or sets on every request, built at compile time (a

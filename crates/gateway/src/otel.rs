@@ -234,11 +234,15 @@ impl Child {
 
     /// Writes `traceparent` (and `tracestate`) naming this span into `headers`, replacing
     /// any the client sent.
-    pub fn inject(&self, headers: &mut HeaderMap) {
+    pub fn inject(&self, headers: &mut crate::forward::HeaderPlan<'_>) {
         // The client's state belongs to its parent; ours carries it on when it was valid.
-        headers.remove("tracestate");
+        headers.remove(http::header::HeaderName::from_static("tracestate"));
         let cx = Context::new().with_remote_span_context(self.0.span_context().clone());
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+        let mut ours = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut ours));
+        for (name, value) in &ours {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 

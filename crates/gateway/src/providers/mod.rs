@@ -17,7 +17,7 @@ pub mod messages;
 pub mod stream;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 use serde::Deserialize;
 use switchyard_core::EndpointKind;
@@ -110,7 +110,7 @@ impl Provider {
     /// `anthropic-version` for Anthropic unless the client chose one.
     pub fn set_headers(
         &self,
-        headers: &mut HeaderMap,
+        headers: &mut crate::forward::HeaderPlan<'_>,
         credential: Option<&(HeaderName, HeaderValue)>,
     ) {
         if let Some((name, value)) = credential {
@@ -119,7 +119,7 @@ impl Provider {
             headers.remove(API_KEY);
             headers.insert(name.clone(), value.clone());
         }
-        if *self == Provider::Anthropic && !headers.contains_key(ANTHROPIC_VERSION_HEADER) {
+        if *self == Provider::Anthropic && !headers.base.contains_key(ANTHROPIC_VERSION_HEADER) {
             headers.insert(
                 ANTHROPIC_VERSION_HEADER,
                 HeaderValue::from_static(ANTHROPIC_VERSION),
@@ -343,6 +343,7 @@ pub fn anthropic_stream_error(message: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderMap;
 
     #[test]
     fn each_kind_has_its_path_and_key_header() {
@@ -395,16 +396,26 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer client"));
         h.insert("x-api-key", HeaderValue::from_static("client"));
         let cred = Provider::Anthropic.credential("backend");
-        Provider::Anthropic.set_headers(&mut h, cred.as_ref());
-        assert!(h.get("authorization").is_none());
-        assert_eq!(h["x-api-key"], "backend");
-        assert_eq!(h["anthropic-version"], ANTHROPIC_VERSION);
+        let mut plan = crate::forward::HeaderPlan::new(&h);
+        Provider::Anthropic.set_headers(&mut plan, cred.as_ref());
+        let sent = plan.to_map();
+        assert!(sent.get("authorization").is_none());
+        assert_eq!(sent["x-api-key"], "backend");
+        assert_eq!(sent["anthropic-version"], ANTHROPIC_VERSION);
+        // What goes on the wire is the same as the map.
+        let listed: Vec<_> = plan.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        assert_eq!(listed.len(), sent.len());
+        assert!(listed
+            .iter()
+            .all(|(n, v)| sent.get_all(n).iter().any(|s| s == v)));
 
         let mut h = HeaderMap::new();
         h.insert("anthropic-version", HeaderValue::from_static("2099-01-01"));
-        Provider::Anthropic.set_headers(&mut h, None);
+        let mut plan = crate::forward::HeaderPlan::new(&h);
+        Provider::Anthropic.set_headers(&mut plan, None);
         assert_eq!(
-            h["anthropic-version"], "2099-01-01",
+            plan.to_map()["anthropic-version"],
+            "2099-01-01",
             "the client's version stands"
         );
     }

@@ -56,7 +56,7 @@ pub fn spawn(copy: Copy) {
             engine_priority: None,
             trace: None,
         };
-        let outcome = match attempts::run(&req, None).await {
+        let outcome = match attempts::run(&req).await {
             Ok(attempts::Served { resp, .. }) if resp.status().is_success() => {
                 // Read the answer to the end so the backend's slot is freed as for any
                 // request; its bytes go nowhere.

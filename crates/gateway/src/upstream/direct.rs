@@ -10,7 +10,7 @@
 //! runtime's reactor keeps up to date, when it is taken again ([`Conn::usable`]).
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::request::Parts;
+use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::wire::{self, Framing, Head, WireError};
+use crate::forward::Upstream;
 
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -56,13 +57,13 @@ impl Conn {
         }
     }
 
-    /// Writes the request (head from `parts`, then `body`) in as few writes as the socket
+    /// Writes the request (a `POST`: its head, then its body) in as few writes as the socket
     /// takes: head and body go out together.
-    pub async fn write_request(&mut self, parts: &Parts, body: &Bytes) -> io::Result<()> {
+    pub async fn write_request(&mut self, req: &Upstream<'_>) -> io::Result<()> {
         self.buf.clear();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        wire::encode_head(&parts.method, path, &parts.headers, &mut self.buf);
-        let mut out = Buf::chain(&self.buf[..], &body[..]);
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        wire::encode_head(&Method::POST, path, req.headers.iter(), &mut self.buf);
+        let mut out = Buf::chain(&self.buf[..], &req.body[..]);
         self.io.write_all_buf(&mut out).await?;
         self.buf.clear();
         Ok(())

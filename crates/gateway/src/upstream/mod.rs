@@ -15,7 +15,7 @@
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tower_service::Service;
 
 use crate::fleet::Backend;
+use crate::forward::Upstream;
 
 mod direct;
 pub mod wire;
@@ -166,7 +167,7 @@ pub fn direct(backend: &Backend) -> bool {
 
 /// Sends `req` (origin-form URI, `Host` set) to `backend` on one of its idle connections,
 /// or a new one, and reads the response head; the body is read as it is polled.
-pub async fn send(backend: &Backend, req: Request<Bytes>) -> Result<Response<UpstreamBody>, Error> {
+pub async fn send(backend: &Backend, req: &Upstream<'_>) -> Result<Response<UpstreamBody>, Error> {
     let c = &backend.config;
     send_to(&backend.state.conns, &c.authority, c.timeouts.connect, req).await
 }
@@ -176,21 +177,20 @@ async fn send_to(
     idle: &IdleConns,
     authority: &Authority,
     connect_timeout: Duration,
-    req: Request<Bytes>,
+    req: &Upstream<'_>,
 ) -> Result<Response<UpstreamBody>, Error> {
-    let (parts, body) = req.into_parts();
     let mut conn = loop {
         match idle.take() {
             Some(mut conn) => {
                 // A write that fails means the backend closed it under us: the backend has
                 // not had the request whole, so the next connection may carry it.
-                if conn.write_request(&parts, &body).await.is_ok() {
+                if conn.write_request(req).await.is_ok() {
                     break conn;
                 }
             }
             None => {
                 let mut conn = connect(authority, connect_timeout).await?;
-                conn.write_request(&parts, &body).await?;
+                conn.write_request(req).await?;
                 break conn;
             }
         }
@@ -277,25 +277,32 @@ mod tests {
         (Authority::try_from(addr.to_string()).unwrap(), accepted)
     }
 
-    fn request(authority: &Authority) -> Request<Bytes> {
-        let mut req = Request::new(Bytes::from_static(b"{}"));
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = http::Uri::from_static("/v1/chat/completions");
-        req.headers_mut().insert(
+    /// A request with no headers of the client's (`base` is empty).
+    fn request<'a>(base: &'a http::HeaderMap, authority: &Authority) -> Upstream<'a> {
+        let mut headers = crate::forward::HeaderPlan::new(base);
+        headers.insert(
             http::header::HOST,
             http::HeaderValue::from_str(authority.as_str()).unwrap(),
         );
-        req.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(2));
-        req
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(2));
+        Upstream {
+            uri: http::Uri::from_static("/v1/chat/completions"),
+            headers,
+            body: Bytes::from_static(b"{}"),
+        }
     }
 
     /// Sends one request and reads its body whole, giving the connection back (when it can
     /// carry another request) as the relay does.
     async fn exchange(idle: &IdleConns, authority: &Authority) -> Bytes {
-        let resp = send_to(idle, authority, Duration::from_secs(5), request(authority))
-            .await
-            .unwrap();
+        let resp = send_to(
+            idle,
+            authority,
+            Duration::from_secs(5),
+            &request(&http::HeaderMap::new(), authority),
+        )
+        .await
+        .unwrap();
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         let mut all = Vec::new();
@@ -364,7 +371,7 @@ mod tests {
             &idle,
             &authority,
             Duration::from_secs(5),
-            request(&authority),
+            &request(&http::HeaderMap::new(), &authority),
         )
         .await
         .unwrap();
@@ -387,7 +394,7 @@ mod tests {
             &idle,
             &authority,
             Duration::from_secs(5),
-            request(&authority),
+            &request(&http::HeaderMap::new(), &authority),
         )
         .await
         .unwrap_err();
@@ -404,7 +411,7 @@ mod tests {
             &idle,
             &authority,
             Duration::from_secs(5),
-            request(&authority),
+            &request(&http::HeaderMap::new(), &authority),
         )
         .await
         .unwrap_err();

@@ -14,6 +14,10 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header lines in a response head.
 const MAX_HEADERS: usize = 100;
 
+/// Headers the gateway may add to a relayed answer (backend, attempts, request id, four
+/// `x-ratelimit-*`).
+const ADDED_HEADERS: usize = 7;
+
 /// Longest chunk-size line (size, extensions) or trailer line of a chunked body.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -41,12 +45,13 @@ pub enum WireError {
 }
 
 /// Writes the head of a request (origin-form `path`) with `headers` into `out`.
-pub fn encode_head(method: &Method, path: &str, headers: &HeaderMap, out: &mut BytesMut) {
-    let size: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    out.reserve(method.as_str().len() + path.len() + 13 + size + 2);
+pub fn encode_head<'h>(
+    method: &Method,
+    path: &str,
+    headers: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+    out: &mut BytesMut,
+) {
+    out.reserve(method.as_str().len() + path.len() + 512);
     out.extend_from_slice(method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(path.as_bytes());
@@ -177,7 +182,9 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
             lines.push((name, start, start + line.value.len()));
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(lines.len());
+        // Room for the headers the gateway adds to an answer it relays (see
+        // `attempts::relay`), so the map is not grown again.
+        let mut headers = HeaderMap::with_capacity(lines.len() + ADDED_HEADERS);
         for (name, start, end) in lines {
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| WireError::Head("invalid header value"))?;
@@ -357,7 +364,7 @@ mod tests {
         h.append("x-a", HeaderValue::from_static("1"));
         h.append("x-a", HeaderValue::from_static("2"));
         let mut out = BytesMut::new();
-        encode_head(&Method::POST, "/v1/chat/completions", &h, &mut out);
+        encode_head(&Method::POST, "/v1/chat/completions", h.iter(), &mut out);
         assert_eq!(
             &out[..],
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: b:8000\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
