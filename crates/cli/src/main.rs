@@ -77,6 +77,12 @@ enum Command {
     },
 }
 
+/// mimalloc instead of the system allocator: a request allocates and frees a few dozen small
+/// blocks on one worker thread, which mimalloc's per-thread free lists serve without the
+/// system allocator's arena locking (see `bench/results/instructions-2026-11-29-direct-s22.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws a table on stdout: keep the log quiet unless asked otherwise.
