@@ -15,7 +15,7 @@
 //! outcome feeds the backend's breaker and outlier state through its [`InFlightGuard`].
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -53,7 +53,7 @@ pub struct Request<'a> {
     /// The body as the client sent it (a Messages client's, passed to `anthropic` backends).
     pub original: &'a Bytes,
     /// The headers to forward: the client's as [`forward::prepare_headers`] made them.
-    pub headers: &'a HeaderMap,
+    pub headers: &'a forward::Prepared,
     /// `x-request-id`.
     pub request_id: &'a HeaderValue,
     /// When it arrived: its backends' total timeouts count from here.

@@ -107,17 +107,41 @@ fn forwarded_for(client_headers: &HeaderMap, peer: IpAddr) -> Option<HeaderValue
     HeaderValue::try_from(list).ok()
 }
 
+/// The client's headers made ready to forward (see [`prepare_headers`]): its map less the
+/// hop-by-hop headers, and the headers the gateway adds, which replace any the client sent
+/// under their names. The additions stay beside the map rather than in it: each attempt
+/// lists both ([`HeaderPlan`]), so nothing is hashed into the map for them.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// The client's headers, hop-by-hop ones removed.
+    pub map: HeaderMap,
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `x-request-id`.
+    pub added: SmallVec<[(HeaderName, HeaderValue); 3]>,
+}
+
+impl Prepared {
+    /// Headers to send as they are (no additions).
+    pub fn from_map(map: HeaderMap) -> Self {
+        Self {
+            map,
+            added: SmallVec::new(),
+        }
+    }
+
+    /// Sets an added header (replacing the client's, and an earlier addition).
+    pub fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        self.added.retain(|(n, _)| *n != name);
+        self.added.push((name, value));
+    }
+}
+
 /// The client's headers made ready to forward, once per request and in place (no header is
 /// copied or hashed again): hop-by-hop headers removed (the fixed list and those its
-/// `Connection` header names), `X-Forwarded-For` with `peer` appended, `X-Forwarded-Proto`
-/// and `x-request-id` set. What depends on the backend (its key, `Host`, `Content-Length`)
-/// is set per attempt by [`upstream_request`], replacing the client's values where they
-/// stand (so they are not removed here).
-pub fn prepare_headers(
-    mut headers: HeaderMap,
-    peer: IpAddr,
-    request_id: &HeaderValue,
-) -> HeaderMap {
+/// `Connection` header names); `X-Forwarded-For` with `peer` appended, `X-Forwarded-Proto`
+/// and `x-request-id` added beside the map. What depends on the backend (its key, `Host`,
+/// `Content-Length`) is set per attempt by [`upstream_request`], replacing the client's
+/// values (so they are not removed here).
+pub fn prepare_headers(mut headers: HeaderMap, peer: IpAddr, request_id: &HeaderValue) -> Prepared {
     let forwarded = forwarded_for(&headers, peer);
     // One scan finds what must go; usually nothing.
     let mut drop: SmallVec<[HeaderName; 4]> = headers
@@ -135,19 +159,20 @@ pub fn prepare_headers(
     for name in drop {
         headers.remove(name);
     }
-    // Inserting replaces every value the client sent under these names.
+    let mut prepared = Prepared::from_map(headers);
+    // An addition replaces every value the client sent under its name.
     match forwarded {
-        Some(list) => {
-            headers.insert(X_FORWARDED_FOR, list);
-        }
+        Some(list) => prepared.added.push((X_FORWARDED_FOR, list)),
         None => {
-            headers.remove(X_FORWARDED_FOR);
+            prepared.map.remove(X_FORWARDED_FOR);
         }
     }
     // The listener speaks cleartext HTTP only; a client's own claim is not passed on.
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(X_REQUEST_ID, request_id.clone());
-    headers
+    prepared
+        .added
+        .push((X_FORWARDED_PROTO, HeaderValue::from_static("http")));
+    prepared.added.push((X_REQUEST_ID, request_id.clone()));
+    prepared
 }
 
 /// `body` with vLLM's `priority` at least `level` (lower runs first): added when absent; a
@@ -216,53 +241,70 @@ pub enum OutboundError {
     Untranslatable(String),
 }
 
-/// The headers one attempt sends: the request's prepared headers ([`prepare_headers`]), less
-/// those in `drop` and those `set` replaces, then `set`. Nothing is copied: a direct
-/// connection writes them as they are listed ([`HeaderPlan::iter`]); only the pooled client
-/// needs a map of its own ([`HeaderPlan::to_map`]).
+/// The headers one attempt sends: the request's prepared headers ([`prepare_headers`]): its
+/// additions, then its map, less those in `drop` and those an earlier entry replaces; and
+/// first `set`, this attempt's own. Nothing is copied: a direct connection writes them as
+/// they are listed ([`HeaderPlan::iter`]); only the pooled client needs a map of its own
+/// ([`HeaderPlan::to_map`]).
 #[derive(Debug)]
 pub struct HeaderPlan<'a> {
-    /// The request's prepared headers.
+    /// The client's headers, hop-by-hop ones removed.
     pub base: &'a HeaderMap,
-    /// Headers this attempt sets, each replacing every value of its name in `base`.
+    /// The gateway's additions for the whole request (forwarding, request id).
+    pub added: &'a [(HeaderName, HeaderValue)],
+    /// Headers this attempt sets, each replacing every value of its name.
     pub set: SmallVec<[(HeaderName, HeaderValue); 4]>,
-    /// Headers of `base` this attempt does not send.
+    /// Headers this attempt does not send.
     pub drop: SmallVec<[HeaderName; 4]>,
 }
 
 impl<'a> HeaderPlan<'a> {
-    /// `base` as it is.
-    pub fn new(base: &'a HeaderMap) -> Self {
+    /// The request's headers as they were prepared.
+    pub fn new(prepared: &'a Prepared) -> Self {
         Self {
-            base,
+            base: &prepared.map,
+            added: &prepared.added,
             set: SmallVec::new(),
             drop: SmallVec::new(),
         }
     }
 
-    /// Sets `name` (replacing `base`'s values, and any set before).
+    /// Sets `name` (replacing every other value of it).
     pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
         self.set.retain(|(n, _)| *n != name);
         self.set.push((name, value));
     }
 
-    /// Leaves `name` out (`base`'s values and any set before).
+    /// Leaves `name` out (every value of it, but one set after this).
     pub fn remove(&mut self, name: HeaderName) {
         self.set.retain(|(n, _)| *n != name);
         self.drop.push(name);
     }
 
-    /// Whether a header of `base` named `name` is not sent.
+    /// Whether the client's header or an addition named `name` is not sent.
     fn hides(&self, name: &HeaderName) -> bool {
         self.drop.contains(name) || self.set.iter().any(|(n, _)| n == name)
     }
 
-    /// Every header sent, in order: those set, then `base`'s.
+    /// Every header sent, in order: those set, the additions, then the client's.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let added = self.added.iter().filter(|(n, _)| !self.hides(n));
+        let base = self
+            .base
+            .iter()
+            .filter(|(n, _)| !self.hides(n) && !self.added.iter().any(|(a, _)| a == *n));
         self.set
             .iter()
+            .chain(added)
             .map(|(n, v)| (n, v))
-            .chain(self.base.iter().filter(|(n, _)| !self.hides(n)))
+            .chain(base)
+    }
+
+    /// Whether a header named `name` is sent.
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        self.set.iter().any(|(n, _)| n == name)
+            || (!self.drop.contains(name)
+                && (self.added.iter().any(|(n, _)| n == name) || self.base.contains_key(name)))
     }
 
     /// The headers sent, as a map of their own.
@@ -270,6 +312,9 @@ impl<'a> HeaderPlan<'a> {
         let mut map = self.base.clone();
         for name in &self.drop {
             map.remove(name);
+        }
+        for (name, value) in self.added.iter().filter(|(n, _)| !self.hides(n)) {
+            map.insert(name.clone(), value.clone());
         }
         for (name, value) in &self.set {
             map.insert(name.clone(), value.clone());
@@ -309,7 +354,7 @@ pub fn upstream_request<'a>(
     backend: &Backend,
     model: &str,
     outbound: &Outbound<'_>,
-    prepared: &'a HeaderMap,
+    prepared: &'a Prepared,
     origin_form: bool,
 ) -> Result<(Upstream<'a>, Option<Direction>), OutboundError> {
     let profile = outbound.profile;
@@ -480,6 +525,55 @@ mod tests {
         named.insert("x-keep", HeaderValue::from_static("1"));
         clean_response_headers(&mut named);
         assert_eq!(named.keys().collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn a_plan_lists_on_the_wire_exactly_what_its_map_holds() {
+        use super::{prepare_headers, HeaderPlan};
+        use http::header::HeaderName;
+        let mut client = HeaderMap::new();
+        client.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        client.append("x-request-id", HeaderValue::from_static("the-clients"));
+        client.append("authorization", HeaderValue::from_static("Bearer client"));
+        client.append("accept-encoding", HeaderValue::from_static("gzip"));
+        client.append("x-keep", HeaderValue::from_static("1"));
+        client.append("x-keep", HeaderValue::from_static("2"));
+        client.append("connection", HeaderValue::from_static("x-hop"));
+        client.append("x-hop", HeaderValue::from_static("1"));
+        client.append("host", HeaderValue::from_static("gateway"));
+        let id = HeaderValue::from_static("ours");
+        let prepared = prepare_headers(client, "10.0.0.1".parse().unwrap(), &id);
+        let mut plan = HeaderPlan::new(&prepared);
+        plan.insert(http::header::HOST, HeaderValue::from_static("backend:8000"));
+        plan.remove(http::header::AUTHORIZATION);
+        plan.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer ours"),
+        );
+        plan.remove(http::header::ACCEPT_ENCODING);
+        let listed: Vec<(HeaderName, HeaderValue)> =
+            plan.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let map = plan.to_map();
+        assert_eq!(listed.len(), map.len(), "{listed:?}");
+        for (name, value) in &listed {
+            assert!(map.get_all(name).iter().any(|v| v == value), "{name}");
+        }
+        let one = |name: &str| {
+            let all: Vec<_> = listed.iter().filter(|(n, _)| n == name).collect();
+            assert_eq!(all.len(), 1, "{name}: {all:?}");
+            all[0].1.clone()
+        };
+        assert_eq!(one("host"), "backend:8000");
+        assert_eq!(one("authorization"), "Bearer ours");
+        assert_eq!(one("x-request-id"), "ours");
+        assert_eq!(one("x-forwarded-for"), "203.0.113.7, 10.0.0.1");
+        assert_eq!(one("x-forwarded-proto"), "http");
+        assert!(listed
+            .iter()
+            .all(|(n, _)| n != "accept-encoding" && n != "x-hop" && n != "connection"));
+        assert_eq!(listed.iter().filter(|(n, _)| n == "x-keep").count(), 2);
+        assert!(plan.contains(&HeaderName::from_static("x-keep")));
+        assert!(!plan.contains(&http::header::ACCEPT_ENCODING));
     }
 
     #[test]

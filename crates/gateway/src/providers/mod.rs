@@ -119,7 +119,7 @@ impl Provider {
             headers.remove(API_KEY);
             headers.insert(name.clone(), value.clone());
         }
-        if *self == Provider::Anthropic && !headers.base.contains_key(ANTHROPIC_VERSION_HEADER) {
+        if *self == Provider::Anthropic && !headers.contains(&ANTHROPIC_VERSION_HEADER) {
             headers.insert(
                 ANTHROPIC_VERSION_HEADER,
                 HeaderValue::from_static(ANTHROPIC_VERSION),
@@ -396,6 +396,7 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer client"));
         h.insert("x-api-key", HeaderValue::from_static("client"));
         let cred = Provider::Anthropic.credential("backend");
+        let h = crate::forward::Prepared::from_map(h);
         let mut plan = crate::forward::HeaderPlan::new(&h);
         Provider::Anthropic.set_headers(&mut plan, cred.as_ref());
         let sent = plan.to_map();
@@ -411,6 +412,7 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert("anthropic-version", HeaderValue::from_static("2099-01-01"));
+        let h = crate::forward::Prepared::from_map(h);
         let mut plan = crate::forward::HeaderPlan::new(&h);
         Provider::Anthropic.set_headers(&mut plan, None);
         assert_eq!(

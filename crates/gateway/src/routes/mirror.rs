@@ -4,7 +4,7 @@
 //! and dropped. Nothing of it reaches the client: not its latency, status or errors.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use switchyard_core::RequestProfile;
@@ -25,7 +25,7 @@ pub struct Copy {
     /// The chat-completions body the original sends.
     pub body: Bytes,
     /// The headers the original forwards.
-    pub headers: HeaderMap,
+    pub headers: crate::forward::Prepared,
     /// The original's `x-request-id`.
     pub request_id: HeaderValue,
 }
@@ -39,7 +39,7 @@ pub fn spawn(copy: Copy) {
         let id = format!("{}-mirror", copy.request_id.to_str().unwrap_or("?"));
         let id = HeaderValue::try_from(id).unwrap_or_else(|_| copy.request_id.clone());
         let mut headers = copy.headers;
-        headers.insert(crate::forward::X_REQUEST_ID, id.clone());
+        headers.add(crate::forward::X_REQUEST_ID, id.clone());
         let now = Instant::now();
         let req = attempts::Request {
             gw: &copy.snap,

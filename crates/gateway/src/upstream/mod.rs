@@ -278,7 +278,7 @@ mod tests {
     }
 
     /// A request with no headers of the client's (`base` is empty).
-    fn request<'a>(base: &'a http::HeaderMap, authority: &Authority) -> Upstream<'a> {
+    fn request<'a>(base: &'a crate::forward::Prepared, authority: &Authority) -> Upstream<'a> {
         let mut headers = crate::forward::HeaderPlan::new(base);
         headers.insert(
             http::header::HOST,
@@ -299,7 +299,7 @@ mod tests {
             idle,
             authority,
             Duration::from_secs(5),
-            &request(&http::HeaderMap::new(), authority),
+            &request(&crate::forward::Prepared::default(), authority),
         )
         .await
         .unwrap();
@@ -371,7 +371,7 @@ mod tests {
             &idle,
             &authority,
             Duration::from_secs(5),
-            &request(&http::HeaderMap::new(), &authority),
+            &request(&crate::forward::Prepared::default(), &authority),
         )
         .await
         .unwrap();
@@ -394,7 +394,7 @@ mod tests {
             &idle,
             &authority,
             Duration::from_secs(5),
-            &request(&http::HeaderMap::new(), &authority),
+            &request(&crate::forward::Prepared::default(), &authority),
         )
         .await
         .unwrap_err();
@@ -411,7 +411,7 @@ mod tests {
             &idle,
             &authority,
             Duration::from_secs(5),
-            &request(&http::HeaderMap::new(), &authority),
+            &request(&crate::forward::Prepared::default(), &authority),
         )
         .await
         .unwrap_err();
