@@ -14,6 +14,9 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header lines in a response head.
 const MAX_HEADERS: usize = 100;
 
+/// Header lines a response head is first parsed with room for (see [`parse_head`]).
+const FEW_HEADERS: usize = 24;
+
 /// Headers the gateway may add to a relayed answer (backend, attempts, request id, four
 /// `x-ratelimit-*`).
 const ADDED_HEADERS: usize = 7;
@@ -115,102 +118,143 @@ pub enum Chunk {
 
 /// Parses a response head at the start of `buf` and removes it from `buf`: `None` while it
 /// is incomplete. Interim (1xx) responses are skipped. The response answers a `POST`.
+///
+/// The hop-by-hop headers that only describe this connection (`Connection` when it names no
+/// other header, `Keep-Alive`, `Transfer-Encoding`) are read for the framing and not kept:
+/// the relay would remove them anyway.
 pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
     loop {
         if buf.is_empty() {
             return Ok(None);
         }
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut lines);
-        let len = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                return Err(WireError::HeadTooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(WireError::Head("too many headers"))
-            }
-            Err(_) => return Err(WireError::Head("not an HTTP/1.x status line and headers")),
+        // Most answers have a handful of headers: a short list first, so that the common
+        // case does not initialise room for a hundred.
+        let parsed = match parse_into::<FEW_HEADERS>(buf)? {
+            Parsed::TooMany => match parse_into::<MAX_HEADERS>(buf)? {
+                Parsed::TooMany => return Err(WireError::Head("too many headers")),
+                other => other,
+            },
+            other => other,
         };
-        let code = resp.code.unwrap_or_default();
-        let status =
-            StatusCode::from_u16(code).map_err(|_| WireError::Head("status code out of range"))?;
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(WireError::Head("101 Switching Protocols was not asked for"));
-            }
-            buf.advance(len);
-            continue;
+        match parsed {
+            Parsed::Partial => return Ok(None),
+            Parsed::Interim(len) => buf.advance(len),
+            Parsed::Final(head) => return Ok(Some(head)),
+            Parsed::TooMany => unreachable!("handled above"),
         }
-        let version = if resp.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        let mut close = version == Version::HTTP_10;
-        let mut chunked = None;
-        let mut length: Option<u64> = None;
-        // Names now; values once the head is split off, as slices of it (not copies).
-        let base = buf.as_ptr() as usize;
-        let mut lines: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
-        for line in resp.headers.iter() {
-            let name = HeaderName::from_bytes(line.name.as_bytes())
-                .map_err(|_| WireError::Head("invalid header name"))?;
-            if name == header::CONTENT_LENGTH {
-                let n = parse_length(line.value)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(WireError::Head("conflicting Content-Length values"));
-                }
-                length = Some(n);
-            } else if name == header::TRANSFER_ENCODING {
-                // The last coding decides: chunked only when it is last.
-                chunked = Some(last_token(line.value).eq_ignore_ascii_case(b"chunked"));
-            } else if name == header::CONNECTION {
-                for token in line.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive")
-                        && version == Version::HTTP_10
-                    {
+    }
+}
+
+/// What one parse of a response head found.
+enum Parsed {
+    /// More bytes are needed.
+    Partial,
+    /// More header lines than the list had room for.
+    TooMany,
+    /// An interim (1xx) response of this many bytes, to skip.
+    Interim(usize),
+    /// The final response's head (removed from the buffer).
+    Final(Head),
+}
+
+/// Parses the head at the start of `buf` with room for `N` header lines.
+fn parse_into<const N: usize>(buf: &mut BytesMut) -> Result<Parsed, WireError> {
+    let mut lines = [httparse::EMPTY_HEADER; N];
+    let mut resp = httparse::Response::new(&mut lines);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(WireError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Ok(Parsed::TooMany),
+        Err(_) => return Err(WireError::Head("not an HTTP/1.x status line and headers")),
+    };
+    let code = resp.code.unwrap_or_default();
+    let status =
+        StatusCode::from_u16(code).map_err(|_| WireError::Head("status code out of range"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(WireError::Head("101 Switching Protocols was not asked for"));
+        }
+        return Ok(Parsed::Interim(len));
+    }
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut close = version == Version::HTTP_10;
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    // Names now; values once the head is split off, as slices of it (not copies).
+    let base = buf.as_ptr() as usize;
+    let mut kept: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
+    for line in resp.headers.iter() {
+        let name = HeaderName::from_bytes(line.name.as_bytes())
+            .map_err(|_| WireError::Head("invalid header name"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(line.value)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(WireError::Head("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            // The last coding decides: chunked only when it is last.
+            chunked = Some(last_token(line.value).eq_ignore_ascii_case(b"chunked"));
+            continue;
+        } else if name == header::CONNECTION {
+            let mut names_others = false;
+            for token in line.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    if version == Version::HTTP_10 {
                         close = false;
                     }
+                } else if !token.is_empty() {
+                    names_others = true;
                 }
             }
-            let start = line.value.as_ptr() as usize - base;
-            lines.push((name, start, start + line.value.len()));
+            if !names_others {
+                continue;
+            }
+        } else if name.as_str() == "keep-alive" {
+            continue;
         }
-        let head = buf.split_to(len).freeze();
-        // Room for the headers the gateway adds to an answer it relays (see
-        // `attempts::relay`), so the map is not grown again.
-        let mut headers = HeaderMap::with_capacity(lines.len() + ADDED_HEADERS);
-        for (name, start, end) in lines {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| WireError::Head("invalid header value"))?;
-            headers.append(name, value);
-        }
-        let no_body = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let framing = match (no_body, chunked, length) {
-            (true, _, _) => Framing::Length(0),
-            (_, Some(true), _) => Framing::Chunked(Chunk::Size),
-            // A coding other than chunked last: the body runs until the connection closes.
-            (_, Some(false), _) => Framing::UntilClose,
-            (_, None, Some(n)) => Framing::Length(n),
-            (_, None, None) => Framing::UntilClose,
-        };
-        // With both Transfer-Encoding and Content-Length the message is suspect (RFC 9112
-        // section 6.3): the connection is not used again.
-        let keep_alive =
-            !close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
-        return Ok(Some(Head {
-            status,
-            version,
-            headers,
-            framing,
-            keep_alive,
-        }));
+        let start = line.value.as_ptr() as usize - base;
+        kept.push((name, start, start + line.value.len()));
     }
+    let head = buf.split_to(len).freeze();
+    // Room for the headers the gateway adds to an answer it relays (see `attempts::relay`),
+    // so the map is not grown again.
+    let mut headers = HeaderMap::with_capacity(kept.len() + ADDED_HEADERS);
+    for (name, start, end) in kept {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| WireError::Head("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let no_body = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = match (no_body, chunked, length) {
+        (true, _, _) => Framing::Length(0),
+        (_, Some(true), _) => Framing::Chunked(Chunk::Size),
+        // A coding other than chunked last: the body runs until the connection closes.
+        (_, Some(false), _) => Framing::UntilClose,
+        (_, None, Some(n)) => Framing::Length(n),
+        (_, None, None) => Framing::UntilClose,
+    };
+    // With both Transfer-Encoding and Content-Length the message is suspect (RFC 9112
+    // section 6.3): the connection is not used again.
+    let keep_alive =
+        !close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
+    Ok(Parsed::Final(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
 }
 
 /// A Content-Length value: digits only.
@@ -394,6 +438,38 @@ mod tests {
         ));
         let mut bad = BytesMut::from("SSH-2.0-OpenSSH\r\n\r\n");
         assert!(matches!(parse_head(&mut bad), Err(WireError::Head(_))));
+    }
+
+    #[test]
+    fn a_head_with_many_headers_is_parsed_whole_and_hop_by_hop_ones_are_not_kept() {
+        let mut text = String::from("HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\n");
+        for i in 0..60 {
+            text.push_str(&format!("x-h{i}: {i}\r\n"));
+        }
+        text.push_str("\r\n");
+        let (h, _) = head(&text);
+        assert_eq!(h.headers.len(), 60);
+        assert_eq!(h.headers["x-h59"], "59");
+        assert!(h.headers.get("connection").is_none());
+        assert!(h.headers.get("keep-alive").is_none());
+        assert!(h.headers.get("transfer-encoding").is_none());
+        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        // A Connection header that names another header is kept, for the relay to act on.
+        let (h, _) = head(
+            "HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
+        );
+        assert_eq!(h.headers["connection"], "close, x-hop");
+        assert!(!h.keep_alive);
+        let mut too_many = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..MAX_HEADERS + 1 {
+            too_many.push_str(&format!("x-h{i}: {i}\r\n"));
+        }
+        too_many.push_str("\r\n");
+        let mut buf = BytesMut::from(too_many.as_str());
+        assert!(matches!(
+            parse_head(&mut buf),
+            Err(WireError::Head("too many headers"))
+        ));
     }
 
     #[test]
