@@ -85,10 +85,14 @@ async fn serve_face<S: Into<Stop>>(
     let limits = gw.snapshot().config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The connection wrapper enforces the head and idle timeouts for both protocols; a head
-    // larger than the read buffer is refused with 431.
+    // larger than the read buffer is refused with 431. Answers are written flattened (head
+    // and body copied into one buffer, one `write`): answers are mostly small, and queuing
+    // them for a vectored write cost 0.7k more instructions a request
+    // (`bench/results/instructions-2026-11-29-direct-s22.md`).
     builder
         .http1()
-        .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX));
+        .max_buf_size(usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX))
+        .writev(false);
     builder
         .http2()
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
