@@ -80,6 +80,7 @@ async fn serve_face<S: Into<Stop>>(
             AbortOnDrop(tokio::spawn(crate::dashboard::hub::run(Arc::downgrade(
                 &gw,
             )))),
+            AbortOnDrop(tokio::spawn(crate::upstream::sweep_every(gw.subscribe()))),
         )
     });
     let limits = gw.snapshot().config.limits;

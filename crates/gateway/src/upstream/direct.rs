@@ -69,6 +69,23 @@ impl Conn {
         Ok(())
     }
 
+    /// After a write failed: the head of an answer the backend sent before it stopped
+    /// reading (a refusal of the request's head, say), if it is already here whole. Only what
+    /// has arrived is read; the connection is not used again after its body.
+    pub fn answered_early(&mut self) -> Option<Head> {
+        self.buf.clear();
+        loop {
+            self.buf.reserve(READ_CHUNK);
+            match self.io.try_read_buf(&mut self.buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let mut head = wire::parse_head(&mut self.buf).ok().flatten()?;
+        head.keep_alive = false;
+        Some(head)
+    }
+
     /// Reads the response head; what follows it stays in the buffer for the body.
     pub async fn read_head(&mut self) -> Result<Head, WireError> {
         loop {

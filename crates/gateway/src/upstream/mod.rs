@@ -26,8 +26,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower_service::Service;
 
+use std::sync::Arc;
+use tokio::sync::watch;
+
 use crate::fleet::Backend;
 use crate::forward::Upstream;
+use crate::gateway::Snapshot;
 
 mod direct;
 pub mod wire;
@@ -97,6 +101,24 @@ impl IdleConns {
         }
     }
 
+    /// Closes the idle connections that waited past [`IDLE_TIMEOUT`] or that the backend
+    /// closed (or wrote to) meanwhile; returns how many. No task watches an idle connection,
+    /// so without this the sockets of a backend that gets no more requests would stay open
+    /// (see [`sweep_every`]).
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut closed = 0;
+        for shard in &self.0 {
+            let mut idle = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = idle.len();
+            idle.retain_mut(|(conn, since)| {
+                now.duration_since(*since) < IDLE_TIMEOUT && conn.usable()
+            });
+            closed += before - idle.len();
+        }
+        closed
+    }
+
     /// Idle connections held now.
     pub fn len(&self) -> usize {
         self.0
@@ -160,6 +182,30 @@ impl Body for UpstreamBody {
     }
 }
 
+/// How often [`sweep_every`] looks at every backend's idle connections.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// Sweeps every backend's idle connections ([`IdleConns::sweep`]) every [`SWEEP_EVERY`], and
+/// at once after a reload; ends when the gateway does.
+pub async fn sweep_every(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+    loop {
+        let due = tokio::time::Instant::now() + SWEEP_EVERY;
+        if !crate::scrape::until_due_or_changed(due, &mut snapshots).await {
+            return;
+        }
+        let snap = snapshots.borrow_and_update().clone();
+        let closed: usize = snap
+            .pools
+            .values()
+            .flat_map(|p| p.backends.iter())
+            .map(|b| b.state.conns.sweep())
+            .sum();
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle upstream connections");
+        }
+    }
+}
+
 /// Whether requests to `backend` go through a direct connection (plain `http`).
 pub fn direct(backend: &Backend) -> bool {
     backend.config.scheme == http::uri::Scheme::HTTP
@@ -181,26 +227,39 @@ async fn send_to(
 ) -> Result<Response<UpstreamBody>, Error> {
     let mut conn = loop {
         match idle.take() {
-            Some(mut conn) => {
-                // A write that fails means the backend closed it under us: the backend has
-                // not had the request whole, so the next connection may carry it.
-                if conn.write_request(req).await.is_ok() {
-                    break conn;
-                }
-            }
+            Some(mut conn) => match conn.write_request(req).await {
+                Ok(()) => break conn,
+                // The backend answered before it closed (a refusal of the request's head,
+                // say): that answer is the request's. Otherwise it closed the connection
+                // while idle and has not had the request whole: the next one may carry it.
+                Err(_) => match conn.answered_early() {
+                    Some(head) => return Ok(response(conn, head)),
+                    None => continue,
+                },
+            },
             None => {
                 let mut conn = connect(authority, connect_timeout).await?;
-                conn.write_request(req).await?;
+                if let Err(e) = conn.write_request(req).await {
+                    return match conn.answered_early() {
+                        Some(head) => Ok(response(conn, head)),
+                        None => Err(e.into()),
+                    };
+                }
                 break conn;
             }
         }
     };
     let head = conn.read_head().await?;
+    Ok(response(conn, head))
+}
+
+/// The response whose `head` was read from `conn`, its body to come from `conn`.
+fn response(conn: Conn, head: wire::Head) -> Response<UpstreamBody> {
     let mut resp = Response::new(UpstreamBody::Direct(DirectBody::new(conn, &head)));
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
     *resp.headers_mut() = head.headers;
-    Ok(resp)
+    resp
 }
 
 /// Opens a connection to `authority`.
@@ -399,6 +458,60 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("before answering"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_closes_idle_connections_the_backend_closed() {
+        let (authority, _) = mock(OK, true).await;
+        let idle = IdleConns::default();
+        assert_eq!(exchange(&idle, &authority).await, "ok");
+        assert_eq!(idle.len(), 1, "the answer allowed keep-alive");
+        // The mock closes after its answer; the sweep sees it once the close has arrived.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while idle.sweep() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the closed connection was never swept");
+        assert!(idle.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_before_the_backend_stopped_reading_is_the_requests() {
+        // The backend answers 413 to the head and closes without reading the body, which
+        // is larger than the socket buffers, so the write fails.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig";
+            s.write_all(answer).await.unwrap();
+            let _ = s.shutdown().await;
+            // Closing with the body unread resets the connection, which fails the write.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        let base = crate::forward::Prepared::default();
+        let mut req = request(&base, &authority);
+        req.body = Bytes::from(vec![b'x'; 64 << 20]);
+        req.headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(req.body.len()),
+        );
+        let idle = IdleConns::default();
+        let resp = send_to(&idle, &authority, Duration::from_secs(5), &req)
+            .await
+            .expect("the backend's answer, not the failed write");
+        assert_eq!(resp.status(), 413);
+        let mut body = resp.into_body();
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data, "big");
+        assert!(
+            body.reusable().is_none(),
+            "a failed write ends the connection"
+        );
     }
 
     #[tokio::test]

@@ -235,6 +235,12 @@ fn parse_into<const N: usize>(buf: &mut BytesMut) -> Result<Parsed, WireError> {
             .map_err(|_| WireError::Head("invalid header value"))?;
         headers.append(name, value);
     }
+    if chunked.is_some() && version == Version::HTTP_10 {
+        // RFC 9112 section 6.1: such framing cannot be trusted.
+        return Err(WireError::Head(
+            "an HTTP/1.0 response with Transfer-Encoding",
+        ));
+    }
     let no_body = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = match (no_body, chunked, length) {
         (true, _, _) => Framing::Length(0),
@@ -257,13 +263,22 @@ fn parse_into<const N: usize>(buf: &mut BytesMut) -> Result<Parsed, WireError> {
     }))
 }
 
-/// A Content-Length value: digits only.
+/// A Content-Length value: digits, or a list of the same digits repeated (RFC 9110 section
+/// 8.6 lets a recipient take `5, 5` as 5).
 fn parse_length(v: &[u8]) -> Result<u64, WireError> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return Err(WireError::Head("invalid Content-Length"));
+    let mut length = None;
+    for item in v.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return Err(WireError::Head("invalid Content-Length"));
+        }
+        let n = item.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err(WireError::Head("conflicting Content-Length values"));
+        }
+        length = Some(n);
     }
-    Ok(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    length.ok_or(WireError::Head("invalid Content-Length"))
 }
 
 /// The last comma-separated token of a header value.
@@ -309,11 +324,16 @@ fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Bytes>, WireE
                     .next()
                     .unwrap_or_default()
                     .trim_ascii();
-                if digits.is_empty() || digits.len() > 15 {
+                // Leading zeros do not count toward the limit of 15 hex digits (2^60).
+                let significant = match digits.iter().position(|&d| d != b'0') {
+                    Some(at) => &digits[at..],
+                    None => &digits[digits.len().saturating_sub(1)..],
+                };
+                if digits.is_empty() || significant.len() > 15 {
                     return Err(WireError::Chunked("invalid chunk size"));
                 }
                 let mut size = 0u64;
-                for d in digits {
+                for d in significant {
                     let v = (*d as char)
                         .to_digit(16)
                         .ok_or(WireError::Chunked("invalid chunk size"))?;
@@ -509,6 +529,24 @@ mod tests {
         assert!(parse_head(&mut conflict).is_err());
         let mut signed = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n");
         assert!(parse_head(&mut signed).is_err());
+    }
+
+    #[test]
+    fn lengths_that_repeat_one_value_are_one_length_and_http_1_0_may_not_chunk() {
+        let (h, _) = head("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(5));
+        let mut differ = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n");
+        assert!(parse_head(&mut differ).is_err());
+        let mut old = BytesMut::from("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(parse_head(&mut old).is_err());
+        // Leading zeros of a chunk size are no overflow.
+        let (out, done) = body(
+            Framing::Chunked(Chunk::Size),
+            b"0000000000000000000003\r\nabc\r\n0\r\n\r\n",
+            4,
+        );
+        assert_eq!(out, b"abc");
+        assert!(done);
     }
 
     #[test]
