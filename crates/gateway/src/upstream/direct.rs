@@ -74,7 +74,7 @@ impl Conn {
     /// has arrived is read; the connection is not used again after its body.
     pub fn answered_early(&mut self) -> Option<Head> {
         self.buf.clear();
-        loop {
+        while self.buf.len() < wire::MAX_HEAD {
             self.buf.reserve(READ_CHUNK);
             match self.io.try_read_buf(&mut self.buf) {
                 Ok(0) | Err(_) => break,
