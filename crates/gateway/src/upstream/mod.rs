@@ -351,17 +351,25 @@ mod tests {
         }
     }
 
-    /// Sends one request and reads its body whole, giving the connection back (when it can
-    /// carry another request) as the relay does.
-    async fn exchange(idle: &IdleConns, authority: &Authority) -> Bytes {
-        let resp = send_to(
+    /// Sends a request with no headers of the client's to `authority`.
+    async fn send_plain(
+        idle: &IdleConns,
+        authority: &Authority,
+    ) -> Result<Response<UpstreamBody>, Error> {
+        let base = crate::forward::Prepared::default();
+        send_to(
             idle,
             authority,
             Duration::from_secs(5),
-            &request(&crate::forward::Prepared::default(), authority),
+            &request(&base, authority),
         )
         .await
-        .unwrap();
+    }
+
+    /// Sends one request and reads its body whole, giving the connection back (when it can
+    /// carry another request) as the relay does.
+    async fn exchange(idle: &IdleConns, authority: &Authority) -> Bytes {
+        let resp = send_plain(idle, authority).await.unwrap();
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         let mut all = Vec::new();
@@ -426,14 +434,7 @@ mod tests {
         const SHORT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok";
         let (authority, _) = mock(SHORT, true).await;
         let idle = IdleConns::default();
-        let resp = send_to(
-            &idle,
-            &authority,
-            Duration::from_secs(5),
-            &request(&crate::forward::Prepared::default(), &authority),
-        )
-        .await
-        .unwrap();
+        let resp = send_plain(&idle, &authority).await.unwrap();
         let mut body = resp.into_body();
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "ok");
@@ -449,14 +450,7 @@ mod tests {
     async fn a_backend_that_closes_without_answering_is_an_error() {
         let (authority, _) = mock(b"", true).await;
         let idle = IdleConns::default();
-        let err = send_to(
-            &idle,
-            &authority,
-            Duration::from_secs(5),
-            &request(&crate::forward::Prepared::default(), &authority),
-        )
-        .await
-        .unwrap_err();
+        let err = send_plain(&idle, &authority).await.unwrap_err();
         assert!(err.to_string().contains("before answering"), "{err}");
     }
 
@@ -520,14 +514,7 @@ mod tests {
         let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
         drop(listener);
         let idle = IdleConns::default();
-        let err = send_to(
-            &idle,
-            &authority,
-            Duration::from_secs(5),
-            &request(&crate::forward::Prepared::default(), &authority),
-        )
-        .await
-        .unwrap_err();
+        let err = send_plain(&idle, &authority).await.unwrap_err();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
         let mut io = None;
         while let Some(e) = source {
