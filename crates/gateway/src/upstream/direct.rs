@@ -3,7 +3,7 @@
 //! polls the body, reads the body from the socket itself. No connection task, no channels
 //! between tasks, no wake-ups: a request costs the socket's own reads and writes (hyper's
 //! client runs a task per connection and hands each request and response across to it,
-//! about 14k instructions a request, measured in `bench/results/instructions-*`).
+//! about 14k instructions a request: `bench/results/instructions-2026-11-29-direct-s22.md`).
 //!
 //! The wire format is [`super::wire`]'s. An idle connection is no one's: no task watches it.
 //! Whether the backend closed it meanwhile is read from its socket's readiness, which the

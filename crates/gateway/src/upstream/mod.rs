@@ -399,7 +399,8 @@ mod tests {
         let idle = IdleConns::default();
         for _ in 0..3 {
             assert_eq!(exchange(&idle, &authority).await, "ok");
-            // Let the connection task see the close.
+            // Let the reactor record the close (real sockets: the paused clock cannot
+            // stand in for the kernel delivering it).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
